@@ -1,0 +1,293 @@
+package schemas
+
+import (
+	"encoding/json"
+	"fmt"
+	"time"
+)
+
+// Schema identifiers: the optional "schema" field of each message.
+const (
+	JobSchemaID      = "jetpilot.job.v1"
+	ResultSchemaID   = "jetpilot.result.v1"
+	ApprovalSchemaID = "jetpilot.approval.v1"
+	DecisionSchemaID = "jetpilot.decision.v1"
+	EventSchemaID    = "jetpilot.event.v1"
+)
+
+// Job is a spawn job: one prompt to run as one session on the agent server.
+// A producer publishes it on jetpilot.jobs.<profile> with Nats-Msg-Id = ID.
+type Job struct {
+	Schema          string            `json:"schema,omitempty"`
+	ID              string            `json:"id"`
+	Prompt          string            `json:"prompt"`
+	Profile         string            `json:"profile,omitempty"`
+	Timeout         string            `json:"timeout,omitempty"`
+	Workdir         string            `json:"workdir,omitempty"`
+	Model           string            `json:"model,omitempty"`
+	Sandbox         bool              `json:"sandbox,omitempty"`
+	PauseOnApproval bool              `json:"pause_on_approval,omitempty"`
+	AllowedTools    []string          `json:"allowed_tools,omitempty"`
+	CallerContext   []ContextItem     `json:"caller_context,omitempty"`
+	Overrides       *Overrides        `json:"overrides,omitempty"`
+	Metadata        map[string]string `json:"metadata,omitempty"`
+}
+
+// DefaultProfile is the profile of a job that names none.
+const DefaultProfile = "default"
+
+// ProfileOrDefault returns the job's profile, or DefaultProfile when it names none.
+func (j *Job) ProfileOrDefault() string {
+	if j.Profile == "" {
+		return DefaultProfile
+	}
+	return j.Profile
+}
+
+// TimeoutDuration parses Timeout; zero when the job sets none.
+// Decoded jobs have already been validated, so the error only matters for
+// jobs built by hand.
+func (j *Job) TimeoutDuration() (time.Duration, error) {
+	if j.Timeout == "" {
+		return 0, nil
+	}
+	d, err := time.ParseDuration(j.Timeout)
+	if err != nil {
+		return 0, fmt.Errorf("timeout: %w", err)
+	}
+	return d, nil
+}
+
+// ContextItem is one piece of caller context handed to the agent with the prompt.
+type ContextItem struct {
+	Name     string `json:"name"`
+	Content  string `json:"content"`
+	Priority string `json:"priority,omitempty"`
+}
+
+// Overrides are per-run settings passed through to the agent server.
+type Overrides struct {
+	Model        string       `json:"model,omitempty"`
+	AutoApprove  *AutoApprove `json:"auto_approve,omitempty"`
+	SystemPrompt string       `json:"system_prompt,omitempty"`
+	MaxTurns     int          `json:"max_turns,omitempty"`
+}
+
+// IsZero reports whether no override is set, so the field can be omitted
+// from the agent-server request as AGENT_SERVER_API.md asks.
+func (o *Overrides) IsZero() bool {
+	return o == nil || (o.Model == "" && o.AutoApprove == nil && o.SystemPrompt == "" && o.MaxTurns == 0)
+}
+
+// AutoApprove is "all", "none", or a list of tool names.
+type AutoApprove struct {
+	// Mode is AutoApproveAll, AutoApproveNone or AutoApproveList.
+	Mode  string
+	Tools []string
+}
+
+const (
+	AutoApproveAll  = "all"
+	AutoApproveNone = "none"
+	AutoApproveList = "list"
+)
+
+func (a AutoApprove) MarshalJSON() ([]byte, error) {
+	switch a.Mode {
+	case AutoApproveAll, AutoApproveNone:
+		return json.Marshal(a.Mode)
+	case AutoApproveList, "":
+		tools := a.Tools
+		if tools == nil {
+			tools = []string{}
+		}
+		return json.Marshal(tools)
+	default:
+		return nil, fmt.Errorf("auto_approve: unknown mode %q", a.Mode)
+	}
+}
+
+func (a *AutoApprove) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err == nil {
+		if s != AutoApproveAll && s != AutoApproveNone {
+			return fmt.Errorf(`auto_approve: want "all", "none" or a list of tool names, got %q`, s)
+		}
+		*a = AutoApprove{Mode: s}
+		return nil
+	}
+	var tools []string
+	if err := json.Unmarshal(b, &tools); err != nil {
+		return fmt.Errorf(`auto_approve: want "all", "none" or a list of tool names`)
+	}
+	*a = AutoApprove{Mode: AutoApproveList, Tools: tools}
+	return nil
+}
+
+// Status is a Result's status.
+type Status string
+
+const (
+	StatusCompleted Status = "completed"
+	StatusFailed    Status = "failed"
+	StatusTimedOut  Status = "timed_out"
+	StatusPaused    Status = "paused"
+	StatusCancelled Status = "cancelled"
+	StatusRejected  Status = "rejected"
+)
+
+// Final reports whether the status ends the job (every status but paused).
+func (s Status) Final() bool { return s != StatusPaused && s != "" }
+
+// ExitCode is the exit code DESIGN.md gives the status; nil for timed_out.
+func (s Status) ExitCode() *int {
+	code := 1
+	switch s {
+	case StatusCompleted:
+		code = 0
+	case StatusPaused:
+		code = 10
+	case StatusTimedOut:
+		return nil
+	}
+	return &code
+}
+
+// Result is what happened to a job: its final outcome, or a pause.
+// Published on jetpilot.results.<job_id> with Nats-Msg-Id = <job_id>:<phase>.
+type Result struct {
+	Schema       string            `json:"schema,omitempty"`
+	JobID        string            `json:"job_id"`
+	Status       Status            `json:"status"`
+	ExitCode     *int              `json:"exit_code"`
+	SessionID    string            `json:"session_id,omitempty"`
+	RunID        string            `json:"run_id,omitempty"`
+	CheckpointID string            `json:"checkpoint_id,omitempty"`
+	TimedOut     bool              `json:"timed_out"`
+	Paused       bool              `json:"paused"`
+	PauseReason  *PauseReason      `json:"pause_reason,omitempty"`
+	ResumeHint   string            `json:"resume_hint,omitempty"`
+	Stdout       string            `json:"stdout"`
+	Stderr       string            `json:"stderr,omitempty"`
+	Error        *Error            `json:"error,omitempty"`
+	Usage        *Usage            `json:"usage,omitempty"`
+	TotalTurns   int               `json:"total_turns,omitempty"`
+	StopReason   string            `json:"stop_reason,omitempty"`
+	ToolCalls    ToolCallCounts    `json:"tool_calls"`
+	Attempt      int               `json:"attempt"`
+	Worker       string            `json:"worker,omitempty"`
+	StartedAt    time.Time         `json:"started_at"`
+	FinishedAt   time.Time         `json:"finished_at"`
+	DurationMS   int64             `json:"duration_ms"`
+	DeadLettered bool              `json:"dead_lettered"`
+	Metadata     map[string]string `json:"metadata,omitempty"`
+	// Warnings are things the caller should know that did not fail the job,
+	// such as an event stream gap recovered from the session's messages.
+	Warnings []string `json:"warnings,omitempty"`
+}
+
+// SetStatus sets Status and the fields derived from it (exit code, timed_out, paused).
+func (r *Result) SetStatus(s Status) {
+	r.Status = s
+	r.ExitCode = s.ExitCode()
+	r.TimedOut = s == StatusTimedOut
+	r.Paused = s == StatusPaused
+}
+
+// PauseReason says why a run paused.
+type PauseReason struct {
+	// Type is "tool_approval_required" or "input_required".
+	Type             string     `json:"type"`
+	PendingToolCalls []ToolCall `json:"pending_tool_calls,omitempty"`
+}
+
+const (
+	PauseToolApproval = "tool_approval_required"
+	PauseInput        = "input_required"
+)
+
+// ToolCall is a tool call the agent proposed.
+type ToolCall struct {
+	ID        string          `json:"id"`
+	Name      string          `json:"name"`
+	Arguments json.RawMessage `json:"arguments,omitempty"`
+}
+
+// Error is the machine-readable error of a failed or rejected job.
+type Error struct {
+	Code    string       `json:"code"`
+	Message string       `json:"message"`
+	Fields  []FieldError `json:"fields,omitempty"`
+}
+
+// FieldError is one problem with one field of a message.
+type FieldError struct {
+	// Field is a JSON pointer-like path, for example "caller_context/3/content".
+	Field  string `json:"field"`
+	Reason string `json:"reason"`
+}
+
+func (f FieldError) String() string {
+	if f.Field == "" {
+		return f.Reason
+	}
+	return f.Field + ": " + f.Reason
+}
+
+// Usage is the token usage of a run.
+type Usage struct {
+	PromptTokens     int64 `json:"prompt_tokens"`
+	CompletionTokens int64 `json:"completion_tokens"`
+	TotalTokens      int64 `json:"total_tokens"`
+}
+
+// ToolCallCounts counts the tool calls the policy or a human settled.
+type ToolCallCounts struct {
+	Accepted int `json:"accepted"`
+	Rejected int `json:"rejected"`
+}
+
+// ApprovalRequest asks a human to decide on pending tool calls.
+// Published on jetpilot.approvals.<job_id>.
+type ApprovalRequest struct {
+	Schema           string            `json:"schema,omitempty"`
+	ApprovalID       string            `json:"approval_id"`
+	JobID            string            `json:"job_id"`
+	SessionID        string            `json:"session_id"`
+	RunID            string            `json:"run_id"`
+	PendingToolCalls []ToolCall        `json:"pending_tool_calls"`
+	AutoResolved     int               `json:"auto_resolved"`
+	RequestedAt      time.Time         `json:"requested_at"`
+	ExpiresAt        time.Time         `json:"expires_at"`
+	Metadata         map[string]string `json:"metadata,omitempty"`
+	ResumeHint       string            `json:"resume_hint,omitempty"`
+}
+
+// Decision answers an ApprovalRequest: either All, or one entry per tool call.
+// Published on jetpilot.decisions.<job_id>.
+type Decision struct {
+	Schema     string                  `json:"schema,omitempty"`
+	ApprovalID string                  `json:"approval_id"`
+	JobID      string                  `json:"job_id"`
+	All        string                  `json:"all,omitempty"`
+	Decisions  map[string]ToolDecision `json:"decisions,omitempty"`
+	DecidedBy  string                  `json:"decided_by,omitempty"`
+}
+
+const (
+	DecideAllow = "allow"
+	DecideDeny  = "deny"
+)
+
+// ToolDecision is the decision on one tool call, as the agent server takes it.
+type ToolDecision struct {
+	// Action is ActionAccept, ActionReject or ActionCustomResult.
+	Action  string `json:"action"`
+	Content string `json:"content,omitempty"`
+}
+
+const (
+	ActionAccept       = "accept"
+	ActionReject       = "reject"
+	ActionCustomResult = "custom_result"
+)
