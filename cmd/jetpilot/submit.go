@@ -1,0 +1,227 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/spf13/cobra"
+
+	"github.com/jetpilot-dev/jetpilot/queue"
+	"github.com/jetpilot-dev/jetpilot/schemas"
+)
+
+type submitFlags struct {
+	prompt          string
+	id              string
+	profile         string
+	timeout         string
+	workdir         string
+	model           string
+	pauseOnApproval bool
+	allowedTools    []string
+	metadata        []string
+	wait            bool
+	asJSON          bool
+}
+
+func newSubmitCmd(g *globalFlags) *cobra.Command {
+	f := &submitFlags{}
+	cmd := &cobra.Command{
+		Use:   "submit",
+		Short: "Publish a job (from flags, or a whole job as JSON on stdin)",
+		Long: `Publish a spawn job. With --prompt the job is built from flags; without it,
+a whole job document (jetpilot.job.v1) is read from stdin. The job is validated
+before it is published. With --wait, waits for the job's first result and exits
+0 completed, 1 failed or cancelled, 2 rejected, 10 paused, 124 timed out.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			job, err := f.job(cmd.InOrStdin())
+			if err != nil {
+				return err
+			}
+			log, closeLog, err := g.newLogger(cmd.ErrOrStderr())
+			if err != nil {
+				return err
+			}
+			defer closeLog()
+			nc, js, err := g.connect(cmd.Context(), "jetpilot submit", log)
+			if err != nil {
+				return err
+			}
+			defer nc.Close()
+			client := queue.NewClient(js, g.queueConfig())
+			ack, err := client.Submit(cmd.Context(), job)
+			if err != nil {
+				return fmt.Errorf("submit job %s: %w", job.ID, err)
+			}
+			out := cmd.OutOrStdout()
+			if !f.asJSON || !f.wait {
+				note := ""
+				if ack.Duplicate {
+					note = " (duplicate: a job with this id was already submitted)"
+				}
+				fmt.Fprintf(cmd.ErrOrStderr(), "submitted job %s%s\n", job.ID, note)
+			}
+			if !f.wait {
+				if f.asJSON {
+					return json.NewEncoder(out).Encode(map[string]any{"job_id": job.ID, "stream": ack.Stream, "seq": ack.Seq, "duplicate": ack.Duplicate})
+				}
+				fmt.Fprintln(out, job.ID)
+				return nil
+			}
+			res, err := client.WaitNext(cmd.Context(), job.ID, 0)
+			if err != nil {
+				if errors.Is(err, context.Canceled) {
+					return &exitError{code: exitFailed, err: fmt.Errorf("stopped waiting for job %s; its result will still be published", job.ID)}
+				}
+				return fmt.Errorf("wait for result of job %s: %w", job.ID, err)
+			}
+			if err := printResult(out, res, f.asJSON); err != nil {
+				return err
+			}
+			return &exitError{code: exitCodeFor(res.Status)}
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&f.prompt, "prompt", "", "the prompt (without it, a whole job is read as JSON from stdin)")
+	fl.StringVar(&f.id, "id", "", "job id (default: a new UUID); resubmitting an id within 24h is a no-op")
+	fl.StringVar(&f.profile, "profile", "", "profile (default \"default\")")
+	fl.StringVar(&f.timeout, "timeout", "", "job timeout, a Go duration such as 15m (capped by the worker's --max-timeout)")
+	fl.StringVar(&f.workdir, "workdir", "", "working directory of the session")
+	fl.StringVar(&f.model, "model", "", "model id")
+	fl.BoolVar(&f.pauseOnApproval, "pause-on-approval", false, "pause for a human on tool calls outside the allow-list")
+	fl.StringSliceVar(&f.allowedTools, "allowed-tools", nil, "tools the job may run unattended (narrows the worker's list)")
+	fl.StringArrayVar(&f.metadata, "metadata", nil, "k=v metadata echoed on every message about the job (repeatable)")
+	fl.BoolVar(&f.wait, "wait", false, "wait for the result and exit with its code")
+	fl.BoolVar(&f.asJSON, "json", false, "print the result document as JSON")
+	return cmd
+}
+
+// job builds the job from flags or stdin and validates it with the same
+// decoder the workers use, so a bad job is refused here, field by field.
+func (f *submitFlags) job(stdin io.Reader) (schemas.Job, error) {
+	var data []byte
+	if f.prompt == "" {
+		if file, ok := stdin.(*os.File); ok {
+			if st, err := file.Stat(); err == nil && st.Mode()&os.ModeCharDevice != 0 {
+				return schemas.Job{}, usageError("give --prompt, or a job as JSON on stdin")
+			}
+		}
+		b, err := io.ReadAll(io.LimitReader(stdin, 16<<20))
+		if err != nil {
+			return schemas.Job{}, fmt.Errorf("read job from stdin: %w", err)
+		}
+		if len(strings.TrimSpace(string(b))) == 0 {
+			return schemas.Job{}, usageError("give --prompt, or a job as JSON on stdin (stdin was empty)")
+		}
+		var doc map[string]any
+		if err := json.Unmarshal(b, &doc); err == nil && doc["id"] == nil && f.id == "" {
+			// A job from stdin without an id gets one, like a job from flags.
+			doc["id"] = "job-" + uuid.NewString()
+			b, _ = json.Marshal(doc)
+		}
+		data = b
+	} else {
+		md := map[string]string{}
+		for _, kv := range f.metadata {
+			k, v, ok := strings.Cut(kv, "=")
+			if !ok || k == "" {
+				return schemas.Job{}, usageError("--metadata %q: want key=value", kv)
+			}
+			md[k] = v
+		}
+		id := f.id
+		if id == "" {
+			id = "job-" + uuid.NewString()
+		}
+		job := schemas.Job{ID: id, Prompt: f.prompt, Profile: f.profile, Timeout: f.timeout, Workdir: f.workdir,
+			Model: f.model, PauseOnApproval: f.pauseOnApproval, AllowedTools: f.allowedTools}
+		if len(md) > 0 {
+			job.Metadata = md
+		}
+		b, err := json.Marshal(job)
+		if err != nil {
+			return schemas.Job{}, fmt.Errorf("encode job: %w", err)
+		}
+		data = b
+	}
+	job, err := schemas.DecodeJob(data)
+	if err != nil {
+		return schemas.Job{}, &exitError{code: exitUsage, err: fmt.Errorf("invalid job: %w", err)}
+	}
+	if f.prompt == "" && f.id != "" {
+		job.ID = f.id
+	}
+	return job, nil
+}
+
+func exitCodeFor(s schemas.Status) int {
+	switch s {
+	case schemas.StatusCompleted:
+		return exitOK
+	case schemas.StatusPaused:
+		return exitPaused
+	case schemas.StatusTimedOut:
+		return exitTimedOut
+	case schemas.StatusRejected:
+		return exitUsage
+	default:
+		return exitFailed
+	}
+}
+
+// printResult prints a result as its JSON document or as a short summary.
+func printResult(w io.Writer, res schemas.Result, asJSON bool) error {
+	if asJSON {
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		return enc.Encode(res)
+	}
+	fmt.Fprintf(w, "job %s: %s", res.JobID, res.Status)
+	if res.ExitCode != nil {
+		fmt.Fprintf(w, " (exit %d)", *res.ExitCode)
+	}
+	if res.DurationMS > 0 {
+		fmt.Fprintf(w, " in %s", (time.Duration(res.DurationMS) * time.Millisecond).String())
+	}
+	fmt.Fprintln(w)
+	if res.SessionID != "" {
+		fmt.Fprintf(w, "  session %s run %s\n", res.SessionID, res.RunID)
+	}
+	if res.Usage != nil {
+		fmt.Fprintf(w, "  turns %d, tokens %d, stop reason %s\n", res.TotalTurns, res.Usage.TotalTokens, res.StopReason)
+	}
+	if res.ToolCalls.Accepted+res.ToolCalls.Rejected > 0 {
+		fmt.Fprintf(w, "  tool calls: %d accepted, %d rejected\n", res.ToolCalls.Accepted, res.ToolCalls.Rejected)
+	}
+	if res.PauseReason != nil {
+		for _, c := range res.PauseReason.PendingToolCalls {
+			fmt.Fprintf(w, "  waiting for approval: %s %s (%s)\n", c.Name, string(c.Arguments), c.ID)
+		}
+		if res.ResumeHint != "" {
+			fmt.Fprintf(w, "  resume: %s\n", res.ResumeHint)
+		}
+	}
+	if res.Error != nil {
+		fmt.Fprintf(w, "  error %s: %s\n", res.Error.Code, res.Error.Message)
+		for _, fe := range res.Error.Fields {
+			fmt.Fprintf(w, "    %s\n", fe.String())
+		}
+	} else if res.Stderr != "" {
+		fmt.Fprintf(w, "  stderr: %s\n", res.Stderr)
+	}
+	for _, warn := range res.Warnings {
+		fmt.Fprintf(w, "  warning: %s\n", warn)
+	}
+	if res.Stdout != "" {
+		fmt.Fprintf(w, "--- agent output ---\n%s\n", strings.TrimRight(res.Stdout, "\n"))
+	}
+	return nil
+}

@@ -1,0 +1,180 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"github.com/jetpilot-dev/jetpilot/queue"
+	"github.com/jetpilot-dev/jetpilot/spawn"
+	"github.com/jetpilot-dev/jetpilot/worker"
+)
+
+// workerFlags configure a worker; `worker` and `dev` share them.
+type workerFlags struct {
+	agentURL        string
+	agentTokenFile  string
+	name            string
+	concurrency     int
+	profiles        []string
+	allowedTools    []string
+	maxTimeout      time.Duration
+	maxDeliver      int
+	ackWait         time.Duration
+	shutdownGrace   time.Duration
+	shutdownMode    string
+	approvalTimeout time.Duration
+	onExpiry        string
+	metricsAddr     string
+}
+
+func (f *workerFlags) register(fs *pflag.FlagSet) {
+	fs.StringVar(&f.agentURL, "agent-url", "http://127.0.0.1:4096", "agent server base URL")
+	fs.StringVar(&f.agentTokenFile, "agent-token-file", "", "file holding the agent server's bearer token (or env JETPILOT_AGENT_TOKEN)")
+	fs.StringVar(&f.name, "name", "", "worker name in results and logs (default <hostname>-<pid>)")
+	fs.IntVar(&f.concurrency, "concurrency", 8, "jobs run at once")
+	fs.StringSliceVar(&f.profiles, "profiles", nil, "only take jobs of these profiles (default: all)")
+	fs.StringSliceVar(&f.allowedTools, "allowed-tools", nil, "tools jobs may run unattended (default: all); caps every job's list")
+	fs.DurationVar(&f.maxTimeout, "max-timeout", time.Hour, "cap on a job's timeout, and the timeout of jobs that set none")
+	fs.IntVar(&f.maxDeliver, "max-deliver", 5, "deliveries before a job that cannot start is failed and dead-lettered")
+	fs.DurationVar(&f.ackWait, "ack-wait", 30*time.Second, "JetStream AckWait: how fast a dead worker's job comes back")
+	fs.DurationVar(&f.shutdownGrace, "shutdown-grace", 30*time.Second, "how long running jobs may go on after SIGTERM")
+	fs.StringVar(&f.shutdownMode, "shutdown-mode", string(worker.ShutdownHandoff), "after the grace period: handoff (leave runs going, another worker re-attaches) or cancel")
+	fs.DurationVar(&f.approvalTimeout, "approval-timeout", time.Hour, "how long a paused run waits for a decision")
+	fs.StringVar(&f.onExpiry, "on-approval-expiry", string(worker.ExpireReject), "when an approval expires: reject the pending calls, or cancel the run")
+	fs.StringVar(&f.metricsAddr, "metrics-addr", "", "serve /metrics, /healthz and /readyz on this address (e.g. 127.0.0.1:9090)")
+}
+
+// agentToken reads the token from --agent-token-file or JETPILOT_AGENT_TOKEN.
+// It is never logged or printed.
+func (f *workerFlags) agentToken() (string, error) {
+	if f.agentTokenFile != "" {
+		b, err := os.ReadFile(f.agentTokenFile)
+		if err != nil {
+			return "", fmt.Errorf("read --agent-token-file: %w", err)
+		}
+		return strings.TrimSpace(string(b)), nil
+	}
+	return os.Getenv("JETPILOT_AGENT_TOKEN"), nil
+}
+
+func newWorkerCmd(g *globalFlags) *cobra.Command {
+	f := &workerFlags{}
+	cmd := &cobra.Command{
+		Use:   "worker",
+		Short: "Pull jobs from JetStream and run them on the agent server",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			log, closeLog, err := g.newLogger(cmd.ErrOrStderr())
+			if err != nil {
+				return err
+			}
+			defer closeLog()
+			nc, js, err := g.connect(cmd.Context(), "jetpilot worker", log)
+			if err != nil {
+				return err
+			}
+			defer nc.Close()
+			return runWorker(cmd.Context(), g, f, nc, js, log)
+		},
+	}
+	f.register(cmd.Flags())
+	return cmd
+}
+
+// runWorker sets up the streams, the agent client and the ops endpoint, and
+// runs a worker until ctx is done.
+func runWorker(ctx context.Context, g *globalFlags, f *workerFlags, nc *nats.Conn, js jetstream.JetStream, log *slog.Logger) error {
+	qcfg := g.queueConfig()
+	qcfg.AckWait = f.ackWait
+	if err := queue.Setup(ctx, js, qcfg); err != nil {
+		return fmt.Errorf("set up streams (a worker whose NATS user may not manage streams needs `jetpilot setup` run once by an admin): %w", err)
+	}
+	token, err := f.agentToken()
+	if err != nil {
+		return err
+	}
+	client, err := spawn.NewClient(spawn.ClientOptions{BaseURL: f.agentURL, Token: token})
+	if err != nil {
+		return fmt.Errorf("agent client: %w", err)
+	}
+	metrics := worker.NewMetrics()
+	w, err := worker.New(ctx, js, qcfg, spawn.NewRunner(client, spawn.RunnerOptions{Worker: f.name, Logger: log}), worker.Options{
+		Name:             f.name,
+		Concurrency:      f.concurrency,
+		Profiles:         f.profiles,
+		AllowedTools:     f.allowedTools,
+		MaxTimeout:       f.maxTimeout,
+		MaxDeliver:       f.maxDeliver,
+		ShutdownGrace:    f.shutdownGrace,
+		ShutdownMode:     worker.ShutdownMode(f.shutdownMode),
+		ApprovalTimeout:  f.approvalTimeout,
+		OnApprovalExpiry: worker.ExpiryAction(f.onExpiry),
+		Logger:           log,
+		Metrics:          metrics,
+	})
+	if err != nil {
+		return usageError("%v", err)
+	}
+	if f.metricsAddr != "" {
+		reg := prometheus.NewRegistry()
+		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+		if err := metrics.Register(reg); err != nil {
+			return fmt.Errorf("register metrics: %w", err)
+		}
+		stop, err := serveOps(ctx, f.metricsAddr, worker.OpsHandler(reg,
+			worker.ReadyCheck{Name: "nats", Check: func(context.Context) error {
+				if !nc.IsConnected() {
+					return errors.New("not connected")
+				}
+				return nil
+			}},
+			worker.ReadyCheck{Name: "agent_server", Check: func(ctx context.Context) error {
+				_, err := client.Health(ctx)
+				return err
+			}},
+		), log)
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
+	log.Info("worker connected", "nats", redactURL(nc.ConnectedUrl()), "agent_url", f.agentURL, "name", w.Name())
+	return w.Run(ctx)
+}
+
+// serveOps serves h on addr until the returned stop is called.
+func serveOps(ctx context.Context, addr string, h http.Handler, log *slog.Logger) (stop func(), err error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("listen on --metrics-addr %s: %w", addr, err)
+	}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second, BaseContext: func(net.Listener) context.Context { return ctx }}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("ops server", "err", err)
+		}
+	}()
+	log.Info("serving metrics and health", "addr", ln.Addr().String())
+	return func() {
+		shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(shutdownCtx)
+		<-done
+	}, nil
+}

@@ -1,0 +1,194 @@
+package worker
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/jetpilot-dev/jetpilot/queue"
+	"github.com/jetpilot-dev/jetpilot/schemas"
+	"github.com/jetpilot-dev/jetpilot/spawn"
+)
+
+// CancelReply answers a request on jetpilot.cancel.<job_id>.
+type CancelReply struct {
+	JobID string `json:"job_id"`
+	// Status is "cancelling" (the run is being cancelled; the job's result
+	// will say cancelled) or "cancel_requested" (recorded for the worker
+	// that holds the job). Empty when Error is set.
+	Status string         `json:"status,omitempty"`
+	Worker string         `json:"worker,omitempty"`
+	Error  *schemas.Error `json:"error,omitempty"`
+}
+
+// activeJob is a job phase this worker is following, found by cancel requests.
+type activeJob struct {
+	w         *Worker
+	jobID     string
+	mu        sync.Mutex
+	cur       spawn.Cursor
+	cancel    bool // a cancel was requested
+	cancelled bool // the run was cancelled on the agent server
+}
+
+func (w *Worker) track(jobID string, rec *queue.RunRecord) *activeJob {
+	a := &activeJob{w: w, jobID: jobID, cur: spawn.Cursor{SessionID: rec.SessionID, RunID: rec.RunID, LastEventID: rec.LastEventID}}
+	w.activeMu.Lock()
+	w.active[jobID] = a
+	w.activeMu.Unlock()
+	return a
+}
+
+func (w *Worker) untrack(jobID string, a *activeJob) {
+	w.activeMu.Lock()
+	if w.active[jobID] == a {
+		delete(w.active, jobID)
+	}
+	w.activeMu.Unlock()
+}
+
+func (w *Worker) activeJob(jobID string) *activeJob {
+	w.activeMu.Lock()
+	defer w.activeMu.Unlock()
+	return w.active[jobID]
+}
+
+// setCursor records the run's cursor, and cancels the run if a cancel came
+// before the run id was known.
+func (a *activeJob) setCursor(c spawn.Cursor) {
+	a.mu.Lock()
+	a.cur = c
+	a.mu.Unlock()
+	a.tryCancel()
+}
+
+// requestCancel asks for the run to be cancelled, now if its id is known,
+// else as soon as it is.
+func (a *activeJob) requestCancel() {
+	a.mu.Lock()
+	a.cancel = true
+	a.mu.Unlock()
+	a.tryCancel()
+}
+
+func (a *activeJob) tryCancel() {
+	a.mu.Lock()
+	if !a.cancel || a.cancelled || a.cur.RunID == "" {
+		a.mu.Unlock()
+		return
+	}
+	a.cancelled = true
+	cur := a.cur
+	a.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
+	defer cancel()
+	if err := a.w.runner.CancelRun(ctx, cur); err != nil {
+		a.w.log.Warn("cancel run on request", "job_id", a.jobID, "session_id", cur.SessionID, "err", err)
+		a.mu.Lock()
+		a.cancelled = false
+		a.mu.Unlock()
+		return
+	}
+	a.w.log.Info("run cancelled on request", "job_id", a.jobID, "session_id", cur.SessionID, "run_id", cur.RunID)
+}
+
+// serveCancels answers cancel requests until ctx is done. Every worker
+// listens; the one holding the job answers at once, and any worker answers
+// for a paused, finished or unknown job, so a request never goes unanswered
+// while a worker is up.
+func (w *Worker) serveCancels(ctx context.Context, nc *nats.Conn, wg *sync.WaitGroup) (*nats.Subscription, error) {
+	prefix := strings.TrimSuffix(w.qcfg.CancelWildcard(), ">")
+	return nc.Subscribe(w.qcfg.CancelWildcard(), func(m *nats.Msg) {
+		jobID := cancelJobID(prefix, m)
+		if a := w.activeJob(jobID); a != nil {
+			go a.requestCancel()
+			w.reply(m, CancelReply{JobID: jobID, Status: "cancelling", Worker: w.opts.Name})
+			return
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			w.cancelRecorded(ctx, m, jobID)
+		}()
+	})
+}
+
+// cancelRecorded answers a cancel for a job this worker does not hold.
+func (w *Worker) cancelRecorded(ctx context.Context, m *nats.Msg, jobID string) {
+	ctx, cancel := context.WithTimeout(ctx, settleTimeout)
+	defer cancel()
+	fail := func(code, format string, args ...any) {
+		w.reply(m, CancelReply{JobID: jobID, Error: &schemas.Error{Code: code, Message: fmt.Sprintf(format, args...)}})
+	}
+	if err := queue.ValidateJobID(jobID); err != nil {
+		fail("invalid_job_id", "%v", err)
+		return
+	}
+	for range 3 { // a few compare-and-set rounds against the holder's writes
+		rec, rev, err := w.runs.Get(ctx, jobID)
+		switch {
+		case errors.Is(err, queue.ErrRunNotFound):
+			fail("unknown_job", "no run is recorded for job %s: it is unknown, finished more than the runs bucket keeps, or still queued (a queued job cannot be cancelled)", jobID)
+			return
+		case err != nil:
+			fail("unavailable", "read job %s: %v", jobID, err)
+			return
+		}
+		switch rec.State {
+		case queue.RunDone:
+			fail("job_finished", "job %s has already finished", jobID)
+			return
+		case queue.RunPaused:
+			if err := w.publishControl(ctx, jobID, rec.ApprovalID, controlCancel); err != nil {
+				fail("unavailable", "%v", err)
+				return
+			}
+			w.reply(m, CancelReply{JobID: jobID, Status: "cancelling", Worker: w.opts.Name})
+			return
+		}
+		if w.activeJob(jobID) != nil { // it started here meanwhile
+			w.activeJob(jobID).requestCancel()
+			w.reply(m, CancelReply{JobID: jobID, Status: "cancelling", Worker: w.opts.Name})
+			return
+		}
+		// Running on another worker, which answers too; if that worker is
+		// gone, the flag makes the worker that re-attaches cancel the run.
+		rec.CancelRequested = true
+		if _, err := w.runs.Update(ctx, rec, rev); errors.Is(err, queue.ErrRevisionMismatch) {
+			continue
+		} else if err != nil {
+			fail("unavailable", "record cancel for job %s: %v", jobID, err)
+			return
+		}
+		w.reply(m, CancelReply{JobID: jobID, Status: "cancel_requested", Worker: rec.Owner})
+		return
+	}
+	fail("unavailable", "job %s is changing too fast to record the cancel; try again", jobID)
+}
+
+func (w *Worker) reply(m *nats.Msg, r CancelReply) {
+	if m.Reply == "" {
+		return
+	}
+	data, _ := json.Marshal(r)
+	if err := m.Respond(data); err != nil {
+		w.log.Warn("reply to cancel request", "job_id", r.JobID, "err", err)
+	}
+}
+
+// cancelJobID reads the job id from the request body ({"job_id": ...}) or,
+// failing that, from the subject.
+func cancelJobID(prefix string, m *nats.Msg) string {
+	var body struct {
+		JobID string `json:"job_id"`
+	}
+	if json.Unmarshal(m.Data, &body) == nil && body.JobID != "" {
+		return body.JobID
+	}
+	return strings.TrimPrefix(m.Subject, prefix)
+}

@@ -1,0 +1,166 @@
+package worker
+
+import (
+	"encoding/json"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/jetpilot-dev/jetpilot/schemas"
+	"github.com/jetpilot-dev/jetpilot/spawn"
+)
+
+// Text deltas are coalesced into one text event per textFlushEvery or
+// textFlushBytes, whichever comes first: a chat bot wants a few updates a
+// second, not one per token.
+const (
+	textFlushEvery = 250 * time.Millisecond
+	textFlushBytes = 1024
+)
+
+// liveEvents publishes one job's live progress on jetpilot.events.<job_id>.
+// Events are best effort: they are published asynchronously and never slow
+// down or fail the run; the Result is the record.
+type liveEvents struct {
+	js      jetstream.JetStream
+	subject string
+	jobID   string
+	md      map[string]string
+
+	mu        sync.Mutex
+	seq       uint64
+	sessionID string
+	runID     string
+	text      []byte
+	timer     *time.Timer
+}
+
+func (w *Worker) newLiveEvents(jobID string, md map[string]string, seq uint64) *liveEvents {
+	return &liveEvents{js: w.js, subject: w.qcfg.EventSubject(jobID), jobID: jobID, md: md, seq: seq}
+}
+
+// Seq is the sequence number of the last event published.
+func (l *liveEvents) Seq() uint64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.seq
+}
+
+// emit publishes ev after any buffered text, so events stay in order.
+func (l *liveEvents) emit(ev schemas.Event) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.flushLocked()
+	l.publishLocked(ev)
+}
+
+// close publishes buffered text and stops the flush timer.
+func (l *liveEvents) close() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.flushLocked()
+}
+
+func (l *liveEvents) flushLocked() {
+	if l.timer != nil {
+		l.timer.Stop()
+		l.timer = nil
+	}
+	if len(l.text) == 0 {
+		return
+	}
+	text := string(l.text)
+	l.text = l.text[:0]
+	l.publishLocked(schemas.Event{Type: schemas.EventText, Text: text})
+}
+
+func (l *liveEvents) publishLocked(ev schemas.Event) {
+	l.seq++
+	ev.Schema = schemas.EventSchemaID
+	ev.JobID, ev.Seq, ev.Metadata = l.jobID, l.seq, l.md
+	if ev.At.IsZero() {
+		ev.At = time.Now().UTC()
+	}
+	if ev.SessionID == "" {
+		ev.SessionID = l.sessionID
+	}
+	if ev.RunID == "" {
+		ev.RunID = l.runID
+	}
+	data, err := json.Marshal(ev)
+	if err != nil {
+		return
+	}
+	// Fire and forget: a lost progress event must not cost the run anything.
+	_, _ = l.js.PublishAsync(l.subject, data)
+}
+
+// agentEvent turns one agent-server event into live events.
+func (l *liveEvents) agentEvent(e spawn.Event) {
+	var p agentPayload
+	if len(e.Payload) > 0 {
+		_ = json.Unmarshal(e.Payload, &p)
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.runID = e.RunID
+	if e.SessionID != "" {
+		l.sessionID = e.SessionID
+	}
+	switch e.Name {
+	case "text_delta":
+		l.text = append(l.text, p.Delta...)
+		if len(l.text) >= textFlushBytes {
+			l.flushLocked()
+		} else if l.timer == nil {
+			l.timer = time.AfterFunc(textFlushEvery, func() {
+				l.mu.Lock()
+				defer l.mu.Unlock()
+				l.flushLocked()
+			})
+		}
+		return
+	case "run_started":
+		l.flushLocked()
+		l.publishLocked(schemas.Event{Type: schemas.EventStatus, Status: "running"})
+	case "turn_started":
+		l.flushLocked()
+		l.publishLocked(schemas.Event{Type: schemas.EventTurnStarted, Turn: p.Turn})
+	case "turn_completed":
+		l.flushLocked()
+		l.publishLocked(schemas.Event{Type: schemas.EventTurnCompleted, Turn: p.Turn})
+	case "tool_execution_started":
+		l.flushLocked()
+		l.publishLocked(schemas.Event{Type: schemas.EventToolStarted, Tool: &schemas.EventTool{ID: p.ToolCallID, Name: p.ToolName}})
+	case "tool_execution_completed":
+		l.flushLocked()
+		l.publishLocked(schemas.Event{Type: schemas.EventToolCompleted, Tool: &schemas.EventTool{ID: p.ToolCallID, Name: p.ToolName, Result: resultText(p.Result), IsError: p.IsError}})
+	case "tool_rejected":
+		l.flushLocked()
+		l.publishLocked(schemas.Event{Type: schemas.EventToolRejected, Tool: &schemas.EventTool{ID: p.ToolCallID, Name: p.ToolName, Reason: p.Reason}})
+	case "retry_attempt":
+		l.flushLocked()
+		l.publishLocked(schemas.Event{Type: schemas.EventRetry, Text: p.Reason})
+	}
+}
+
+// agentPayload holds the payload fields of the agent events turned into live events.
+type agentPayload struct {
+	Delta      string          `json:"delta"`
+	Turn       int             `json:"turn"`
+	ToolCallID string          `json:"tool_call_id"`
+	ToolName   string          `json:"tool_name"`
+	Result     json.RawMessage `json:"result"`
+	IsError    bool            `json:"is_error"`
+	Reason     string          `json:"reason"`
+}
+
+// resultText shows a tool result: a JSON string as its text, anything else as JSON.
+func resultText(raw json.RawMessage) string {
+	var s string
+	if json.Unmarshal(raw, &s) == nil {
+		return s
+	}
+	return string(raw)
+}

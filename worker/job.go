@@ -1,0 +1,454 @@
+package worker
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/jetpilot-dev/jetpilot/queue"
+	"github.com/jetpilot-dev/jetpilot/schemas"
+	"github.com/jetpilot-dev/jetpilot/spawn"
+)
+
+// settleTimeout bounds each publish, KV write and ack made while settling a
+// job, so a NATS outage can't hold a job slot forever; the job is then
+// redelivered and settled again under the same message ids.
+const settleTimeout = 10 * time.Second
+
+// handle takes one job message from delivery to ack.
+func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) {
+	start := time.Now()
+	attempt := 1
+	if meta, err := msg.Metadata(); err == nil {
+		attempt = int(meta.NumDelivered)
+	}
+	job, err := schemas.DecodeJob(msg.Data())
+	if err == nil {
+		err = w.checkProfile(msg.Subject(), job)
+	}
+	if err != nil {
+		w.reject(ctx, msg, attempt, start, err)
+		return
+	}
+	log := w.log.With("job_id", job.ID, "attempt", attempt)
+
+	// A first delivery has no record to find: skip the round trip.
+	var rec queue.RunRecord
+	found := false
+	if attempt > 1 {
+		r, _, err := w.runs.Get(ctx, job.ID)
+		switch {
+		case err == nil:
+			rec, found = r, true
+		case errors.Is(err, queue.ErrRunNotFound):
+		default:
+			p := &phase{msg: msg, raw: msg.Data(), job: job, attempt: attempt, start: start, log: log}
+			w.retry(ctx, p, fmt.Errorf("read run record: %w", err))
+			return
+		}
+	}
+	if found {
+		switch rec.State {
+		case queue.RunDone:
+			// The outcome was published and recorded; only the ack was lost.
+			log.Info("job already settled, acking redelivery")
+			w.ack(ctx, msg, log)
+			return
+		case queue.RunPaused:
+			// The pause was recorded; make sure it was published, then ack.
+			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), settleTimeout)
+			defer cancel()
+			if err := w.publishPause(sctx, &rec, w.pausedResult(&rec), log); err != nil {
+				log.Error("republish pause; job will be redelivered", "err", err)
+				return
+			}
+			w.ack(sctx, msg, log)
+			return
+		}
+		log.Info("re-attaching to recorded run", "session_id", rec.SessionID, "run_id", rec.RunID, "last_event_id", rec.LastEventID)
+	} else {
+		rec = queue.RunRecord{JobID: job.ID, StartedAt: start, Deadline: start.Add(w.timeout(job)), Job: withoutPrompt(job)}
+	}
+	w.follow(ctx, &phase{msg: msg, raw: msg.Data(), job: job, attempt: attempt, start: start, rec: rec, log: log})
+}
+
+// phase is one stretch of a job's run, from its start or a decision to its
+// next pause or its end, and the message that carries it: the job message,
+// or a decision. The message is held (heartbeats) until the phase is settled.
+type phase struct {
+	msg       jetstream.Msg
+	raw       []byte // the job as received, for dead letters; nil after the job message was acked
+	job       schemas.Job
+	attempt   int
+	start     time.Time
+	rec       queue.RunRecord
+	decisions map[string]schemas.ToolDecision // applied before following
+	cancel    bool                            // cancel the run before following
+	log       *slog.Logger
+}
+
+// follow runs or re-attaches to the phase's run, follows it to its next
+// pause or its end, and settles the phase.
+func (w *Worker) follow(ctx context.Context, p *phase) {
+	w.m.InFlight.Inc()
+	defer w.m.InFlight.Dec()
+	stop := w.heartbeat(ctx, p.msg, p.log)
+	defer stop()
+	rec := &p.rec
+	rec.Owner, rec.Attempt = w.opts.Name, p.attempt
+	events := w.newLiveEvents(p.job.ID, p.job.Metadata, rec.EventSeq)
+	defer events.close()
+	active := w.track(p.job.ID, rec)
+	defer w.untrack(p.job.ID, active)
+
+	cur := spawn.Cursor{SessionID: rec.SessionID, RunID: rec.RunID, LastEventID: rec.LastEventID}
+	if len(p.decisions) > 0 {
+		if err := w.runner.Decide(ctx, cur, p.decisions); err != nil {
+			if spawn.IsTransient(err) {
+				w.retry(ctx, p, fmt.Errorf("apply decision: %w", err))
+				return
+			}
+			// The run is no longer waiting (it ended or was cancelled):
+			// following it reports how it ended.
+			p.log.Warn("apply decision: the run no longer waits for it", "err", err)
+		}
+	}
+	if p.cancel || rec.CancelRequested {
+		if err := w.runner.CancelRun(ctx, cur); err != nil {
+			p.log.Warn("cancel run", "err", err, "session_id", rec.SessionID)
+		}
+	}
+
+	spec := spawn.Spec{
+		Job:           p.job,
+		Attempt:       p.attempt,
+		Timeout:       time.Until(rec.Deadline),
+		WorkerAllowed: w.opts.AllowedTools,
+		OnCursor: func(c spawn.Cursor) {
+			rec.SessionID, rec.RunID, rec.LastEventID = c.SessionID, c.RunID, c.LastEventID
+			rec.State = queue.RunRunning
+			rec.EventSeq = events.Seq()
+			active.setCursor(c)
+			if err := w.runs.Put(ctx, *rec); err != nil {
+				p.log.Warn("record run cursor", "err", err, "session_id", c.SessionID)
+			}
+		},
+		OnEvent: events.agentEvent,
+	}
+	if rec.SessionID != "" {
+		spec.Resume = &cur
+	}
+	if spec.Timeout <= 0 {
+		// A redelivered job whose deadline passed while no worker held it:
+		// the runner cancels the run and reports it timed out.
+		spec.Timeout = time.Millisecond
+	}
+
+	res, err := w.runner.Run(ctx, spec)
+	if err != nil {
+		w.m.agentError(err)
+		switch {
+		case ctx.Err() != nil:
+			w.handBack(p.msg, *rec, p.log)
+		case spawn.IsTransient(err):
+			w.retry(ctx, p, err)
+		default:
+			w.fail(ctx, p, "agent_error", err)
+		}
+		return
+	}
+	w.settle(ctx, p, res, events)
+}
+
+// withoutPrompt is the job as kept in the runs bucket: everything a later
+// phase needs (policy, metadata) without the prompt, which can be 1 MiB.
+func withoutPrompt(job schemas.Job) schemas.Job {
+	job.Prompt = ""
+	job.CallerContext = nil
+	return job
+}
+
+// timeout is the job's effective timeout: its own, capped by MaxTimeout.
+func (w *Worker) timeout(job schemas.Job) time.Duration {
+	d, err := job.TimeoutDuration()
+	if err != nil || d <= 0 || d > w.opts.MaxTimeout {
+		return w.opts.MaxTimeout
+	}
+	return d
+}
+
+// checkProfile refuses a job whose body names another profile than the
+// subject it was published on: routing and policy would disagree.
+func (w *Worker) checkProfile(subject string, job schemas.Job) error {
+	want := w.qcfg.JobSubject(job.ProfileOrDefault())
+	if subject == want {
+		return nil
+	}
+	return &schemas.ValidationError{Problems: []schemas.FieldError{{
+		Field:  "profile",
+		Reason: fmt.Sprintf("job is for profile %q but was published on %q; publish it on %q", job.ProfileOrDefault(), subject, want),
+	}}}
+}
+
+// settle publishes a phase's outcome and only then acks its message.
+func (w *Worker) settle(ctx context.Context, p *phase, res schemas.Result, events *liveEvents) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), settleTimeout)
+	defer cancel()
+	rec := &p.rec
+	log := p.log.With("session_id", res.SessionID, "status", res.Status)
+	res.Worker = w.opts.Name
+	res.Stdout = rec.Stdout + res.Stdout
+	res.ToolCalls.Accepted += rec.ToolCalls.Accepted
+	res.ToolCalls.Rejected += rec.ToolCalls.Rejected
+	rec.EventSeq = events.Seq()
+	if res.Status == schemas.StatusPaused {
+		if err := w.pause(ctx, p.job, rec, &res, log); err != nil {
+			log.Error("publish pause; it will be redelivered", "err", err)
+			return
+		}
+		events.emit(schemas.Event{Type: schemas.EventApprovalRequested, Status: string(res.Status), ApprovalID: rec.ApprovalID})
+	} else {
+		if res.Status == schemas.StatusFailed {
+			if err := w.deadLetter(ctx, p, res.Error, res.Stderr); err != nil {
+				log.Error("dead-letter failed job; it will be redelivered", "err", err)
+				return
+			}
+			res.DeadLettered = true
+		}
+		if _, err := queue.PublishResult(ctx, w.js, w.qcfg, res, rec.Phase); err != nil {
+			log.Error("publish result; it will be redelivered", "err", err)
+			return
+		}
+		if rec.SessionID != "" {
+			rec.State = queue.RunDone
+			if err := w.runs.Put(ctx, *rec); err != nil {
+				log.Warn("record run done", "err", err)
+			}
+		}
+		events.emit(schemas.Event{Type: schemas.EventStatus, Status: string(res.Status)})
+	}
+	w.m.Jobs.WithLabelValues(string(res.Status)).Inc()
+	w.m.SessionDuration.WithLabelValues(string(res.Status)).Observe(res.FinishedAt.Sub(res.StartedAt).Seconds())
+	log.Info("job phase settled", "phase", rec.Phase, "duration_ms", res.DurationMS, "turns", res.TotalTurns)
+	w.ack(ctx, p.msg, log)
+}
+
+// pausedResult rebuilds the paused result of a recorded pause, for a
+// redelivery that must make sure it was published.
+func (w *Worker) pausedResult(rec *queue.RunRecord) schemas.Result {
+	res := w.baseResult(rec.JobID, rec.Attempt, rec.StartedAt, rec.Job.Metadata)
+	res.SetStatus(schemas.StatusPaused)
+	res.SessionID, res.RunID, res.Stdout = rec.SessionID, rec.RunID, rec.Stdout
+	res.PauseReason = &schemas.PauseReason{Type: schemas.PauseToolApproval, PendingToolCalls: rec.Pending}
+	res.ResumeHint = resumeHint(rec.ApprovalID, rec.JobID)
+	res.ToolCalls = rec.ToolCalls
+	return res
+}
+
+// retry hands a phase back for a later attempt after a transient failure,
+// or fails it for good when its deliveries are used up.
+func (w *Worker) retry(ctx context.Context, p *phase, cause error) {
+	if p.attempt >= w.opts.MaxDeliver {
+		w.fail(ctx, p, "retries_exhausted", fmt.Errorf("gave up after %d deliveries: %w", p.attempt, cause))
+		return
+	}
+	delay := w.backoff(p.attempt)
+	p.log.Warn("transient failure; retrying", "err", cause, "retry_in", delay)
+	w.m.Retries.Inc()
+	if err := p.msg.NakWithDelay(delay); err != nil {
+		p.log.Warn("nak; it comes back after AckWait", "err", err)
+	}
+}
+
+// backoff is the exponential delay before the next delivery after attempt.
+func (w *Worker) backoff(attempt int) time.Duration {
+	d := w.opts.RetryInitial
+	for i := 1; i < attempt && d < w.opts.RetryMax; i++ {
+		d *= 2
+	}
+	return min(d, w.opts.RetryMax)
+}
+
+// fail ends a job with a failed result and a dead letter. A run still going
+// on the agent server is cancelled first: nobody will follow it again.
+func (w *Worker) fail(ctx context.Context, p *phase, code string, cause error) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), settleTimeout)
+	defer cancel()
+	rec := &p.rec
+	res := w.baseResult(p.job.ID, p.attempt, p.start, p.job.Metadata)
+	res.SetStatus(schemas.StatusFailed)
+	res.Error = &schemas.Error{Code: code, Message: cause.Error()}
+	res.Stderr = cause.Error()
+	res.SessionID, res.RunID, res.Stdout, res.ToolCalls = rec.SessionID, rec.RunID, rec.Stdout, rec.ToolCalls
+	if rec.RunID != "" {
+		if err := w.runner.CancelRun(ctx, spawn.Cursor{SessionID: rec.SessionID, RunID: rec.RunID}); err != nil {
+			p.log.Warn("cancel abandoned run", "err", err, "session_id", rec.SessionID)
+		}
+	}
+	if err := w.deadLetter(ctx, p, res.Error, res.Stderr); err != nil {
+		p.log.Error("dead-letter job; it will be redelivered", "err", err)
+		return
+	}
+	res.DeadLettered = true
+	if _, err := queue.PublishResult(ctx, w.js, w.qcfg, res, rec.Phase); err != nil {
+		p.log.Error("publish failed result; it will be redelivered", "err", err)
+		return
+	}
+	if rec.SessionID != "" {
+		rec.State = queue.RunDone
+		if err := w.runs.Put(ctx, *rec); err != nil {
+			p.log.Warn("record run done", "err", err)
+		}
+	}
+	w.m.Jobs.WithLabelValues(string(res.Status)).Inc()
+	p.log.Error("job failed", "code", code, "err", cause)
+	w.term(p.msg, code, p.log)
+}
+
+// reject answers an invalid job: one rejected result naming every bad field,
+// the job on dead, and Term so it is never redelivered.
+func (w *Worker) reject(ctx context.Context, msg jetstream.Msg, attempt int, start time.Time, cause error) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), settleTimeout)
+	defer cancel()
+	id := w.rejectedJobID(msg)
+	log := w.log.With("job_id", id, "attempt", attempt)
+	res := w.baseResult(id, attempt, start, nil)
+	res.SetStatus(schemas.StatusRejected)
+	var ve *schemas.ValidationError
+	if errors.As(cause, &ve) {
+		res.Error = ve.ToError()
+	} else {
+		res.Error = &schemas.Error{Code: "invalid_job", Message: cause.Error()}
+	}
+	res.Stderr = res.Error.Message
+	p := &phase{msg: msg, raw: msg.Data(), job: schemas.Job{ID: id}, attempt: attempt, log: log}
+	if err := w.deadLetter(ctx, p, res.Error, res.Stderr); err != nil {
+		log.Error("dead-letter rejected job; it will be redelivered", "err", err)
+		return
+	}
+	res.DeadLettered = true
+	if _, err := queue.PublishResult(ctx, w.js, w.qcfg, res, 0); err != nil {
+		log.Error("publish rejected result; it will be redelivered", "err", err)
+		return
+	}
+	w.m.Jobs.WithLabelValues(string(res.Status)).Inc()
+	log.Warn("job rejected", "reason", res.Error.Message)
+	w.term(msg, "rejected", log)
+}
+
+// rejectedJobID names a job that could not be decoded: its id if readable,
+// else its Nats-Msg-Id if that is a valid id, else one made from the stream
+// sequence, so even garbage gets exactly one result someone can find.
+func (w *Worker) rejectedJobID(msg jetstream.Msg) string {
+	if id := schemas.JobIDOf(msg.Data()); id != "" {
+		return id
+	}
+	if id := msg.Headers().Get("Nats-Msg-Id"); id != "" && queue.ValidateJobID(id) == nil {
+		return id
+	}
+	if meta, err := msg.Metadata(); err == nil {
+		return fmt.Sprintf("invalid-%d", meta.Sequence.Stream)
+	}
+	return "invalid-unknown"
+}
+
+// deadLetter publishes the phase's job with why it died: the job message as
+// received when the phase has it, else the job as recorded.
+func (w *Worker) deadLetter(ctx context.Context, p *phase, e *schemas.Error, message string) error {
+	dl := schemas.DeadLetter{
+		Schema:   schemas.DeadSchemaID,
+		JobID:    p.job.ID,
+		Reason:   e.Code,
+		Error:    message,
+		Fields:   e.Fields,
+		Attempt:  p.attempt,
+		Worker:   w.opts.Name,
+		DeadAt:   time.Now().UTC(),
+		Metadata: p.job.Metadata,
+	}
+	raw := p.raw
+	if raw == nil {
+		raw, _ = json.Marshal(p.job)
+	}
+	dl.SetJob(raw)
+	if _, err := queue.PublishDead(ctx, w.js, w.qcfg, dl); err != nil {
+		return err
+	}
+	w.m.DeadLetters.Inc()
+	return nil
+}
+
+// handBack returns a job whose run is still going when the worker shuts
+// down: the run is left for the next worker to re-attach to, or cancelled.
+func (w *Worker) handBack(msg jetstream.Msg, rec queue.RunRecord, log *slog.Logger) {
+	ctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
+	defer cancel()
+	if w.opts.ShutdownMode == ShutdownCancel && rec.RunID != "" {
+		if err := w.runner.CancelRun(ctx, spawn.Cursor{SessionID: rec.SessionID, RunID: rec.RunID}); err != nil {
+			log.Warn("cancel run at shutdown", "err", err, "session_id", rec.SessionID)
+		}
+	}
+	log.Info("handing job back at shutdown", "session_id", rec.SessionID, "mode", w.opts.ShutdownMode)
+	if err := msg.Nak(); err != nil {
+		log.Warn("nak job at shutdown; it comes back after AckWait", "err", err)
+	}
+}
+
+func (w *Worker) baseResult(jobID string, attempt int, start time.Time, md map[string]string) schemas.Result {
+	now := time.Now().UTC()
+	return schemas.Result{
+		JobID:      jobID,
+		Attempt:    attempt,
+		Worker:     w.opts.Name,
+		StartedAt:  start.UTC(),
+		FinishedAt: now,
+		DurationMS: now.Sub(start).Milliseconds(),
+		Metadata:   md,
+	}
+}
+
+func (w *Worker) ack(ctx context.Context, msg jetstream.Msg, log *slog.Logger) {
+	// DoubleAck: a lost ack would redeliver a settled job. It is harmless
+	// (the redelivery finds the run recorded as settled) but wasteful.
+	if err := msg.DoubleAck(ctx); err != nil {
+		log.Warn("ack job; a redelivery will find it settled", "err", err)
+	}
+}
+
+func (w *Worker) term(msg jetstream.Msg, reason string, log *slog.Logger) {
+	if err := msg.TermWithReason(reason); err != nil {
+		log.Warn("term job", "err", err)
+	}
+}
+
+// heartbeat tells JetStream the job is still being worked on, so a run
+// longer than AckWait is not redelivered while this worker lives.
+func (w *Worker) heartbeat(ctx context.Context, msg jetstream.Msg, log *slog.Logger) (stop func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(w.opts.Heartbeat)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				if err := msg.InProgress(); err != nil && !strings.Contains(err.Error(), "already acknowledged") {
+					log.Warn("job heartbeat", "err", err)
+				}
+			}
+		}
+	}()
+	return func() {
+		cancel()
+		<-done
+	}
+}

@@ -1,0 +1,136 @@
+package worker
+
+import (
+	"fmt"
+	"log/slog"
+	"os"
+	"time"
+)
+
+// ShutdownMode says what a stopping worker does with runs still going when
+// the shutdown grace period ends.
+type ShutdownMode string
+
+const (
+	// ShutdownHandoff leaves the runs going on the agent server and naks their
+	// jobs: the next worker to get a job re-attaches to its run from the
+	// recorded cursor, so a rolling deploy loses no agent work. The default.
+	ShutdownHandoff ShutdownMode = "handoff"
+	// ShutdownCancel cancels the runs on the agent server, then naks their
+	// jobs; the redelivered job ends as cancelled (a run never starts twice).
+	ShutdownCancel ShutdownMode = "cancel"
+)
+
+// Options configure a Worker. The zero value of every field is a documented default.
+type Options struct {
+	// Name identifies this worker in results, logs and the runs bucket.
+	// Default: "<hostname>-<pid>".
+	Name string
+	// Concurrency is how many jobs run at once. Default 8.
+	Concurrency int
+	// Profiles limits the worker to these profiles' subjects. Default: every profile.
+	Profiles []string
+	// AllowedTools is the fleet operator's tool allow-list; every job is capped
+	// by it. Default: empty, meaning every tool.
+	AllowedTools []string
+	// MaxTimeout caps every job's timeout, and is the timeout of a job that sets
+	// none. Default 1h.
+	MaxTimeout time.Duration
+	// MaxDeliver is how many deliveries a job gets before a job that could not
+	// start its run is failed and dead-lettered. Default 5.
+	MaxDeliver int
+	// RetryInitial and RetryMax bound the exponential NakWithDelay backoff for
+	// transient failures before a run starts. Defaults 1s and 1m.
+	RetryInitial, RetryMax time.Duration
+	// Heartbeat is how often InProgress is sent for a running job. It must be
+	// well under the consumer's AckWait. Default: AckWait/3 as the queue config says.
+	Heartbeat time.Duration
+	// ShutdownGrace is how long running sessions may go on after shutdown
+	// begins. Default 30s.
+	ShutdownGrace time.Duration
+	// ShutdownMode is what happens to runs still going after the grace period.
+	// Default ShutdownHandoff.
+	ShutdownMode ShutdownMode
+	// ApprovalTimeout is how long a paused run waits for a decision before
+	// OnApprovalExpiry applies. Default 1h.
+	ApprovalTimeout time.Duration
+	// OnApprovalExpiry is what happens when an approval expires undecided.
+	// Default ExpireReject.
+	OnApprovalExpiry ExpiryAction
+	// FetchWait is how long one pull request waits for jobs. Default 5s.
+	FetchWait time.Duration
+	// Logger receives the worker's logs. Default slog.Default().
+	Logger *slog.Logger
+	// Metrics receives the worker's metrics. Default: a fresh set registered nowhere.
+	Metrics *Metrics
+}
+
+func (o Options) withDefaults(ackWait time.Duration) (Options, error) {
+	if o.Name == "" {
+		host, _ := os.Hostname()
+		if host == "" {
+			host = "worker"
+		}
+		o.Name = fmt.Sprintf("%s-%d", host, os.Getpid())
+	}
+	if o.Concurrency == 0 {
+		o.Concurrency = 8
+	}
+	if o.Concurrency < 0 {
+		return o, fmt.Errorf("concurrency must be at least 1, got %d", o.Concurrency)
+	}
+	if o.MaxTimeout == 0 {
+		o.MaxTimeout = time.Hour
+	}
+	if o.MaxTimeout < 0 {
+		return o, fmt.Errorf("max timeout must be positive, got %s", o.MaxTimeout)
+	}
+	if o.MaxDeliver == 0 {
+		o.MaxDeliver = 5
+	}
+	if o.MaxDeliver < 1 {
+		return o, fmt.Errorf("max deliver must be at least 1, got %d", o.MaxDeliver)
+	}
+	if o.RetryInitial == 0 {
+		o.RetryInitial = time.Second
+	}
+	if o.RetryMax == 0 {
+		o.RetryMax = time.Minute
+	}
+	if o.Heartbeat == 0 {
+		o.Heartbeat = ackWait / 3
+	}
+	if o.Heartbeat <= 0 || (ackWait > 0 && o.Heartbeat >= ackWait) {
+		return o, fmt.Errorf("heartbeat %s must be positive and shorter than the consumer's AckWait %s", o.Heartbeat, ackWait)
+	}
+	if o.ShutdownGrace == 0 {
+		o.ShutdownGrace = 30 * time.Second
+	}
+	switch o.ShutdownMode {
+	case "":
+		o.ShutdownMode = ShutdownHandoff
+	case ShutdownHandoff, ShutdownCancel:
+	default:
+		return o, fmt.Errorf("shutdown mode must be %q or %q, got %q", ShutdownHandoff, ShutdownCancel, o.ShutdownMode)
+	}
+	if o.ApprovalTimeout == 0 {
+		o.ApprovalTimeout = time.Hour
+	}
+	switch o.OnApprovalExpiry {
+	case "":
+		o.OnApprovalExpiry = ExpireReject
+	case ExpireReject, ExpireCancel:
+	default:
+		return o, fmt.Errorf("approval expiry action must be %q or %q, got %q", ExpireReject, ExpireCancel, o.OnApprovalExpiry)
+	}
+	if o.FetchWait == 0 {
+		o.FetchWait = 5 * time.Second
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.Metrics == nil {
+		o.Metrics = NewMetrics()
+	}
+	return o, nil
+}

@@ -1,0 +1,203 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/jetpilot-dev/jetpilot/queue"
+	"github.com/jetpilot-dev/jetpilot/schemas"
+	"github.com/jetpilot-dev/jetpilot/spawn"
+)
+
+// Runner runs one phase of a job. *spawn.Runner is the real one; benchmarks
+// use one that returns at once to measure the queue path alone.
+type Runner interface {
+	Run(ctx context.Context, spec spawn.Spec) (schemas.Result, error)
+	CancelRun(ctx context.Context, cur spawn.Cursor) error
+	// Decide sends decisions on the run's pending tool calls.
+	Decide(ctx context.Context, cur spawn.Cursor, decisions map[string]schemas.ToolDecision) error
+}
+
+// Worker pulls jobs from the shared consumer and runs them.
+type Worker struct {
+	js     jetstream.JetStream
+	qcfg   queue.Config
+	runner Runner
+	runs   *queue.RunStore
+	opts   Options
+	log    *slog.Logger
+	m      *Metrics
+
+	slots chan struct{} // one token per running job or decision phase
+
+	activeMu sync.Mutex
+	active   map[string]*activeJob // job id -> the phase this worker follows
+}
+
+// New makes a worker. The streams and bucket must exist (queue.Setup); the
+// worker's consumer is created or updated by Run.
+func New(ctx context.Context, js jetstream.JetStream, qcfg queue.Config, runner Runner, opts Options) (*Worker, error) {
+	opts, err := opts.withDefaults(qcfg.WithDefaults().AckWait)
+	if err != nil {
+		return nil, fmt.Errorf("worker options: %w", err)
+	}
+	runs, err := queue.NewRunStore(ctx, js, qcfg)
+	if err != nil {
+		return nil, fmt.Errorf("open runs bucket: %w", err)
+	}
+	return &Worker{
+		js:     js,
+		qcfg:   qcfg,
+		runner: runner,
+		runs:   runs,
+		opts:   opts,
+		log:    opts.Logger.With("worker", opts.Name),
+		m:      opts.Metrics,
+		slots:  make(chan struct{}, opts.Concurrency),
+		active: map[string]*activeJob{},
+	}, nil
+}
+
+// Name is the worker's name as it appears in results.
+func (w *Worker) Name() string { return w.opts.Name }
+
+// Run pulls and runs jobs until ctx is done, then shuts down gracefully: it
+// stops pulling, lets running jobs finish within ShutdownGrace, then hands
+// back (or cancels, per ShutdownMode) what is left. It returns nil after a
+// clean shutdown, or the error that kept it from starting.
+func (w *Worker) Run(ctx context.Context) error {
+	consumers, err := w.qcfg.EnsureWorkerConsumer(ctx, w.js, w.opts.Profiles)
+	if err != nil {
+		return fmt.Errorf("worker consumer: %w", err)
+	}
+	deciders, err := w.qcfg.EnsureDecisionConsumer(ctx, w.js)
+	if err != nil {
+		return fmt.Errorf("decisions consumer: %w", err)
+	}
+	// Jobs outlive ctx by up to the grace period, so they get their own
+	// context, cancelled only when the grace period is over.
+	jobCtx, cancelJobs := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelJobs()
+
+	var jobs, loops, cancels sync.WaitGroup
+	sub, err := w.serveCancels(jobCtx, w.js.Conn(), &cancels)
+	if err != nil {
+		return fmt.Errorf("subscribe to cancel requests: %w", err)
+	}
+	defer func() {
+		_ = sub.Unsubscribe()
+		cancels.Wait()
+	}()
+	type source struct {
+		c      jetstream.Consumer
+		handle func(context.Context, jetstream.Msg)
+	}
+	pulls := []source{{deciders, w.handleDecision}}
+	for _, c := range consumers {
+		pulls = append(pulls, source{c, w.handle})
+	}
+	for _, p := range pulls {
+		loops.Add(1)
+		go func() {
+			defer loops.Done()
+			w.pull(ctx, jobCtx, p.c, &jobs, p.handle)
+		}()
+	}
+	w.log.Info("worker started", "concurrency", w.opts.Concurrency, "consumers", len(consumers))
+	loops.Wait()
+
+	idle := make(chan struct{})
+	go func() {
+		jobs.Wait()
+		close(idle)
+	}()
+	running := len(w.slots)
+	if running > 0 {
+		w.log.Info("shutting down: waiting for running jobs", "running", running, "grace", w.opts.ShutdownGrace)
+	}
+	grace := time.NewTimer(w.opts.ShutdownGrace)
+	defer grace.Stop()
+	select {
+	case <-idle:
+	case <-grace.C:
+		w.log.Warn("shutdown grace over: handing running jobs back", "running", len(w.slots), "mode", w.opts.ShutdownMode)
+		cancelJobs()
+		<-idle
+	}
+	w.log.Info("worker stopped")
+	return nil
+}
+
+// pull fetches as many jobs as there are free slots, never more, so no job
+// message waits in a local buffer while its AckWait runs out.
+func (w *Worker) pull(ctx, jobCtx context.Context, c jetstream.Consumer, jobs *sync.WaitGroup, handle func(context.Context, jetstream.Msg)) {
+	retry := time.Duration(0)
+	for {
+		select {
+		case w.slots <- struct{}{}:
+		case <-ctx.Done():
+			return
+		}
+		n := 1
+	more:
+		for n < cap(w.slots) {
+			select {
+			case w.slots <- struct{}{}:
+				n++
+			default:
+				break more
+			}
+		}
+		fetchCtx, cancel := context.WithTimeout(ctx, w.opts.FetchWait)
+		batch, err := c.Fetch(n, jetstream.FetchContext(fetchCtx))
+		got := 0
+		if err == nil {
+			for msg := range batch.Messages() {
+				got++
+				jobs.Add(1)
+				go func() {
+					defer func() { <-w.slots }()
+					defer jobs.Done()
+					handle(jobCtx, msg)
+				}()
+			}
+			err = batch.Error()
+		}
+		cancel()
+		for range n - got {
+			<-w.slots
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		if err != nil && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, jetstream.ErrNoMessages) {
+			// The connection is down or the consumer is gone: back off so a
+			// NATS outage doesn't turn into a hot loop, and keep trying.
+			retry = min(max(2*retry, 100*time.Millisecond), 5*time.Second)
+			w.log.Warn("fetch jobs", "err", err, "retry_in", retry)
+			if !sleep(ctx, retry) {
+				return
+			}
+			continue
+		}
+		retry = 0
+	}
+}
+
+// sleep waits d or until ctx is done; it reports whether d passed.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
