@@ -1,0 +1,341 @@
+package queue
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Config names every JetStream object jetpilot uses and holds their limits.
+// The zero value is usable: every zero field takes the default documented on
+// it, so callers set only what they change. Methods take Config by value and
+// apply the defaults themselves.
+type Config struct {
+	// Prefix starts every subject ("<prefix>.jobs.<profile>"), the KV bucket
+	// ("<prefix>_runs") and the durable consumers ("<prefix>-workers"); the
+	// streams use it upper-cased ("<PREFIX>_JOBS"). Letters, digits, '_' and
+	// '-' only, because it is part of stream and bucket names. Default "jetpilot".
+	Prefix string
+
+	// Replicas is the replica count of every stream and the KV bucket.
+	// Default 1; use 3 on a cluster.
+	Replicas int
+
+	// Storage of every stream and the KV bucket. Default (zero value)
+	// jetstream.FileStorage, so jobs survive a server restart.
+	Storage jetstream.StorageType
+
+	// JobsDuplicateWindow is how long JetStream remembers a job id
+	// (Nats-Msg-Id) and drops a second submit of it. Default 24h.
+	JobsDuplicateWindow time.Duration
+
+	// DuplicateWindow is the Nats-Msg-Id window of the RESULTS, APPROVALS and
+	// DEAD streams, so a result republished by a worker that took the job
+	// over is dropped. Capped at each stream's max age. Default 24h.
+	DuplicateWindow time.Duration
+
+	// ResultsMaxAge is how long results are kept. Default 7 days.
+	ResultsMaxAge time.Duration
+	// ApprovalsMaxAge is how long approval requests are kept; unconsumed
+	// decisions expire after the same time. Default 7 days.
+	ApprovalsMaxAge time.Duration
+	// EventsMaxAge is how long live events are kept. Default 1 hour.
+	EventsMaxAge time.Duration
+	// DeadMaxAge is how long dead letters are kept. Default 30 days.
+	DeadMaxAge time.Duration
+
+	// AckWait is how long a worker may hold a job or decision without
+	// acking (or sending in-progress heartbeats) before JetStream redelivers
+	// it. Default 30s.
+	AckWait time.Duration
+
+	// MaxDeliver is the worker's own limit: after this many deliveries
+	// (msg metadata NumDelivered) the worker publishes a final failed
+	// result, dead-letters the job and acks it. Default 5.
+	//
+	// It is deliberately NOT the consumer's MaxDeliver: a consumer that hit
+	// its limit would stop redelivering the job silently, with no result and
+	// no dead letter, breaking "nothing is lost, nothing is silent". The
+	// worker consumers are therefore created with MaxDeliver -1 (unlimited)
+	// and the worker enforces this value itself.
+	MaxDeliver int
+
+	// MaxAckPending caps jobs handed out but not yet acked, across all
+	// workers sharing a consumer. Default 1000.
+	MaxAckPending int
+}
+
+// Defaults of Config.
+const (
+	DefaultPrefix              = "jetpilot"
+	DefaultReplicas            = 1
+	DefaultJobsDuplicateWindow = 24 * time.Hour
+	DefaultDuplicateWindow     = 24 * time.Hour
+	DefaultResultsMaxAge       = 7 * 24 * time.Hour
+	DefaultApprovalsMaxAge     = 7 * 24 * time.Hour
+	DefaultEventsMaxAge        = time.Hour
+	DefaultDeadMaxAge          = 30 * 24 * time.Hour
+	DefaultAckWait             = 30 * time.Second
+	DefaultMaxDeliver          = 5
+	DefaultMaxAckPending       = 1000
+)
+
+// WithDefaults returns cfg with every zero field set to its default.
+func (cfg Config) WithDefaults() Config {
+	if cfg.Prefix == "" {
+		cfg.Prefix = DefaultPrefix
+	}
+	if cfg.Replicas == 0 {
+		cfg.Replicas = DefaultReplicas
+	}
+	setDur := func(d *time.Duration, def time.Duration) {
+		if *d == 0 {
+			*d = def
+		}
+	}
+	setDur(&cfg.JobsDuplicateWindow, DefaultJobsDuplicateWindow)
+	setDur(&cfg.DuplicateWindow, DefaultDuplicateWindow)
+	setDur(&cfg.ResultsMaxAge, DefaultResultsMaxAge)
+	setDur(&cfg.ApprovalsMaxAge, DefaultApprovalsMaxAge)
+	setDur(&cfg.EventsMaxAge, DefaultEventsMaxAge)
+	setDur(&cfg.DeadMaxAge, DefaultDeadMaxAge)
+	setDur(&cfg.AckWait, DefaultAckWait)
+	if cfg.MaxDeliver == 0 {
+		cfg.MaxDeliver = DefaultMaxDeliver
+	}
+	if cfg.MaxAckPending == 0 {
+		cfg.MaxAckPending = DefaultMaxAckPending
+	}
+	return cfg
+}
+
+// Validate reports every problem with cfg (after defaults) in one error.
+func (cfg Config) Validate() error {
+	cfg = cfg.WithDefaults()
+	var errs []error
+	if err := ValidatePrefix(cfg.Prefix); err != nil {
+		errs = append(errs, err)
+	}
+	if cfg.Replicas < 1 || cfg.Replicas > 5 {
+		errs = append(errs, fmt.Errorf("replicas: must be 1-5, got %d", cfg.Replicas))
+	}
+	if cfg.Storage != jetstream.FileStorage && cfg.Storage != jetstream.MemoryStorage {
+		errs = append(errs, fmt.Errorf("storage: must be file or memory, got %d", int(cfg.Storage)))
+	}
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{
+		{"jobs duplicate window", cfg.JobsDuplicateWindow},
+		{"duplicate window", cfg.DuplicateWindow},
+		{"results max age", cfg.ResultsMaxAge},
+		{"approvals max age", cfg.ApprovalsMaxAge},
+		{"events max age", cfg.EventsMaxAge},
+		{"dead max age", cfg.DeadMaxAge},
+		{"ack wait", cfg.AckWait},
+	} {
+		if d.v < 0 {
+			errs = append(errs, fmt.Errorf("%s: must not be negative, got %s", d.name, d.v))
+		}
+	}
+	if cfg.MaxDeliver < 1 {
+		errs = append(errs, fmt.Errorf("max deliver: must be at least 1, got %d", cfg.MaxDeliver))
+	}
+	if cfg.MaxAckPending < 1 {
+		errs = append(errs, fmt.Errorf("max ack pending: must be at least 1, got %d", cfg.MaxAckPending))
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("invalid queue config: %w", errors.Join(errs...))
+	}
+	return nil
+}
+
+// ValidatePrefix checks that prefix can start subjects, stream names, the
+// bucket name and consumer names: 1-64 letters, digits, '_' or '-'.
+func ValidatePrefix(prefix string) error {
+	if err := checkName(prefix, 64, false); err != nil {
+		return fmt.Errorf("prefix %q: %w", prefix, err)
+	}
+	return nil
+}
+
+// ValidateProfile checks that profile is one NATS subject token that can
+// also end a consumer name: 1-64 letters, digits, '_' or '-' (no spaces,
+// dots or wildcards).
+func ValidateProfile(profile string) error {
+	if err := checkName(profile, 64, false); err != nil {
+		return fmt.Errorf("profile %q: %w", profile, err)
+	}
+	return nil
+}
+
+// ValidateJobID checks a job id as DESIGN.md defines it: 1-128 characters
+// of A-Za-z0-9._:- . Everything that puts a job id on a subject or in the
+// KV store checks it first, so a bad id is a clear error, not a malformed
+// subject.
+func ValidateJobID(id string) error {
+	if err := checkName(id, 128, true); err != nil {
+		return fmt.Errorf("job id %q: %w", id, err)
+	}
+	return nil
+}
+
+func checkName(s string, maxLen int, jobID bool) error {
+	allowed := "letters, digits, '_' or '-'"
+	if jobID {
+		allowed = "A-Za-z0-9._:-"
+	}
+	if s == "" {
+		return errors.New("must not be empty")
+	}
+	if len(s) > maxLen {
+		return fmt.Errorf("must be at most %d characters of %s (got %d)", maxLen, allowed, len(s))
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '_', c == '-':
+		case jobID && (c == '.' || c == ':'):
+		default:
+			what := fmt.Sprintf("%q", c)
+			switch c {
+			case ' ', '\t', '\n', '\r':
+				what = "whitespace"
+			case '.':
+				what = "a dot"
+			case '*', '>':
+				what = fmt.Sprintf("the wildcard %q", c)
+			}
+			return fmt.Errorf("contains %s at byte %d; only %s are allowed", what, i, allowed)
+		}
+	}
+	return nil
+}
+
+// subjectID turns a job id into the subject tokens that end its subjects.
+// A valid job id is used as is, except that an empty dot-separated part
+// (a leading, trailing or doubled '.') becomes "~", which no job id
+// contains, so the mapping stays one-to-one and the subject stays valid.
+func subjectID(jobID string) string {
+	if !strings.HasPrefix(jobID, ".") && !strings.HasSuffix(jobID, ".") && !strings.Contains(jobID, "..") {
+		return jobID
+	}
+	parts := strings.Split(jobID, ".")
+	for i, p := range parts {
+		if p == "" {
+			parts[i] = "~"
+		}
+	}
+	return strings.Join(parts, ".")
+}
+
+func (cfg Config) prefix() string {
+	if cfg.Prefix == "" {
+		return DefaultPrefix
+	}
+	return cfg.Prefix
+}
+
+func (cfg Config) subject(kind string, rest string) string {
+	return cfg.prefix() + "." + kind + "." + rest
+}
+
+// JobSubject is "<prefix>.jobs.<profile>", where producers publish jobs.
+func (cfg Config) JobSubject(profile string) string { return cfg.subject("jobs", profile) }
+
+// JobsWildcard is "<prefix>.jobs.>", every profile's jobs.
+func (cfg Config) JobsWildcard() string { return cfg.subject("jobs", ">") }
+
+// ResultSubject is "<prefix>.results.<job_id>".
+func (cfg Config) ResultSubject(jobID string) string {
+	return cfg.subject("results", subjectID(jobID))
+}
+
+// ResultsWildcard is "<prefix>.results.>".
+func (cfg Config) ResultsWildcard() string { return cfg.subject("results", ">") }
+
+// ApprovalSubject is "<prefix>.approvals.<job_id>".
+func (cfg Config) ApprovalSubject(jobID string) string {
+	return cfg.subject("approvals", subjectID(jobID))
+}
+
+// ApprovalsWildcard is "<prefix>.approvals.>".
+func (cfg Config) ApprovalsWildcard() string { return cfg.subject("approvals", ">") }
+
+// DecisionSubject is "<prefix>.decisions.<job_id>".
+func (cfg Config) DecisionSubject(jobID string) string {
+	return cfg.subject("decisions", subjectID(jobID))
+}
+
+// DecisionsWildcard is "<prefix>.decisions.>".
+func (cfg Config) DecisionsWildcard() string { return cfg.subject("decisions", ">") }
+
+// EventSubject is "<prefix>.events.<job_id>".
+func (cfg Config) EventSubject(jobID string) string {
+	return cfg.subject("events", subjectID(jobID))
+}
+
+// EventsWildcard is "<prefix>.events.>".
+func (cfg Config) EventsWildcard() string { return cfg.subject("events", ">") }
+
+// DeadSubject is "<prefix>.dead.<job_id>". Dead letters of jobs whose id
+// could not be read go to DeadSubject(UnknownJobID).
+func (cfg Config) DeadSubject(jobID string) string {
+	return cfg.subject("dead", subjectID(jobID))
+}
+
+// DeadWildcard is "<prefix>.dead.>".
+func (cfg Config) DeadWildcard() string { return cfg.subject("dead", ">") }
+
+// UnknownJobID ends the dead-letter subject of a job whose id could not be
+// read. It is not a valid job id ('~' is not allowed), so it cannot clash.
+const UnknownJobID = "~unknown"
+
+// CancelSubject is "<prefix>.cancel.<job_id>": a core NATS request on it asks
+// whichever worker holds the job to cancel its run. It has no stream.
+func (cfg Config) CancelSubject(jobID string) string {
+	return cfg.subject("cancel", subjectID(jobID))
+}
+
+// CancelWildcard is "<prefix>.cancel.>", what workers subscribe to.
+func (cfg Config) CancelWildcard() string { return cfg.subject("cancel", ">") }
+
+func (cfg Config) streamName(kind string) string {
+	return strings.ToUpper(cfg.prefix()) + "_" + kind
+}
+
+// JobsStream is "<PREFIX>_JOBS".
+func (cfg Config) JobsStream() string { return cfg.streamName("JOBS") }
+
+// ResultsStream is "<PREFIX>_RESULTS".
+func (cfg Config) ResultsStream() string { return cfg.streamName("RESULTS") }
+
+// ApprovalsStream is "<PREFIX>_APPROVALS".
+func (cfg Config) ApprovalsStream() string { return cfg.streamName("APPROVALS") }
+
+// DecisionsStream is "<PREFIX>_DECISIONS".
+func (cfg Config) DecisionsStream() string { return cfg.streamName("DECISIONS") }
+
+// EventsStream is "<PREFIX>_EVENTS".
+func (cfg Config) EventsStream() string { return cfg.streamName("EVENTS") }
+
+// DeadStream is "<PREFIX>_DEAD".
+func (cfg Config) DeadStream() string { return cfg.streamName("DEAD") }
+
+// RunsBucket is "<prefix>_runs", the KV bucket of runs.
+func (cfg Config) RunsBucket() string { return cfg.prefix() + "_runs" }
+
+// WorkersDurable is "<prefix>-workers", the catch-all worker consumer.
+func (cfg Config) WorkersDurable() string { return cfg.prefix() + "-workers" }
+
+// ProfileWorkersDurable is "<prefix>-workers-<profile>", the worker
+// consumer of one profile.
+func (cfg Config) ProfileWorkersDurable(profile string) string {
+	return cfg.WorkersDurable() + "-" + profile
+}
+
+// DecidersDurable is "<prefix>-deciders", the consumer of DECISIONS.
+func (cfg Config) DecidersDurable() string { return cfg.prefix() + "-deciders" }

@@ -1,0 +1,102 @@
+package queue
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+)
+
+// EmbeddedOptions configure StartEmbedded.
+type EmbeddedOptions struct {
+	// Dir is the JetStream store directory. Required: jobs live here, so
+	// it is never guessed.
+	Dir string
+	// Host to listen on. Default "127.0.0.1", so a dev server is not
+	// reachable from the network unless asked.
+	Host string
+	// Port to listen on. Default 4222; -1 picks a free port (read it back
+	// with server.ClientURL()).
+	Port int
+	// ServerName names the server (and its JetStream node). Default: the
+	// server's generated id.
+	ServerName string
+	// Logger receives the server's log lines. Default: the server logs
+	// nothing.
+	Logger *slog.Logger
+	// ReadyTimeout bounds the wait for the server to accept connections.
+	// Default 10s.
+	ReadyTimeout time.Duration
+}
+
+// StartEmbedded starts a nats-server with JetStream in this process and
+// waits until it accepts connections. The caller owns it: call Shutdown
+// (and WaitForShutdown) when done. For `jetpilot dev` and tests; production
+// fleets run a real NATS server or cluster.
+func StartEmbedded(opts EmbeddedOptions) (*server.Server, error) {
+	if opts.Dir == "" {
+		return nil, errors.New("start embedded nats: store directory (Dir) is required")
+	}
+	if opts.Host == "" {
+		opts.Host = "127.0.0.1"
+	}
+	if opts.Port == 0 {
+		opts.Port = 4222
+	}
+	if opts.Port < -1 || opts.Port > 65535 {
+		return nil, fmt.Errorf("start embedded nats: port must be -1 (random) or 1-65535, got %d", opts.Port)
+	}
+	if opts.ReadyTimeout <= 0 {
+		opts.ReadyTimeout = 10 * time.Second
+	}
+	sopts := &server.Options{
+		ServerName: opts.ServerName,
+		Host:       opts.Host,
+		Port:       opts.Port,
+		JetStream:  true,
+		StoreDir:   opts.Dir,
+		NoSigs:     true,
+		NoLog:      opts.Logger == nil,
+	}
+	s, err := server.NewServer(sopts)
+	if err != nil {
+		return nil, fmt.Errorf("start embedded nats: %w", err)
+	}
+	if opts.Logger != nil {
+		debug := opts.Logger.Enabled(context.Background(), slog.LevelDebug)
+		s.SetLoggerV2(slogAdapter{l: opts.Logger}, debug, false, false)
+	}
+	s.Start()
+	if !s.ReadyForConnections(opts.ReadyTimeout) {
+		s.Shutdown()
+		s.WaitForShutdown()
+		return nil, fmt.Errorf("start embedded nats on %s:%d: not ready for connections after %s", opts.Host, opts.Port, opts.ReadyTimeout)
+	}
+	if !s.JetStreamEnabled() {
+		s.Shutdown()
+		s.WaitForShutdown()
+		return nil, fmt.Errorf("start embedded nats: JetStream failed to start with store dir %q", opts.Dir)
+	}
+	return s, nil
+}
+
+// slogAdapter lets the server log through slog.
+type slogAdapter struct{ l *slog.Logger }
+
+func (a slogAdapter) log(level slog.Level, format string, v ...any) {
+	ctx := context.Background()
+	if !a.l.Enabled(ctx, level) {
+		return
+	}
+	a.l.Log(ctx, level, fmt.Sprintf(format, v...), "component", "nats-server")
+}
+
+func (a slogAdapter) Noticef(format string, v ...any) { a.log(slog.LevelInfo, format, v...) }
+func (a slogAdapter) Warnf(format string, v ...any)   { a.log(slog.LevelWarn, format, v...) }
+func (a slogAdapter) Fatalf(format string, v ...any)  { a.log(slog.LevelError, format, v...) }
+func (a slogAdapter) Errorf(format string, v ...any)  { a.log(slog.LevelError, format, v...) }
+func (a slogAdapter) Debugf(format string, v ...any)  { a.log(slog.LevelDebug, format, v...) }
+func (a slogAdapter) Tracef(format string, v ...any)  { a.log(slog.LevelDebug-4, format, v...) }

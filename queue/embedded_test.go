@@ -1,0 +1,65 @@
+package queue_test
+
+import (
+	"bytes"
+	"log/slog"
+	"sync"
+	"testing"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/jetpilot-dev/jetpilot/queue"
+)
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func TestStartEmbedded(t *testing.T) {
+	var logs syncBuffer
+	s, err := queue.StartEmbedded(queue.EmbeddedOptions{
+		Dir:        t.TempDir(),
+		Port:       -1,
+		ServerName: "jp-test",
+		Logger:     slog.New(slog.NewTextHandler(&logs, nil)),
+	})
+	require.NoError(t, err)
+	t.Cleanup(func() {
+		s.Shutdown()
+		s.WaitForShutdown()
+	})
+	assert.Contains(t, s.ClientURL(), "127.0.0.1")
+	assert.Equal(t, "jp-test", s.Name())
+
+	nc, err := nats.Connect(s.ClientURL())
+	require.NoError(t, err)
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	require.NoError(t, err)
+	ctx := testCtx(t)
+	require.NoError(t, queue.Setup(ctx, js, queue.Config{}))
+	assert.Contains(t, logs.String(), "nats-server")
+}
+
+func TestStartEmbeddedBadOptions(t *testing.T) {
+	_, err := queue.StartEmbedded(queue.EmbeddedOptions{})
+	require.ErrorContains(t, err, "Dir) is required")
+	_, err = queue.StartEmbedded(queue.EmbeddedOptions{Dir: t.TempDir(), Port: 70000})
+	require.ErrorContains(t, err, "port must be")
+}

@@ -1,0 +1,150 @@
+package queue
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/jetpilot-dev/jetpilot/schemas"
+)
+
+// ResultMsgID is the Nats-Msg-Id of a job's result in phase phase
+// ("<job_id>:<phase>"; the phase counts the job's pauses). A result
+// republished after a redelivery carries the same id, so JetStream drops it.
+func ResultMsgID(jobID string, phase int) string {
+	return jobID + ":" + strconv.Itoa(phase)
+}
+
+// DeadMsgID is the Nats-Msg-Id of a dead letter: "<job_id>:dead", or, when
+// the job id could not be read, "raw:" and the SHA-256 of the message as
+// received, so the same unreadable message dead-letters once.
+func DeadMsgID(dl schemas.DeadLetter) string {
+	if dl.JobID != "" {
+		return dl.JobID + ":dead"
+	}
+	h := sha256.New()
+	if len(dl.Job) > 0 {
+		h.Write(dl.Job)
+	} else {
+		h.Write([]byte(dl.Raw))
+	}
+	return "raw:" + hex.EncodeToString(h.Sum(nil))
+}
+
+// PublishResult publishes res on ResultSubject(res.JobID) with Nats-Msg-Id
+// ResultMsgID(res.JobID, phase) and waits for the stream's ack. A duplicate
+// is not an error: the returned PubAck says Duplicate.
+func PublishResult(ctx context.Context, js jetstream.JetStream, cfg Config, res schemas.Result, phase int) (*jetstream.PubAck, error) {
+	if err := ValidateJobID(res.JobID); err != nil {
+		return nil, fmt.Errorf("publish result: %w", err)
+	}
+	if res.Status == "" {
+		return nil, fmt.Errorf("publish result for job %s: status is empty", res.JobID)
+	}
+	if phase < 0 {
+		return nil, fmt.Errorf("publish result for job %s: phase must not be negative, got %d", res.JobID, phase)
+	}
+	ack, err := publishJSON(ctx, js, cfg.ResultsStream(), cfg.ResultSubject(res.JobID), ResultMsgID(res.JobID, phase), res)
+	if err != nil {
+		return nil, fmt.Errorf("publish result for job %s phase %d: %w", res.JobID, phase, err)
+	}
+	return ack, nil
+}
+
+// PublishApproval publishes req on ApprovalSubject(req.JobID) with
+// Nats-Msg-Id = req.ApprovalID and waits for the ack.
+func PublishApproval(ctx context.Context, js jetstream.JetStream, cfg Config, req schemas.ApprovalRequest) (*jetstream.PubAck, error) {
+	if err := ValidateJobID(req.JobID); err != nil {
+		return nil, fmt.Errorf("publish approval: %w", err)
+	}
+	if req.ApprovalID == "" {
+		return nil, fmt.Errorf("publish approval for job %s: approval id is empty", req.JobID)
+	}
+	ack, err := publishJSON(ctx, js, cfg.ApprovalsStream(), cfg.ApprovalSubject(req.JobID), req.ApprovalID, req)
+	if err != nil {
+		return nil, fmt.Errorf("publish approval %s for job %s: %w", req.ApprovalID, req.JobID, err)
+	}
+	return ack, nil
+}
+
+// PublishDecision publishes d on DecisionSubject(d.JobID) and waits for the
+// ack. Decisions carry no Nats-Msg-Id: a repeated decision is answered by
+// the worker (settled approval), not silently dropped.
+func PublishDecision(ctx context.Context, js jetstream.JetStream, cfg Config, d schemas.Decision) (*jetstream.PubAck, error) {
+	if err := ValidateJobID(d.JobID); err != nil {
+		return nil, fmt.Errorf("publish decision: %w", err)
+	}
+	if d.ApprovalID == "" {
+		return nil, fmt.Errorf("publish decision for job %s: approval id is empty", d.JobID)
+	}
+	ack, err := publishJSON(ctx, js, cfg.DecisionsStream(), cfg.DecisionSubject(d.JobID), "", d)
+	if err != nil {
+		return nil, fmt.Errorf("publish decision for approval %s of job %s: %w", d.ApprovalID, d.JobID, err)
+	}
+	return ack, nil
+}
+
+// PublishEvent publishes ev on EventSubject(ev.JobID) and waits for the ack.
+// Events carry no Nats-Msg-Id: they are best-effort progress, and Seq lets
+// readers spot gaps.
+func PublishEvent(ctx context.Context, js jetstream.JetStream, cfg Config, ev schemas.Event) (*jetstream.PubAck, error) {
+	if err := ValidateJobID(ev.JobID); err != nil {
+		return nil, fmt.Errorf("publish event: %w", err)
+	}
+	ack, err := publishJSON(ctx, js, cfg.EventsStream(), cfg.EventSubject(ev.JobID), "", ev)
+	if err != nil {
+		return nil, fmt.Errorf("publish %s event %d for job %s: %w", ev.Type, ev.Seq, ev.JobID, err)
+	}
+	return ack, nil
+}
+
+// PublishDead publishes dl on DeadSubject(dl.JobID) (DeadSubject(UnknownJobID)
+// when the id could not be read) with Nats-Msg-Id DeadMsgID(dl), and waits
+// for the ack.
+func PublishDead(ctx context.Context, js jetstream.JetStream, cfg Config, dl schemas.DeadLetter) (*jetstream.PubAck, error) {
+	subjectID := UnknownJobID
+	if dl.JobID != "" {
+		if err := ValidateJobID(dl.JobID); err != nil {
+			return nil, fmt.Errorf("publish dead letter: %w", err)
+		}
+		subjectID = dl.JobID
+	}
+	ack, err := publishJSON(ctx, js, cfg.DeadStream(), cfg.DeadSubject(subjectID), DeadMsgID(dl), dl)
+	if err != nil {
+		return nil, fmt.Errorf("publish dead letter for job %q: %w", dl.JobID, err)
+	}
+	return ack, nil
+}
+
+// publishJSON marshals v and publishes it on subject, expecting stream so a
+// missing or misconfigured stream is an error rather than a lost message.
+// msgID "" publishes without a Nats-Msg-Id.
+func publishJSON(ctx context.Context, js jetstream.JetStream, stream, subject, msgID string, v any) (*jetstream.PubAck, error) {
+	data, err := json.Marshal(v)
+	if err != nil {
+		return nil, fmt.Errorf("marshal: %w", err)
+	}
+	return publishData(ctx, js, stream, subject, msgID, data)
+}
+
+func publishData(ctx context.Context, js jetstream.JetStream, stream, subject, msgID string, data []byte) (*jetstream.PubAck, error) {
+	opts := []jetstream.PublishOpt{jetstream.WithExpectStream(stream)}
+	if msgID != "" {
+		opts = append(opts, jetstream.WithMsgID(msgID))
+	}
+	ack, err := js.PublishMsg(ctx, &nats.Msg{Subject: subject, Data: data}, opts...)
+	if err != nil {
+		if errors.Is(err, jetstream.ErrNoStreamResponse) {
+			return nil, fmt.Errorf("publish to %s: no stream answered (has `jetpilot setup` created stream %s?): %w", subject, stream, err)
+		}
+		return nil, fmt.Errorf("publish to %s: %w", subject, err)
+	}
+	return ack, nil
+}

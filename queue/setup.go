@@ -1,0 +1,230 @@
+package queue
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// StreamConfigs returns the configuration of the six streams, in the order
+// JOBS, RESULTS, APPROVALS, DECISIONS, EVENTS, DEAD, as DESIGN.md
+// ("Subjects and streams") fixes them.
+func (cfg Config) StreamConfigs() []jetstream.StreamConfig {
+	cfg = cfg.WithDefaults()
+	base := func(name, subject, what string) jetstream.StreamConfig {
+		return jetstream.StreamConfig{
+			Name:        name,
+			Description: "jetpilot " + what,
+			Subjects:    []string{subject},
+			Storage:     cfg.Storage,
+			Replicas:    cfg.Replicas,
+			Retention:   jetstream.LimitsPolicy,
+			Discard:     jetstream.DiscardOld,
+		}
+	}
+	// The duplicate window may not exceed a stream's max age.
+	window := func(maxAge time.Duration) time.Duration { return min(cfg.DuplicateWindow, maxAge) }
+
+	jobs := base(cfg.JobsStream(), cfg.JobsWildcard(), "spawn jobs; Nats-Msg-Id = job id")
+	jobs.Retention = jetstream.WorkQueuePolicy
+	jobs.Duplicates = cfg.JobsDuplicateWindow
+
+	results := base(cfg.ResultsStream(), cfg.ResultsWildcard(), "final and paused results; Nats-Msg-Id = <job_id>:<phase>")
+	results.MaxAge = cfg.ResultsMaxAge
+	results.Duplicates = window(cfg.ResultsMaxAge)
+
+	approvals := base(cfg.ApprovalsStream(), cfg.ApprovalsWildcard(), "approval requests; Nats-Msg-Id = approval id")
+	approvals.MaxAge = cfg.ApprovalsMaxAge
+	approvals.Duplicates = window(cfg.ApprovalsMaxAge)
+
+	decisions := base(cfg.DecisionsStream(), cfg.DecisionsWildcard(), "answers to approval requests")
+	decisions.Retention = jetstream.WorkQueuePolicy
+	// A decision nobody consumes is stale once its approval has expired.
+	decisions.MaxAge = cfg.ApprovalsMaxAge
+
+	events := base(cfg.EventsStream(), cfg.EventsWildcard(), "live progress events")
+	events.MaxAge = cfg.EventsMaxAge
+
+	dead := base(cfg.DeadStream(), cfg.DeadWildcard(), "dead letters: the job as received and why it died")
+	dead.MaxAge = cfg.DeadMaxAge
+	dead.Duplicates = window(cfg.DeadMaxAge)
+
+	return []jetstream.StreamConfig{jobs, results, approvals, decisions, events, dead}
+}
+
+// RunsBucketConfig is the KV bucket of runs: one value per job (history 1).
+func (cfg Config) RunsBucketConfig() jetstream.KeyValueConfig {
+	cfg = cfg.WithDefaults()
+	return jetstream.KeyValueConfig{
+		Bucket:      cfg.RunsBucket(),
+		Description: "jetpilot runs: job id -> session, run, event cursor, state, owner",
+		History:     1,
+		Storage:     cfg.Storage,
+		Replicas:    cfg.Replicas,
+	}
+}
+
+// Setup creates or updates the six streams and the runs KV bucket. It is
+// idempotent: running it again is harmless and applies changed limits
+// (max ages, windows, replicas). Changing a stream's retention is refused by
+// JetStream and reported.
+func Setup(ctx context.Context, js jetstream.JetStream, cfg Config) error {
+	if err := cfg.Validate(); err != nil {
+		return fmt.Errorf("setup: %w", err)
+	}
+	for _, sc := range cfg.StreamConfigs() {
+		if _, err := js.CreateOrUpdateStream(ctx, sc); err != nil {
+			return fmt.Errorf("setup: create or update stream %s: %w", sc.Name, err)
+		}
+	}
+	kvc := cfg.RunsBucketConfig()
+	if _, err := js.CreateOrUpdateKeyValue(ctx, kvc); err != nil {
+		return fmt.Errorf("setup: create or update KV bucket %s: %w", kvc.Bucket, err)
+	}
+	return nil
+}
+
+// WorkerConsumerConfig is the consumer config of the catch-all worker
+// consumer (no profile) or of one profile's consumer.
+func (cfg Config) WorkerConsumerConfig(profile string) jetstream.ConsumerConfig {
+	cfg = cfg.WithDefaults()
+	cc := jetstream.ConsumerConfig{
+		Durable:       cfg.WorkersDurable(),
+		Description:   "jetpilot workers (all profiles)",
+		FilterSubject: cfg.JobsWildcard(),
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+		AckWait:       cfg.AckWait,
+		// Unlimited: the worker dead-letters after cfg.MaxDeliver deliveries
+		// itself (see Config.MaxDeliver); JetStream must never drop a job
+		// silently.
+		MaxDeliver:    -1,
+		MaxAckPending: cfg.MaxAckPending,
+	}
+	if profile != "" {
+		cc.Durable = cfg.ProfileWorkersDurable(profile)
+		cc.Description = "jetpilot workers (profile " + profile + ")"
+		cc.FilterSubject = cfg.JobSubject(profile)
+	}
+	return cc
+}
+
+// EnsureWorkerConsumer creates or updates the durable pull consumers
+// workers fetch jobs from. With no profiles it is the catch-all
+// "<prefix>-workers" on "<prefix>.jobs.>"; with profiles, one
+// "<prefix>-workers-<profile>" on "<prefix>.jobs.<profile>" each, returned
+// in the order given. JOBS is a work queue, so the two kinds cannot coexist:
+// that conflict is returned as ErrConsumerConflict with what to do about it.
+func (cfg Config) EnsureWorkerConsumer(ctx context.Context, js jetstream.JetStream, profiles []string) ([]jetstream.Consumer, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("ensure worker consumer: %w", err)
+	}
+	seen := make(map[string]bool, len(profiles))
+	var uniq []string
+	for _, p := range profiles {
+		if err := ValidateProfile(p); err != nil {
+			return nil, fmt.Errorf("ensure worker consumer: %w", err)
+		}
+		if !seen[p] {
+			seen[p] = true
+			uniq = append(uniq, p)
+		}
+	}
+	if len(uniq) == 0 {
+		uniq = []string{""}
+	}
+	stream := cfg.JobsStream()
+	out := make([]jetstream.Consumer, 0, len(uniq))
+	for _, p := range uniq {
+		cc := cfg.WorkerConsumerConfig(p)
+		c, err := js.CreateOrUpdateConsumer(ctx, stream, cc)
+		if err != nil {
+			if isWorkQueueOverlap(err) {
+				return nil, cfg.overlapError(ctx, js, p, err)
+			}
+			return nil, fmt.Errorf("ensure worker consumer %s on stream %s: %w", cc.Durable, stream, err)
+		}
+		out = append(out, c)
+	}
+	return out, nil
+}
+
+// ErrConsumerConflict is wrapped by the error EnsureWorkerConsumer returns
+// when catch-all and per-profile worker consumers would overlap on the
+// work-queue JOBS stream.
+var ErrConsumerConflict = errors.New("worker consumers overlap on the jobs work queue")
+
+// JetStream error codes for overlapping consumers on a work-queue stream.
+const (
+	errCodeWQMultipleUnfiltered = 10099
+	errCodeWQNotUnique          = 10100
+)
+
+func isWorkQueueOverlap(err error) bool {
+	var apiErr *jetstream.APIError
+	if !errors.As(err, &apiErr) {
+		return false
+	}
+	return apiErr.ErrorCode == errCodeWQMultipleUnfiltered || apiErr.ErrorCode == errCodeWQNotUnique
+}
+
+func (cfg Config) overlapError(ctx context.Context, js jetstream.JetStream, profile string, cause error) error {
+	stream := cfg.JobsStream()
+	others := cfg.existingWorkerConsumers(ctx, js)
+	if profile != "" {
+		return fmt.Errorf("%w: a catch-all worker consumer exists (%s); workers with --profiles cannot share the stream %s with it: "+
+			"either run every worker without --profiles, or stop the catch-all workers and delete the consumer (nats consumer rm %s %s) (server said: %v)",
+			ErrConsumerConflict, others, stream, stream, cfg.WorkersDurable(), cause)
+	}
+	return fmt.Errorf("%w: per-profile worker consumers exist (%s); a worker without --profiles cannot share the stream %s with them: "+
+		"either give this worker --profiles, or stop the per-profile workers and delete their consumers with nats consumer rm %s <name> (server said: %v)",
+		ErrConsumerConflict, others, stream, stream, cause)
+}
+
+// existingWorkerConsumers lists the stream's consumers for an error
+// message; best effort, bounded by ctx.
+func (cfg Config) existingWorkerConsumers(ctx context.Context, js jetstream.JetStream) string {
+	s, err := js.Stream(ctx, cfg.JobsStream())
+	if err != nil {
+		return "names unavailable"
+	}
+	lister := s.ConsumerNames(ctx)
+	var names []string
+	for n := range lister.Name() {
+		if len(names) < 20 {
+			names = append(names, n)
+		}
+	}
+	if len(names) == 0 {
+		return "names unavailable"
+	}
+	return strings.Join(names, ", ")
+}
+
+// EnsureDecisionConsumer creates or updates "<prefix>-deciders", the durable
+// pull consumer on DECISIONS that workers take approval answers from.
+func (cfg Config) EnsureDecisionConsumer(ctx context.Context, js jetstream.JetStream) (jetstream.Consumer, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("ensure decision consumer: %w", err)
+	}
+	cfg = cfg.WithDefaults()
+	cc := jetstream.ConsumerConfig{
+		Durable:       cfg.DecidersDurable(),
+		Description:   "jetpilot deciders: answers to approval requests",
+		FilterSubject: cfg.DecisionsWildcard(),
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+		AckWait:       cfg.AckWait,
+		MaxDeliver:    -1,
+		MaxAckPending: cfg.MaxAckPending,
+	}
+	c, err := js.CreateOrUpdateConsumer(ctx, cfg.DecisionsStream(), cc)
+	if err != nil {
+		return nil, fmt.Errorf("ensure decision consumer %s on stream %s: %w", cc.Durable, cfg.DecisionsStream(), err)
+	}
+	return c, nil
+}

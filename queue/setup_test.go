@@ -1,0 +1,195 @@
+package queue_test
+
+import (
+	"errors"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/jetpilot-dev/jetpilot/internal/testnats"
+	"github.com/jetpilot-dev/jetpilot/queue"
+)
+
+func TestSetupStreamsMatchDesign(t *testing.T) {
+	e := setupEnv(t, queue.Config{})
+	// Twice: idempotent.
+	require.NoError(t, queue.Setup(e.ctx, e.js, queue.Config{}))
+
+	want := []struct {
+		name, subject string
+		retention     jetstream.RetentionPolicy
+		maxAge        time.Duration
+		dupWindow     time.Duration
+	}{
+		{"JETPILOT_JOBS", "jetpilot.jobs.>", jetstream.WorkQueuePolicy, 0, 24 * time.Hour},
+		{"JETPILOT_RESULTS", "jetpilot.results.>", jetstream.LimitsPolicy, 7 * 24 * time.Hour, 24 * time.Hour},
+		{"JETPILOT_APPROVALS", "jetpilot.approvals.>", jetstream.LimitsPolicy, 7 * 24 * time.Hour, 24 * time.Hour},
+		{"JETPILOT_DECISIONS", "jetpilot.decisions.>", jetstream.WorkQueuePolicy, 7 * 24 * time.Hour, 2 * time.Minute},
+		{"JETPILOT_EVENTS", "jetpilot.events.>", jetstream.LimitsPolicy, time.Hour, 2 * time.Minute},
+		{"JETPILOT_DEAD", "jetpilot.dead.>", jetstream.LimitsPolicy, 30 * 24 * time.Hour, 24 * time.Hour},
+	}
+	for _, w := range want {
+		s, err := e.js.Stream(e.ctx, w.name)
+		require.NoError(t, err, w.name)
+		sc := s.CachedInfo().Config
+		assert.Equal(t, []string{w.subject}, sc.Subjects, w.name)
+		assert.Equal(t, w.retention, sc.Retention, w.name)
+		assert.Equal(t, jetstream.FileStorage, sc.Storage, w.name)
+		assert.Equal(t, w.maxAge, sc.MaxAge, w.name)
+		assert.Equal(t, w.dupWindow, sc.Duplicates, w.name)
+		assert.Equal(t, 1, sc.Replicas, w.name)
+	}
+	names := e.js.StreamNames(e.ctx)
+	var got []string
+	for n := range names.Name() {
+		got = append(got, n)
+	}
+	require.NoError(t, names.Err())
+	slices.Sort(got)
+	assert.Equal(t, []string{"JETPILOT_APPROVALS", "JETPILOT_DEAD", "JETPILOT_DECISIONS", "JETPILOT_EVENTS",
+		"JETPILOT_JOBS", "JETPILOT_RESULTS", "KV_jetpilot_runs"}, got)
+
+	kv, err := e.js.KeyValue(e.ctx, "jetpilot_runs")
+	require.NoError(t, err)
+	st, err := kv.Status(e.ctx)
+	require.NoError(t, err)
+	assert.EqualValues(t, 1, st.History())
+}
+
+func TestSetupUpdatesSettings(t *testing.T) {
+	e := setupEnv(t, queue.Config{})
+	cfg := queue.Config{ResultsMaxAge: 48 * time.Hour, EventsMaxAge: 10 * time.Minute}
+	require.NoError(t, queue.Setup(e.ctx, e.js, cfg))
+
+	s, err := e.js.Stream(e.ctx, "JETPILOT_RESULTS")
+	require.NoError(t, err)
+	assert.Equal(t, 48*time.Hour, s.CachedInfo().Config.MaxAge)
+	assert.Equal(t, 24*time.Hour, s.CachedInfo().Config.Duplicates)
+	s, err = e.js.Stream(e.ctx, "JETPILOT_EVENTS")
+	require.NoError(t, err)
+	assert.Equal(t, 10*time.Minute, s.CachedInfo().Config.MaxAge)
+}
+
+func TestSetupRejectsBadConfig(t *testing.T) {
+	_, _, js := testnats.Start(t)
+	err := queue.Setup(testCtx(t), js, queue.Config{Prefix: "has space"})
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), `prefix "has space": contains whitespace`)
+}
+
+func TestPrefixChangesEveryName(t *testing.T) {
+	cfg := queue.Config{Prefix: "acme"}
+	e := setupEnv(t, cfg)
+	for _, name := range []string{"ACME_JOBS", "ACME_RESULTS", "ACME_APPROVALS", "ACME_DECISIONS", "ACME_EVENTS", "ACME_DEAD"} {
+		_, err := e.js.Stream(e.ctx, name)
+		require.NoError(t, err, name)
+	}
+	_, err := e.js.Stream(e.ctx, "JETPILOT_JOBS")
+	require.ErrorIs(t, err, jetstream.ErrStreamNotFound)
+	_, err = e.js.KeyValue(e.ctx, "acme_runs")
+	require.NoError(t, err)
+
+	cons, err := cfg.EnsureWorkerConsumer(e.ctx, e.js, nil)
+	require.NoError(t, err)
+	require.Len(t, cons, 1)
+	assert.Equal(t, "acme-workers", cons[0].CachedInfo().Name)
+	assert.Equal(t, "acme.jobs.>", cons[0].CachedInfo().Config.FilterSubject)
+	dc, err := cfg.EnsureDecisionConsumer(e.ctx, e.js)
+	require.NoError(t, err)
+	assert.Equal(t, "acme-deciders", dc.CachedInfo().Name)
+
+	c := queue.NewClient(e.js, cfg)
+	ack, err := c.Submit(e.ctx, validJob("p1"))
+	require.NoError(t, err)
+	assert.Equal(t, "ACME_JOBS", ack.Stream)
+	msg, err := cons[0].Next()
+	require.NoError(t, err)
+	assert.Equal(t, "acme.jobs.default", msg.Subject())
+}
+
+func TestWorkerConsumerConfig(t *testing.T) {
+	e := setupEnv(t, queue.Config{})
+	cons, err := e.cfg.EnsureWorkerConsumer(e.ctx, e.js, nil)
+	require.NoError(t, err)
+	require.Len(t, cons, 1)
+	info := cons[0].CachedInfo()
+	assert.Equal(t, "jetpilot-workers", info.Name)
+	assert.Equal(t, "jetpilot-workers", info.Config.Durable)
+	assert.Equal(t, "jetpilot.jobs.>", info.Config.FilterSubject)
+	assert.Equal(t, jetstream.AckExplicitPolicy, info.Config.AckPolicy)
+	assert.Equal(t, 30*time.Second, info.Config.AckWait)
+	assert.Equal(t, -1, info.Config.MaxDeliver, "the worker dead-letters by itself; JetStream must not drop silently")
+	assert.Equal(t, 1000, info.Config.MaxAckPending)
+	assert.Empty(t, info.Config.DeliverSubject, "pull consumer")
+
+	// Again: idempotent, and it can update.
+	cfg := queue.Config{AckWait: time.Minute}
+	cons, err = cfg.EnsureWorkerConsumer(e.ctx, e.js, nil)
+	require.NoError(t, err)
+	assert.Equal(t, time.Minute, cons[0].CachedInfo().Config.AckWait)
+
+	dc, err := e.cfg.EnsureDecisionConsumer(e.ctx, e.js)
+	require.NoError(t, err)
+	di := dc.CachedInfo()
+	assert.Equal(t, "jetpilot-deciders", di.Name)
+	assert.Equal(t, "jetpilot.decisions.>", di.Config.FilterSubject)
+	assert.Equal(t, jetstream.AckExplicitPolicy, di.Config.AckPolicy)
+}
+
+func TestProfileConsumers(t *testing.T) {
+	e := setupEnv(t, queue.Config{})
+	cons, err := e.cfg.EnsureWorkerConsumer(e.ctx, e.js, []string{"gpu", "cpu", "gpu"})
+	require.NoError(t, err)
+	require.Len(t, cons, 2, "duplicates collapse")
+	assert.Equal(t, "jetpilot-workers-gpu", cons[0].CachedInfo().Name)
+	assert.Equal(t, "jetpilot.jobs.gpu", cons[0].CachedInfo().Config.FilterSubject)
+	assert.Equal(t, "jetpilot-workers-cpu", cons[1].CachedInfo().Name)
+
+	// A second worker sharing one profile is fine.
+	_, err = e.cfg.EnsureWorkerConsumer(e.ctx, e.js, []string{"cpu", "arm"})
+	require.NoError(t, err)
+
+	// A job on "gpu" goes to the gpu consumer only.
+	c := queue.NewClient(e.js, e.cfg)
+	j := validJob("g1")
+	j.Profile = "gpu"
+	_, err = c.Submit(e.ctx, j)
+	require.NoError(t, err)
+	msg, err := cons[0].Next()
+	require.NoError(t, err)
+	assert.Equal(t, "jetpilot.jobs.gpu", msg.Subject())
+
+	// Now a catch-all worker: clear error.
+	_, err = e.cfg.EnsureWorkerConsumer(e.ctx, e.js, nil)
+	require.Error(t, err)
+	require.ErrorIs(t, err, queue.ErrConsumerConflict)
+	assert.Contains(t, err.Error(), "per-profile worker consumers exist")
+	assert.Contains(t, err.Error(), "jetpilot-workers-gpu")
+	assert.Contains(t, err.Error(), "give this worker --profiles")
+
+	_, err = e.cfg.EnsureWorkerConsumer(e.ctx, e.js, []string{"bad.profile"})
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), `profile "bad.profile": contains a dot`)
+}
+
+func TestProfileConsumersAfterCatchAll(t *testing.T) {
+	e := setupEnv(t, queue.Config{})
+	_, err := e.cfg.EnsureWorkerConsumer(e.ctx, e.js, nil)
+	require.NoError(t, err)
+	_, err = e.cfg.EnsureWorkerConsumer(e.ctx, e.js, []string{"gpu"})
+	require.Error(t, err)
+	require.True(t, errors.Is(err, queue.ErrConsumerConflict), "%v", err)
+	assert.Contains(t, err.Error(), "a catch-all worker consumer exists (jetpilot-workers); workers with --profiles cannot share the stream JETPILOT_JOBS with it")
+
+	s, err := e.js.Stream(e.ctx, "JETPILOT_JOBS")
+	require.NoError(t, err)
+	var names []string
+	for n := range s.ConsumerNames(e.ctx).Name() {
+		names = append(names, n)
+	}
+	assert.True(t, slices.Equal([]string{"jetpilot-workers"}, names), "nothing half-created: %v", names)
+}
