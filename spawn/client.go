@@ -1,0 +1,430 @@
+package spawn
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jetpilot-dev/jetpilot/schemas"
+)
+
+// ClientOptions configure a Client.
+type ClientOptions struct {
+	// BaseURL of the agent server, for example "http://127.0.0.1:4096".
+	// Required; a trailing slash is trimmed.
+	BaseURL string
+	// Token is the bearer token. "" sends no Authorization header, as the
+	// API asks when the server has no token.
+	Token string
+	// HTTPClient defaults to a client with dial, TLS and response-header
+	// timeouts but no overall Timeout, because the event stream is
+	// long-lived.
+	HTTPClient *http.Client
+	// UserAgent defaults to "jetpilot".
+	UserAgent string
+	// RequestTimeout bounds every call except the event stream, so a server
+	// that accepts a request and never answers cannot block a worker.
+	// Default 30s; negative means none.
+	RequestTimeout time.Duration
+}
+
+// Client talks to one agent server. It is safe for concurrent use.
+type Client struct {
+	base       string
+	token      string
+	hc         *http.Client
+	userAgent  string
+	reqTimeout time.Duration
+}
+
+// maxErrorBody bounds how much of an error answer is read.
+const maxErrorBody = 64 << 10
+
+// maxJSONBody bounds how much of a JSON answer is read (message lists can be
+// large, but not unbounded).
+const maxJSONBody = 64 << 20
+
+// NewClient returns a client for opts.BaseURL.
+func NewClient(opts ClientOptions) (*Client, error) {
+	base := strings.TrimRight(strings.TrimSpace(opts.BaseURL), "/")
+	if base == "" {
+		return nil, errors.New("spawn: new client: BaseURL is required")
+	}
+	u, err := url.Parse(base)
+	if err != nil {
+		return nil, fmt.Errorf("spawn: new client: BaseURL: %w", err)
+	}
+	if u.Scheme != "http" && u.Scheme != "https" {
+		return nil, fmt.Errorf("spawn: new client: BaseURL %q: scheme must be http or https", base)
+	}
+	if u.Host == "" {
+		return nil, fmt.Errorf("spawn: new client: BaseURL %q has no host", base)
+	}
+	if u.User != nil {
+		return nil, errors.New("spawn: new client: BaseURL must not carry credentials; use Token")
+	}
+	if strings.ContainsAny(opts.Token, "\r\n") {
+		return nil, errors.New("spawn: new client: Token contains a line break")
+	}
+	c := &Client{
+		base:       base,
+		token:      opts.Token,
+		hc:         opts.HTTPClient,
+		userAgent:  opts.UserAgent,
+		reqTimeout: opts.RequestTimeout,
+	}
+	if c.hc == nil {
+		c.hc = defaultHTTPClient()
+	}
+	if c.userAgent == "" {
+		c.userAgent = "jetpilot"
+	}
+	if c.reqTimeout == 0 {
+		c.reqTimeout = 30 * time.Second
+	}
+	return c, nil
+}
+
+func defaultHTTPClient() *http.Client {
+	return &http.Client{
+		Transport: &http.Transport{
+			Proxy: http.ProxyFromEnvironment,
+			DialContext: (&net.Dialer{
+				Timeout:   10 * time.Second,
+				KeepAlive: 30 * time.Second,
+			}).DialContext,
+			ForceAttemptHTTP2:     true,
+			MaxIdleConns:          64,
+			MaxIdleConnsPerHost:   16,
+			IdleConnTimeout:       90 * time.Second,
+			TLSHandshakeTimeout:   10 * time.Second,
+			ResponseHeaderTimeout: 30 * time.Second,
+			ExpectContinueTimeout: time.Second,
+		},
+	}
+}
+
+// BaseURL returns the server's base URL (without trailing slash).
+func (c *Client) BaseURL() string { return c.base }
+
+// Health calls GET /v1/health.
+func (c *Client) Health(ctx context.Context) (Health, error) {
+	var h Health
+	err := c.doJSON(ctx, "health", http.MethodGet, "/v1/health", nil, "", &h)
+	return h, err
+}
+
+// CreateSession calls POST /v1/sessions. A non-empty idempotencyKey makes a
+// retried call return the first call's session.
+func (c *Client) CreateSession(ctx context.Context, req CreateSessionRequest, idempotencyKey string) (Session, error) {
+	var s Session
+	err := c.doJSON(ctx, "create session", http.MethodPost, "/v1/sessions", req, idempotencyKey, &s)
+	if err == nil && s.ID == "" {
+		err = errors.New("agent server: create session: answer has no session id")
+	}
+	return s, err
+}
+
+// GetSession calls GET /v1/sessions/{id}.
+func (c *Client) GetSession(ctx context.Context, id string) (SessionState, error) {
+	var s SessionState
+	p, err := sessionPath(id)
+	if err != nil {
+		return s, fmt.Errorf("get session: %w", err)
+	}
+	err = c.doJSON(ctx, "get session", http.MethodGet, p, nil, "", &s)
+	return s, err
+}
+
+// SendMessage calls POST /v1/sessions/{id}/messages and returns the run id.
+// Empty Message.Role and Type default to "user" and "message". A non-empty
+// idempotencyKey makes a retried call return the first call's run id instead
+// of starting a second run.
+func (c *Client) SendMessage(ctx context.Context, sessionID string, req SendMessageRequest, idempotencyKey string) (string, error) {
+	p, err := sessionPath(sessionID, "messages")
+	if err != nil {
+		return "", fmt.Errorf("send message: %w", err)
+	}
+	if req.Message.Role == "" {
+		req.Message.Role = "user"
+	}
+	if req.Type == "" {
+		req.Type = MessageTypeMessage
+	}
+	if req.Overrides.isZero() {
+		req.Overrides = nil
+	}
+	if len(req.Context) == 0 {
+		req.Context = nil
+	}
+	var out struct {
+		RunID string `json:"run_id"`
+	}
+	if err := c.doJSON(ctx, "send message", http.MethodPost, p, req, idempotencyKey, &out); err != nil {
+		return "", err
+	}
+	if out.RunID == "" {
+		return "", errors.New("agent server: send message: answer has no run_id")
+	}
+	return out.RunID, nil
+}
+
+// Decide calls POST /v1/sessions/{id}/tools/decisions with one decision per
+// tool call id.
+func (c *Client) Decide(ctx context.Context, sessionID, runID string, decisions map[string]schemas.ToolDecision) error {
+	p, err := sessionPath(sessionID, "tools", "decisions")
+	if err != nil {
+		return fmt.Errorf("decide: %w", err)
+	}
+	if runID == "" {
+		return errors.New("decide: run id is required")
+	}
+	if len(decisions) == 0 {
+		return errors.New("decide: no decisions")
+	}
+	for id, d := range decisions {
+		switch d.Action {
+		case schemas.ActionAccept, schemas.ActionReject:
+		case schemas.ActionCustomResult:
+			if d.Content == "" {
+				return fmt.Errorf("decide: tool call %q: custom_result needs content", id)
+			}
+		default:
+			return fmt.Errorf("decide: tool call %q: unknown action %q", id, d.Action)
+		}
+	}
+	body := struct {
+		RunID     string                          `json:"run_id"`
+		Decisions map[string]schemas.ToolDecision `json:"decisions"`
+	}{runID, decisions}
+	return c.doJSON(ctx, "decide", http.MethodPost, p, body, "", nil)
+}
+
+// Cancel calls POST /v1/sessions/{id}/cancel for runID.
+func (c *Client) Cancel(ctx context.Context, sessionID, runID string) error {
+	p, err := sessionPath(sessionID, "cancel")
+	if err != nil {
+		return fmt.Errorf("cancel: %w", err)
+	}
+	if runID == "" {
+		return errors.New("cancel: run id is required")
+	}
+	body := struct {
+		RunID string `json:"run_id"`
+	}{runID}
+	return c.doJSON(ctx, "cancel", http.MethodPost, p, body, "", nil)
+}
+
+// PendingTools calls GET /v1/sessions/{id}/tools/pending.
+func (c *Client) PendingTools(ctx context.Context, sessionID string) (Pending, error) {
+	var out Pending
+	p, err := sessionPath(sessionID, "tools", "pending")
+	if err != nil {
+		return out, fmt.Errorf("pending tools: %w", err)
+	}
+	err = c.doJSON(ctx, "pending tools", http.MethodGet, p, nil, "", &out)
+	return out, err
+}
+
+// Messages calls GET /v1/sessions/{id}/messages. limit <= 0 leaves the
+// server's default; offset < 0 is treated as 0.
+func (c *Client) Messages(ctx context.Context, sessionID string, limit, offset int) (MessagePage, error) {
+	var out MessagePage
+	p, err := sessionPath(sessionID, "messages")
+	if err != nil {
+		return out, fmt.Errorf("messages: %w", err)
+	}
+	q := url.Values{}
+	if limit > 0 {
+		q.Set("limit", strconv.Itoa(limit))
+	}
+	if offset > 0 {
+		q.Set("offset", strconv.Itoa(offset))
+	}
+	if len(q) > 0 {
+		p += "?" + q.Encode()
+	}
+	err = c.doJSON(ctx, "messages", http.MethodGet, p, nil, "", &out)
+	return out, err
+}
+
+// Events opens GET /v1/sessions/{id}/events. lastEventID nil sends no
+// Last-Event-ID header (only live events follow); a value N replays the
+// events after N still in the server's ring first. The stream lives until ctx
+// ends or Close is called.
+func (c *Client) Events(ctx context.Context, sessionID string, lastEventID *uint64) (*EventStream, error) {
+	return c.OpenEvents(ctx, sessionID, StreamOptions{LastEventID: lastEventID})
+}
+
+// StreamOptions configure OpenEvents.
+type StreamOptions struct {
+	// LastEventID: nil sends no Last-Event-ID header.
+	LastEventID *uint64
+	// MaxFrameBytes caps one SSE frame; default DefaultMaxFrameBytes.
+	MaxFrameBytes int
+	// OnActivity, if set, is called from the reading goroutine every time
+	// bytes arrive (keep-alives included), so a caller can reset a stall
+	// timer.
+	OnActivity func()
+}
+
+// OpenEvents is Events with more options.
+func (c *Client) OpenEvents(ctx context.Context, sessionID string, opts StreamOptions) (*EventStream, error) {
+	p, err := sessionPath(sessionID, "events")
+	if err != nil {
+		return nil, fmt.Errorf("events: %w", err)
+	}
+	req, err := c.newRequest(ctx, http.MethodGet, p, nil, "")
+	if err != nil {
+		return nil, fmt.Errorf("events: %w", err)
+	}
+	req.Header.Set("Accept", "text/event-stream")
+	req.Header.Set("Cache-Control", "no-cache")
+	if opts.LastEventID != nil {
+		req.Header.Set("Last-Event-ID", strconv.FormatUint(*opts.LastEventID, 10))
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return nil, c.transportError("events", ctx, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		defer resp.Body.Close()
+		return nil, readAPIError("events", resp)
+	}
+	ct := resp.Header.Get("Content-Type")
+	if !strings.HasPrefix(strings.ToLower(ct), "text/event-stream") {
+		resp.Body.Close()
+		return nil, fmt.Errorf("agent server: events: unexpected content type %q", ct)
+	}
+	return newEventStream(resp.Body, opts), nil
+}
+
+// sessionPath builds /v1/sessions/{id}/... with the id path-escaped, and
+// rejects ids that are empty.
+func sessionPath(id string, rest ...string) (string, error) {
+	if strings.TrimSpace(id) == "" {
+		return "", errors.New("session id is required")
+	}
+	p := "/v1/sessions/" + url.PathEscape(id)
+	for _, r := range rest {
+		p += "/" + r
+	}
+	return p, nil
+}
+
+func (c *Client) newRequest(ctx context.Context, method, path string, body []byte, idempotencyKey string) (*http.Request, error) {
+	var rd io.Reader
+	if body != nil {
+		rd = bytes.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, rd)
+	if err != nil {
+		return nil, err
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	req.Header.Set("Accept", "application/json")
+	req.Header.Set("User-Agent", c.userAgent)
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	if idempotencyKey != "" {
+		req.Header.Set("Idempotency-Key", idempotencyKey)
+	}
+	return req, nil
+}
+
+// doJSON sends one request and decodes a 2xx JSON answer into out (nil:
+// discard it).
+func (c *Client) doJSON(ctx context.Context, op, method, path string, in any, idempotencyKey string, out any) error {
+	var body []byte
+	if in != nil {
+		var err error
+		if body, err = json.Marshal(in); err != nil {
+			return fmt.Errorf("%s: encode request: %w", op, err)
+		}
+	}
+	rctx := ctx
+	if c.reqTimeout > 0 {
+		var cancel context.CancelFunc
+		rctx, cancel = context.WithTimeoutCause(ctx, c.reqTimeout, errRequestTimeout)
+		defer cancel()
+	}
+	req, err := c.newRequest(rctx, method, path, body, idempotencyKey)
+	if err != nil {
+		return fmt.Errorf("%s: %w", op, err)
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		if ctx.Err() == nil && rctx.Err() != nil {
+			return markTransient(fmt.Errorf("agent server: %s: %w after %s", op, errRequestTimeout, c.reqTimeout))
+		}
+		return c.transportError(op, ctx, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+		return readAPIError(op, resp)
+	}
+	if out == nil {
+		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxErrorBody))
+		return nil
+	}
+	dec := json.NewDecoder(io.LimitReader(resp.Body, maxJSONBody))
+	if err := dec.Decode(out); err != nil {
+		if ctx.Err() == nil && (rctx.Err() != nil || errors.Is(err, io.ErrUnexpectedEOF) || IsTransient(err)) {
+			// The connection broke while reading the answer.
+			return markTransient(fmt.Errorf("agent server: %s: read answer: %w", op, err))
+		}
+		return fmt.Errorf("agent server: %s: decode answer: %w", op, err)
+	}
+	return nil
+}
+
+var errRequestTimeout = errors.New("request timed out")
+
+// transportError wraps a failure to get any answer. Connection failures are
+// marked transient; the caller's own cancellation is not.
+func (c *Client) transportError(op string, ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return fmt.Errorf("agent server: %s: %w", op, context.Cause(ctx))
+	}
+	if IsTransient(err) {
+		return markTransient(fmt.Errorf("agent server: %s: %w", op, err))
+	}
+	return fmt.Errorf("agent server: %s: %w", op, err)
+}
+
+// readAPIError turns a non-2xx answer into an *APIError, from the JSON body
+// when it has one, else from the status text.
+func readAPIError(op string, resp *http.Response) error {
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
+	ae := &APIError{Op: op, StatusCode: resp.StatusCode}
+	var body struct {
+		Error     string `json:"error"`
+		Code      string `json:"code"`
+		RequestID string `json:"request_id"`
+	}
+	if json.Unmarshal(b, &body) == nil {
+		ae.Message, ae.Code, ae.RequestID = body.Error, body.Code, body.RequestID
+	}
+	if ae.Message == "" {
+		ae.Message = http.StatusText(resp.StatusCode)
+		if ae.Message == "" {
+			ae.Message = "unexpected status"
+		}
+	}
+	if ae.Code == "" {
+		ae.Code = "http_" + strconv.Itoa(resp.StatusCode)
+	}
+	return ae
+}

@@ -1,0 +1,429 @@
+package spawn
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/cenkalti/backoff/v5"
+
+	"github.com/jetpilot-dev/jetpilot/schemas"
+)
+
+func (st *runState) newBackoff() *backoff.ExponentialBackOff {
+	b := backoff.NewExponentialBackOff()
+	b.InitialInterval = st.opts.ReconnectInitialInterval
+	b.MaxInterval = st.opts.ReconnectMaxInterval
+	b.Reset()
+	return b
+}
+
+// retry runs a lookup or decision inside the follow loop, retrying transient
+// failures with backoff for up to MaxReconnectTime.
+func retry[T any](ctx context.Context, st *runState, op string, fn func(context.Context) (T, error)) (T, error) {
+	return backoff.Retry(ctx, func() (T, error) {
+		v, err := fn(ctx)
+		if err != nil && !IsTransient(err) {
+			return v, backoff.Permanent(err)
+		}
+		return v, err
+	},
+		backoff.WithBackOff(st.newBackoff()),
+		backoff.WithMaxElapsedTime(st.opts.MaxReconnectTime),
+		backoff.WithNotify(func(err error, d time.Duration) {
+			st.log.Info("agent server call failed; retrying", "op", op, "err", err, "retry_in", d)
+		}))
+}
+
+func (st *runState) getSession(ctx context.Context) (SessionState, error) {
+	return retry(ctx, st, "get session", func(ctx context.Context) (SessionState, error) {
+		return st.c.GetSession(ctx, st.sessionID)
+	})
+}
+
+func (st *runState) messages(ctx context.Context, limit, offset int) (MessagePage, error) {
+	return retry(ctx, st, "messages", func(ctx context.Context) (MessagePage, error) {
+		return st.c.Messages(ctx, st.sessionID, limit, offset)
+	})
+}
+
+// maxMessagePages bounds the paging through a session's messages.
+const (
+	messagePageSize = 100
+	maxMessagePages = 1000
+)
+
+// assistantText is the text of the session's assistant messages, in order.
+// A jetpilot session holds one job's run, so that is the run's text.
+func (st *runState) assistantText(ctx context.Context) (string, error) {
+	var sb strings.Builder
+	offset := 0
+	for range maxMessagePages {
+		page, err := st.messages(ctx, messagePageSize, offset)
+		if err != nil {
+			return "", fmt.Errorf("list messages: %w", err)
+		}
+		for _, m := range page.Messages {
+			if m.Role == "assistant" {
+				sb.WriteString(m.Content)
+			}
+		}
+		offset += len(page.Messages)
+		if len(page.Messages) == 0 || offset >= page.Total {
+			return sb.String(), nil
+		}
+	}
+	return sb.String(), nil
+}
+
+// follow reads the run's events until it ends or pauses, reconnecting a
+// dropped or stalled stream from the last event processed.
+func (st *runState) follow(ctx context.Context) (schemas.Result, error) {
+	b := st.newBackoff()
+	var failingSince time.Time
+	var lastErr error
+	// fail notes a failure to follow and waits before the next try; it gives
+	// up after MaxReconnectTime of consecutive failures.
+	fail := func(err error) error {
+		lastErr = err
+		if failingSince.IsZero() {
+			failingSince = time.Now()
+		}
+		wait := b.NextBackOff()
+		if time.Since(failingSince)+wait > st.opts.MaxReconnectTime {
+			return markTransient(fmt.Errorf("follow events: gave up after %s of failures: %w",
+				time.Since(failingSince).Round(time.Millisecond), lastErr))
+		}
+		st.log.Info("event stream failed; reconnecting", "err", err, "retry_in", wait, "last_event_id", st.lastID)
+		t := time.NewTimer(wait)
+		defer t.Stop()
+		select {
+		case <-t.C:
+			return nil
+		case <-ctx.Done():
+			return fmt.Errorf("follow events: %w", context.Cause(ctx))
+		}
+	}
+	for {
+		if err := ctx.Err(); err != nil {
+			return schemas.Result{}, fmt.Errorf("follow events: %w", context.Cause(ctx))
+		}
+		if st.stream == nil {
+			if err := st.openStream(ctx, st.opts.StallTimeout); err != nil {
+				if ctx.Err() != nil {
+					return schemas.Result{}, err
+				}
+				if isSessionLost(err) {
+					return st.sessionLost(err), nil
+				}
+				if !IsTransient(err) {
+					return schemas.Result{}, err
+				}
+				if ferr := fail(err); ferr != nil {
+					return schemas.Result{}, ferr
+				}
+				continue
+			}
+		}
+		ev, err := st.stream.Next()
+		if err != nil {
+			var big *FrameTooLargeError
+			if errors.As(err, &big) {
+				res, done, herr := st.onOversize(ctx, big)
+				if herr != nil || done {
+					return res, herr
+				}
+				continue
+			}
+			stalled := st.streamStalled()
+			st.closeStream()
+			if ctx.Err() != nil {
+				return schemas.Result{}, fmt.Errorf("follow events: %w", context.Cause(ctx))
+			}
+			switch {
+			case stalled:
+				err = markTransient(fmt.Errorf("event stream stalled: no bytes for %s", st.opts.StallTimeout))
+			case errors.Is(err, io.EOF):
+				err = markTransient(errors.New("event stream ended by the server"))
+			default:
+				err = markTransient(fmt.Errorf("read event stream: %w", err))
+			}
+			if ferr := fail(err); ferr != nil {
+				return schemas.Result{}, ferr
+			}
+			continue
+		}
+		failingSince = time.Time{}
+		b.Reset()
+		res, done, err := st.handle(ctx, ev)
+		if err != nil || done {
+			return res, err
+		}
+	}
+}
+
+// handle processes one event. done is true when res is the phase's Result.
+func (st *runState) handle(ctx context.Context, ev Event) (res schemas.Result, done bool, err error) {
+	if ev.Gap != nil {
+		return st.onGap(ctx, ev.Gap)
+	}
+	if ev.ID <= st.lastID {
+		return res, false, nil // already processed (a replay after reconnecting)
+	}
+	if st.runID == "" && st.ended && ev.RunID != "" && ev.Name == EventRunStarted {
+		// Re-attaching to a session whose run id was never recorded: the
+		// session is the job's own, so its run is ours.
+		st.runID = ev.RunID
+		st.log = st.log.With("run_id", ev.RunID)
+	}
+	if ev.RunID == "" || ev.RunID != st.runID {
+		st.lastID = ev.ID // another run of the session, or session-level
+		return res, false, nil
+	}
+	if st.spec.OnEvent != nil {
+		st.spec.OnEvent(ev)
+	}
+	res, done, err = st.process(ctx, ev)
+	if err != nil {
+		return res, false, err // not marked processed: a retry sees it again
+	}
+	st.lastID = ev.ID
+	if done {
+		// The Result was built before lastID moved; keep them consistent.
+		res.RunID = st.runID
+		return res, true, nil
+	}
+	st.reportCursor(false)
+	return res, false, nil
+}
+
+// process applies one event of our run.
+func (st *runState) process(ctx context.Context, ev Event) (schemas.Result, bool, error) {
+	var none schemas.Result
+	switch ev.Name {
+	case EventTextDelta:
+		var p TextDelta
+		if err := ev.Decode(&p); err != nil {
+			st.rebuild = true
+			st.warn(fmt.Sprintf("skipped a malformed text_delta event: %v", err))
+			return none, false, nil
+		}
+		st.stdout.WriteString(p.Delta)
+	case EventTurnStarted:
+		var p TurnStarted
+		if ev.Decode(&p) == nil && p.Turn > st.turns {
+			st.turns = p.Turn
+		}
+	case EventUsageReport:
+		var p UsageReport
+		if ev.Decode(&p) == nil {
+			st.sawUsage = true
+			u := toUsage(p.Usage)
+			st.turnUsage.PromptTokens += u.PromptTokens
+			st.turnUsage.CompletionTokens += u.CompletionTokens
+			st.turnUsage.TotalTokens += u.TotalTokens
+		}
+	case EventToolCallsProposed:
+		if st.ended {
+			return none, false, nil // the run is over: nothing to decide
+		}
+		var p ToolCallsProposed
+		if err := ev.Decode(&p); err != nil {
+			// Without the calls the run would wait forever: ask the server.
+			st.warn(fmt.Sprintf("malformed tool_calls_proposed event: %v; using the pending list", err))
+			return st.reconcile(ctx)
+		}
+		return st.proposed(ctx, p.ToolCalls)
+	case EventRunCompleted:
+		var p RunCompleted
+		if err := ev.Decode(&p); err != nil {
+			st.warn(fmt.Sprintf("malformed run_completed event: %v", err))
+		}
+		st.final = &p
+		switch p.StopReason {
+		case "cancelled":
+			return st.result(schemas.StatusCancelled), true, nil
+		case "error":
+			return st.failed("run_error", "the run stopped with stop_reason error"), true, nil
+		}
+		return st.result(schemas.StatusCompleted), true, nil
+	case EventRunError:
+		var p RunError
+		if err := ev.Decode(&p); err != nil || p.Error == "" {
+			p.Error = "the run failed (no error message)"
+		}
+		res := st.failed("run_error", p.Error)
+		return res, true, nil
+	}
+	return none, false, nil
+}
+
+// proposed applies the policy to proposed calls: one Decide call for those
+// it settles; with pause_on_approval, calls left for a human pause the phase.
+func (st *runState) proposed(ctx context.Context, calls []ToolCallProposal) (schemas.Result, bool, error) {
+	decisions := map[string]schemas.ToolDecision{}
+	var pending []schemas.ToolCall
+	for _, call := range calls {
+		if call.ID == "" || st.decided[call.ID] {
+			continue
+		}
+		switch st.policy.Verdict(call.Name) {
+		case VerdictAccept:
+			decisions[call.ID] = schemas.ToolDecision{Action: schemas.ActionAccept}
+		case VerdictReject:
+			decisions[call.ID] = schemas.ToolDecision{Action: schemas.ActionReject, Content: RejectContent(call.Name)}
+		case VerdictAsk:
+			pending = append(pending, schemas.ToolCall{ID: call.ID, Name: call.Name, Arguments: call.Arguments})
+		}
+	}
+	if len(decisions) > 0 {
+		_, err := retry(ctx, st, "decide", func(ctx context.Context) (struct{}, error) {
+			return struct{}{}, st.c.Decide(ctx, st.sessionID, st.runID, decisions)
+		})
+		switch {
+		case err == nil:
+			for id, d := range decisions {
+				st.decided[id] = true
+				if d.Action == schemas.ActionAccept {
+					st.tools.Accepted++
+				} else {
+					st.tools.Rejected++
+				}
+			}
+		case ctx.Err() != nil || IsTransient(err):
+			return schemas.Result{}, false, fmt.Errorf("decide tool calls: %w", err)
+		default:
+			// The run moved on (ended, cancelled, or the calls were decided
+			// already): its events will say what happened.
+			st.warn(fmt.Sprintf("tool decisions were refused: %v", err))
+			for id := range decisions {
+				st.decided[id] = true
+			}
+		}
+	}
+	if len(pending) == 0 {
+		return schemas.Result{}, false, nil
+	}
+	res := st.result(schemas.StatusPaused)
+	res.PauseReason = &schemas.PauseReason{Type: schemas.PauseToolApproval, PendingToolCalls: pending}
+	return res, true, nil
+}
+
+// onGap handles gap_detected: the events between our cursor and the ring's
+// oldest are gone. Live events still follow on this stream; the text is
+// rebuilt from the messages at the end, and the session is checked for a
+// run that ended or waits on calls we never saw.
+func (st *runState) onGap(ctx context.Context, g *GapDetected) (schemas.Result, bool, error) {
+	st.rebuild = true
+	st.warn(fmt.Sprintf("event stream gap: events after %d up to %d were no longer kept by the agent server; "+
+		"the text was rebuilt from the session's messages", g.RequestedAfterID, g.NewestAvailableID))
+	if g.NewestAvailableID > st.lastID {
+		// Live events continue after the newest; reconnecting from an older
+		// id would only produce the same gap again.
+		st.lastID = g.NewestAvailableID
+	}
+	return st.reconcile(ctx)
+}
+
+// onOversize handles a frame over the cap: it is skipped (its id, when known,
+// is marked processed so reconnects skip it too) and the session is checked
+// in case it was an event the run depends on.
+func (st *runState) onOversize(ctx context.Context, big *FrameTooLargeError) (schemas.Result, bool, error) {
+	st.rebuild = true
+	st.warn(fmt.Sprintf("skipped an event larger than %d bytes (%s); the text was rebuilt from the session's messages",
+		big.Limit, strings.TrimSpace(big.Event+" "+big.ID)))
+	if id, err := strconv.ParseUint(big.ID, 10, 64); err == nil && id > st.lastID {
+		st.lastID = id
+	}
+	if st.ended {
+		return schemas.Result{}, false, nil
+	}
+	return st.reconcile(ctx)
+}
+
+// reconcile asks the server what events could not tell: whether our run is
+// still active, and whether it waits on tool calls.
+func (st *runState) reconcile(ctx context.Context) (schemas.Result, bool, error) {
+	if st.ended {
+		return schemas.Result{}, false, nil
+	}
+	gs, err := st.getSession(ctx)
+	if err != nil {
+		if isSessionLost(err) {
+			return st.sessionLost(err), true, nil
+		}
+		return schemas.Result{}, false, fmt.Errorf("check session after lost events: %w", err)
+	}
+	if rs := gs.Session.RunStatus; !rs.Active() || rs.RunID != st.runID {
+		res, err := st.finishEnded(ctx, &gs)
+		return res, err == nil, err
+	}
+	pend, err := retry(ctx, st, "pending tools", func(ctx context.Context) (Pending, error) {
+		return st.c.PendingTools(ctx, st.sessionID)
+	})
+	if err != nil {
+		return schemas.Result{}, false, fmt.Errorf("check pending tool calls after lost events: %w", err)
+	}
+	if pend.RunID == st.runID && len(pend.ToolCalls) > 0 {
+		return st.proposed(ctx, pend.ToolCalls)
+	}
+	return schemas.Result{}, false, nil
+}
+
+// finishEnded builds the Result of a run that is known to be over: from its
+// final event if the replay still has it, else from the session snapshot.
+func (st *runState) finishEnded(ctx context.Context, gs *SessionState) (schemas.Result, error) {
+	st.closeStream()
+	st.ended = true
+	if err := st.openStream(ctx, st.opts.EndedReplayWait); err == nil {
+		// Bounded by the stream: the replay is finite and the quiet timer
+		// cuts the connection once it stops.
+		for {
+			ev, err := st.stream.Next()
+			if err != nil {
+				var big *FrameTooLargeError
+				if errors.As(err, &big) {
+					_, _, _ = st.onOversize(ctx, big)
+					continue
+				}
+				break
+			}
+			if ev.Gap != nil {
+				st.rebuild = true
+				break
+			}
+			res, done, err := st.handle(ctx, ev)
+			if err != nil {
+				break
+			}
+			if done {
+				st.closeStream()
+				return res, nil
+			}
+		}
+	}
+	st.closeStream()
+	if ctx.Err() != nil {
+		return schemas.Result{}, fmt.Errorf("replay ended run: %w", context.Cause(ctx))
+	}
+	return st.snapshot(ctx, gs), nil
+}
+
+// snapshot is the Result of an ended run whose final event is lost: the
+// session says idle (completed) or failed; the text comes from the messages.
+func (st *runState) snapshot(ctx context.Context, gs *SessionState) schemas.Result {
+	st.rebuild = true
+	st.warn("the run's final event was not available; result rebuilt from the session snapshot " +
+		"(usage, turns and stop reason may be missing)")
+	if fresh, err := st.getSession(ctx); err == nil {
+		gs = &fresh
+	}
+	if gs != nil && gs.Session.RunStatus.State == RunStateFailed {
+		return st.failed("run_error", "the run failed; its error event was no longer available")
+	}
+	return st.result(schemas.StatusCompleted)
+}
