@@ -95,7 +95,13 @@ func (w *Worker) handleDecision(ctx context.Context, msg jetstream.Msg) {
 		return
 	}
 	p := &phase{msg: msg, job: rec.Job, attempt: attempt, start: start, rec: rec, log: log}
-	if rec.State == queue.RunRunning && rec.DecidedApproval == d.ApprovalID {
+	// A decision is known by its approval and its place in the stream, so a
+	// redelivery of the winner is told apart from a rival for the same approval.
+	decided := d.ApprovalID
+	if meta, err := msg.Metadata(); err == nil {
+		decided = fmt.Sprintf("%s@%d", d.ApprovalID, meta.Sequence.Stream)
+	}
+	if rec.State == queue.RunRunning && rec.DecidedApproval == decided {
 		// Our own decision, redelivered after a crash or a transient
 		// failure: the compare-and-set already happened, carry on.
 		p.decisions = expandDecision(d, rec.DecidedPending)
@@ -107,7 +113,7 @@ func (w *Worker) handleDecision(ctx context.Context, msg jetstream.Msg) {
 		return
 	}
 	p.decisions = expandDecision(d, rec.Pending)
-	if !w.take(ctx, p, rev, d.ApprovalID) {
+	if !w.take(ctx, p, rev, decided) {
 		return
 	}
 	w.countDecisions(&p.rec, p.decisions)

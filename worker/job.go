@@ -33,7 +33,7 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) {
 		err = w.checkProfile(msg.Subject(), job)
 	}
 	if err != nil {
-		w.reject(ctx, msg, attempt, start, err)
+		w.reject(ctx, msg, job.Metadata, attempt, start, err)
 		return
 	}
 	log := w.log.With("job_id", job.ID, "attempt", attempt)
@@ -135,7 +135,7 @@ func (w *Worker) follow(ctx context.Context, p *phase) {
 			rec.State = queue.RunRunning
 			rec.EventSeq = events.Seq()
 			active.setCursor(c)
-			if err := w.runs.Put(ctx, *rec); err != nil {
+			if _, err := w.runs.Put(ctx, *rec); err != nil {
 				p.log.Warn("record run cursor", "err", err, "session_id", c.SessionID)
 			}
 		},
@@ -203,7 +203,11 @@ func (w *Worker) settle(ctx context.Context, p *phase, res schemas.Result, event
 	rec := &p.rec
 	log := p.log.With("session_id", res.SessionID, "status", res.Status)
 	res.Worker = w.opts.Name
-	res.Stdout = rec.Stdout + res.Stdout
+	// A resumed run's final result already carries the run's whole text
+	// (rebuilt from the session); a phase result carries only its own.
+	if !strings.HasPrefix(res.Stdout, rec.Stdout) {
+		res.Stdout = rec.Stdout + res.Stdout
+	}
 	res.ToolCalls.Accepted += rec.ToolCalls.Accepted
 	res.ToolCalls.Rejected += rec.ToolCalls.Rejected
 	rec.EventSeq = events.Seq()
@@ -227,7 +231,7 @@ func (w *Worker) settle(ctx context.Context, p *phase, res schemas.Result, event
 		}
 		if rec.SessionID != "" {
 			rec.State = queue.RunDone
-			if err := w.runs.Put(ctx, *rec); err != nil {
+			if _, err := w.runs.Put(ctx, *rec); err != nil {
 				log.Warn("record run done", "err", err)
 			}
 		}
@@ -302,7 +306,7 @@ func (w *Worker) fail(ctx context.Context, p *phase, code string, cause error) {
 	}
 	if rec.SessionID != "" {
 		rec.State = queue.RunDone
-		if err := w.runs.Put(ctx, *rec); err != nil {
+		if _, err := w.runs.Put(ctx, *rec); err != nil {
 			p.log.Warn("record run done", "err", err)
 		}
 	}
@@ -313,12 +317,14 @@ func (w *Worker) fail(ctx context.Context, p *phase, code string, cause error) {
 
 // reject answers an invalid job: one rejected result naming every bad field,
 // the job on dead, and Term so it is never redelivered.
-func (w *Worker) reject(ctx context.Context, msg jetstream.Msg, attempt int, start time.Time, cause error) {
+// md is the job's metadata when it could be read, so the answer reaches the
+// producer's thread or channel.
+func (w *Worker) reject(ctx context.Context, msg jetstream.Msg, md map[string]string, attempt int, start time.Time, cause error) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), settleTimeout)
 	defer cancel()
 	id := w.rejectedJobID(msg)
 	log := w.log.With("job_id", id, "attempt", attempt)
-	res := w.baseResult(id, attempt, start, nil)
+	res := w.baseResult(id, attempt, start, md)
 	res.SetStatus(schemas.StatusRejected)
 	var ve *schemas.ValidationError
 	if errors.As(cause, &ve) {
@@ -327,7 +333,7 @@ func (w *Worker) reject(ctx context.Context, msg jetstream.Msg, attempt int, sta
 		res.Error = &schemas.Error{Code: "invalid_job", Message: cause.Error()}
 	}
 	res.Stderr = res.Error.Message
-	p := &phase{msg: msg, raw: msg.Data(), job: schemas.Job{ID: id}, attempt: attempt, log: log}
+	p := &phase{msg: msg, raw: msg.Data(), job: schemas.Job{ID: id, Metadata: md}, attempt: attempt, log: log}
 	if err := w.deadLetter(ctx, p, res.Error, res.Stderr); err != nil {
 		log.Error("dead-letter rejected job; it will be redelivered", "err", err)
 		return

@@ -38,8 +38,9 @@ func (w *Worker) pause(ctx context.Context, job schemas.Job, rec *queue.RunRecor
 	rec.ApprovalExpiresAt = now.Add(w.opts.ApprovalTimeout)
 	rec.Pending = pending
 	rec.Stdout = res.Stdout
-	rec.AutoResolved = res.ToolCalls.Accepted + res.ToolCalls.Rejected
-	if err := w.runs.Put(ctx, *rec); err != nil {
+	rec.AutoResolved = res.ToolCalls.Accepted + res.ToolCalls.Rejected - rec.ToolCalls.Accepted - rec.ToolCalls.Rejected
+	rec.ToolCalls = res.ToolCalls
+	if _, err := w.runs.Put(ctx, *rec); err != nil {
 		return fmt.Errorf("record pause: %w", err)
 	}
 	return w.publishPause(ctx, rec, *res, log)

@@ -96,17 +96,20 @@ func (w *Worker) Run(ctx context.Context) error {
 	}()
 	type source struct {
 		c      jetstream.Consumer
+		slots  chan struct{}
 		handle func(context.Context, jetstream.Msg)
 	}
-	pulls := []source{{deciders, w.handleDecision}}
+	// Decisions have their own slots: an idle decisions fetch must not
+	// hold a job slot, and resuming a paused run must not wait behind new jobs.
+	pulls := []source{{deciders, make(chan struct{}, w.opts.Concurrency), w.handleDecision}}
 	for _, c := range consumers {
-		pulls = append(pulls, source{c, w.handle})
+		pulls = append(pulls, source{c, w.slots, w.handle})
 	}
 	for _, p := range pulls {
 		loops.Add(1)
 		go func() {
 			defer loops.Done()
-			w.pull(ctx, jobCtx, p.c, &jobs, p.handle)
+			w.pull(ctx, jobCtx, p.c, p.slots, &jobs, p.handle)
 		}()
 	}
 	w.log.Info("worker started", "concurrency", w.opts.Concurrency, "consumers", len(consumers))
@@ -134,44 +137,63 @@ func (w *Worker) Run(ctx context.Context) error {
 	return nil
 }
 
-// pull fetches as many jobs as there are free slots, never more, so no job
-// message waits in a local buffer while its AckWait runs out.
-func (w *Worker) pull(ctx, jobCtx context.Context, c jetstream.Consumer, jobs *sync.WaitGroup, handle func(context.Context, jetstream.Msg)) {
+// pull fetches messages from c and hands each to handle in its own
+// goroutine, never holding more messages than slots has free tokens: a
+// message never waits in a local buffer while its AckWait runs out. An idle
+// pull holds one token (its pending one-message fetch); when messages flow it
+// takes every free token for a batch.
+func (w *Worker) pull(ctx, jobCtx context.Context, c jetstream.Consumer, slots chan struct{}, jobs *sync.WaitGroup, handle func(context.Context, jetstream.Msg)) {
 	retry := time.Duration(0)
+	dispatch := func(batch jetstream.MessageBatch) (int, error) {
+		got := 0
+		for msg := range batch.Messages() {
+			got++
+			jobs.Add(1)
+			go func() {
+				defer func() { <-slots }()
+				defer jobs.Done()
+				handle(jobCtx, msg)
+			}()
+		}
+		return got, batch.Error()
+	}
 	for {
 		select {
-		case w.slots <- struct{}{}:
+		case slots <- struct{}{}:
 		case <-ctx.Done():
 			return
 		}
 		n := 1
 	more:
-		for n < cap(w.slots) {
+		for n < cap(slots) {
 			select {
-			case w.slots <- struct{}{}:
+			case slots <- struct{}{}:
 				n++
 			default:
 				break more
 			}
 		}
-		fetchCtx, cancel := context.WithTimeout(ctx, w.opts.FetchWait)
-		batch, err := c.Fetch(n, jetstream.FetchContext(fetchCtx))
+		// First take what is there now, with every free slot.
 		got := 0
+		batch, err := c.FetchNoWait(n)
 		if err == nil {
-			for msg := range batch.Messages() {
-				got++
-				jobs.Add(1)
-				go func() {
-					defer func() { <-w.slots }()
-					defer jobs.Done()
-					handle(jobCtx, msg)
-				}()
-			}
-			err = batch.Error()
+			got, err = dispatch(batch)
 		}
-		cancel()
+		if got == 0 && err == nil && ctx.Err() == nil {
+			// Nothing waiting: wait for the next message with one slot.
+			for range n - 1 {
+				<-slots
+			}
+			n = 1
+			fetchCtx, cancel := context.WithTimeout(ctx, w.opts.FetchWait)
+			batch, err = c.Fetch(1, jetstream.FetchContext(fetchCtx))
+			if err == nil {
+				got, err = dispatch(batch)
+			}
+			cancel()
+		}
 		for range n - got {
-			<-w.slots
+			<-slots
 		}
 		if ctx.Err() != nil {
 			return
@@ -180,7 +202,7 @@ func (w *Worker) pull(ctx, jobCtx context.Context, c jetstream.Consumer, jobs *s
 			// The connection is down or the consumer is gone: back off so a
 			// NATS outage doesn't turn into a hot loop, and keep trying.
 			retry = min(max(2*retry, 100*time.Millisecond), 5*time.Second)
-			w.log.Warn("fetch jobs", "err", err, "retry_in", retry)
+			w.log.Warn("fetch", "consumer", c.CachedInfo().Name, "err", err, "retry_in", retry)
 			if !sleep(ctx, retry) {
 				return
 			}

@@ -99,7 +99,7 @@ a demo job, prints its result and exits with the job's exit code.`,
 				}
 				fmt.Fprintf(out, "submitted demo job %s; waiting for its result\n\n", job.ID)
 				waitCtx, cancel := context.WithTimeout(ctx, 2*time.Minute)
-				res, err := client.WaitNext(waitCtx, job.ID, 0)
+				res, _, err := client.WaitNext(waitCtx, job.ID, 0)
 				cancel()
 				if err != nil {
 					return fmt.Errorf("wait for demo result: %w", err)

@@ -76,7 +76,7 @@ before it is published. With --wait, waits for the job's first result and exits
 				fmt.Fprintln(out, job.ID)
 				return nil
 			}
-			res, err := client.WaitNext(cmd.Context(), job.ID, 0)
+			res, _, err := client.WaitNext(cmd.Context(), job.ID, 0)
 			if err != nil {
 				if errors.Is(err, context.Canceled) {
 					return &exitError{code: exitFailed, err: fmt.Errorf("stopped waiting for job %s; its result will still be published", job.ID)}

@@ -1,0 +1,267 @@
+package main_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/jetpilot-dev/jetpilot/internal/testnats"
+	"github.com/jetpilot-dev/jetpilot/queue"
+	"github.com/jetpilot-dev/jetpilot/schemas"
+	"github.com/jetpilot-dev/jetpilot/spawn/agentsim"
+)
+
+// bin is the jetpilot binary, built once for every test here.
+var bin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "jetpilot-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	bin = filepath.Join(dir, "jetpilot")
+	build := exec.Command("go", "build", "-race", "-o", bin, ".")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "build jetpilot:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+const waitFor = 60 * time.Second
+
+// proc is a jetpilot child process whose output is captured.
+type proc struct {
+	cmd  *exec.Cmd
+	mu   sync.Mutex
+	out  bytes.Buffer
+	done chan error
+}
+
+func (p *proc) Output() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.out.String()
+}
+
+type lockedWriter struct{ p *proc }
+
+func (w lockedWriter) Write(b []byte) (int, error) {
+	w.p.mu.Lock()
+	defer w.p.mu.Unlock()
+	return w.p.out.Write(b)
+}
+
+// start runs jetpilot with args in the background; cleanup kills it.
+func start(t *testing.T, env []string, args ...string) *proc {
+	t.Helper()
+	p := &proc{cmd: exec.Command(bin, args...), done: make(chan error, 1)}
+	p.cmd.Env = append(os.Environ(), env...)
+	p.cmd.Stdout, p.cmd.Stderr = lockedWriter{p}, lockedWriter{p}
+	require.NoError(t, p.cmd.Start())
+	go func() { p.done <- p.cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = p.cmd.Process.Kill()
+		<-p.done
+		if t.Failed() {
+			t.Logf("jetpilot %s output:\n%s", strings.Join(args, " "), p.Output())
+		}
+	})
+	return p
+}
+
+// wait waits for the process to exit and returns its exit code.
+func (p *proc) wait(t *testing.T) int {
+	t.Helper()
+	select {
+	case err := <-p.done:
+		p.done <- err // for cleanup
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			return ee.ExitCode()
+		}
+		require.NoError(t, err)
+		return 0
+	case <-time.After(waitFor):
+		t.Fatalf("process did not exit; output:\n%s", p.Output())
+		return -1
+	}
+}
+
+// run runs jetpilot to completion with stdin and returns stdout and the exit code.
+func run(t *testing.T, stdin string, args ...string) (string, int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, args...)
+	cmd.Stdin = strings.NewReader(stdin)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	code := 0
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		code = ee.ExitCode()
+	} else {
+		require.NoError(t, err, "stderr: %s", stderr.String())
+	}
+	if t.Failed() {
+		t.Logf("stderr: %s", stderr.String())
+	}
+	return stdout.String(), code
+}
+
+var natsURLLine = regexp.MustCompile(`NATS \(JetStream.*\): (nats://\S+)`)
+
+func TestDevAndSubmitWaitExitCodes(t *testing.T) {
+	dev := start(t, nil, "dev", "--dir", t.TempDir(), "--nats-port", "-1", "--max-timeout", "30s")
+	var url string
+	require.Eventually(t, func() bool {
+		m := natsURLLine.FindStringSubmatch(dev.Output())
+		if m != nil && strings.Contains(dev.Output(), "worker running") {
+			url = m[1]
+			return true
+		}
+		return false
+	}, waitFor, 20*time.Millisecond, "dev prints its NATS URL")
+
+	for _, tc := range []struct {
+		name   string
+		args   []string
+		stdin  string
+		code   int
+		status schemas.Status
+	}{
+		{"completed", []string{"--prompt", "#sim text all good"}, "", 0, schemas.StatusCompleted},
+		{"failed", []string{"--prompt", "#sim error boom"}, "", 1, schemas.StatusFailed},
+		{"paused", []string{"--prompt", "#sim tool stakpak__run_command {}", "--pause-on-approval"}, "", 10, schemas.StatusPaused},
+		{"timed out", []string{"--prompt", "#sim hang", "--timeout", "500ms"}, "", 124, schemas.StatusTimedOut},
+		{"job on stdin", nil, `{"id":"stdin-1","prompt":"#sim text from stdin","metadata":{"k":"v"}}`, 0, schemas.StatusCompleted},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			args := append([]string{"submit", "--nats", url, "--wait", "--json"}, tc.args...)
+			out, code := run(t, tc.stdin, args...)
+			assert.Equal(t, tc.code, code, out)
+			var res schemas.Result
+			require.NoError(t, json.Unmarshal([]byte(out), &res), out)
+			assert.Equal(t, tc.status, res.Status)
+		})
+	}
+	t.Run("invalid job is refused before publishing", func(t *testing.T) {
+		out, code := run(t, `{"id":"bad id!","prompt":""}`, "submit", "--nats", url, "--wait")
+		assert.Equal(t, 2, code, out)
+	})
+	t.Run("results lists them", func(t *testing.T) {
+		out, code := run(t, "", "results", "--nats", url, "--job", "stdin-1")
+		assert.Equal(t, 0, code)
+		assert.Contains(t, out, "job stdin-1: completed")
+		assert.Contains(t, out, "from stdin")
+	})
+
+	require.NoError(t, dev.cmd.Process.Signal(syscall.SIGTERM))
+	assert.Equal(t, 0, dev.wait(t), "dev exits 0 on SIGTERM")
+}
+
+func TestDevDemo(t *testing.T) {
+	out, code := run(t, "", "dev", "--demo", "--dir", t.TempDir(), "--nats-port", "-1")
+	assert.Equal(t, 0, code, out)
+	assert.Contains(t, out, ": completed (exit 0)")
+	assert.Contains(t, out, "tool calls: 1 accepted, 0 rejected")
+	assert.Contains(t, out, "Nothing to fix.")
+}
+
+// TestKilledWorkerJobFinishedByAnother kills a worker process with SIGKILL
+// mid-run; another worker re-attaches to the same run, which starts once.
+func TestKilledWorkerJobFinishedByAnother(t *testing.T) {
+	s, _, js := testnats.Start(t)
+	sim, simURL := agentsim.NewTestServer(t, agentsim.Options{})
+	url := testnats.URL(s)
+	args := func(name string) []string {
+		return []string{"worker", "--nats", url, "--agent-url", simURL, "--name", name, "--ack-wait", "1s", "--shutdown-grace", "1s"}
+	}
+	first := start(t, nil, args("doomed")...)
+
+	client := queue.NewClient(js, queue.Config{})
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	require.Eventually(t, func() bool { return strings.Contains(first.Output(), "worker started") }, waitFor, 20*time.Millisecond)
+	_, err := client.Submit(ctx, schemas.Job{ID: "kill-1", Prompt: "#sim text before \n#sim sleep 2s\n#sim text after"})
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { return sim.ActiveRuns() == 1 }, waitFor, 10*time.Millisecond)
+	require.NoError(t, first.cmd.Process.Signal(syscall.SIGKILL))
+	first.wait(t)
+
+	start(t, nil, args("survivor")...)
+	res, err := client.WaitResult(ctx, "kill-1")
+	require.NoError(t, err)
+	assert.Equal(t, schemas.StatusCompleted, res.Status)
+	assert.Equal(t, "survivor", res.Worker)
+	assert.Equal(t, "before after", res.Stdout)
+	assert.Equal(t, 1, sim.RunsStarted(), "exactly one run for the job")
+}
+
+// TestSecretsStayOutOfOutput runs a worker with an agent token and checks
+// that it is in none of the worker's output or the job's messages.
+func TestSecretsStayOutOfOutput(t *testing.T) {
+	const token = "s3cr3t-agent-token-value"
+	s, _, js := testnats.Start(t)
+	_, simURL := agentsim.NewTestServer(t, agentsim.Options{Token: token})
+	logFile := filepath.Join(t.TempDir(), "worker.jsonl")
+	w := start(t, []string{"JETPILOT_AGENT_TOKEN=" + token}, "worker", "--nats", testnats.URL(s), "--agent-url", simURL, "--log-json", logFile, "--log-level", "debug")
+	client := queue.NewClient(js, queue.Config{})
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	_, err := client.Submit(ctx, schemas.Job{ID: "secret-1", Prompt: "#sim text fine\n#sim error kaboom"})
+	require.NoError(t, err)
+	res, err := client.WaitResult(ctx, "secret-1")
+	require.NoError(t, err)
+	require.Equal(t, schemas.StatusFailed, res.Status, "the token was accepted: the run happened")
+	require.NoError(t, w.cmd.Process.Signal(syscall.SIGTERM))
+	assert.Equal(t, 0, w.wait(t))
+
+	var everything strings.Builder
+	everything.WriteString(w.Output())
+	logs, err := os.ReadFile(logFile)
+	require.NoError(t, err)
+	require.NotEmpty(t, logs)
+	everything.Write(logs)
+	for _, stream := range []string{"JETPILOT_RESULTS", "JETPILOT_DEAD", "JETPILOT_EVENTS"} {
+		st, err := js.Stream(ctx, stream)
+		require.NoError(t, err)
+		info, err := st.Info(ctx)
+		require.NoError(t, err)
+		for seq := info.State.FirstSeq; seq <= info.State.LastSeq && info.State.Msgs > 0; seq++ {
+			m, err := st.GetMsg(ctx, seq)
+			if err == nil {
+				everything.Write(m.Data)
+			}
+		}
+	}
+	assert.NotContains(t, everything.String(), token)
+	sc := bufio.NewScanner(strings.NewReader(string(logs)))
+	lines := 0
+	for sc.Scan() {
+		lines++
+		require.True(t, json.Valid(sc.Bytes()), "JSON log line: %s", sc.Text())
+	}
+	assert.Positive(t, lines)
+}
