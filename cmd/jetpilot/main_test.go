@@ -204,7 +204,7 @@ func TestKilledWorkerJobFinishedByAnother(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
 	defer cancel()
 	require.Eventually(t, func() bool { return strings.Contains(first.Output(), "worker started") }, waitFor, 20*time.Millisecond)
-	_, err := client.Submit(ctx, schemas.Job{ID: "kill-1", Prompt: "#sim text before \n#sim sleep 2s\n#sim text after"})
+	_, err := client.Submit(ctx, schemas.Job{ID: "kill-1", Prompt: "#sim text before,\n#sim sleep 2s\n#sim text after."})
 	require.NoError(t, err)
 	require.Eventually(t, func() bool { return sim.ActiveRuns() == 1 }, waitFor, 10*time.Millisecond)
 	require.NoError(t, first.cmd.Process.Signal(syscall.SIGKILL))
@@ -215,7 +215,7 @@ func TestKilledWorkerJobFinishedByAnother(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, schemas.StatusCompleted, res.Status)
 	assert.Equal(t, "survivor", res.Worker)
-	assert.Equal(t, "before after", res.Stdout)
+	assert.Equal(t, "before,after.", res.Stdout)
 	assert.Equal(t, 1, sim.RunsStarted(), "exactly one run for the job")
 }
 
