@@ -220,7 +220,11 @@ func (cfg Config) EnsureDecisionConsumer(ctx context.Context, js jetstream.JetSt
 		DeliverPolicy: jetstream.DeliverAllPolicy,
 		AckWait:       cfg.AckWait,
 		MaxDeliver:    -1,
-		MaxAckPending: cfg.MaxAckPending,
+		// Unlimited: every paused run keeps one approval-expiry timer
+		// pending here (redelivered with a delay until it is due), so a
+		// limit would stop decisions from being delivered once that many
+		// runs are paused.
+		MaxAckPending: -1,
 	}
 	c, err := js.CreateOrUpdateConsumer(ctx, cfg.DecisionsStream(), cc)
 	if err != nil {

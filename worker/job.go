@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -166,6 +167,20 @@ func (w *Worker) follow(ctx context.Context, p *phase) {
 	w.settle(ctx, p, res, events)
 }
 
+// truncateHead drops the start of *s so it is at most max bytes, on a UTF-8
+// boundary, and returns how many bytes it dropped.
+func truncateHead(s *string, max int) int {
+	if len(*s) <= max {
+		return 0
+	}
+	cut := len(*s) - max
+	for cut < len(*s) && !utf8.RuneStart((*s)[cut]) {
+		cut++
+	}
+	*s = (*s)[cut:]
+	return cut
+}
+
 // withoutPrompt is the job as kept in the runs bucket: everything a later
 // phase needs (policy, metadata) without the prompt, which can be 1 MiB.
 func withoutPrompt(job schemas.Job) schemas.Job {
@@ -207,6 +222,9 @@ func (w *Worker) settle(ctx context.Context, p *phase, res schemas.Result, event
 	// (rebuilt from the session); a phase result carries only its own.
 	if !strings.HasPrefix(res.Stdout, rec.Stdout) {
 		res.Stdout = rec.Stdout + res.Stdout
+	}
+	if cut := truncateHead(&res.Stdout, w.opts.MaxOutputBytes); cut > 0 {
+		res.Warnings = append(res.Warnings, fmt.Sprintf("stdout truncated: the first %d bytes were dropped to keep the result under %d bytes; the session's messages have the whole text", cut, w.opts.MaxOutputBytes))
 	}
 	res.ToolCalls.Accepted += rec.ToolCalls.Accepted
 	res.ToolCalls.Rejected += rec.ToolCalls.Rejected

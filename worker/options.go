@@ -57,6 +57,12 @@ type Options struct {
 	// OnApprovalExpiry is what happens when an approval expires undecided.
 	// Default ExpireReject.
 	OnApprovalExpiry ExpiryAction
+	// MaxOutputBytes caps the agent text a result carries: a NATS message
+	// has a size limit (1 MiB by default), and a result that cannot be
+	// published would be redelivered forever. Longer text keeps its end,
+	// where the agent's conclusion is, and the result says so in a warning.
+	// Default 256 KiB.
+	MaxOutputBytes int
 	// FetchWait is how long one pull request waits for jobs. Default 5s.
 	FetchWait time.Duration
 	// Logger receives the worker's logs. Default slog.Default().
@@ -122,6 +128,12 @@ func (o Options) withDefaults(ackWait time.Duration) (Options, error) {
 	case ExpireReject, ExpireCancel:
 	default:
 		return o, fmt.Errorf("approval expiry action must be %q or %q, got %q", ExpireReject, ExpireCancel, o.OnApprovalExpiry)
+	}
+	if o.MaxOutputBytes == 0 {
+		o.MaxOutputBytes = 256 << 10
+	}
+	if o.MaxOutputBytes < 0 {
+		return o, fmt.Errorf("max output bytes must be positive, got %d", o.MaxOutputBytes)
 	}
 	if o.FetchWait == 0 {
 		o.FetchWait = 5 * time.Second

@@ -120,7 +120,7 @@ func (w *Worker) Run(ctx context.Context) error {
 		jobs.Wait()
 		close(idle)
 	}()
-	running := len(w.slots)
+	running := w.running()
 	if running > 0 {
 		w.log.Info("shutting down: waiting for running jobs", "running", running, "grace", w.opts.ShutdownGrace)
 	}
@@ -129,7 +129,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	select {
 	case <-idle:
 	case <-grace.C:
-		w.log.Warn("shutdown grace over: handing running jobs back", "running", len(w.slots), "mode", w.opts.ShutdownMode)
+		w.log.Warn("shutdown grace over: handing running jobs back", "running", w.running(), "mode", w.opts.ShutdownMode)
 		cancelJobs()
 		<-idle
 	}
@@ -210,6 +210,13 @@ func (w *Worker) pull(ctx, jobCtx context.Context, c jetstream.Consumer, slots c
 		}
 		retry = 0
 	}
+}
+
+// running counts the job phases this worker follows now.
+func (w *Worker) running() int {
+	w.activeMu.Lock()
+	defer w.activeMu.Unlock()
+	return len(w.active)
 }
 
 // sleep waits d or until ctx is done; it reports whether d passed.

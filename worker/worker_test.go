@@ -329,3 +329,16 @@ func TestProfilesLimitWhatAWorkerTakes(t *testing.T) {
 	}
 	wg.Wait()
 }
+
+func TestHugeOutputIsTruncatedNotRedeliveredForever(t *testing.T) {
+	h := newHarness(t, queue.Config{})
+	h.startWorker(worker.Options{MaxOutputBytes: 64 << 10})
+	h.submit(job("huge-1", "#sim bigtext 3000000\n#sim text THE END"))
+	res := h.final("huge-1")
+	require.Equal(t, schemas.StatusCompleted, res.Status)
+	assert.LessOrEqual(t, len(res.Stdout), 64<<10)
+	assert.True(t, strings.HasSuffix(res.Stdout, "THE END"), "the end of the text is kept")
+	require.NotEmpty(t, res.Warnings)
+	assert.Contains(t, res.Warnings[len(res.Warnings)-1], "stdout truncated")
+	assert.Len(t, h.results("huge-1"), 1)
+}
