@@ -10,6 +10,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/cenkalti/backoff/v5"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/jetpilot-dev/jetpilot/queue"
@@ -122,7 +123,7 @@ func (w *Worker) follow(ctx context.Context, p *phase) {
 	}
 	if p.cancel || rec.CancelRequested {
 		if err := w.runner.CancelRun(ctx, cur); err != nil {
-			p.log.Warn("cancel run", "err", err, "session_id", rec.SessionID)
+			p.log.Warn("cancel run", "err", err)
 		}
 	}
 
@@ -132,18 +133,22 @@ func (w *Worker) follow(ctx context.Context, p *phase) {
 		Timeout:       time.Until(rec.Deadline),
 		WorkerAllowed: w.opts.AllowedTools,
 		OnCursor: func(c spawn.Cursor) {
+			if rec.SessionID == "" && c.SessionID != "" {
+				p.log = p.log.With("session_id", c.SessionID)
+			}
 			rec.SessionID, rec.RunID, rec.LastEventID = c.SessionID, c.RunID, c.LastEventID
 			rec.State = queue.RunRunning
 			rec.EventSeq = events.Seq()
 			active.setCursor(c)
 			if _, err := w.runs.Put(ctx, *rec); err != nil {
-				p.log.Warn("record run cursor", "err", err, "session_id", c.SessionID)
+				p.log.Warn("record run cursor", "err", err)
 			}
 		},
 		OnEvent: events.agentEvent,
 	}
 	if rec.SessionID != "" {
 		spec.Resume = &cur
+		p.log = p.log.With("session_id", rec.SessionID)
 	}
 	if spec.Timeout <= 0 {
 		// A redelivered job whose deadline passed while no worker held it:
@@ -216,7 +221,7 @@ func (w *Worker) settle(ctx context.Context, p *phase, res schemas.Result, event
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), settleTimeout)
 	defer cancel()
 	rec := &p.rec
-	log := p.log.With("session_id", res.SessionID, "status", res.Status)
+	log := p.log.With("status", res.Status)
 	res.Worker = w.opts.Name
 	// A resumed run's final result already carries the run's whole text
 	// (rebuilt from the session); a phase result carries only its own.
@@ -288,13 +293,22 @@ func (w *Worker) retry(ctx context.Context, p *phase, cause error) {
 	}
 }
 
-// backoff is the exponential delay before the next delivery after attempt.
+// backoff is the delay before the delivery after attempt: exponential from
+// RetryInitial to RetryMax, with jitter so jobs that failed together in an
+// outage don't all come back in the same instant.
 func (w *Worker) backoff(attempt int) time.Duration {
-	d := w.opts.RetryInitial
-	for i := 1; i < attempt && d < w.opts.RetryMax; i++ {
-		d *= 2
+	b := &backoff.ExponentialBackOff{
+		InitialInterval:     w.opts.RetryInitial,
+		RandomizationFactor: 0.2,
+		Multiplier:          2,
+		MaxInterval:         w.opts.RetryMax,
 	}
-	return min(d, w.opts.RetryMax)
+	b.Reset()
+	d := b.NextBackOff()
+	for i := 1; i < attempt && i < 64; i++ {
+		d = b.NextBackOff()
+	}
+	return d
 }
 
 // fail ends a job with a failed result and a dead letter. A run still going
@@ -310,7 +324,7 @@ func (w *Worker) fail(ctx context.Context, p *phase, code string, cause error) {
 	res.SessionID, res.RunID, res.Stdout, res.ToolCalls = rec.SessionID, rec.RunID, rec.Stdout, rec.ToolCalls
 	if rec.RunID != "" {
 		if err := w.runner.CancelRun(ctx, spawn.Cursor{SessionID: rec.SessionID, RunID: rec.RunID}); err != nil {
-			p.log.Warn("cancel abandoned run", "err", err, "session_id", rec.SessionID)
+			p.log.Warn("cancel abandoned run", "err", err)
 		}
 	}
 	if err := w.deadLetter(ctx, p, res.Error, res.Stderr); err != nil {

@@ -177,6 +177,39 @@ func TestDevAndSubmitWaitExitCodes(t *testing.T) {
 		assert.Contains(t, out, "from stdin")
 	})
 
+	t.Run("approve, events and cancel from the command line", func(t *testing.T) {
+		out, code := run(t, "", "submit", "--nats", url, "--id", "cli-hitl", "--wait", "--pause-on-approval",
+			"--prompt", "#sim tool stakpak__run_command {\"command\":\"deploy\"}\n#sim text shipped")
+		require.Equal(t, 10, code, out)
+		out, code = run(t, "", "approvals", "--nats", url, "--json")
+		require.Equal(t, 0, code)
+		var approvalID string
+		dec := json.NewDecoder(strings.NewReader(out))
+		for dec.More() {
+			var a schemas.ApprovalRequest
+			require.NoError(t, dec.Decode(&a))
+			if a.JobID == "cli-hitl" {
+				approvalID = a.ApprovalID
+			}
+		}
+		require.NotEmpty(t, approvalID, out)
+		out, code = run(t, "", "approve", approvalID, "--nats", url, "--allow", "--by", "tester")
+		require.Equal(t, 0, code, out)
+		require.Eventually(t, func() bool {
+			out, _ := run(t, "", "results", "--nats", url, "--job", "cli-hitl")
+			return strings.Contains(out, "job cli-hitl: completed")
+		}, waitFor, 100*time.Millisecond)
+		out, code = run(t, "", "events", "cli-hitl", "--nats", url)
+		require.Equal(t, 0, code)
+		assert.Contains(t, out, "approval_requested")
+		assert.Contains(t, out, "approval_decided")
+
+		_, code = run(t, "", "cancel", "cli-hitl", "--nats", url)
+		assert.Equal(t, 1, code, "a finished job cannot be cancelled")
+		_, code = run(t, "", "approve", approvalID, "--nats", url, "--allow", "--deny")
+		assert.Equal(t, 2, code, "usage error")
+	})
+
 	require.NoError(t, dev.cmd.Process.Signal(syscall.SIGTERM))
 	assert.Equal(t, 0, dev.wait(t), "dev exits 0 on SIGTERM")
 }
