@@ -40,7 +40,9 @@ type RunRecord struct {
 	Stdout            string    `json:"stdout,omitempty"`
 	ApprovalID        string    `json:"approval_id,omitempty"`
 	ApprovalExpiresAt time.Time `json:"approval_expires_at,omitzero"`
-	UpdatedAt         time.Time `json:"updated_at"`
+	// PausedAt is when the pending approval was requested.
+	PausedAt  time.Time `json:"paused_at,omitzero"`
+	UpdatedAt time.Time `json:"updated_at"`
 
 	// StartedAt is when the job first started; Deadline is when its timeout
 	// runs out, so a worker that re-attaches enforces the same timeout.

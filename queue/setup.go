@@ -45,6 +45,10 @@ func (cfg Config) StreamConfigs() []jetstream.StreamConfig {
 	decisions.Retention = jetstream.WorkQueuePolicy
 	// A decision nobody consumes is stale once its approval has expired.
 	decisions.MaxAge = cfg.ApprovalsMaxAge
+	// Workers publish control messages here (approval expiry timers,
+	// cancels) with fixed ids; a copy published again after a lost ack must
+	// be dropped, however late.
+	decisions.Duplicates = window(cfg.ApprovalsMaxAge)
 
 	events := base(cfg.EventsStream(), cfg.EventsWildcard(), "live progress events")
 	events.MaxAge = cfg.EventsMaxAge

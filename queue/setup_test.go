@@ -28,7 +28,7 @@ func TestSetupStreamsMatchDesign(t *testing.T) {
 		{"JETPILOT_JOBS", "jetpilot.jobs.>", jetstream.WorkQueuePolicy, 0, 24 * time.Hour},
 		{"JETPILOT_RESULTS", "jetpilot.results.>", jetstream.LimitsPolicy, 7 * 24 * time.Hour, 24 * time.Hour},
 		{"JETPILOT_APPROVALS", "jetpilot.approvals.>", jetstream.LimitsPolicy, 7 * 24 * time.Hour, 24 * time.Hour},
-		{"JETPILOT_DECISIONS", "jetpilot.decisions.>", jetstream.WorkQueuePolicy, 7 * 24 * time.Hour, 2 * time.Minute},
+		{"JETPILOT_DECISIONS", "jetpilot.decisions.>", jetstream.WorkQueuePolicy, 7 * 24 * time.Hour, 24 * time.Hour},
 		{"JETPILOT_EVENTS", "jetpilot.events.>", jetstream.LimitsPolicy, time.Hour, 2 * time.Minute},
 		{"JETPILOT_DEAD", "jetpilot.dead.>", jetstream.LimitsPolicy, 30 * 24 * time.Hour, 24 * time.Hour},
 	}

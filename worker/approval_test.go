@@ -337,3 +337,37 @@ func TestRawApprovalCycle(t *testing.T) {
 	}
 	assert.Equal(t, []string{"paused", "completed"}, statuses)
 }
+
+// TestPauseAfterDecisionSurvivesAFailedPublish: the second pause of a run,
+// reached after a decision, cannot be published (its stream is gone); the
+// decision is redelivered and the pause published then, not lost.
+func TestPauseAfterDecisionSurvivesAFailedPublish(t *testing.T) {
+	h := newHarness(t, queue.Config{AckWait: time.Second})
+	h.startWorker(worker.Options{})
+	j := job("twice-1", "#sim tool stakpak__first {}\n#sim text middle,\n#sim tool stakpak__second {}\n#sim text end.")
+	j.PauseOnApproval = true
+	h.submit(j)
+	first := h.approval("twice-1")
+
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	require.NoError(t, h.js.DeleteStream(ctx, h.qcfg.ApprovalsStream()))
+	h.decide(schemas.Decision{ApprovalID: first.ApprovalID, JobID: "twice-1", All: schemas.DecideAllow})
+	// The worker resumes, reaches the second pause and fails to publish its
+	// approval request, so the decision is not acked and comes back.
+	deciders, err := h.js.Consumer(ctx, h.qcfg.DecisionsStream(), h.qcfg.DecidersDurable())
+	require.NoError(t, err)
+	eventually(t, func() bool {
+		info, err := deciders.Info(ctx)
+		return err == nil && info.NumRedelivered >= 1
+	}, "the decision redelivered after the failed publish")
+	require.NoError(t, queue.Setup(ctx, h.js, h.qcfg))
+
+	second := h.approval("twice-1")
+	require.NotEqual(t, first.ApprovalID, second.ApprovalID)
+	assert.Equal(t, "stakpak__second", second.PendingToolCalls[0].Name)
+	h.decide(schemas.Decision{ApprovalID: second.ApprovalID, JobID: "twice-1", All: schemas.DecideAllow})
+	res := h.final("twice-1")
+	assert.Equal(t, schemas.StatusCompleted, res.Status)
+	assert.Equal(t, "middle,end.", res.Stdout)
+}

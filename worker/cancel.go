@@ -97,25 +97,54 @@ func (a *activeJob) tryCancel() {
 	a.w.log.Info("run cancelled on request", "job_id", a.jobID, "session_id", cur.SessionID, "run_id", cur.RunID)
 }
 
-// serveCancels answers cancel requests until ctx is done. Every worker
+// serveCancels answers cancel requests until stop is called. Every worker
 // listens; the one holding the job answers at once, and any worker answers
 // for a paused, finished or unknown job, so a request never goes unanswered
-// while a worker is up.
-func (w *Worker) serveCancels(ctx context.Context, nc *nats.Conn, wg *sync.WaitGroup) (*nats.Subscription, error) {
-	prefix := strings.TrimSuffix(w.qcfg.CancelWildcard(), ">")
-	return nc.Subscribe(w.qcfg.CancelWildcard(), func(m *nats.Msg) {
-		jobID := cancelJobID(prefix, m)
-		if a := w.activeJob(jobID); a != nil {
-			go a.requestCancel()
-			w.reply(m, CancelReply{JobID: jobID, Status: "cancelling", Worker: w.opts.Name})
+// while a worker is up. stop waits for the answers being worked on.
+func (w *Worker) serveCancels(ctx context.Context, nc *nats.Conn) (stop func(), err error) {
+	var (
+		mu     sync.Mutex
+		closed bool
+		wg     sync.WaitGroup
+	)
+	// goTracked runs f unless stop was called: the WaitGroup is never added
+	// to while stop waits on it.
+	goTracked := func(f func()) {
+		mu.Lock()
+		defer mu.Unlock()
+		if closed {
 			return
 		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			w.cancelRecorded(ctx, m, jobID)
+			f()
 		}()
+	}
+	prefix := strings.TrimSuffix(w.qcfg.CancelWildcard(), ">")
+	sub, err := nc.Subscribe(w.qcfg.CancelWildcard(), func(m *nats.Msg) {
+		jobID, err := cancelJobID(prefix, m)
+		if err != nil {
+			w.reply(m, CancelReply{JobID: jobID, Error: &schemas.Error{Code: "invalid_request", Message: err.Error()}})
+			return
+		}
+		if a := w.activeJob(jobID); a != nil {
+			goTracked(a.requestCancel)
+			w.reply(m, CancelReply{JobID: jobID, Status: "cancelling", Worker: w.opts.Name})
+			return
+		}
+		goTracked(func() { w.cancelRecorded(ctx, m, jobID) })
 	})
+	if err != nil {
+		return nil, err
+	}
+	return func() {
+		_ = sub.Unsubscribe()
+		mu.Lock()
+		closed = true
+		mu.Unlock()
+		wg.Wait()
+	}, nil
 }
 
 // cancelRecorded answers a cancel for a job this worker does not hold.
@@ -181,14 +210,21 @@ func (w *Worker) reply(m *nats.Msg, r CancelReply) {
 	}
 }
 
-// cancelJobID reads the job id from the request body ({"job_id": ...}) or,
-// failing that, from the subject.
-func cancelJobID(prefix string, m *nats.Msg) string {
+// cancelJobID reads the job id from the subject (a body naming another job
+// is refused: subject permissions must mean what they say).
+func cancelJobID(prefix string, m *nats.Msg) (string, error) {
+	parts := strings.Split(strings.TrimPrefix(m.Subject, prefix), ".")
+	for i, p := range parts {
+		if p == "~" { // queue's encoding of an empty part of a job id
+			parts[i] = ""
+		}
+	}
+	jobID := strings.Join(parts, ".")
 	var body struct {
 		JobID string `json:"job_id"`
 	}
-	if json.Unmarshal(m.Data, &body) == nil && body.JobID != "" {
-		return body.JobID
+	if len(m.Data) > 0 && json.Unmarshal(m.Data, &body) == nil && body.JobID != "" && body.JobID != jobID {
+		return jobID, fmt.Errorf("the request names job %q but was sent on the subject of job %q", body.JobID, jobID)
 	}
-	return strings.TrimPrefix(m.Subject, prefix)
+	return jobID, nil
 }

@@ -94,18 +94,13 @@ func (w *Worker) handleDecision(ctx context.Context, msg jetstream.Msg) {
 		w.nakLater(msg, attempt, fmt.Errorf("read run record: %w", err), log)
 		return
 	}
-	p := &phase{msg: msg, job: rec.Job, attempt: attempt, start: start, rec: rec, log: log}
-	// A decision is known by its approval and its place in the stream, so a
-	// redelivery of the winner is told apart from a rival for the same approval.
-	decided := d.ApprovalID
-	if meta, err := msg.Metadata(); err == nil {
-		decided = fmt.Sprintf("%s@%d", d.ApprovalID, meta.Sequence.Stream)
-	}
-	if rec.State == queue.RunRunning && rec.DecidedApproval == decided {
+	p := &phase{msg: msg, job: rec.Job, attempt: attempt, start: start, rec: rec, rev: rev, log: log}
+	decided := messageKey(d.ApprovalID, msg)
+	if rec.DecidedApproval == decided {
 		// Our own decision, redelivered after a crash or a transient
 		// failure: the compare-and-set already happened, carry on.
 		p.decisions = expandDecision(d, rec.DecidedPending)
-		w.follow(ctx, p)
+		w.carryOn(ctx, p)
 		return
 	}
 	if e := checkDecision(rec, d, start); e != nil {
@@ -134,7 +129,8 @@ func (w *Worker) take(ctx context.Context, p *phase, rev uint64, decided string)
 	p.rec.Phase++
 	approvalID := p.rec.ApprovalID
 	p.rec.ApprovalID = ""
-	if _, err := w.runs.Update(ctx, p.rec, rev); err != nil {
+	newRev, err := w.runs.Update(ctx, p.rec, rev)
+	if err != nil {
 		if errors.Is(err, queue.ErrRevisionMismatch) {
 			w.decisionError(ctx, p.msg, p.rec.JobID, approvalID, &schemas.Error{Code: "approval_settled", Message: fmt.Sprintf("approval %s was settled by another decision first", approvalID)})
 			return false
@@ -142,7 +138,33 @@ func (w *Worker) take(ctx context.Context, p *phase, rev uint64, decided string)
 		w.nakLater(p.msg, p.attempt, fmt.Errorf("record decision: %w", err), p.log)
 		return false
 	}
+	p.rev = newRev
 	return true
+}
+
+// messageKey names a message of the decisions stream that resumed a run: the
+// approval and the message's place in the stream, so a redelivery of the
+// winner is told apart from a rival (or a duplicate timer) for the same approval.
+func messageKey(approvalID string, msg jetstream.Msg) string {
+	if meta, err := msg.Metadata(); err == nil {
+		return fmt.Sprintf("%s@%d", approvalID, meta.Sequence.Stream)
+	}
+	return approvalID
+}
+
+// carryOn resumes the work of a decisions-stream message that already won
+// its compare-and-set, after a crash or a failure: follow the run if it is
+// still this phase's, make sure a pause it reached was published, or just
+// ack if the phase was settled.
+func (w *Worker) carryOn(ctx context.Context, p *phase) {
+	switch p.rec.State {
+	case queue.RunPaused:
+		w.republishPause(ctx, p.msg, &p.rec, p.log)
+	case queue.RunDone:
+		w.ack(ctx, p.msg, p.log)
+	default:
+		w.follow(ctx, p)
+	}
 }
 
 // checkDecision says what is wrong with applying d to rec, or nil.
@@ -257,14 +279,20 @@ func (w *Worker) handleControl(ctx context.Context, msg jetstream.Msg, kind stri
 		w.nakLater(msg, attempt, fmt.Errorf("read run record: %w", err), log)
 		return
 	}
-	p := &phase{msg: msg, job: rec.Job, attempt: attempt, start: start, rec: rec, log: log}
-	mine := controlDecided(kind, approvalID)
-	if rec.State == queue.RunRunning && rec.DecidedApproval == mine {
+	p := &phase{msg: msg, job: rec.Job, attempt: attempt, start: start, rec: rec, rev: rev, log: log}
+	mine := messageKey(kind+":"+approvalID, msg)
+	if rec.DecidedApproval == mine {
 		p.cancel = kind == controlCancel || w.opts.OnApprovalExpiry == ExpireCancel
 		if !p.cancel {
 			p.decisions = expandDecision(schemas.Decision{All: schemas.DecideDeny, DecidedBy: "approval expiry"}, rec.DecidedPending)
 		}
-		w.follow(ctx, p)
+		w.carryOn(ctx, p)
+		return
+	}
+	if kind == controlCancel && rec.State == queue.RunRunning {
+		// A decision resumed the run before the cancel got here: the
+		// cancel still stands, so hand it to the run's holder.
+		w.forwardCancel(ctx, p, rev)
 		return
 	}
 	if rec.State != queue.RunPaused || rec.ApprovalID != approvalID {
@@ -304,7 +332,32 @@ func (w *Worker) handleControl(ctx context.Context, msg jetstream.Msg, kind stri
 	w.follow(ctx, p)
 }
 
-func controlDecided(kind, approvalID string) string { return kind + ":" + approvalID }
+// forwardCancel passes a cancel that found the job running to the worker
+// holding it, through the cancel subject every worker listens on; if none
+// answers, the record asks whichever worker re-attaches to cancel.
+func (w *Worker) forwardCancel(ctx context.Context, p *phase, rev uint64) {
+	if a := w.activeJob(p.rec.JobID); a != nil {
+		a.requestCancel()
+		w.term(p.msg, "cancel forwarded", p.log)
+		return
+	}
+	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	body, _ := json.Marshal(map[string]string{"job_id": p.rec.JobID})
+	if reply, err := w.js.Conn().RequestWithContext(rctx, w.qcfg.CancelSubject(p.rec.JobID), body); err == nil {
+		var r CancelReply
+		if json.Unmarshal(reply.Data, &r) == nil && r.Error == nil {
+			w.term(p.msg, "cancel forwarded", p.log)
+			return
+		}
+	}
+	p.rec.CancelRequested = true
+	if _, err := w.runs.Update(ctx, p.rec, rev); err != nil {
+		w.nakLater(p.msg, p.attempt, fmt.Errorf("record cancel request: %w", err), p.log)
+		return
+	}
+	w.term(p.msg, "cancel recorded", p.log)
+}
 
 // decisionError answers a decision that changes nothing: an error event on
 // the job's events subject and a log line; the message is not redelivered.

@@ -40,20 +40,21 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) {
 	}
 	log := w.log.With("job_id", job.ID, "attempt", attempt)
 
-	// A first delivery has no record to find: skip the round trip.
-	var rec queue.RunRecord
-	found := false
-	if attempt > 1 {
-		r, _, err := w.runs.Get(ctx, job.ID)
-		switch {
-		case err == nil:
-			rec, found = r, true
-		case errors.Is(err, queue.ErrRunNotFound):
-		default:
-			p := &phase{msg: msg, raw: msg.Data(), job: job, attempt: attempt, start: start, log: log}
-			w.retry(ctx, p, fmt.Errorf("read run record: %w", err))
-			return
-		}
+	// Every delivery looks for a recorded run, the first too: a job handed
+	// back at shutdown comes back as a first delivery when its consumer was
+	// recreated, and its run must not start again.
+	rec, rev, err := w.runs.Get(ctx, job.ID)
+	found := err == nil
+	if err != nil && !errors.Is(err, queue.ErrRunNotFound) {
+		// Never give up on a job because the store is unreadable: that
+		// could orphan a run. Try again later.
+		w.nakLater(msg, attempt, fmt.Errorf("read run record: %w", err), log)
+		return
+	}
+	if found && rec.State == queue.RunDone && attempt == 1 {
+		// A record left by an earlier job with the same id, submitted again
+		// after the duplicate window: this is a new job.
+		found = false
 	}
 	if found {
 		switch rec.State {
@@ -64,20 +65,26 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) {
 			return
 		case queue.RunPaused:
 			// The pause was recorded; make sure it was published, then ack.
-			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), settleTimeout)
-			defer cancel()
-			if err := w.publishPause(sctx, &rec, w.pausedResult(&rec), log); err != nil {
-				log.Error("republish pause; job will be redelivered", "err", err)
-				return
-			}
-			w.ack(sctx, msg, log)
+			w.republishPause(ctx, msg, &rec, log)
 			return
 		}
 		log.Info("re-attaching to recorded run", "session_id", rec.SessionID, "run_id", rec.RunID, "last_event_id", rec.LastEventID)
 	} else {
 		rec = queue.RunRecord{JobID: job.ID, StartedAt: start, Deadline: start.Add(w.timeout(job)), Job: withoutPrompt(job)}
 	}
-	w.follow(ctx, &phase{msg: msg, raw: msg.Data(), job: job, attempt: attempt, start: start, rec: rec, log: log})
+	w.follow(ctx, &phase{msg: msg, raw: msg.Data(), job: job, attempt: attempt, start: start, rec: rec, rev: rev, log: log})
+}
+
+// republishPause makes sure a recorded pause was published (a crash or an
+// outage may have come between recording and publishing it), then acks msg.
+func (w *Worker) republishPause(ctx context.Context, msg jetstream.Msg, rec *queue.RunRecord, log *slog.Logger) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), settleTimeout)
+	defer cancel()
+	if err := w.publishPause(ctx, rec, w.pausedResult(rec), log); err != nil {
+		log.Error("republish pause; it will be redelivered", "err", err)
+		return
+	}
+	w.ack(ctx, msg, log)
 }
 
 // phase is one stretch of a job's run, from its start or a decision to its
@@ -90,6 +97,7 @@ type phase struct {
 	attempt   int
 	start     time.Time
 	rec       queue.RunRecord
+	rev       uint64 // revision of rec in the runs bucket; 0 when not stored yet
 	decisions map[string]schemas.ToolDecision // applied before following
 	cancel    bool                            // cancel the run before following
 	log       *slog.Logger
@@ -102,6 +110,9 @@ func (w *Worker) follow(ctx context.Context, p *phase) {
 	defer w.m.InFlight.Dec()
 	stop := w.heartbeat(ctx, p.msg, p.log)
 	defer stop()
+	// lost stops following when another worker has taken the job over.
+	ctx, lost := context.WithCancelCause(ctx)
+	defer lost(nil)
 	rec := &p.rec
 	rec.Owner, rec.Attempt = w.opts.Name, p.attempt
 	events := w.newLiveEvents(p.job.ID, p.job.Metadata, rec.EventSeq)
@@ -140,8 +151,10 @@ func (w *Worker) follow(ctx context.Context, p *phase) {
 			rec.State = queue.RunRunning
 			rec.EventSeq = events.Seq()
 			active.setCursor(c)
-			if _, err := w.runs.Put(ctx, *rec); err != nil {
-				p.log.Warn("record run cursor", "err", err)
+			if err := w.save(ctx, p, active); err != nil {
+				// Without the record a redelivery could not re-attach:
+				// stop before the run starts (or hand the job back).
+				lost(err)
 			}
 		},
 		OnEvent: events.agentEvent,
@@ -157,6 +170,14 @@ func (w *Worker) follow(ctx context.Context, p *phase) {
 	}
 
 	res, err := w.runner.Run(ctx, spec)
+	if cause := context.Cause(ctx); errors.Is(cause, errLostJob) {
+		p.log.Warn("another worker took the job over; no longer following it", "err", cause)
+		return
+	} else if cause != nil && !errors.Is(cause, context.Canceled) {
+		// The run record could not be written: retry from the top.
+		w.nakLater(p.msg, p.attempt, cause, p.log)
+		return
+	}
 	if err != nil {
 		w.m.agentError(err)
 		switch {
@@ -170,6 +191,54 @@ func (w *Worker) follow(ctx context.Context, p *phase) {
 		return
 	}
 	w.settle(ctx, p, res, events)
+}
+
+// Caps on the job a dead letter carries; see deadLetter.
+const (
+	maxDeadJobBytes = 768 << 10
+	maxDeadRawBytes = 128 << 10
+)
+
+// errLostJob: the job's record moved on under this worker (another worker
+// took the job over after this one's heartbeats failed).
+var errLostJob = errors.New("run record changed by another worker")
+
+// save writes the phase's record with compare-and-set against the revision
+// this worker last read or wrote, so a worker that lost the job cannot
+// overwrite newer state. A cancel request is the one change another worker
+// makes to a record it does not hold: it is merged, and acted on.
+func (w *Worker) save(ctx context.Context, p *phase, active *activeJob) error {
+	for range 3 {
+		var rev uint64
+		var err error
+		if p.rev == 0 {
+			rev, err = w.runs.Create(ctx, p.rec)
+		} else {
+			rev, err = w.runs.Update(ctx, p.rec, p.rev)
+		}
+		if err == nil {
+			p.rev = rev
+			return nil
+		}
+		if !errors.Is(err, queue.ErrRevisionMismatch) && !errors.Is(err, queue.ErrRunExists) {
+			return fmt.Errorf("record run: %w", err)
+		}
+		cur, curRev, err := w.runs.Get(ctx, p.rec.JobID)
+		if err != nil {
+			return fmt.Errorf("record run: re-read after a conflict: %w", err)
+		}
+		if cur.Owner != p.rec.Owner || cur.Phase != p.rec.Phase || cur.State == queue.RunDone || cur.State == queue.RunPaused {
+			return fmt.Errorf("%w: now %s by %s at phase %d", errLostJob, cur.State, cur.Owner, cur.Phase)
+		}
+		if cur.CancelRequested && !p.rec.CancelRequested {
+			p.rec.CancelRequested = true
+			if active != nil {
+				go active.requestCancel()
+			}
+		}
+		p.rev = curRev
+	}
+	return fmt.Errorf("%w: the record keeps changing", errLostJob)
 }
 
 // truncateHead drops the start of *s so it is at most max bytes, on a UTF-8
@@ -235,7 +304,7 @@ func (w *Worker) settle(ctx context.Context, p *phase, res schemas.Result, event
 	res.ToolCalls.Rejected += rec.ToolCalls.Rejected
 	rec.EventSeq = events.Seq()
 	if res.Status == schemas.StatusPaused {
-		if err := w.pause(ctx, p.job, rec, &res, log); err != nil {
+		if err := w.pause(ctx, p, &res, log); err != nil {
 			log.Error("publish pause; it will be redelivered", "err", err)
 			return
 		}
@@ -252,9 +321,9 @@ func (w *Worker) settle(ctx context.Context, p *phase, res schemas.Result, event
 			log.Error("publish result; it will be redelivered", "err", err)
 			return
 		}
-		if rec.SessionID != "" {
+		if p.rev != 0 {
 			rec.State = queue.RunDone
-			if _, err := w.runs.Put(ctx, *rec); err != nil {
+			if err := w.save(ctx, p, nil); err != nil {
 				log.Warn("record run done", "err", err)
 			}
 		}
@@ -336,9 +405,9 @@ func (w *Worker) fail(ctx context.Context, p *phase, code string, cause error) {
 		p.log.Error("publish failed result; it will be redelivered", "err", err)
 		return
 	}
-	if rec.SessionID != "" {
+	if p.rev != 0 {
 		rec.State = queue.RunDone
-		if _, err := w.runs.Put(ctx, *rec); err != nil {
+		if err := w.save(ctx, p, nil); err != nil {
 			p.log.Warn("record run done", "err", err)
 		}
 	}
@@ -415,6 +484,14 @@ func (w *Worker) deadLetter(ctx context.Context, p *phase, e *schemas.Error, mes
 		raw, _ = json.Marshal(p.job)
 	}
 	dl.SetJob(raw)
+	// The dead letter must fit a NATS message or the job could never be
+	// settled: a JSON job is embedded as is up to maxDeadJobBytes; other
+	// bytes are escaped (up to six times longer), so they are kept shorter.
+	if len(dl.Job) > maxDeadJobBytes || len(dl.Raw) > maxDeadRawBytes {
+		keep := min(len(raw), maxDeadRawBytes)
+		dl.Job, dl.Raw = nil, strings.ToValidUTF8(string(raw[:keep]), "\uFFFD")
+		dl.Error += fmt.Sprintf(" (the job as received was %d bytes; raw keeps its first %d)", len(raw), keep)
+	}
 	if _, err := queue.PublishDead(ctx, w.js, w.qcfg, dl); err != nil {
 		return err
 	}

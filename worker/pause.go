@@ -2,12 +2,14 @@ package worker
 
 import (
 	"context"
+	"encoding/json"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
 	"log/slog"
 	"strconv"
 	"time"
+	"unicode/utf8"
 
 	"github.com/jetpilot-dev/jetpilot/queue"
 	"github.com/jetpilot-dev/jetpilot/schemas"
@@ -22,28 +24,57 @@ func approvalID(rec *queue.RunRecord) string {
 }
 
 // pause records a paused phase and publishes it: the paused result, then the
-// approval request. The record goes first so that a decision racing the
-// request always finds the approval it answers, and a redelivery after a crash
-// finds the record and republishes (see handle).
-func (w *Worker) pause(ctx context.Context, job schemas.Job, rec *queue.RunRecord, res *schemas.Result, log *slog.Logger) error {
+// approval request, then the approval's expiry timer. The record goes first
+// so that a decision racing the request always finds the approval it
+// answers, and a redelivery after a crash finds the record and republishes.
+func (w *Worker) pause(ctx context.Context, p *phase, res *schemas.Result, log *slog.Logger) error {
+	rec := &p.rec
 	now := time.Now().UTC()
 	id := approvalID(rec)
 	res.ResumeHint = resumeHint(id, rec.JobID)
 	var pending []schemas.ToolCall
 	if res.PauseReason != nil {
+		for i := range res.PauseReason.PendingToolCalls {
+			capArguments(&res.PauseReason.PendingToolCalls[i])
+		}
 		pending = res.PauseReason.PendingToolCalls
 	}
 	rec.State = queue.RunPaused
+	rec.PausedAt = now
 	rec.ApprovalID = id
+	// A decision after the job's deadline would let a tool run only to have
+	// the run cancelled: the approval expires with the job at the latest.
 	rec.ApprovalExpiresAt = now.Add(w.opts.ApprovalTimeout)
+	if !rec.Deadline.IsZero() && rec.Deadline.Before(rec.ApprovalExpiresAt) {
+		rec.ApprovalExpiresAt = rec.Deadline
+	}
 	rec.Pending = pending
 	rec.Stdout = res.Stdout
 	rec.AutoResolved = res.ToolCalls.Accepted + res.ToolCalls.Rejected - rec.ToolCalls.Accepted - rec.ToolCalls.Rejected
 	rec.ToolCalls = res.ToolCalls
-	if _, err := w.runs.Put(ctx, *rec); err != nil {
+	if err := w.save(ctx, p, nil); err != nil {
 		return fmt.Errorf("record pause: %w", err)
 	}
 	return w.publishPause(ctx, rec, *res, log)
+}
+
+// maxArgumentBytes caps a pending call's arguments as they are recorded and
+// published: a paused result, an approval request and the run record must
+// each fit a NATS message whatever the agent proposed.
+const maxArgumentBytes = 16 << 10
+
+// capArguments replaces arguments over maxArgumentBytes by a JSON string
+// holding their start and a note.
+func capArguments(c *schemas.ToolCall) {
+	if len(c.Arguments) <= maxArgumentBytes {
+		return
+	}
+	head := string(c.Arguments[:maxArgumentBytes])
+	for len(head) > 0 && !utf8.ValidString(head) {
+		head = head[:len(head)-1]
+	}
+	note, _ := json.Marshal(fmt.Sprintf("%s… [truncated by jetpilot: %d bytes of arguments]", head, len(c.Arguments)))
+	c.Arguments = note
 }
 
 // publishPause publishes the paused result and the approval request of the
@@ -60,7 +91,7 @@ func (w *Worker) publishPause(ctx context.Context, rec *queue.RunRecord, res sch
 		RunID:            rec.RunID,
 		PendingToolCalls: rec.Pending,
 		AutoResolved:     rec.AutoResolved,
-		RequestedAt:      rec.ApprovalExpiresAt.Add(-w.opts.ApprovalTimeout),
+		RequestedAt:      rec.PausedAt,
 		ExpiresAt:        rec.ApprovalExpiresAt,
 		Metadata:         rec.Job.Metadata,
 		ResumeHint:       res.ResumeHint,

@@ -43,9 +43,15 @@ type Worker struct {
 // New makes a worker. The streams and bucket must exist (queue.Setup); the
 // worker's consumer is created or updated by Run.
 func New(ctx context.Context, js jetstream.JetStream, qcfg queue.Config, runner Runner, opts Options) (*Worker, error) {
-	opts, err := opts.withDefaults(qcfg.WithDefaults().AckWait)
+	qd := qcfg.WithDefaults()
+	opts, err := opts.withDefaults(qd.AckWait)
 	if err != nil {
 		return nil, fmt.Errorf("worker options: %w", err)
+	}
+	if opts.ApprovalTimeout >= qd.ApprovalsMaxAge {
+		// The approval's expiry timer lives in the decisions stream, which
+		// keeps messages ApprovalsMaxAge: it must be due before it is dropped.
+		return nil, fmt.Errorf("worker options: approval timeout %s must be shorter than how long approvals are kept (%s)", opts.ApprovalTimeout, qd.ApprovalsMaxAge)
 	}
 	runs, err := queue.NewRunStore(ctx, js, qcfg)
 	if err != nil {
@@ -85,15 +91,12 @@ func (w *Worker) Run(ctx context.Context) error {
 	jobCtx, cancelJobs := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelJobs()
 
-	var jobs, loops, cancels sync.WaitGroup
-	sub, err := w.serveCancels(jobCtx, w.js.Conn(), &cancels)
+	var jobs, loops sync.WaitGroup
+	stopCancels, err := w.serveCancels(jobCtx, w.js.Conn())
 	if err != nil {
 		return fmt.Errorf("subscribe to cancel requests: %w", err)
 	}
-	defer func() {
-		_ = sub.Unsubscribe()
-		cancels.Wait()
-	}()
+	defer stopCancels()
 	type source struct {
 		c      jetstream.Consumer
 		slots  chan struct{}

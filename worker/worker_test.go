@@ -342,3 +342,57 @@ func TestHugeOutputIsTruncatedNotRedeliveredForever(t *testing.T) {
 	assert.Contains(t, res.Warnings[len(res.Warnings)-1], "stdout truncated")
 	assert.Len(t, h.results("huge-1"), 1)
 }
+
+func TestHugeUnparseableJobStillGetsItsAnswer(t *testing.T) {
+	h := newHarness(t, queue.Config{AckWait: time.Second})
+	h.startWorker(worker.Options{})
+	// 300 KB of control bytes: escaped in a dead letter they would be ~1.8 MB.
+	raw := []byte(strings.Repeat("\x01", 300_000))
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	ack, err := h.js.Publish(ctx, "jetpilot.jobs.default", raw)
+	require.NoError(t, err)
+	id := fmt.Sprintf("invalid-%d", ack.Sequence)
+	res := h.final(id)
+	assert.Equal(t, schemas.StatusRejected, res.Status)
+	dead := h.dead(id)
+	require.Len(t, dead, 1)
+	assert.Contains(t, dead[0].Error, "the job as received was 300000 bytes")
+	assert.Len(t, h.results(id), 1)
+}
+
+// TestRecreatedConsumerReattaches: a job handed back at shutdown comes back
+// as a first delivery when its consumer was deleted and created again; it
+// must re-attach to its run, not start another.
+func TestRecreatedConsumerReattaches(t *testing.T) {
+	h := newHarness(t, queue.Config{})
+	w := h.startWorker(worker.Options{ShutdownGrace: 50 * time.Millisecond})
+	h.submit(job("recreate-1", "#sim text one,\n#sim sleep 1500ms\n#sim text two."))
+	eventually(t, func() bool { return h.sim.ActiveRuns() == 1 }, "run going")
+	w.Stop(t)
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	require.NoError(t, h.js.DeleteConsumer(ctx, h.qcfg.JobsStream(), h.qcfg.WorkersDurable()))
+	h.startWorker(worker.Options{})
+	res := h.final("recreate-1")
+	assert.Equal(t, schemas.StatusCompleted, res.Status)
+	assert.Equal(t, 1, res.Attempt, "a first delivery on the new consumer")
+	assert.Equal(t, "one,two.", res.Stdout)
+	assert.Equal(t, 1, h.sim.RunsStarted())
+}
+
+func TestApprovalExpiresWithTheJob(t *testing.T) {
+	h := newHarness(t, queue.Config{})
+	h.startWorker(worker.Options{ApprovalTimeout: time.Hour})
+	j := pausingJob("deadline-1")
+	j.Timeout = "1500ms"
+	h.submit(j)
+	req := h.approval("deadline-1")
+	assert.LessOrEqual(t, req.ExpiresAt.Sub(req.RequestedAt), 1500*time.Millisecond, "expires no later than the job's deadline")
+	res := h.final("deadline-1")
+	assert.Equal(t, schemas.StatusTimedOut, res.Status)
+	decisions := h.sim.Decisions(res.SessionID)
+	for _, d := range decisions {
+		assert.NotEqual(t, "accept", d[req.PendingToolCalls[0].ID].Action, "the pending call never ran")
+	}
+}
