@@ -97,7 +97,7 @@ type phase struct {
 	attempt   int
 	start     time.Time
 	rec       queue.RunRecord
-	rev       uint64 // revision of rec in the runs bucket; 0 when not stored yet
+	rev       uint64                          // revision of rec in the runs bucket; 0 when not stored yet
 	decisions map[string]schemas.ToolDecision // applied before following
 	cancel    bool                            // cancel the run before following
 	log       *slog.Logger
