@@ -96,13 +96,19 @@ type SSEReader struct {
 	frameID   bool
 }
 
+// sseBufSize is the read buffer of an SSEReader.
+const sseBufSize = 4 << 10
+
 // NewSSEReader returns a reader over r.
 func NewSSEReader(r io.Reader, opts SSEOptions) *SSEReader {
 	max := opts.MaxFrameBytes
 	if max <= 0 {
 		max = DefaultMaxFrameBytes
 	}
-	return &SSEReader{r: r, max: max, onComment: opts.OnComment, buf: make([]byte, 32<<10)}
+	// 4 KiB: lines longer than the buffer are joined across fills, and
+	// an HTTP body is already buffered by the transport. A worker holds one
+	// reader per run in flight, so 32 KiB here cost 28 KiB per run.
+	return &SSEReader{r: r, max: max, onComment: opts.OnComment, buf: make([]byte, sseBufSize)}
 }
 
 // LastEventID is the stream's last event id so far.

@@ -89,6 +89,7 @@ func newRootCmd() *cobra.Command {
 		newApproveCmd(g),
 		newCancelCmd(g),
 		newEventsCmd(g),
+		newBenchCmd(g),
 	)
 	return root
 }

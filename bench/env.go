@@ -1,0 +1,286 @@
+package bench
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/jetpilot-dev/jetpilot/queue"
+)
+
+// env is the embedded NATS server every scenario of a Run shares, and the
+// producer's connection to it.
+type env struct {
+	srv *server.Server
+	url string
+	nc  *nats.Conn
+	js  jetstream.JetStream
+	seq atomic.Int64 // numbers the per-scenario prefixes
+}
+
+func startEnv(dir string) (*env, error) {
+	srv, err := queue.StartEmbedded(queue.EmbeddedOptions{Dir: dir, Port: -1, ServerName: "jetpilot-bench"})
+	if err != nil {
+		return nil, fmt.Errorf("start NATS: %w", err)
+	}
+	e := &env{srv: srv, url: srv.ClientURL()}
+	e.nc, e.js, err = e.connect("jetpilot-bench producer")
+	if err != nil {
+		srv.Shutdown()
+		srv.WaitForShutdown()
+		return nil, err
+	}
+	return e, nil
+}
+
+func (e *env) close() {
+	e.nc.Close()
+	e.srv.Shutdown()
+	e.srv.WaitForShutdown()
+}
+
+// connect opens a connection of its own, as every worker in a fleet has.
+func (e *env) connect(name string) (*nats.Conn, jetstream.JetStream, error) {
+	nc, err := nats.Connect(e.url, nats.Name(name))
+	if err != nil {
+		return nil, nil, fmt.Errorf("connect %s to NATS: %w", name, err)
+	}
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(1024))
+	if err != nil {
+		nc.Close()
+		return nil, nil, fmt.Errorf("open JetStream for %s: %w", name, err)
+	}
+	return nc, js, nil
+}
+
+// newQueue creates the streams and bucket under a fresh prefix, so runs do
+// not see each other's messages, and returns a cleanup that deletes them.
+func (e *env) newQueue(ctx context.Context, name string, maxAckPending int) (queue.Config, func(), error) {
+	cfg := queue.Config{
+		Prefix:        fmt.Sprintf("b%d_%s", e.seq.Add(1), name),
+		MaxAckPending: maxAckPending,
+	}.WithDefaults()
+	if err := queue.Setup(ctx, e.js, cfg); err != nil {
+		return cfg, nil, fmt.Errorf("set up streams for %s: %w", name, err)
+	}
+	cleanup := func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		for _, sc := range cfg.StreamConfigs() {
+			_ = e.js.DeleteStream(ctx, sc.Name)
+		}
+		_ = e.js.DeleteKeyValue(ctx, cfg.RunsBucket())
+	}
+	return cfg, cleanup, nil
+}
+
+// jobID names job i of a scenario run.
+func jobID(tag string, i int) string { return tag + "-" + strconv.Itoa(i) }
+
+// jobBody is a minimal valid job.
+func jobBody(id, prompt string) []byte {
+	return []byte(`{"id":"` + id + `","prompt":` + strconv.Quote(prompt) + `}`)
+}
+
+// publishJob publishes one job asynchronously with its id as Nats-Msg-Id.
+func publishJob(js jetstream.JetStream, cfg queue.Config, id, prompt string) (jetstream.PubAckFuture, error) {
+	msg := &nats.Msg{Subject: cfg.JobSubject("default"), Data: jobBody(id, prompt), Header: nats.Header{}}
+	f, err := js.PublishMsgAsync(msg, jetstream.WithMsgID(id), jetstream.WithExpectStream(cfg.JobsStream()))
+	if err != nil {
+		return nil, fmt.Errorf("publish job %s: %w", id, err)
+	}
+	return f, nil
+}
+
+// publishJobs publishes n jobs as fast as the async window allows and
+// waits for every ack.
+func publishJobs(ctx context.Context, js jetstream.JetStream, cfg queue.Config, tag string, n int, prompt string) error {
+	futures := make([]jetstream.PubAckFuture, 0, n)
+	for i := range n {
+		f, err := publishJob(js, cfg, jobID(tag, i), prompt)
+		if err != nil {
+			return err
+		}
+		futures = append(futures, f)
+	}
+	return waitAcks(ctx, futures)
+}
+
+func waitAcks(ctx context.Context, futures []jetstream.PubAckFuture) error {
+	for _, f := range futures {
+		select {
+		case <-f.Ok():
+		case err := <-f.Err():
+			return fmt.Errorf("job publish not acked: %w", err)
+		case <-ctx.Done():
+			return fmt.Errorf("wait for job publish acks: %w", ctx.Err())
+		}
+	}
+	return nil
+}
+
+// resultWatch counts the distinct jobs that got a result, from a core NATS
+// subscription on the results subjects (it sees each result as it is
+// published; duplicates that JetStream drops are counted once).
+type resultWatch struct {
+	sub  *nats.Subscription
+	want int
+	done chan struct{}
+
+	mu   sync.Mutex
+	seen map[string]struct{}
+	at   time.Time // when the want-th distinct result arrived
+}
+
+func watchResults(nc *nats.Conn, cfg queue.Config, want int) (*resultWatch, error) {
+	rw := &resultWatch{want: want, done: make(chan struct{}), seen: make(map[string]struct{}, want)}
+	prefix := strings.TrimSuffix(cfg.ResultsWildcard(), ">")
+	sub, err := nc.Subscribe(cfg.ResultsWildcard(), func(m *nats.Msg) {
+		id := strings.TrimPrefix(m.Subject, prefix)
+		rw.mu.Lock()
+		defer rw.mu.Unlock()
+		if _, ok := rw.seen[id]; ok {
+			return
+		}
+		rw.seen[id] = struct{}{}
+		if len(rw.seen) == rw.want {
+			rw.at = time.Now()
+			close(rw.done)
+		}
+	})
+	if err != nil {
+		return nil, fmt.Errorf("subscribe to results: %w", err)
+	}
+	if err := sub.SetPendingLimits(-1, -1); err != nil {
+		_ = sub.Unsubscribe()
+		return nil, fmt.Errorf("subscribe to results: %w", err)
+	}
+	// The subscription must be known to the server before jobs flow.
+	if err := nc.Flush(); err != nil {
+		_ = sub.Unsubscribe()
+		return nil, fmt.Errorf("subscribe to results: flush: %w", err)
+	}
+	rw.sub = sub
+	return rw, nil
+}
+
+// wait returns when every result arrived, with the time the last did.
+func (rw *resultWatch) wait(ctx context.Context) (time.Time, error) {
+	select {
+	case <-rw.done:
+		rw.mu.Lock()
+		defer rw.mu.Unlock()
+		return rw.at, nil
+	case <-ctx.Done():
+		return time.Time{}, fmt.Errorf("wait for results: got %d of %d: %w", rw.count(), rw.want, ctx.Err())
+	}
+}
+
+func (rw *resultWatch) count() int {
+	rw.mu.Lock()
+	defer rw.mu.Unlock()
+	return len(rw.seen)
+}
+
+func (rw *resultWatch) stop() { _ = rw.sub.Unsubscribe() }
+
+// waitConsumerReady waits until the durable consumer exists and has a pull
+// request waiting, i.e. a worker is ready to take jobs.
+func waitConsumerReady(ctx context.Context, js jetstream.JetStream, stream, durable string, pullers int) error {
+	deadline := time.NewTimer(30 * time.Second)
+	defer deadline.Stop()
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	var last error
+	for {
+		c, err := js.Consumer(ctx, stream, durable)
+		if err == nil {
+			var info *jetstream.ConsumerInfo
+			info, err = c.Info(ctx)
+			if err == nil && info.NumWaiting >= pullers {
+				return nil
+			}
+			if err == nil {
+				err = fmt.Errorf("%d of %d pullers waiting", info.NumWaiting, pullers)
+			}
+		}
+		last = err
+		select {
+		case <-tick.C:
+		case <-deadline.C:
+			return fmt.Errorf("consumer %s not ready after 30s: %w", durable, last)
+		case <-ctx.Done():
+			return fmt.Errorf("wait for consumer %s: %w", durable, ctx.Err())
+		}
+	}
+}
+
+// allocCounter measures heap allocations of the whole process over a span.
+type allocCounter struct{ mallocs, bytes uint64 }
+
+func startAllocs() allocCounter {
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return allocCounter{ms.Mallocs, ms.TotalAlloc}
+}
+
+func (a allocCounter) perJob(n int) (allocs, bytes float64) {
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return float64(ms.Mallocs-a.mallocs) / float64(n), float64(ms.TotalAlloc-a.bytes) / float64(n)
+}
+
+// machineInfo describes this machine from /proc (best effort).
+func machineInfo() Machine {
+	m := Machine{CPUs: runtime.NumCPU(), GoVersion: runtime.Version(), OS: runtime.GOOS + "/" + runtime.GOARCH}
+	if f, err := os.Open("/proc/cpuinfo"); err == nil {
+		sc := bufio.NewScanner(f)
+		for sc.Scan() {
+			if k, v, ok := strings.Cut(sc.Text(), ":"); ok && strings.TrimSpace(k) == "model name" {
+				m.CPUModel = strings.TrimSpace(v)
+				break
+			}
+		}
+		f.Close()
+	}
+	if kb, err := procStatusKiB("/proc/meminfo", "MemTotal"); err == nil {
+		m.MemoryMiB = int(kb / 1024)
+	}
+	return m
+}
+
+// procStatusKiB reads a "Key:   123 kB" line of a /proc file.
+func procStatusKiB(path, key string) (int64, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0, fmt.Errorf("read %s: %w", path, err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		k, v, ok := strings.Cut(line, ":")
+		if !ok || k != key {
+			continue
+		}
+		fields := strings.Fields(v)
+		if len(fields) == 0 {
+			break
+		}
+		n, err := strconv.ParseInt(fields[0], 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("parse %s in %s: %w", key, path, err)
+		}
+		return n, nil
+	}
+	return 0, errors.New(key + " not found in " + path)
+}

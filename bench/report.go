@@ -1,0 +1,275 @@
+package bench
+
+import (
+	"fmt"
+	"io"
+	"math"
+	"slices"
+	"strings"
+	"text/tabwriter"
+	"time"
+)
+
+// Stat is one figure measured once per run: every sample, and their median.
+type Stat struct {
+	Samples []float64 `json:"samples"`
+	Median  float64   `json:"median"`
+}
+
+func (s *Stat) add(v float64) {
+	s.Samples = append(s.Samples, v)
+	s.Median = median(s.Samples)
+}
+
+func median(xs []float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	n := len(s)
+	if n%2 == 1 {
+		return s[n/2]
+	}
+	return (s[n/2-1] + s[n/2]) / 2
+}
+
+// Throughput is a jobs/s figure, with what each run moved.
+type Throughput struct {
+	// JobsPerSec: jobs submitted and their results stored, per second,
+	// from the first submit to the last result.
+	JobsPerSec Stat `json:"jobs_per_sec"`
+	// RatioToBaseline: this run's jobs/s over the baseline's in the same
+	// run (absent for the baseline itself).
+	RatioToBaseline *Stat `json:"ratio_to_baseline,omitempty"`
+	// AllocsPerJob and BytesPerJob: heap allocations of the whole bench
+	// process (NATS server, simulator and load generator included) per job;
+	// compare with the baseline's to see the worker's share.
+	AllocsPerJob Stat `json:"allocs_per_job"`
+	BytesPerJob  Stat `json:"bytes_per_job"`
+	// Jobs and Results count, per run, what was submitted and what
+	// distinct job ids got a result: they must be equal.
+	Jobs    []int `json:"jobs"`
+	Results []int `json:"results"`
+}
+
+// ScaleOutPoint is the throughput of Workers workers on one consumer.
+type ScaleOutPoint struct {
+	Workers    int        `json:"workers"`
+	Throughput Throughput `json:"throughput"`
+}
+
+// Concurrency is the cost of runs held open on one worker.
+type Concurrency struct {
+	InFlight int `json:"in_flight"`
+	// Isolated is true when the worker ran in a child process, so the
+	// figures are the worker's alone; false when the simulator and the NATS
+	// server shared its process.
+	Isolated bool `json:"isolated"`
+	// RSSPerRunKiB is (VmRSS with the runs open - VmRSS of the idle worker)
+	// / InFlight.
+	RSSPerRunKiB Stat `json:"rss_per_run_kib"`
+	// GoroutinesPerRun is the same difference of runtime.NumGoroutine.
+	GoroutinesPerRun Stat `json:"goroutines_per_run"`
+	// HeapPerRunKiB and StackPerRunKiB split the Go memory: HeapInuse and
+	// StackInuse differences per run.
+	HeapPerRunKiB  Stat `json:"heap_per_run_kib"`
+	StackPerRunKiB Stat `json:"stack_per_run_kib"`
+	// IdleCPUPercent is user+system CPU (getrusage) over the idle window, in
+	// percent of one core.
+	IdleCPUPercent Stat `json:"idle_cpu_percent"`
+	// RSSBeforeMiB and RSSAfterMiB are the worker process's VmRSS.
+	RSSBeforeMiB Stat `json:"rss_before_mib"`
+	RSSAfterMiB  Stat `json:"rss_after_mib"`
+	// RampSeconds is how long it took to get every run open.
+	RampSeconds Stat `json:"ramp_seconds"`
+	// IdleWindowSeconds is the length of the CPU window.
+	IdleWindowSeconds float64 `json:"idle_window_seconds"`
+}
+
+// Percentiles of one latency, each a Stat over the runs, in milliseconds.
+type Percentiles struct {
+	P50 Stat `json:"p50_ms"`
+	P99 Stat `json:"p99_ms"`
+	Max Stat `json:"max_ms"`
+	// Count is how many jobs each run measured.
+	Count []int `json:"count"`
+}
+
+func (p *Percentiles) add(ds []time.Duration) {
+	p.Count = append(p.Count, len(ds))
+	if len(ds) == 0 {
+		p.P50.add(math.NaN())
+		p.P99.add(math.NaN())
+		p.Max.add(math.NaN())
+		return
+	}
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+	p.P50.add(ms(quantile(s, 0.50)))
+	p.P99.add(ms(quantile(s, 0.99)))
+	p.Max.add(ms(s[len(s)-1]))
+}
+
+// quantile of sorted s by the nearest-rank method.
+func quantile(s []time.Duration, q float64) time.Duration {
+	rank := int(math.Ceil(q * float64(len(s))))
+	rank = min(max(rank, 1), len(s))
+	return s[rank-1]
+}
+
+// Latency is the latency scenario's result.
+type Latency struct {
+	Rate int `json:"rate"`
+	// AchievedRate is the publish rate actually reached, jobs/s.
+	AchievedRate Stat `json:"achieved_rate"`
+	// PublishToSession: from the bench's publish call to the agent server
+	// receiving POST /v1/sessions (the simulator's request log).
+	PublishToSession Percentiles `json:"publish_to_session"`
+	// RunCompletedToResult: from the simulator's run_completed event
+	// timestamp to the result's timestamp in the RESULTS stream.
+	RunCompletedToResult Percentiles `json:"run_completed_to_result"`
+	// PublishToResult: from publish to the result stored, end to end.
+	PublishToResult Percentiles `json:"publish_to_result"`
+}
+
+// Target is one goal of the issue and whether the medians met it.
+type Target struct {
+	Name  string  `json:"name"`
+	Goal  string  `json:"goal"`
+	Value float64 `json:"value"`
+	Met   bool    `json:"met"`
+}
+
+// Machine describes where the bench ran.
+type Machine struct {
+	CPUs      int    `json:"cpus"`
+	CPUModel  string `json:"cpu_model"`
+	MemoryMiB int    `json:"memory_mib"`
+	GoVersion string `json:"go_version"`
+	OS        string `json:"os"`
+}
+
+// Report is everything Run measured.
+type Report struct {
+	Machine   Machine    `json:"machine"`
+	Runs      int        `json:"runs"`
+	Scenarios []Scenario `json:"scenarios"`
+	// Options echoes the load that was applied.
+	Jobs        int `json:"jobs"`
+	FullJobs    int `json:"full_jobs"`
+	Concurrency int `json:"concurrency"`
+
+	Baseline    *Throughput     `json:"baseline,omitempty"`
+	Queue       *Throughput     `json:"queue,omitempty"`
+	Full        *Throughput     `json:"full,omitempty"`
+	ScaleOut    []ScaleOutPoint `json:"scaleout,omitempty"`
+	Latency     *Latency        `json:"latency,omitempty"`
+	Concurrent  *Concurrency    `json:"concurrency_scenario,omitempty"`
+	Targets     []Target        `json:"targets"`
+	WallSeconds float64         `json:"wall_seconds"`
+}
+
+// checkTargets fills r.Targets from the medians.
+func (r *Report) checkTargets() {
+	r.Targets = nil
+	if r.Queue != nil && r.Queue.RatioToBaseline != nil {
+		v := r.Queue.RatioToBaseline.Median
+		r.Targets = append(r.Targets, Target{Name: "queue path / baseline", Goal: ">= 0.9", Value: v, Met: v >= 0.9})
+	}
+	if r.Full != nil && r.Full.RatioToBaseline != nil {
+		v := r.Full.RatioToBaseline.Median
+		r.Targets = append(r.Targets, Target{Name: "full path / baseline", Goal: ">= 0.5", Value: v, Met: v >= 0.5})
+	}
+	if c := r.Concurrent; c != nil {
+		v := c.RSSPerRunKiB.Median
+		r.Targets = append(r.Targets, Target{Name: "RSS per in-flight run (KiB)", Goal: "<= 32", Value: v, Met: v <= 32})
+	}
+	if l := r.Latency; l != nil {
+		v := l.PublishToSession.P99.Median
+		r.Targets = append(r.Targets, Target{Name: "p99 publish -> session created (ms)", Goal: "<= 5", Value: v, Met: v <= 5})
+		v = l.RunCompletedToResult.P99.Median
+		r.Targets = append(r.Targets, Target{Name: "p99 run_completed -> result published (ms)", Goal: "<= 5", Value: v, Met: v <= 5})
+	}
+}
+
+func samples(s Stat, format string) string {
+	parts := make([]string, len(s.Samples))
+	for i, v := range s.Samples {
+		parts[i] = fmt.Sprintf(format, v)
+	}
+	return strings.Join(parts, " ")
+}
+
+// WriteTable prints the report as aligned tables: every figure's median,
+// then its per-run samples.
+func (r *Report) WriteTable(out io.Writer) error {
+	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	p := func(format string, a ...any) { fmt.Fprintf(w, format, a...) }
+	m := r.Machine
+	p("machine\t%d CPUs, %s, %d MiB, %s, %s\n", m.CPUs, m.CPUModel, m.MemoryMiB, m.GoVersion, m.OS)
+	p("runs\t%d (medians; per-run samples in brackets)\t\n\n", r.Runs)
+
+	if r.Baseline != nil || r.Queue != nil || r.Full != nil || len(r.ScaleOut) > 0 {
+		p("THROUGHPUT\tjobs/s\tratio to baseline\tallocs/job*\tKiB/job*\tsamples jobs/s\n")
+		row := func(name string, t *Throughput) {
+			ratio := "-"
+			if t.RatioToBaseline != nil {
+				ratio = fmt.Sprintf("%.2f [%s]", t.RatioToBaseline.Median, samples(*t.RatioToBaseline, "%.2f"))
+			}
+			p("%s\t%.0f\t%s\t%.0f\t%.1f\t[%s]\n", name, t.JobsPerSec.Median, ratio,
+				t.AllocsPerJob.Median, t.BytesPerJob.Median/1024, samples(t.JobsPerSec, "%.0f"))
+		}
+		if r.Baseline != nil {
+			row(fmt.Sprintf("baseline (nats.go, %d jobs)", r.Jobs), r.Baseline)
+		}
+		if r.Queue != nil {
+			row(fmt.Sprintf("jetpilot queue path (%d jobs)", r.Jobs), r.Queue)
+		}
+		if r.Full != nil {
+			row(fmt.Sprintf("jetpilot full path (%d jobs)", r.FullJobs), r.Full)
+		}
+		for _, s := range r.ScaleOut {
+			t := s.Throughput
+			row(fmt.Sprintf("scale-out: %d worker(s), queue path", s.Workers), &t)
+		}
+		p("\t* whole bench process (NATS server + simulator included)\t\t\t\t\n\n")
+	}
+	if l := r.Latency; l != nil {
+		p("LATENCY at %d jobs/s (achieved %.0f)\tp50 ms\tp99 ms\tmax ms\tsamples p99\n", l.Rate, l.AchievedRate.Median)
+		row := func(name string, pc Percentiles) {
+			p("%s\t%.2f\t%.2f\t%.2f\t[%s]\n", name, pc.P50.Median, pc.P99.Median, pc.Max.Median, samples(pc.P99, "%.2f"))
+		}
+		row("publish -> session created", l.PublishToSession)
+		row("run_completed -> result stored", l.RunCompletedToResult)
+		row("publish -> result stored", l.PublishToResult)
+		p("\n")
+	}
+	if c := r.Concurrent; c != nil {
+		where := "worker in a child process: figures are the worker's alone"
+		if !c.Isolated {
+			where = "worker in the bench process: figures include the simulator and NATS server"
+		}
+		p("CONCURRENCY: %d runs in flight on one worker\t%s\t\n", c.InFlight, where)
+		p("RSS per run\t%.1f KiB\t[%s]\n", c.RSSPerRunKiB.Median, samples(c.RSSPerRunKiB, "%.1f"))
+		p("  Go heap per run\t%.1f KiB\t[%s]\n", c.HeapPerRunKiB.Median, samples(c.HeapPerRunKiB, "%.1f"))
+		p("  goroutine stacks per run\t%.1f KiB\t[%s]\n", c.StackPerRunKiB.Median, samples(c.StackPerRunKiB, "%.1f"))
+		p("goroutines per run\t%.2f\t[%s]\n", c.GoroutinesPerRun.Median, samples(c.GoroutinesPerRun, "%.2f"))
+		p("CPU while idle (%.0fs window)\t%.1f %% of a core\t[%s]\n", c.IdleWindowSeconds, c.IdleCPUPercent.Median, samples(c.IdleCPUPercent, "%.1f"))
+		p("RSS idle worker -> with runs\t%.0f -> %.0f MiB\t\n", c.RSSBeforeMiB.Median, c.RSSAfterMiB.Median)
+		p("ramp to all runs open\t%.1f s\t[%s]\n\n", c.RampSeconds.Median, samples(c.RampSeconds, "%.1f"))
+	}
+	if len(r.Targets) > 0 {
+		p("TARGET\tgoal\tmedian\tmet\n")
+		for _, t := range r.Targets {
+			met := "yes"
+			if !t.Met {
+				met = "NO"
+			}
+			p("%s\t%s\t%.2f\t%s\n", t.Name, t.Goal, t.Value, met)
+		}
+	}
+	p("\nwall time\t%.0f s\t\n", r.WallSeconds)
+	return w.Flush()
+}
