@@ -27,8 +27,10 @@ const settleTimeout = 10 * time.Second
 func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) {
 	start := time.Now()
 	attempt := 1
+	fresh := false // surely the first time any worker sees this job
 	if meta, err := msg.Metadata(); err == nil {
 		attempt = int(meta.NumDelivered)
+		fresh = attempt == 1 && meta.Timestamp.After(w.consumerCreated(meta.Consumer))
 	}
 	job, err := schemas.DecodeJob(msg.Data())
 	if err == nil {
@@ -40,10 +42,17 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) {
 	}
 	log := w.log.With("job_id", job.ID, "attempt", attempt)
 
-	// Every delivery looks for a recorded run, the first too: a job handed
-	// back at shutdown comes back as a first delivery when its consumer was
-	// recreated, and its run must not start again.
-	rec, rev, err := w.runs.Get(ctx, job.ID)
+	// A redelivered job may have a recorded run to re-attach to; so may a
+	// first delivery of a job published before its consumer was created (a
+	// job handed back at shutdown, then its consumer recreated). A job
+	// published after its consumer was created and delivered once cannot:
+	// skip the round trip on that, the common path.
+	var rec queue.RunRecord
+	var rev uint64
+	err = queue.ErrRunNotFound
+	if !fresh {
+		rec, rev, err = w.runs.Get(ctx, job.ID)
+	}
 	found := err == nil
 	if err != nil && !errors.Is(err, queue.ErrRunNotFound) {
 		// Never give up on a job because the store is unreadable: that
@@ -226,6 +235,12 @@ func (w *Worker) save(ctx context.Context, p *phase, active *activeJob) error {
 		cur, curRev, err := w.runs.Get(ctx, p.rec.JobID)
 		if err != nil {
 			return fmt.Errorf("record run: re-read after a conflict: %w", err)
+		}
+		if p.rev == 0 && cur.State == queue.RunDone {
+			// Left by an earlier job with the same id (resubmitted after
+			// the duplicate window): this job's record replaces it.
+			p.rev = curRev
+			continue
 		}
 		if cur.Owner != p.rec.Owner || cur.Phase != p.rec.Phase || cur.State == queue.RunDone || cur.State == queue.RunPaused {
 			return fmt.Errorf("%w: now %s by %s at phase %d", errLostJob, cur.State, cur.Owner, cur.Phase)
@@ -529,10 +544,11 @@ func (w *Worker) baseResult(jobID string, attempt int, start time.Time, md map[s
 }
 
 func (w *Worker) ack(ctx context.Context, msg jetstream.Msg, log *slog.Logger) {
-	// DoubleAck: a lost ack would redeliver a settled job. It is harmless
-	// (the redelivery finds the run recorded as settled) but wasteful.
-	if err := msg.DoubleAck(ctx); err != nil {
-		log.Warn("ack job; a redelivery will find it settled", "err", err)
+	// A plain ack: if it is lost, the redelivery finds the run recorded as
+	// settled and is acked then, so waiting for the server's confirmation
+	// would only cost a round trip per job.
+	if err := msg.Ack(); err != nil {
+		log.Warn("ack; a redelivery will find it settled", "err", err)
 	}
 }
 

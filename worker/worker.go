@@ -38,6 +38,27 @@ type Worker struct {
 
 	activeMu sync.Mutex
 	active   map[string]*activeJob // job id -> the phase this worker follows
+
+	createdMu sync.Mutex
+	created   map[string]time.Time // worker consumer name -> when it was created
+}
+
+// consumerCreated is when the named consumer was created, as this worker
+// last saw it; the zero time when unknown (then no delivery counts as fresh).
+func (w *Worker) consumerCreated(name string) time.Time {
+	w.createdMu.Lock()
+	defer w.createdMu.Unlock()
+	if t, ok := w.created[name]; ok {
+		return t
+	}
+	return time.Now().Add(24 * 365 * time.Hour)
+}
+
+func (w *Worker) noteConsumer(c jetstream.Consumer) {
+	info := c.CachedInfo()
+	w.createdMu.Lock()
+	defer w.createdMu.Unlock()
+	w.created[info.Name] = info.Created
 }
 
 // New makes a worker. The streams and bucket must exist (queue.Setup); the
@@ -58,15 +79,16 @@ func New(ctx context.Context, js jetstream.JetStream, qcfg queue.Config, runner 
 		return nil, fmt.Errorf("open runs bucket: %w", err)
 	}
 	return &Worker{
-		js:     js,
-		qcfg:   qcfg,
-		runner: runner,
-		runs:   runs,
-		opts:   opts,
-		log:    opts.Logger.With("worker", opts.Name),
-		m:      opts.Metrics,
-		slots:  make(chan struct{}, opts.Concurrency),
-		active: map[string]*activeJob{},
+		js:      js,
+		qcfg:    qcfg,
+		runner:  runner,
+		runs:    runs,
+		opts:    opts,
+		log:     opts.Logger.With("worker", opts.Name),
+		m:       opts.Metrics,
+		slots:   make(chan struct{}, opts.Concurrency),
+		active:  map[string]*activeJob{},
+		created: map[string]time.Time{},
 	}, nil
 }
 
@@ -106,6 +128,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	// hold a job slot, and resuming a paused run must not wait behind new jobs.
 	pulls := []source{{deciders, make(chan struct{}, w.opts.Concurrency), w.handleDecision}}
 	for _, c := range consumers {
+		w.noteConsumer(c)
 		pulls = append(pulls, source{c, w.slots, w.handle})
 	}
 	for _, p := range pulls {
