@@ -31,6 +31,10 @@ type globalFlags struct {
 	replicas int
 	logJSON  string
 	logLevel string
+
+	// perms records the permission violations NATS reports on the
+	// connection connect opens, to explain requests that time out.
+	perms *permissionErrors
 }
 
 func (g *globalFlags) register(fs *pflag.FlagSet) {
@@ -73,6 +77,8 @@ func (g *globalFlags) connect(ctx context.Context, name string, log *slog.Logger
 			log.Info("NATS reconnected", "server", redactURL(nc.ConnectedUrl()))
 		}),
 	}
+	g.perms = &permissionErrors{}
+	opts = append(opts, nats.ErrorHandler(errorHandler(g.perms, log)))
 	if g.creds != "" {
 		opts = append(opts, nats.UserCredentials(g.creds))
 	}

@@ -18,7 +18,6 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
-	"github.com/jetpilot-dev/jetpilot/queue"
 	"github.com/jetpilot-dev/jetpilot/spawn"
 	"github.com/jetpilot-dev/jetpilot/worker"
 )
@@ -100,8 +99,11 @@ func newWorkerCmd(g *globalFlags) *cobra.Command {
 func runWorker(ctx context.Context, g *globalFlags, f *workerFlags, nc *nats.Conn, js jetstream.JetStream, log *slog.Logger) error {
 	qcfg := g.queueConfig()
 	qcfg.AckWait = f.ackWait
-	if err := queue.Setup(ctx, js, qcfg); err != nil {
-		return fmt.Errorf("set up streams (a worker whose NATS user may not manage streams needs `jetpilot setup` run once by an admin): %w", err)
+	if err := setupOrCheck(ctx, js, qcfg, g.perms, log); err != nil {
+		return err
+	}
+	if err := checkPublish(ctx, js, qcfg, g.perms); err != nil {
+		return err
 	}
 	token, err := f.agentToken()
 	if err != nil {
@@ -153,7 +155,10 @@ func runWorker(ctx context.Context, g *globalFlags, f *workerFlags, nc *nats.Con
 		defer stop()
 	}
 	log.Info("worker connected", "nats", redactURL(nc.ConnectedUrl()), "agent_url", f.agentURL, "name", w.Name())
-	return w.Run(ctx)
+	if err := w.Run(ctx); err != nil {
+		return g.perms.explain(err)
+	}
+	return nil
 }
 
 // serveOps serves h on addr until the returned stop is called.
