@@ -8,13 +8,13 @@ PKGS     ?= ./...
 # Seconds each fuzz target runs in `make fuzz`.
 FUZZTIME ?= 60s
 
-.PHONY: run build test vet bench fuzz faults clean
+.PHONY: run build test vet bench fuzz fuzz-brief faults clean
 
 build:
 	$(GO) build -o $(BIN) ./cmd/jetpilot
 
 run: build
-	$(BIN) dev --demo
+	$(BIN) dev --demo --nats-port -1
 
 vet:
 	$(GO) vet $(PKGS)
@@ -24,6 +24,15 @@ test: vet
 
 bench: build
 	$(BIN) bench
+
+# The heavy fault scenarios (200 jobs per scenario); `make test` runs the same
+# tests with smaller loads. Figures in RELIABILITY.md.
+faults:
+	JETPILOT_FAULTS=1 $(GO) test -race -count=1 -run . -v -timeout 60m ./faults/
+
+# Each fuzz target for a few seconds: what CI runs after the tests.
+fuzz-brief:
+	$(MAKE) fuzz FUZZTIME=10s
 
 fuzz:
 	$(GO) test ./schemas -run '^$$' -fuzz FuzzDecodeJob -fuzztime $(FUZZTIME)
