@@ -159,40 +159,31 @@ func (h *harness) all(stream, subject string) []jetstream.RawStreamMsg {
 	return out
 }
 
-// results decodes every result published for jobID.
-func (h *harness) results(jobID string) []schemas.Result {
+// decodeAll decodes every message on subject of stream.
+func decodeAll[T any](h *harness, stream, subject string) []T {
 	h.t.Helper()
-	var out []schemas.Result
-	for _, m := range h.all(h.qcfg.ResultsStream(), h.qcfg.ResultSubject(jobID)) {
-		var r schemas.Result
-		require.NoError(h.t, json.Unmarshal(m.Data, &r))
-		out = append(out, r)
+	var out []T
+	for _, m := range h.all(stream, subject) {
+		var v T
+		require.NoError(h.t, json.Unmarshal(m.Data, &v))
+		out = append(out, v)
 	}
 	return out
+}
+
+// results decodes every result published for jobID.
+func (h *harness) results(jobID string) []schemas.Result {
+	return decodeAll[schemas.Result](h, h.qcfg.ResultsStream(), h.qcfg.ResultSubject(jobID))
 }
 
 // dead decodes every dead letter published for jobID.
 func (h *harness) dead(jobID string) []schemas.DeadLetter {
-	h.t.Helper()
-	var out []schemas.DeadLetter
-	for _, m := range h.all(h.qcfg.DeadStream(), h.qcfg.DeadSubject(jobID)) {
-		var d schemas.DeadLetter
-		require.NoError(h.t, json.Unmarshal(m.Data, &d))
-		out = append(out, d)
-	}
-	return out
+	return decodeAll[schemas.DeadLetter](h, h.qcfg.DeadStream(), h.qcfg.DeadSubject(jobID))
 }
 
 // events decodes every live event published for jobID.
 func (h *harness) events(jobID string) []schemas.Event {
-	h.t.Helper()
-	var out []schemas.Event
-	for _, m := range h.all(h.qcfg.EventsStream(), h.qcfg.EventSubject(jobID)) {
-		var e schemas.Event
-		require.NoError(h.t, json.Unmarshal(m.Data, &e))
-		out = append(out, e)
-	}
-	return out
+	return decodeAll[schemas.Event](h, h.qcfg.EventsStream(), h.qcfg.EventSubject(jobID))
 }
 
 // eventually waits for cond with the harness deadline.

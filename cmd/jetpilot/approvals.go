@@ -6,11 +6,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/cobra"
 
 	"github.com/jetpilot-dev/jetpilot/queue"
@@ -20,21 +22,13 @@ import (
 
 // withClient connects and hands a producer client to fn.
 func withClient(cmd *cobra.Command, g *globalFlags, name string, fn func(ctx context.Context, nc *nats.Conn, c *queue.Client) error) error {
-	log, closeLog, err := g.newLogger(cmd.ErrOrStderr())
-	if err != nil {
+	return withConn(cmd, g, name, func(ctx context.Context, _ *slog.Logger, nc *nats.Conn, js jetstream.JetStream) error {
+		err := fn(ctx, nc, queue.NewClient(js, g.queueConfig()))
+		if err != nil && errors.Is(err, context.Canceled) && ctx.Err() != nil {
+			return nil // interrupted while following
+		}
 		return err
-	}
-	defer closeLog()
-	nc, js, err := g.connect(cmd.Context(), name, log)
-	if err != nil {
-		return err
-	}
-	defer nc.Close()
-	err = fn(cmd.Context(), nc, queue.NewClient(js, g.queueConfig()))
-	if err != nil && errors.Is(err, context.Canceled) && cmd.Context().Err() != nil {
-		return nil // interrupted while following
-	}
-	return err
+	})
 }
 
 func printJSON(w io.Writer, v any) error {

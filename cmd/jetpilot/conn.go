@@ -10,6 +10,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
 	"github.com/jetpilot-dev/jetpilot/queue"
@@ -108,6 +109,22 @@ func (g *globalFlags) connect(ctx context.Context, name string, log *slog.Logger
 		return nil, nil, fmt.Errorf("open JetStream: %w", err)
 	}
 	return nc, js, nil
+}
+
+// withConn gives a command its logger and NATS connection, and closes both
+// when fn returns.
+func withConn(cmd *cobra.Command, g *globalFlags, name string, fn func(ctx context.Context, log *slog.Logger, nc *nats.Conn, js jetstream.JetStream) error) error {
+	log, closeLog, err := g.newLogger(cmd.ErrOrStderr())
+	if err != nil {
+		return err
+	}
+	defer closeLog()
+	nc, js, err := g.connect(cmd.Context(), name, log)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	return fn(cmd.Context(), log, nc, js)
 }
 
 // redactURL drops any password from a URL before it is logged or printed.

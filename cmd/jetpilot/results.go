@@ -1,6 +1,9 @@
 package main
 
 import (
+	"context"
+
+	"github.com/nats-io/nats.go"
 	"github.com/spf13/cobra"
 
 	"github.com/jetpilot-dev/jetpilot/queue"
@@ -15,24 +18,11 @@ func newResultsCmd(g *globalFlags) *cobra.Command {
 		Short: "Print results (all, or one job's), and with --follow keep printing new ones",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			log, closeLog, err := g.newLogger(cmd.ErrOrStderr())
-			if err != nil {
-				return err
-			}
-			defer closeLog()
-			nc, js, err := g.connect(cmd.Context(), "jetpilot results", log)
-			if err != nil {
-				return err
-			}
-			defer nc.Close()
-			client := queue.NewClient(js, g.queueConfig())
-			err = client.Results(cmd.Context(), queue.ResultsOptions{JobID: jobID, Follow: follow}, func(res schemas.Result) error {
-				return printResult(cmd.OutOrStdout(), res, asJSON)
+			return withClient(cmd, g, "jetpilot results", func(ctx context.Context, _ *nats.Conn, c *queue.Client) error {
+				return c.Results(ctx, queue.ResultsOptions{JobID: jobID, Follow: follow}, func(res schemas.Result) error {
+					return printResult(cmd.OutOrStdout(), res, asJSON)
+				})
 			})
-			if follow && cmd.Context().Err() != nil {
-				return nil
-			}
-			return err
 		},
 	}
 	cmd.Flags().StringVar(&jobID, "job", "", "only this job's results")

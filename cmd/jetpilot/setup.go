@@ -1,7 +1,12 @@
 package main
 
 import (
+	"context"
 	"fmt"
+	"log/slog"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/spf13/cobra"
 
@@ -14,18 +19,11 @@ func newSetupCmd(g *globalFlags) *cobra.Command {
 		Short: "Create or update the streams and the runs bucket (idempotent)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			log, closeLog, err := g.newLogger(cmd.ErrOrStderr())
-			if err != nil {
-				return err
-			}
-			defer closeLog()
-			nc, js, err := g.connect(cmd.Context(), "jetpilot setup", log)
-			if err != nil {
-				return err
-			}
-			defer nc.Close()
 			cfg := g.queueConfig()
-			if err := queue.Setup(cmd.Context(), js, cfg); err != nil {
+			err := withConn(cmd, g, "jetpilot setup", func(ctx context.Context, _ *slog.Logger, _ *nats.Conn, js jetstream.JetStream) error {
+				return queue.Setup(ctx, js, cfg)
+			})
+			if err != nil {
 				return fmt.Errorf("setup: %w", err)
 			}
 			out := cmd.OutOrStdout()

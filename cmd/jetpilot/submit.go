@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/nats-io/nats.go"
 	"github.com/spf13/cobra"
 
 	"github.com/jetpilot-dev/jetpilot/queue"
@@ -46,49 +47,50 @@ before it is published. With --wait, waits for the job's first result and exits
 			if err != nil {
 				return err
 			}
-			log, closeLog, err := g.newLogger(cmd.ErrOrStderr())
-			if err != nil {
-				return err
-			}
-			defer closeLog()
-			nc, js, err := g.connect(cmd.Context(), "jetpilot submit", log)
-			if err != nil {
-				return err
-			}
-			defer nc.Close()
-			client := queue.NewClient(js, g.queueConfig())
-			ack, err := client.Submit(cmd.Context(), job)
-			if err != nil {
-				return fmt.Errorf("submit job %s: %w", job.ID, err)
-			}
-			out := cmd.OutOrStdout()
-			if !f.asJSON || !f.wait {
-				note := ""
-				if ack.Duplicate {
-					note = " (duplicate: a job with this id was already submitted)"
-				}
-				fmt.Fprintf(cmd.ErrOrStderr(), "submitted job %s%s\n", job.ID, note)
-			}
-			if !f.wait {
-				if f.asJSON {
-					return json.NewEncoder(out).Encode(map[string]any{"job_id": job.ID, "stream": ack.Stream, "seq": ack.Seq, "duplicate": ack.Duplicate})
-				}
-				fmt.Fprintln(out, job.ID)
-				return nil
-			}
-			res, _, err := client.WaitNext(cmd.Context(), job.ID, 0)
-			if err != nil {
-				if errors.Is(err, context.Canceled) {
-					return &exitError{code: exitFailed, err: fmt.Errorf("stopped waiting for job %s; its result will still be published", job.ID)}
-				}
-				return fmt.Errorf("wait for result of job %s: %w", job.ID, err)
-			}
-			if err := printResult(out, res, f.asJSON); err != nil {
-				return err
-			}
-			return &exitError{code: exitCodeFor(res.Status)}
+			return withClient(cmd, g, "jetpilot submit", func(ctx context.Context, _ *nats.Conn, client *queue.Client) error {
+				return f.submit(ctx, cmd, client, job)
+			})
 		},
 	}
+	f.register(cmd)
+	return cmd
+}
+
+// submit publishes the job and, with --wait, waits for its result.
+func (f *submitFlags) submit(ctx context.Context, cmd *cobra.Command, client *queue.Client, job schemas.Job) error {
+	ack, err := client.Submit(ctx, job)
+	if err != nil {
+		return fmt.Errorf("submit job %s: %w", job.ID, err)
+	}
+	out := cmd.OutOrStdout()
+	if !f.asJSON || !f.wait {
+		note := ""
+		if ack.Duplicate {
+			note = " (duplicate: a job with this id was already submitted)"
+		}
+		fmt.Fprintf(cmd.ErrOrStderr(), "submitted job %s%s\n", job.ID, note)
+	}
+	if !f.wait {
+		if f.asJSON {
+			return json.NewEncoder(out).Encode(map[string]any{"job_id": job.ID, "stream": ack.Stream, "seq": ack.Seq, "duplicate": ack.Duplicate})
+		}
+		fmt.Fprintln(out, job.ID)
+		return nil
+	}
+	res, _, err := client.WaitNext(ctx, job.ID, 0)
+	if err != nil {
+		if errors.Is(err, context.Canceled) {
+			return &exitError{code: exitFailed, err: fmt.Errorf("stopped waiting for job %s; its result will still be published", job.ID)}
+		}
+		return fmt.Errorf("wait for result of job %s: %w", job.ID, err)
+	}
+	if err := printResult(out, res, f.asJSON); err != nil {
+		return err
+	}
+	return &exitError{code: exitCodeFor(res.Status)}
+}
+
+func (f *submitFlags) register(cmd *cobra.Command) {
 	fl := cmd.Flags()
 	fl.StringVar(&f.prompt, "prompt", "", "the prompt (without it, a whole job is read as JSON from stdin)")
 	fl.StringVar(&f.id, "id", "", "job id (default: a new UUID); resubmitting an id within 24h is a no-op")
@@ -101,7 +103,6 @@ before it is published. With --wait, waits for the job's first result and exits
 	fl.StringArrayVar(&f.metadata, "metadata", nil, "k=v metadata echoed on every message about the job (repeatable)")
 	fl.BoolVar(&f.wait, "wait", false, "wait for the result and exit with its code")
 	fl.BoolVar(&f.asJSON, "json", false, "print the result document as JSON")
-	return cmd
 }
 
 // job builds the job from flags or stdin and validates it with the same

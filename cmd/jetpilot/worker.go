@@ -77,17 +77,9 @@ func newWorkerCmd(g *globalFlags) *cobra.Command {
 		Short: "Pull jobs from JetStream and run them on the agent server",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			log, closeLog, err := g.newLogger(cmd.ErrOrStderr())
-			if err != nil {
-				return err
-			}
-			defer closeLog()
-			nc, js, err := g.connect(cmd.Context(), "jetpilot worker", log)
-			if err != nil {
-				return err
-			}
-			defer nc.Close()
-			return runWorker(cmd.Context(), g, f, nc, js, log)
+			return withConn(cmd, g, "jetpilot worker", func(ctx context.Context, log *slog.Logger, nc *nats.Conn, js jetstream.JetStream) error {
+				return runWorker(ctx, g, f, nc, js, log)
+			})
 		},
 	}
 	f.register(cmd.Flags())
