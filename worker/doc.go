@@ -5,7 +5,7 @@
 // What it owns:
 //   - bounded concurrency: it never holds more job messages than it has free
 //     slots, so a message never waits in a local buffer while its AckWait runs;
-//   - the job message's lifetime: InProgress heartbeats while a session runs
+//   - the job message's lifetime: InProgress heartbeats (one ticker for all) while a session runs
 //     (AckWait stays short so a dead worker's job comes back fast), NakWithDelay
 //     with exponential backoff for transient failures before a run starts,
 //     Term after a final outcome has been published for a job that cannot succeed;

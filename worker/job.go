@@ -117,8 +117,7 @@ type phase struct {
 func (w *Worker) follow(ctx context.Context, p *phase) {
 	w.m.InFlight.Inc()
 	defer w.m.InFlight.Dec()
-	stop := w.heartbeat(ctx, p.msg, p.log)
-	defer stop()
+	defer w.beats.hold(p.msg, p.log)()
 	// lost stops following when another worker has taken the job over.
 	ctx, lost := context.WithCancelCause(ctx)
 	defer lost(nil)
@@ -555,31 +554,5 @@ func (w *Worker) ack(ctx context.Context, msg jetstream.Msg, log *slog.Logger) {
 func (w *Worker) term(msg jetstream.Msg, reason string, log *slog.Logger) {
 	if err := msg.TermWithReason(reason); err != nil {
 		log.Warn("term job", "err", err)
-	}
-}
-
-// heartbeat tells JetStream the job is still being worked on, so a run
-// longer than AckWait is not redelivered while this worker lives.
-func (w *Worker) heartbeat(ctx context.Context, msg jetstream.Msg, log *slog.Logger) (stop func()) {
-	ctx, cancel := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		t := time.NewTicker(w.opts.Heartbeat)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-				if err := msg.InProgress(); err != nil && !strings.Contains(err.Error(), "already acknowledged") {
-					log.Warn("job heartbeat", "err", err)
-				}
-			}
-		}
-	}()
-	return func() {
-		cancel()
-		<-done
 	}
 }

@@ -35,6 +35,7 @@ type Worker struct {
 	m      *Metrics
 
 	slots chan struct{} // one token per running job or decision phase
+	beats *heartbeats
 
 	activeMu sync.Mutex
 	active   map[string]*activeJob // job id -> the phase this worker follows
@@ -87,6 +88,7 @@ func New(ctx context.Context, js jetstream.JetStream, qcfg queue.Config, runner 
 		log:     opts.Logger.With("worker", opts.Name),
 		m:       opts.Metrics,
 		slots:   make(chan struct{}, opts.Concurrency),
+		beats:   newHeartbeats(opts.Heartbeat),
 		active:  map[string]*activeJob{},
 		created: map[string]time.Time{},
 	}, nil
@@ -112,6 +114,18 @@ func (w *Worker) Run(ctx context.Context) error {
 	// context, cancelled only when the grace period is over.
 	jobCtx, cancelJobs := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelJobs()
+
+	// Heartbeats go on until every held message is settled, grace included.
+	beatCtx, stopBeats := context.WithCancel(jobCtx)
+	beatsDone := make(chan struct{})
+	go func() {
+		defer close(beatsDone)
+		w.beats.run(beatCtx)
+	}()
+	defer func() {
+		stopBeats()
+		<-beatsDone
+	}()
 
 	var jobs, loops sync.WaitGroup
 	stopCancels, err := w.serveCancels(jobCtx, w.js.Conn())
