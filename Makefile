@@ -37,6 +37,7 @@ fuzz-brief:
 fuzz:
 	$(GO) test ./schemas -run '^$$' -fuzz FuzzDecodeJob -fuzztime $(FUZZTIME)
 	$(GO) test ./schemas -run '^$$' -fuzz FuzzDecodeDecision -fuzztime $(FUZZTIME)
+	$(GO) test ./schemas -run '^$$' -fuzz FuzzJobFastPath -fuzztime $(FUZZTIME)
 	$(GO) test ./spawn -run '^$$' -fuzz FuzzSSE -fuzztime $(FUZZTIME)
 
 clean:

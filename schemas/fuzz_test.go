@@ -21,20 +21,23 @@ func addExampleSeeds(f *testing.F, pattern string) {
 	}
 }
 
+// jobFuzzSeeds seed FuzzDecodeJob and FuzzJobFastPath.
+var jobFuzzSeeds = []string{
+	``, `{}`, `[]`, `null`, `{"id":"a","prompt":"p"}{}`, `{"id":"a b","prompt":" "}`,
+	job(`"timeout":"1h"`), job(`"timeout":"-1s"`), job(`"overrides":{"max_turns":1e2,"auto_approve":[]}`),
+	job(`"overrides":{"auto_approve":"all"},"caller_context":[{"name":"n","content":""}]`),
+	job(`"metadata":{"a/b~c":"d"},"allowed_tools":[]`), `{"id":"\u00e9","prompt":"\ud800"}`,
+	job(`"sandbox":false,"overrides":{}`), `{"id":"x","prompt":"p","id":"y"}`,
+	job(`"overrides":{"max_turns":1e999}`), job(`"overrides":{"max_turns":25600e-2}`), `[1e5,{"a":[-0.0]}]`,
+}
+
 // FuzzDecodeJob: no input panics; every rejection is a *ValidationError
 // with at least one readable problem; every accepted job is valid per
 // the schema, names the id JobIDOf finds, and survives a marshal/decode
 // round trip unchanged.
 func FuzzDecodeJob(f *testing.F) {
 	addExampleSeeds(f, "job-*.json")
-	for _, seed := range []string{
-		``, `{}`, `[]`, `null`, `{"id":"a","prompt":"p"}{}`, `{"id":"a b","prompt":" "}`,
-		job(`"timeout":"1h"`), job(`"timeout":"-1s"`), job(`"overrides":{"max_turns":1e2,"auto_approve":[]}`),
-		job(`"overrides":{"auto_approve":"all"},"caller_context":[{"name":"n","content":""}]`),
-		job(`"metadata":{"a/b~c":"d"},"allowed_tools":[]`), `{"id":"\u00e9","prompt":"\ud800"}`,
-		job(`"sandbox":false,"overrides":{}`), `{"id":"x","prompt":"p","id":"y"}`,
-		job(`"overrides":{"max_turns":1e999}`), job(`"overrides":{"max_turns":25600e-2}`), `[1e5,{"a":[-0.0]}]`,
-	} {
+	for _, seed := range jobFuzzSeeds {
 		f.Add([]byte(seed))
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {

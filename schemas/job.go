@@ -31,7 +31,27 @@ const (
 // not only the first. The Job returned with it carries what could still be
 // read safely, so the rejection can be addressed: ID when it is a valid id,
 // Metadata when it is a valid object of strings.
+//
+// A plainly valid job is decoded by a single-pass fast path (fastjob.go);
+// anything it has the least doubt about gets the full schema validation,
+// so results and errors are exactly those of the full validation.
 func DecodeJob(data []byte) (Job, error) {
+	if h := testHookDecodeJob; h != nil {
+		h(data)
+	}
+	if j, ok := fastDecodeJob(data); ok {
+		return j, nil
+	}
+	return decodeJobFull(data)
+}
+
+// testHookDecodeJob, set only by tests, sees every DecodeJob input, so the
+// differential test can replay the other tests' documents.
+var testHookDecodeJob func(data []byte)
+
+// decodeJobFull is DecodeJob without the fast path: full validation,
+// which explains every problem.
+func decodeJobFull(data []byte) (Job, error) {
 	s, err := schemaFor(SchemaJob)
 	if err != nil {
 		return Job{}, fmt.Errorf("decode job: %w", err)
