@@ -9,7 +9,9 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"runtime"
+	"runtime/pprof"
 	"syscall"
 	"time"
 
@@ -25,6 +27,13 @@ import (
 // ChildEnv is the environment variable that carries a ChildConfig (JSON)
 // to the worker process of the concurrency scenario.
 const ChildEnv = "JETPILOT_BENCH_CHILD"
+
+// HeapProfileEnv, when set in a child worker's environment, names a file the
+// child overwrites with a heap profile (and <file>.goroutine with a goroutine
+// dump) every time its stats are read, after a forced GC (so its figures are
+// not the scenario's): the last one is taken with all the
+// concurrency scenario's runs open. For `go tool pprof -sample_index=inuse_space`.
+const HeapProfileEnv = "JETPILOT_BENCH_HEAPPROFILE"
 
 // childReadyPrefix starts the one line a child writes on stdout: the URL of
 // its stats endpoint.
@@ -135,6 +144,12 @@ func ChildMain(ctx context.Context, config string, stdin io.Reader, stdout io.Wr
 			http.Error(rw, err.Error(), http.StatusInternalServerError)
 			return
 		}
+		if path := os.Getenv(HeapProfileEnv); path != "" {
+			if err := writeProfiles(path); err != nil {
+				http.Error(rw, err.Error(), http.StatusInternalServerError)
+				return
+			}
+		}
 		rw.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(rw).Encode(s)
 	})
@@ -155,6 +170,26 @@ func ChildMain(ctx context.Context, config string, stdin io.Reader, stdout io.Wr
 	}
 	if err := w.Run(ctx); err != nil {
 		return fmt.Errorf("bench child: worker: %w", err)
+	}
+	return nil
+}
+
+// writeProfiles writes the heap profile to path and a goroutine dump to
+// path+".goroutine".
+func writeProfiles(path string) error {
+	runtime.GC() // the heap profile is as of the last GC: make it now
+	for _, p := range []struct{ name, file string }{{"heap", path}, {"goroutine", path + ".goroutine"}} {
+		f, err := os.Create(p.file)
+		if err != nil {
+			return fmt.Errorf("%s profile: %w", p.name, err)
+		}
+		err = pprof.Lookup(p.name).WriteTo(f, 0)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return fmt.Errorf("%s profile: %w", p.name, err)
+		}
 	}
 	return nil
 }

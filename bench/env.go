@@ -66,7 +66,10 @@ func (e *env) connect(name string) (*nats.Conn, jetstream.JetStream, error) {
 }
 
 // newQueue creates the streams and bucket under a fresh prefix, so runs do
-// not see each other's messages, and returns a cleanup that deletes them.
+// not see each other's messages, and returns a cleanup that empties them.
+// The streams are purged, not deleted: nats-server removes an account's
+// streams folder when its last stream is deleted, racing a stream being
+// created at that moment ("could not create storage directory").
 func (e *env) newQueue(ctx context.Context, name string, maxAckPending int) (queue.Config, func(), error) {
 	cfg := queue.Config{
 		Prefix:        fmt.Sprintf("b%d_%s", e.seq.Add(1), name),
@@ -79,9 +82,15 @@ func (e *env) newQueue(ctx context.Context, name string, maxAckPending int) (que
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
 		for _, sc := range cfg.StreamConfigs() {
-			_ = e.js.DeleteStream(ctx, sc.Name)
+			if s, err := e.js.Stream(ctx, sc.Name); err == nil {
+				_ = s.Purge(ctx)
+			}
 		}
-		_ = e.js.DeleteKeyValue(ctx, cfg.RunsBucket())
+		if kv, err := e.js.KeyValue(ctx, cfg.RunsBucket()); err == nil {
+			if s, err := e.js.Stream(ctx, "KV_"+kv.Bucket()); err == nil {
+				_ = s.Purge(ctx)
+			}
+		}
 	}
 	return cfg, cleanup, nil
 }
@@ -97,7 +106,10 @@ func jobBody(id, prompt string) []byte {
 // publishJob publishes one job asynchronously with its id as Nats-Msg-Id.
 func publishJob(js jetstream.JetStream, cfg queue.Config, id, prompt string) (jetstream.PubAckFuture, error) {
 	msg := &nats.Msg{Subject: cfg.JobSubject("default"), Data: jobBody(id, prompt), Header: nats.Header{}}
-	f, err := js.PublishMsgAsync(msg, jetstream.WithMsgID(id), jetstream.WithExpectStream(cfg.JobsStream()))
+	// A full async window waits for acks (the default 200ms stall wait fails
+	// the run as soon as the machine is busy with something else).
+	f, err := js.PublishMsgAsync(msg, jetstream.WithMsgID(id), jetstream.WithExpectStream(cfg.JobsStream()),
+		jetstream.WithStallWait(10*time.Second))
 	if err != nil {
 		return nil, fmt.Errorf("publish job %s: %w", id, err)
 	}

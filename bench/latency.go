@@ -191,7 +191,7 @@ func readResults(ctx context.Context, js jetstream.JetStream, cfg queue.Config, 
 // runCompletedTimes replays each session's events from the start
 // (Last-Event-ID 0) and returns the timestamp of its run_completed event.
 func runCompletedTimes(ctx context.Context, url string, results []storedResult) (map[string]time.Time, error) {
-	c, err := spawn.NewClient(spawn.ClientOptions{BaseURL: url})
+	c, err := spawn.NewClient(spawn.ClientOptions{BaseURL: url, DirectEventStreams: true})
 	if err != nil {
 		return nil, fmt.Errorf("replay events: %w", err)
 	}

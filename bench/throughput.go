@@ -176,8 +176,13 @@ func (e *env) baselineSide(concurrency int) consumerSide {
 			defer close(msgs)
 			for {
 				m, err := it.Next()
+				if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+					return // stopped
+				}
 				if err != nil {
-					return // iterator stopped
+					// Missed heartbeats and the like: the iterator
+					// recovers by itself, as a real worker loop must.
+					continue
 				}
 				select {
 				case msgs <- m:
@@ -353,7 +358,7 @@ func startSim(ctx context.Context) (*sim, error) {
 // per worker as in a deployment.
 func spawnRunner(url string) func() (worker.Runner, error) {
 	return func() (worker.Runner, error) {
-		c, err := spawn.NewClient(spawn.ClientOptions{BaseURL: url})
+		c, err := spawn.NewClient(spawn.ClientOptions{BaseURL: url, DirectEventStreams: true})
 		if err != nil {
 			return nil, fmt.Errorf("agent client: %w", err)
 		}

@@ -1,6 +1,7 @@
 package spawn
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -29,6 +30,15 @@ type ClientOptions struct {
 	// timeouts but no overall Timeout, because the event stream is
 	// long-lived.
 	HTTPClient *http.Client
+	// DirectEventStreams reads each event stream of a plain-http server
+	// reached without a proxy over a connection of its own, read by the
+	// goroutine that follows the run, instead of through HTTPClient: one
+	// goroutine per run in flight instead of three, and no transport state
+	// per stream (see directSSE). The other calls are unchanged, but as the
+	// streams no longer take pooled connections, those calls find more idle
+	// ones (and net/http replays an Idempotency-Key request whose reused
+	// connection broke). Ignored when HTTPClient is set.
+	DirectEventStreams bool
 	// UserAgent defaults to "jetpilot".
 	UserAgent string
 	// RequestTimeout bounds every call except the event stream, so a server
@@ -42,6 +52,7 @@ type Client struct {
 	base       string
 	token      string
 	hc         *http.Client
+	direct     *directSSE // nil: event streams go through hc as well
 	userAgent  string
 	reqTimeout time.Duration
 }
@@ -84,6 +95,9 @@ func NewClient(opts ClientOptions) (*Client, error) {
 	}
 	if c.hc == nil {
 		c.hc = defaultHTTPClient()
+		if opts.DirectEventStreams && u.Scheme == "http" {
+			c.direct = newDirectSSE(c.hc.Transport.(*http.Transport))
+		}
 	}
 	if c.userAgent == "" {
 		c.userAgent = "jetpilot"
@@ -93,6 +107,17 @@ func NewClient(opts ClientOptions) (*Client, error) {
 	}
 	return c, nil
 }
+
+// Connection buffers of the default transport. Every run in flight pins one
+// connection (its event stream) and with it both buffers, so net/http's 4 KiB
+// defaults cost 8 KiB per run. Requests are a few hundred bytes of headers
+// plus small JSON bodies (larger writes bypass the buffer); reads of the
+// event stream are buffered again by the SSE reader, and header lines longer
+// than the buffer are still read whole.
+const (
+	transportReadBufferSize  = 1 << 10
+	transportWriteBufferSize = 1 << 10
+)
 
 func defaultHTTPClient() *http.Client {
 	return &http.Client{
@@ -109,8 +134,120 @@ func defaultHTTPClient() *http.Client {
 			TLSHandshakeTimeout:   10 * time.Second,
 			ResponseHeaderTimeout: 30 * time.Second,
 			ExpectContinueTimeout: time.Second,
+			ReadBufferSize:        transportReadBufferSize,
+			WriteBufferSize:       transportWriteBufferSize,
 		},
 	}
+}
+
+// directSSE (ClientOptions.DirectEventStreams) opens event streams over a
+// connection of their own, read by the
+// goroutine that reads the stream: a run in flight then costs one goroutine
+// instead of three (net/http's readLoop and writeLoop per connection) and no
+// transport bookkeeping. Such a connection is never reused: a stream lives as
+// long as its run. The request on the wire is what net/http sends, less the
+// Accept-Encoding: gzip it adds on its own (event streams are not
+// compressed). The dial, proxy and header-timeout settings are the
+// transport's; whenever they call for more than a plain TCP connection (a
+// proxy), do answers (nil, nil) and the caller uses the http.Client, as it
+// does for a redirect.
+type directSSE struct {
+	dial          func(ctx context.Context, network, addr string) (net.Conn, error)
+	proxy         func(*http.Request) (*url.URL, error)
+	headerTimeout time.Duration
+}
+
+func newDirectSSE(t *http.Transport) *directSSE {
+	d := &directSSE{dial: t.DialContext, proxy: t.Proxy, headerTimeout: t.ResponseHeaderTimeout}
+	if d.dial == nil {
+		var nd net.Dialer
+		d.dial = nd.DialContext
+	}
+	return d
+}
+
+var errHeaderTimeout = errors.New("timeout awaiting response headers")
+
+// do sends req on a new connection and returns the response, whose body owns
+// the connection. (nil, nil) means "not for this path: use the client".
+func (d *directSSE) do(req *http.Request) (*http.Response, error) {
+	if req.URL.Scheme != "http" {
+		return nil, nil
+	}
+	if d.proxy != nil {
+		if pu, err := d.proxy(req); err != nil || pu != nil {
+			return nil, nil
+		}
+	}
+	ctx := req.Context()
+	host := req.URL.Host
+	if req.URL.Port() == "" {
+		host = net.JoinHostPort(req.URL.Hostname(), "80")
+	}
+	conn, err := d.dial(ctx, "tcp", host)
+	if err != nil {
+		return nil, &url.Error{Op: req.Method, URL: req.URL.String(), Err: err}
+	}
+	// Cancelling the request (or the stall timer) closes the connection,
+	// which ends a blocked write or read.
+	stop := context.AfterFunc(ctx, func() { _ = conn.Close() })
+	fail := func(err error) (*http.Response, error) {
+		stop()
+		_ = conn.Close()
+		return nil, &url.Error{Op: req.Method, URL: req.URL.String(), Err: err}
+	}
+	if d.headerTimeout > 0 {
+		_ = conn.SetDeadline(time.Now().Add(d.headerTimeout))
+	}
+	bw := bufio.NewWriterSize(conn, transportWriteBufferSize)
+	if err := req.Write(bw); err != nil {
+		return fail(err)
+	}
+	if err := bw.Flush(); err != nil {
+		return fail(err)
+	}
+	br := bufio.NewReaderSize(conn, transportReadBufferSize)
+	var resp *http.Response
+	for {
+		resp, err = http.ReadResponse(br, req)
+		if err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() && ctx.Err() == nil {
+				err = fmt.Errorf("%w: %w", errHeaderTimeout, err)
+			}
+			return fail(err)
+		}
+		// Skip informational answers (100 Continue, 103 Early Hints).
+		if resp.StatusCode < 200 && resp.StatusCode != http.StatusSwitchingProtocols {
+			continue
+		}
+		break
+	}
+	if resp.StatusCode >= 300 && resp.StatusCode < 400 && resp.Header.Get("Location") != "" {
+		// A redirect: let net/http follow it as it always did.
+		stop()
+		_ = conn.Close()
+		return nil, nil
+	}
+	_ = conn.SetDeadline(time.Time{})
+	resp.Body = &directBody{ReadCloser: resp.Body, conn: conn, stop: stop}
+	return resp, nil
+}
+
+// directBody is the body of a directSSE response: closing it closes the
+// connection.
+type directBody struct {
+	io.ReadCloser
+	conn net.Conn
+	stop func() bool
+}
+
+// Close closes the connection only: net/http's Close of a response body
+// would drain it (an event stream does not end) and wait for a Read blocked
+// in another goroutine. Closing the connection ends such a Read at once.
+func (b *directBody) Close() error {
+	b.stop()
+	return b.conn.Close()
 }
 
 // BaseURL returns the server's base URL (without trailing slash).
@@ -292,7 +429,15 @@ func (c *Client) OpenEvents(ctx context.Context, sessionID string, opts StreamOp
 	if opts.LastEventID != nil {
 		req.Header.Set("Last-Event-ID", strconv.FormatUint(*opts.LastEventID, 10))
 	}
-	resp, err := c.hc.Do(req)
+	var resp *http.Response
+	direct := false
+	if c.direct != nil {
+		resp, err = c.direct.do(req)
+		direct = resp != nil
+	}
+	if resp == nil && err == nil {
+		resp, err = c.hc.Do(req)
+	}
 	if err != nil {
 		return nil, c.transportError("events", ctx, err)
 	}
@@ -304,6 +449,11 @@ func (c *Client) OpenEvents(ctx context.Context, sessionID string, opts StreamOp
 	if !strings.HasPrefix(strings.ToLower(ct), "text/event-stream") {
 		resp.Body.Close()
 		return nil, fmt.Errorf("agent server: events: unexpected content type %q", ct)
+	}
+	if direct {
+		// A chunked body keeps its *Response (for trailers) for the whole
+		// stream: do not let it pin the request and both header maps too.
+		resp.Request, resp.Header = nil, nil
 	}
 	return newEventStream(resp.Body, opts), nil
 }

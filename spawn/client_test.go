@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -21,7 +22,9 @@ import (
 
 func newTestClient(t *testing.T, base, token string) *Client {
 	t.Helper()
-	c, err := NewClient(ClientOptions{BaseURL: base + "/", Token: token})
+	// JETPILOT_TEST_DIRECT_SSE=1 runs the suite with DirectEventStreams.
+	c, err := NewClient(ClientOptions{BaseURL: base + "/", Token: token,
+		DirectEventStreams: os.Getenv("JETPILOT_TEST_DIRECT_SSE") == "1"})
 	require.NoError(t, err)
 	return c
 }

@@ -96,8 +96,9 @@ type SSEReader struct {
 	frameID   bool
 }
 
-// sseBufSize is the read buffer of an SSEReader.
-const sseBufSize = 4 << 10
+// sseBufSize is the read buffer of an SSEReader. Agent-server frames are a
+// few hundred bytes; longer lines are joined across fills.
+const sseBufSize = 2 << 10
 
 // NewSSEReader returns a reader over r.
 func NewSSEReader(r io.Reader, opts SSEOptions) *SSEReader {
@@ -105,9 +106,9 @@ func NewSSEReader(r io.Reader, opts SSEOptions) *SSEReader {
 	if max <= 0 {
 		max = DefaultMaxFrameBytes
 	}
-	// 4 KiB: lines longer than the buffer are joined across fills, and
-	// an HTTP body is already buffered by the transport. A worker holds one
-	// reader per run in flight, so 32 KiB here cost 28 KiB per run.
+	// Small: lines longer than the buffer are joined across fills, and an
+	// HTTP body is already buffered by the transport. A worker holds one
+	// reader per run in flight, so every KiB here is a KiB per run.
 	return &SSEReader{r: r, max: max, onComment: opts.OnComment, buf: make([]byte, sseBufSize)}
 }
 

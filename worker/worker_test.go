@@ -78,8 +78,9 @@ func TestEveryResultStatus(t *testing.T) {
 		require.Len(t, res.PauseReason.PendingToolCalls, 1)
 		assert.Equal(t, "stakpak__run_command", res.PauseReason.PendingToolCalls[0].Name)
 		assert.NotEmpty(t, res.ResumeHint)
-		approvals := h.all(h.qcfg.ApprovalsStream(), h.qcfg.ApprovalSubject(j.ID))
-		assert.Len(t, approvals, 1)
+		// The approval request follows the paused result.
+		req := h.approval(j.ID)
+		assert.Equal(t, res.PauseReason.PendingToolCalls, req.PendingToolCalls)
 	})
 	t.Run("cancelled", func(t *testing.T) {
 		h.submit(job("st-cancelled", "#sim text stopping\n#sim stop cancelled"))

@@ -101,7 +101,7 @@ func runWorker(ctx context.Context, g *globalFlags, f *workerFlags, nc *nats.Con
 	if err != nil {
 		return err
 	}
-	client, err := spawn.NewClient(spawn.ClientOptions{BaseURL: f.agentURL, Token: token})
+	client, err := spawn.NewClient(spawn.ClientOptions{BaseURL: f.agentURL, Token: token, DirectEventStreams: true})
 	if err != nil {
 		return fmt.Errorf("agent client: %w", err)
 	}

@@ -16,6 +16,17 @@ type idemStore struct {
 
 	mu      sync.Mutex
 	entries map[idemKey]*idemEntry
+	// order holds every entry put in entries, oldest first. expires is
+	// claim time + ttl, so this is also expiry order, and a sweep only looks
+	// at the expired front: O(1) amortised per request instead of a scan
+	// of every key.
+	order []idemRef
+	head  int // order[:head] are swept
+}
+
+type idemRef struct {
+	k idemKey
+	e *idemEntry
 }
 
 type idemKey struct{ key, path string }
@@ -57,9 +68,16 @@ func (st *idemStore) begin(ctx context.Context, key, path string, body []byte) (
 		now := st.now()
 		st.sweepLocked(now)
 		e := st.entries[k]
+		if e != nil && expiredLocked(e, now) {
+			// Expired but still queued behind an entry whose first request
+			// has not answered yet: expire it now.
+			delete(st.entries, k)
+			e = nil
+		}
 		if e == nil {
 			e = &idemEntry{bodyHash: h, expires: now.Add(st.ttl), done: make(chan struct{})}
 			st.entries[k] = e
+			st.order = append(st.order, idemRef{k, e})
 			st.mu.Unlock()
 			return idemProceed, e, nil
 		}
@@ -94,15 +112,42 @@ func (st *idemStore) finish(key, path string, e *idemEntry, status int, body []b
 	close(e.done)
 }
 
-// sweepLocked drops expired entries whose first request has answered.
+// expiredLocked reports whether e is past its TTL and its first request has
+// answered (an entry still in flight is never dropped).
+func expiredLocked(e *idemEntry, now time.Time) bool {
+	if !now.After(e.expires) {
+		return false
+	}
+	select {
+	case <-e.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// sweepLocked drops expired entries whose first request has answered. It
+// walks the time-ordered queue from the oldest entry and stops at the first
+// one not expired, or still waiting for its first answer (it is dropped by a
+// later sweep; begin checks the expiry of the key it looks up itself).
 func (st *idemStore) sweepLocked(now time.Time) {
-	for k, e := range st.entries {
-		if now.After(e.expires) {
-			select {
-			case <-e.done:
-				delete(st.entries, k)
-			default:
+	for st.head < len(st.order) {
+		ref := st.order[st.head]
+		if cur := st.entries[ref.k]; cur == ref.e {
+			if !expiredLocked(ref.e, now) {
+				break
 			}
+			delete(st.entries, ref.k)
 		}
+		// else: forgotten (a 5xx answer) or expired by begin and replaced.
+		st.order[st.head] = idemRef{}
+		st.head++
+	}
+	if st.head == len(st.order) {
+		st.order, st.head = st.order[:0], 0
+	} else if st.head > 1024 && st.head > len(st.order)/2 {
+		n := copy(st.order, st.order[st.head:])
+		clear(st.order[n:])
+		st.order, st.head = st.order[:n], 0
 	}
 }
