@@ -40,6 +40,11 @@ a demo job, prints its result and exits with the job's exit code.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
+			if demo && !cmd.Flags().Changed("log-level") {
+				// The demo's output is its result; the worker's logs would
+				// interleave with it. --log-level info shows them.
+				g.logLevel = "warn"
+			}
 			log, closeLog, err := g.newLogger(cmd.ErrOrStderr())
 			if err != nil {
 				return err
