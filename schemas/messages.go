@@ -229,25 +229,13 @@ func (s *compiledSchema) node(schemaURL string) map[string]any {
 	} else {
 		return nil
 	}
+	var loc []string
 	for tok := range strings.SplitSeq(strings.TrimPrefix(frag, "/"), "/") {
-		if tok == "" {
-			continue
-		}
-		tok = strings.ReplaceAll(strings.ReplaceAll(tok, "~1", "/"), "~0", "~")
-		switch d := doc.(type) {
-		case map[string]any:
-			doc = d[tok]
-		case []any:
-			i, err := strconv.Atoi(tok)
-			if err != nil || i < 0 || i >= len(d) {
-				return nil
-			}
-			doc = d[i]
-		default:
-			return nil
+		if tok != "" {
+			loc = append(loc, strings.ReplaceAll(strings.ReplaceAll(tok, "~1", "/"), "~0", "~"))
 		}
 	}
-	m, _ := doc.(map[string]any)
+	m, _ := lookup(doc, loc).(map[string]any)
 	return m
 }
 
