@@ -110,9 +110,16 @@ func (p *proc) wait(t *testing.T) int {
 // run runs jetpilot to completion with stdin and returns stdout and the exit code.
 func run(t *testing.T, stdin string, args ...string) (string, int) {
 	t.Helper()
+	return runEnv(t, nil, stdin, args...)
+}
+
+// runEnv is run with extra environment variables.
+func runEnv(t *testing.T, env []string, stdin string, args ...string) (string, int) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bin, args...)
+	cmd.Env = append(os.Environ(), env...)
 	cmd.Stdin = strings.NewReader(stdin)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
@@ -166,6 +173,18 @@ func TestDevAndSubmitWaitExitCodes(t *testing.T) {
 			assert.Equal(t, tc.status, res.Status)
 		})
 	}
+	t.Run("flags from the environment", func(t *testing.T) {
+		// NATS_URL and JETPILOT_<FLAG> stand in for --nats and any flag.
+		out, code := runEnv(t, []string{"NATS_URL=" + url, "JETPILOT_WAIT=true", "JETPILOT_JSON=true", "JETPILOT_ID=env-1"}, "",
+			"submit", "--prompt", "#sim text configured by env")
+		require.Equal(t, 0, code, out)
+		var res schemas.Result
+		require.NoError(t, json.Unmarshal([]byte(out), &res), out)
+		assert.Equal(t, "env-1", res.JobID)
+		assert.Equal(t, "configured by env", res.Stdout)
+		_, code = runEnv(t, []string{"JETPILOT_TIMEOUT=soon"}, "", "submit", "--nats", url, "--prompt", "x")
+		assert.Equal(t, 2, code, "a bad value from the environment is a usage error")
+	})
 	t.Run("invalid job is refused before publishing", func(t *testing.T) {
 		out, code := run(t, `{"id":"bad id!","prompt":""}`, "submit", "--nats", url, "--wait")
 		assert.Equal(t, 2, code, out)
