@@ -57,9 +57,13 @@ func (w *Worker) consumerCreated(name string) time.Time {
 
 func (w *Worker) noteConsumer(c jetstream.Consumer) {
 	info := c.CachedInfo()
+	w.noteCreated(info.Name, info.Created)
+}
+
+func (w *Worker) noteCreated(name string, created time.Time) {
 	w.createdMu.Lock()
 	defer w.createdMu.Unlock()
-	w.created[info.Name] = info.Created
+	w.created[name] = created
 }
 
 // New makes a worker. The streams and bucket must exist (queue.Setup); the
@@ -245,6 +249,11 @@ func (w *Worker) pull(ctx, jobCtx context.Context, c jetstream.Consumer, slots c
 			w.log.Warn("fetch", "consumer", c.CachedInfo().Name, "err", err, "retry_in", retry)
 			if !sleep(ctx, retry) {
 				return
+			}
+			// The consumer may have been deleted and created again: learn
+			// its new creation time, which tells first deliveries apart.
+			if info, err := c.Info(ctx); err == nil {
+				w.noteCreated(info.Name, info.Created)
 			}
 			continue
 		}
