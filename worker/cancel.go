@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/nats-io/nats.go"
 
@@ -34,6 +35,8 @@ type activeJob struct {
 	cur       spawn.Cursor
 	cancel    bool // a cancel was requested
 	cancelled bool // the run was cancelled on the agent server
+	// settling: the run is no longer followed; its phase is being settled.
+	settling atomic.Bool
 }
 
 func (w *Worker) track(jobID string, rec *queue.RunRecord) *activeJob {
@@ -52,10 +55,18 @@ func (w *Worker) untrack(jobID string, a *activeJob) {
 	w.activeMu.Unlock()
 }
 
+// activeJob is the phase of jobID this worker is following now, or nil. A
+// phase whose run is no longer followed (it paused or ended and is being
+// settled) does not count: cancelling its run would leave nobody to report
+// the cancel.
 func (w *Worker) activeJob(jobID string) *activeJob {
 	w.activeMu.Lock()
 	defer w.activeMu.Unlock()
-	return w.active[jobID]
+	a := w.active[jobID]
+	if a == nil || a.settling.Load() {
+		return nil
+	}
+	return a
 }
 
 // setCursor records the run's cursor, and cancels the run if a cancel came
@@ -180,8 +191,8 @@ func (w *Worker) cancelRecorded(ctx context.Context, m *nats.Msg, jobID string) 
 			w.reply(m, CancelReply{JobID: jobID, Status: "cancelling", Worker: w.opts.Name})
 			return
 		}
-		if w.activeJob(jobID) != nil { // it started here meanwhile
-			w.activeJob(jobID).requestCancel()
+		if a := w.activeJob(jobID); a != nil { // it started here meanwhile
+			a.requestCancel()
 			w.reply(m, CancelReply{JobID: jobID, Status: "cancelling", Worker: w.opts.Name})
 			return
 		}

@@ -178,6 +178,7 @@ func (w *Worker) follow(ctx context.Context, p *phase) {
 	}
 
 	res, err := w.runner.Run(ctx, spec)
+	active.settling.Store(true)
 	if cause := context.Cause(ctx); errors.Is(cause, errLostJob) {
 		p.log.Warn("another worker took the job over; no longer following it", "err", cause)
 		return

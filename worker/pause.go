@@ -55,7 +55,15 @@ func (w *Worker) pause(ctx context.Context, p *phase, res *schemas.Result, log *
 	if err := w.save(ctx, p, nil); err != nil {
 		return fmt.Errorf("record pause: %w", err)
 	}
-	return w.publishPause(ctx, rec, *res, log)
+	if err := w.publishPause(ctx, rec, *res, log); err != nil {
+		return err
+	}
+	if rec.CancelRequested {
+		// A cancel came while the run was pausing: it is paused now, so
+		// cancel it the way a paused job is cancelled.
+		return w.publishControl(ctx, rec.JobID, rec.ApprovalID, controlCancel)
+	}
+	return nil
 }
 
 // maxArgumentBytes caps a pending call's arguments as they are recorded and
