@@ -112,8 +112,7 @@ func (w *Worker) handleDecision(ctx context.Context, msg jetstream.Msg) {
 		return
 	}
 	w.countDecisions(&p.rec, p.decisions)
-	w.newLiveEvents(d.JobID, rec.Job.Metadata, p.rec.EventSeq).emit(schemas.Event{Type: schemas.EventApprovalDecided, ApprovalID: d.ApprovalID, Text: decisionSummary(d)})
-	p.rec.EventSeq++
+	p.announce = &schemas.Event{Type: schemas.EventApprovalDecided, ApprovalID: d.ApprovalID, Text: decisionSummary(d)}
 	log.Info("approval decided; resuming run", "decided_by", d.DecidedBy)
 	w.follow(ctx, p)
 }
@@ -312,23 +311,21 @@ func (w *Worker) handleControl(ctx context.Context, msg jetstream.Msg, kind stri
 	if !w.take(ctx, p, rev, mine) {
 		return
 	}
-	events := w.newLiveEvents(jobID, rec.Job.Metadata, p.rec.EventSeq)
 	switch {
 	case kind == controlCancel:
 		p.cancel = true
-		events.emit(schemas.Event{Type: schemas.EventStatus, Status: "cancelling", ApprovalID: approvalID})
+		p.announce = &schemas.Event{Type: schemas.EventStatus, Status: "cancelling", ApprovalID: approvalID}
 		log.Info("cancelling paused job")
 	case w.opts.OnApprovalExpiry == ExpireCancel:
 		p.cancel = true
-		events.emit(schemas.Event{Type: schemas.EventApprovalExpired, ApprovalID: approvalID, Text: "approval expired: cancelling the run"})
+		p.announce = &schemas.Event{Type: schemas.EventApprovalExpired, ApprovalID: approvalID, Text: "approval expired: cancelling the run"}
 		log.Info("approval expired; cancelling run")
 	default:
 		p.decisions = expandDecision(schemas.Decision{All: schemas.DecideDeny, DecidedBy: "approval expiry"}, rec.Pending)
 		w.countDecisions(&p.rec, p.decisions)
-		events.emit(schemas.Event{Type: schemas.EventApprovalExpired, ApprovalID: approvalID, Text: "approval expired: pending calls rejected"})
+		p.announce = &schemas.Event{Type: schemas.EventApprovalExpired, ApprovalID: approvalID, Text: "approval expired: pending calls rejected"}
 		log.Info("approval expired; rejecting pending calls")
 	}
-	p.rec.EventSeq = events.Seq()
 	w.follow(ctx, p)
 }
 

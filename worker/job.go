@@ -109,6 +109,7 @@ type phase struct {
 	rev       uint64                          // revision of rec in the runs bucket; 0 when not stored yet
 	decisions map[string]schemas.ToolDecision // applied before following
 	cancel    bool                            // cancel the run before following
+	announce  *schemas.Event                  // live event published as the phase starts
 	log       *slog.Logger
 }
 
@@ -125,6 +126,9 @@ func (w *Worker) follow(ctx context.Context, p *phase) {
 	rec.Owner, rec.Attempt = w.opts.Name, p.attempt
 	events := w.newLiveEvents(p.job.ID, p.job.Metadata, rec.EventSeq)
 	defer events.close()
+	if p.announce != nil {
+		events.emit(*p.announce)
+	}
 	active := w.track(p.job.ID, rec)
 	defer w.untrack(p.job.ID, active)
 
@@ -324,30 +328,43 @@ func (w *Worker) settle(ctx context.Context, p *phase, res schemas.Result, event
 			return
 		}
 		events.emit(schemas.Event{Type: schemas.EventApprovalRequested, Status: string(res.Status), ApprovalID: rec.ApprovalID})
+		w.m.Jobs.WithLabelValues(string(res.Status)).Inc()
 	} else {
-		if res.Status == schemas.StatusFailed {
-			if err := w.deadLetter(ctx, p, res.Error, res.Stderr); err != nil {
-				log.Error("dead-letter failed job; it will be redelivered", "err", err)
-				return
-			}
-			res.DeadLettered = true
-		}
-		if _, err := queue.PublishResult(ctx, w.js, w.qcfg, res, rec.Phase); err != nil {
-			log.Error("publish result; it will be redelivered", "err", err)
+		if !w.finish(ctx, p, res, log) {
 			return
-		}
-		if p.rev != 0 {
-			rec.State = queue.RunDone
-			if err := w.save(ctx, p, nil); err != nil {
-				log.Warn("record run done", "err", err)
-			}
 		}
 		events.emit(schemas.Event{Type: schemas.EventStatus, Status: string(res.Status)})
 	}
-	w.m.Jobs.WithLabelValues(string(res.Status)).Inc()
 	w.m.SessionDuration.WithLabelValues(string(res.Status)).Observe(res.FinishedAt.Sub(res.StartedAt).Seconds())
 	log.Info("job phase settled", "phase", rec.Phase, "duration_ms", res.DurationMS, "turns", res.TotalTurns)
 	w.ack(ctx, p.msg, log)
+}
+
+// finish publishes a phase's final result: the job on dead first when it
+// failed or was rejected, then the result, then the record marked done (when
+// there is one). It reports whether the message may now be settled; when it
+// may not, the message is left to be redelivered and finished again under the
+// same message ids.
+func (w *Worker) finish(ctx context.Context, p *phase, res schemas.Result, log *slog.Logger) bool {
+	if res.Status == schemas.StatusFailed || res.Status == schemas.StatusRejected {
+		if err := w.deadLetter(ctx, p, res.Error, res.Stderr); err != nil {
+			log.Error("dead-letter job; it will be redelivered", "err", err, "status", res.Status)
+			return false
+		}
+		res.DeadLettered = true
+	}
+	if _, err := queue.PublishResult(ctx, w.js, w.qcfg, res, p.rec.Phase); err != nil {
+		log.Error("publish result; it will be redelivered", "err", err, "status", res.Status)
+		return false
+	}
+	if p.rev != 0 {
+		p.rec.State = queue.RunDone
+		if err := w.save(ctx, p, nil); err != nil {
+			log.Warn("record run done", "err", err)
+		}
+	}
+	w.m.Jobs.WithLabelValues(string(res.Status)).Inc()
+	return true
 }
 
 // pausedResult rebuilds the paused result of a recorded pause, for a
@@ -411,22 +428,9 @@ func (w *Worker) fail(ctx context.Context, p *phase, code string, cause error) {
 			p.log.Warn("cancel abandoned run", "err", err)
 		}
 	}
-	if err := w.deadLetter(ctx, p, res.Error, res.Stderr); err != nil {
-		p.log.Error("dead-letter job; it will be redelivered", "err", err)
+	if !w.finish(ctx, p, res, p.log) {
 		return
 	}
-	res.DeadLettered = true
-	if _, err := queue.PublishResult(ctx, w.js, w.qcfg, res, rec.Phase); err != nil {
-		p.log.Error("publish failed result; it will be redelivered", "err", err)
-		return
-	}
-	if p.rev != 0 {
-		rec.State = queue.RunDone
-		if err := w.save(ctx, p, nil); err != nil {
-			p.log.Warn("record run done", "err", err)
-		}
-	}
-	w.m.Jobs.WithLabelValues(string(res.Status)).Inc()
 	p.log.Error("job failed", "code", code, "err", cause)
 	w.term(p.msg, code, p.log)
 }
@@ -450,16 +454,9 @@ func (w *Worker) reject(ctx context.Context, msg jetstream.Msg, md map[string]st
 	}
 	res.Stderr = res.Error.Message
 	p := &phase{msg: msg, raw: msg.Data(), job: schemas.Job{ID: id, Metadata: md}, attempt: attempt, log: log}
-	if err := w.deadLetter(ctx, p, res.Error, res.Stderr); err != nil {
-		log.Error("dead-letter rejected job; it will be redelivered", "err", err)
+	if !w.finish(ctx, p, res, log) {
 		return
 	}
-	res.DeadLettered = true
-	if _, err := queue.PublishResult(ctx, w.js, w.qcfg, res, 0); err != nil {
-		log.Error("publish rejected result; it will be redelivered", "err", err)
-		return
-	}
-	w.m.Jobs.WithLabelValues(string(res.Status)).Inc()
 	log.Warn("job rejected", "reason", res.Error.Message)
 	w.term(msg, "rejected", log)
 }
