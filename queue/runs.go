@@ -61,6 +61,23 @@ type RunRecord struct {
 	// being refused as settled.
 	DecidedApproval string             `json:"decided_approval,omitempty"`
 	DecidedPending  []schemas.ToolCall `json:"decided_pending,omitempty"`
+	// Held are the policy's verdicts on the calls of the paused proposal
+	// that do not wait for a human. They are sent together with the human's
+	// answer, in one request: the agent server never applies a decision
+	// that arrives while another call of the same batch executes.
+	Held map[string]schemas.ToolDecision `json:"held,omitempty"`
+	// Decided are the tool call ids the job has sent decisions for (the
+	// newest few hundred): the agent server kills a run whose call is
+	// decided twice, so a worker that takes the job over never re-decides
+	// them.
+	Decided []string `json:"decided,omitempty"`
+	// RunStartedAt is when the run id was first known: an agent server
+	// whose uptime is shorter restarted under the run.
+	RunStartedAt time.Time `json:"run_started_at,omitzero"`
+	// StartFailedAt is when the job first failed to get its run started
+	// (agent server down or refusing the token): it is retried until
+	// the worker's start budget, counted from then, is spent.
+	StartFailedAt time.Time `json:"start_failed_at,omitzero"`
 	// ToolCalls counts the calls settled in earlier phases.
 	ToolCalls schemas.ToolCallCounts `json:"tool_calls"`
 	// CancelRequested asks the worker that re-attaches to cancel the run:

@@ -11,8 +11,11 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jetpilot-dev/jetpilot/schemas"
@@ -26,6 +29,13 @@ type ClientOptions struct {
 	// Token is the bearer token. "" sends no Authorization header, as the
 	// API asks when the server has no token.
 	Token string
+	// TokenFile, when set, holds the bearer token (surrounding white space
+	// is trimmed) and wins over Token. The real server makes a new random
+	// token on every start, so the file is read again whenever the server
+	// answers 401 (the request is then retried once with the new token) and
+	// whenever ReloadToken is called (the worker does so on a timer, to pick
+	// up a rotated token before the next request fails).
+	TokenFile string
 	// HTTPClient defaults to a client with dial, TLS and response-header
 	// timeouts but no overall Timeout, because the event stream is
 	// long-lived.
@@ -50,7 +60,9 @@ type ClientOptions struct {
 // Client talks to one agent server. It is safe for concurrent use.
 type Client struct {
 	base       string
-	token      string
+	token      atomic.Pointer[string]
+	tokenFile  string
+	tokenMu    sync.Mutex // serialises reads of tokenFile
 	hc         *http.Client
 	direct     *directSSE // nil: event streams go through hc as well
 	userAgent  string
@@ -88,10 +100,16 @@ func NewClient(opts ClientOptions) (*Client, error) {
 	}
 	c := &Client{
 		base:       base,
-		token:      opts.Token,
+		tokenFile:  opts.TokenFile,
 		hc:         opts.HTTPClient,
 		userAgent:  opts.UserAgent,
 		reqTimeout: opts.RequestTimeout,
+	}
+	c.token.Store(&opts.Token)
+	if c.tokenFile != "" {
+		if _, err := c.ReloadToken(); err != nil {
+			return nil, fmt.Errorf("spawn: new client: %w", err)
+		}
 	}
 	if c.hc == nil {
 		c.hc = defaultHTTPClient()
@@ -250,6 +268,40 @@ func (b *directBody) Close() error {
 	return b.conn.Close()
 }
 
+// ReloadToken reads ClientOptions.TokenFile again and reports whether the
+// token changed. Without a token file it does nothing. The token is never
+// part of an error.
+func (c *Client) ReloadToken() (changed bool, err error) {
+	if c.tokenFile == "" {
+		return false, nil
+	}
+	c.tokenMu.Lock()
+	defer c.tokenMu.Unlock()
+	b, err := os.ReadFile(c.tokenFile)
+	if err != nil {
+		return false, fmt.Errorf("read agent token file: %w", err)
+	}
+	tok := strings.TrimSpace(string(b))
+	if strings.ContainsAny(tok, "\r\n") {
+		return false, fmt.Errorf("agent token file %s: token contains a line break", c.tokenFile)
+	}
+	if old := c.token.Load(); old != nil && *old == tok {
+		return false, nil
+	}
+	c.token.Store(&tok)
+	return true, nil
+}
+
+// retryAfter401 is called when the server refused the token: it re-reads the
+// token file and reports whether the request is worth sending again.
+func (c *Client) retryAfter401(status int) bool {
+	if status != http.StatusUnauthorized || c.tokenFile == "" {
+		return false
+	}
+	changed, err := c.ReloadToken()
+	return err == nil && changed
+}
+
 // BaseURL returns the server's base URL (without trailing slash).
 func (c *Client) BaseURL() string { return c.base }
 
@@ -316,8 +368,12 @@ func (c *Client) SendMessage(ctx context.Context, sessionID string, req SendMess
 }
 
 // Decide calls POST /v1/sessions/{id}/tools/decisions with one decision per
-// tool call id.
-func (c *Client) Decide(ctx context.Context, sessionID, runID string, decisions map[string]schemas.ToolDecision) error {
+// tool call id. The decisions are sent as given: see WireDecisions for what
+// the server does with a reject's content. A non-empty idempotencyKey makes
+// a transport retry replay the first answer instead of queueing a second
+// copy (which the real server treats as a conflicting decision and kills
+// the run for).
+func (c *Client) Decide(ctx context.Context, sessionID, runID string, decisions map[string]schemas.ToolDecision, idempotencyKey string) error {
 	p, err := sessionPath(sessionID, "tools", "decisions")
 	if err != nil {
 		return fmt.Errorf("decide: %w", err)
@@ -343,7 +399,23 @@ func (c *Client) Decide(ctx context.Context, sessionID, runID string, decisions 
 		RunID     string                          `json:"run_id"`
 		Decisions map[string]schemas.ToolDecision `json:"decisions"`
 	}{runID, decisions}
-	return c.doJSON(ctx, "decide", http.MethodPost, p, body, "", nil)
+	return c.doJSON(ctx, "decide", http.MethodPost, p, body, idempotencyKey, nil)
+}
+
+// Steer calls POST /v1/sessions/{id}/messages with type "steering" for the
+// active run runID: text is injected before the run's next step. It is also
+// how a run waiting for tool decisions is woken after a cancel (the server's
+// cancel only sets a flag the run checks when it next wakes).
+func (c *Client) Steer(ctx context.Context, sessionID, runID, text string) error {
+	if runID == "" {
+		return errors.New("steer: run id is required")
+	}
+	p, err := sessionPath(sessionID, "messages")
+	if err != nil {
+		return fmt.Errorf("steer: %w", err)
+	}
+	req := SendMessageRequest{Message: MessageInput{Role: "user", Content: text}, Type: MessageTypeSteering, RunID: &runID}
+	return c.doJSON(ctx, "steer", http.MethodPost, p, req, "", nil)
 }
 
 // Cancel calls POST /v1/sessions/{id}/cancel for runID.
@@ -420,28 +492,36 @@ func (c *Client) OpenEvents(ctx context.Context, sessionID string, opts StreamOp
 	if err != nil {
 		return nil, fmt.Errorf("events: %w", err)
 	}
-	req, err := c.newRequest(ctx, http.MethodGet, p, nil, "")
-	if err != nil {
-		return nil, fmt.Errorf("events: %w", err)
-	}
-	req.Header.Set("Accept", "text/event-stream")
-	req.Header.Set("Cache-Control", "no-cache")
-	if opts.LastEventID != nil {
-		req.Header.Set("Last-Event-ID", strconv.FormatUint(*opts.LastEventID, 10))
-	}
 	var resp *http.Response
 	direct := false
-	if c.direct != nil {
-		resp, err = c.direct.do(req)
-		direct = resp != nil
-	}
-	if resp == nil && err == nil {
-		resp, err = c.hc.Do(req)
-	}
-	if err != nil {
-		return nil, c.transportError("events", ctx, err)
-	}
-	if resp.StatusCode != http.StatusOK {
+	for try := 0; ; try++ {
+		req, err := c.newRequest(ctx, http.MethodGet, p, nil, "")
+		if err != nil {
+			return nil, fmt.Errorf("events: %w", err)
+		}
+		req.Header.Set("Accept", "text/event-stream")
+		req.Header.Set("Cache-Control", "no-cache")
+		if opts.LastEventID != nil {
+			req.Header.Set("Last-Event-ID", strconv.FormatUint(*opts.LastEventID, 10))
+		}
+		resp, direct = nil, false
+		if c.direct != nil {
+			resp, err = c.direct.do(req)
+			direct = resp != nil
+		}
+		if resp == nil && err == nil {
+			resp, err = c.hc.Do(req)
+		}
+		if err != nil {
+			return nil, c.transportError("events", ctx, err)
+		}
+		if resp.StatusCode == http.StatusOK {
+			break
+		}
+		if try == 0 && c.retryAfter401(resp.StatusCode) {
+			resp.Body.Close()
+			continue
+		}
 		defer resp.Body.Close()
 		return nil, readAPIError("events", resp)
 	}
@@ -485,8 +565,8 @@ func (c *Client) newRequest(ctx context.Context, method, path string, body []byt
 	}
 	req.Header.Set("Accept", "application/json")
 	req.Header.Set("User-Agent", c.userAgent)
-	if c.token != "" {
-		req.Header.Set("Authorization", "Bearer "+c.token)
+	if tok := *c.token.Load(); tok != "" {
+		req.Header.Set("Authorization", "Bearer "+tok)
 	}
 	if idempotencyKey != "" {
 		req.Header.Set("Idempotency-Key", idempotencyKey)
@@ -510,16 +590,25 @@ func (c *Client) doJSON(ctx context.Context, op, method, path string, in any, id
 		rctx, cancel = context.WithTimeoutCause(ctx, c.reqTimeout, errRequestTimeout)
 		defer cancel()
 	}
-	req, err := c.newRequest(rctx, method, path, body, idempotencyKey)
-	if err != nil {
-		return fmt.Errorf("%s: %w", op, err)
-	}
-	resp, err := c.hc.Do(req)
-	if err != nil {
-		if ctx.Err() == nil && rctx.Err() != nil {
-			return markTransient(fmt.Errorf("agent server: %s: %w after %s", op, errRequestTimeout, c.reqTimeout))
+	var resp *http.Response
+	for try := 0; ; try++ {
+		req, err := c.newRequest(rctx, method, path, body, idempotencyKey)
+		if err != nil {
+			return fmt.Errorf("%s: %w", op, err)
 		}
-		return c.transportError(op, ctx, err)
+		resp, err = c.hc.Do(req)
+		if err != nil {
+			if ctx.Err() == nil && rctx.Err() != nil {
+				return markTransient(fmt.Errorf("agent server: %s: %w after %s", op, errRequestTimeout, c.reqTimeout))
+			}
+			return c.transportError(op, ctx, err)
+		}
+		if try > 0 || !c.retryAfter401(resp.StatusCode) {
+			break
+		}
+		// The server restarted with a new token, and the file has it now.
+		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxErrorBody))
+		resp.Body.Close()
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {

@@ -56,11 +56,20 @@ func (e *APIError) Error() string {
 	return s
 }
 
-// Transient reports whether the same request may succeed later: 5xx, 429 and
-// 408 answers.
+// Transient reports whether the same request may succeed later: 5xx, 429,
+// 408 and 401 answers. A 401 is transient because the real server makes a
+// new token on every start: it means "the server restarted and the token
+// source has not caught up yet" (or its storage backend refused its own
+// key), never that the job is bad.
 func (e *APIError) Transient() bool {
 	return e.StatusCode >= 500 || e.StatusCode == http.StatusTooManyRequests ||
-		e.StatusCode == http.StatusRequestTimeout
+		e.StatusCode == http.StatusRequestTimeout || e.StatusCode == http.StatusUnauthorized
+}
+
+// IsUnauthorized reports whether err is the agent server refusing the token.
+func IsUnauthorized(err error) bool {
+	var ae *APIError
+	return errors.As(err, &ae) && ae.StatusCode == http.StatusUnauthorized
 }
 
 // IsAPIError reports whether err is an *APIError with the given server code.

@@ -76,6 +76,11 @@ type Event struct {
 	// Gap is set (and Name is "gap_detected") when the server could not
 	// replay from the requested Last-Event-ID.
 	Gap *GapDetected
+	// Jump is set when the event's id is more than one past the previous
+	// frame's on this stream (or past the Last-Event-ID it was opened
+	// with): ids are contiguous, so the server dropped the events between,
+	// as it does for a subscriber that falls too far behind.
+	Jump bool
 }
 
 // Decode unmarshals the payload into v, for example a *TextDelta.
@@ -203,6 +208,7 @@ type EventStream struct {
 	body io.ReadCloser
 	sse  *SSEReader
 
+	prevID uint64 // id of the last frame read (skipped ones included); 0: none known
 	mu         sync.Mutex
 	skipped    int
 	keepAlives int
@@ -231,6 +237,9 @@ func NewEventStream(r io.ReadCloser, opts StreamOptions) *EventStream {
 
 func newEventStream(body io.ReadCloser, opts StreamOptions) *EventStream {
 	s := &EventStream{body: body}
+	if opts.LastEventID != nil {
+		s.prevID = *opts.LastEventID
+	}
 	var rd io.Reader = body
 	if opts.OnActivity != nil {
 		rd = activityReader{r: body, fn: opts.OnActivity}
@@ -253,9 +262,21 @@ func (s *EventStream) Next() (Event, error) {
 	for {
 		f, err := s.sse.Next()
 		if err != nil {
+			var big *FrameTooLargeError
+			if errors.As(err, &big) {
+				s.notePrev(big.ID)
+			}
 			return Event{}, err
 		}
 		ev, err := decodeFrame(f)
+		if err == nil && ev.Gap != nil {
+			s.prevID = ev.Gap.NewestAvailableID
+		} else if err == nil {
+			ev.Jump = s.prevID > 0 && ev.ID > s.prevID+1
+			s.prevID = ev.ID
+		} else if f.HasID {
+			s.notePrev(f.ID)
+		}
 		if err != nil {
 			s.mu.Lock()
 			s.skipped++
@@ -264,6 +285,14 @@ func (s *EventStream) Next() (Event, error) {
 			continue
 		}
 		return ev, nil
+	}
+}
+
+// notePrev records the id of a frame that is not returned (skipped or too
+// large), so the next event is not taken for a jump.
+func (s *EventStream) notePrev(id string) {
+	if n, err := strconv.ParseUint(id, 10, 64); err == nil && n > 0 {
+		s.prevID = n
 	}
 }
 

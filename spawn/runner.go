@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 
@@ -37,6 +38,25 @@ type RunnerOptions struct {
 	// CancelTimeout bounds the cancel request sent when a phase times out
 	// (its caller's context is spent by then). Default 10s.
 	CancelTimeout time.Duration
+	// CancelGrace is how long the runner follows a run after it sent a
+	// cancel (on Control.Cancel or when the phase times out) for the server
+	// to confirm the run's end. The real server may never end a run it was
+	// asked to cancel (a run in an LLM call that never returns); the phase
+	// then ends anyway, with a warning that the end was not confirmed.
+	// Default 30s.
+	CancelGrace time.Duration
+	// LivenessInterval: when a followed run has sent no event for this long,
+	// the runner asks the server whether the run is still alive. Many
+	// failures on the real server end a run without any event (sandbox or
+	// checkpoint failures, a conflicting decision, a restart), and its
+	// stream then carries keep-alives forever. Well under a minute so a lost
+	// run is reported within LivenessInterval plus one request. Default 20s.
+	LivenessInterval time.Duration
+	// SettleWait bounds how long the runner waits for a session to leave
+	// "running" after its run ended, before it reads the session's messages:
+	// the server writes the final checkpoint (which the messages are read
+	// from) after run_completed. Default 10s.
+	SettleWait time.Duration
 	// EndedReplayWait is how long the runner reads the replay of a run that
 	// has already ended, looking for its final event, before it settles for
 	// the session snapshot. The replay arrives in one burst, so this is a
@@ -68,6 +88,15 @@ func (o *RunnerOptions) setDefaults() {
 	if o.CancelTimeout <= 0 {
 		o.CancelTimeout = 10 * time.Second
 	}
+	if o.CancelGrace <= 0 {
+		o.CancelGrace = 30 * time.Second
+	}
+	if o.LivenessInterval <= 0 {
+		o.LivenessInterval = 20 * time.Second
+	}
+	if o.SettleWait <= 0 {
+		o.SettleWait = 10 * time.Second
+	}
 	if o.EndedReplayWait <= 0 {
 		o.EndedReplayWait = time.Second
 	}
@@ -95,6 +124,15 @@ type Cursor struct {
 	SessionID   string `json:"session_id"`
 	RunID       string `json:"run_id,omitempty"`
 	LastEventID uint64 `json:"last_event_id"`
+	// Decided are the tool call ids this job has sent decisions for (the
+	// newest maxDecidedIDs). The server kills a run whose call is decided
+	// twice, so a runner that re-attaches never decides these again.
+	Decided []string `json:"decided,omitempty"`
+}
+
+func (c Cursor) equal(o Cursor) bool {
+	return c.SessionID == o.SessionID && c.RunID == o.RunID && c.LastEventID == o.LastEventID &&
+		slices.Equal(c.Decided, o.Decided)
 }
 
 // Spec is one job phase to run.
@@ -120,6 +158,16 @@ type Spec struct {
 	// OnEvent receives every event of this run, in order and without
 	// duplicates, for live progress. May be nil. Called from Run's goroutine.
 	OnEvent func(Event)
+	// Decisions are sent, in one request, before a resumed run is followed:
+	// a human's answer to a pause together with the policy's held verdicts
+	// (Outcome.Held). Calls in Resume.Decided are never sent again.
+	Decisions map[string]schemas.ToolDecision
+	// Control, if set, lets the caller cancel the run (see Control).
+	Control *Control
+	// RunStartedAt is when the run being resumed started, as recorded. An
+	// agent server whose uptime is shorter restarted under the run. Zero:
+	// unknown (the run's age is then not used to tell a restart).
+	RunStartedAt time.Time
 }
 
 // Idempotency keys: the same on every attempt of a job, so a redelivered job
@@ -128,7 +176,12 @@ type Spec struct {
 func sessionKey(jobID string) string { return "jetpilot-" + jobID + "-session" }
 func runKey(jobID string) string     { return "jetpilot-" + jobID + "-run" }
 
-var errPhaseTimeout = errors.New("job phase timed out")
+var (
+	errPhaseTimeout = errors.New("job phase timed out")
+	// errCancelUnconfirmed cuts a run's following when the server has not
+	// confirmed a cancelled run's end within CancelGrace.
+	errCancelUnconfirmed = errors.New("the agent server did not confirm the end of the cancelled run")
+)
 
 func validateSpec(spec Spec) error {
 	if strings.TrimSpace(spec.Job.ID) == "" {
@@ -143,59 +196,82 @@ func validateSpec(spec Spec) error {
 		}
 		return nil
 	}
+	if len(spec.Decisions) > 0 {
+		return fmt.Errorf("spawn: run job %s: decisions need a run to resume", spec.Job.ID)
+	}
 	if strings.TrimSpace(spec.Job.Prompt) == "" {
 		return fmt.Errorf("spawn: run job %s: prompt is required", spec.Job.ID)
 	}
 	return nil
 }
 
-// Run runs one job phase and returns its Result: completed, failed,
+// Run runs one job phase and returns its Outcome: completed, failed,
 // cancelled, timed_out, or paused (tool calls wait for a human; resume with
-// the Result's session and run ids and the last cursor reported).
+// the Result's session and run ids, the last cursor reported, and the
+// human's decisions together with Outcome.Held in Spec.Decisions).
 //
 // It returns an error only when it could not get a run going or could not
 // follow it: a *CursorError carrying the cursor reached, so a retry passes it
 // as Spec.Resume and re-attaches instead of starting again. IsTransient tells
 // whether retrying may help. A permanent rejection by the agent server
-// (invalid_model, invalid_context, ...) is a failed Result, not an error.
+// (invalid_context, ...) is a failed Result, not an error. A run that ended
+// without telling (no final event, the session no longer running it) is a
+// failed Result with code run_lost, never completed, and is never started
+// again.
+//
 // Result.Stdout is the text streamed during this phase; the final Result of
 // a resumed phase carries the run's whole text, rebuilt from the session's
-// messages. Result.ToolCalls counts the calls the policy settled during this phase;
-// decisions a human sends through Client.Decide are the caller's to count.
+// messages once the session has settled. Result.ToolCalls counts the calls
+// this phase decided, Spec.Decisions included.
+//
+// A phase that times out, or whose Spec.Control is cancelled, is cancelled
+// on the server and followed for up to RunnerOptions.CancelGrace to its end;
+// its Result comes within that bound whatever the server does.
 //
 // When ctx is cancelled (worker shutdown) Run returns ctx's cause wrapped in a
 // *CursorError and leaves the run going on the server: use CancelRun to stop
 // it.
-func (r *Runner) Run(ctx context.Context, spec Spec) (schemas.Result, error) {
+func (r *Runner) Run(ctx context.Context, spec Spec) (Outcome, error) {
 	if err := validateSpec(spec); err != nil {
-		return schemas.Result{}, err
+		return Outcome{}, err
 	}
 	st := newRunState(r, spec)
-	phaseCtx, cancel := ctx, context.CancelFunc(func() {})
+	// base is cut when a cancelled run's grace runs out.
+	base, stopBase := context.WithCancelCause(ctx)
+	defer stopBase(nil)
+	st.stopBase = stopBase
+	phaseCtx, cancel := base, context.CancelFunc(func() {})
 	if spec.Timeout > 0 {
-		phaseCtx, cancel = context.WithTimeoutCause(ctx, spec.Timeout, errPhaseTimeout)
+		phaseCtx, cancel = context.WithTimeoutCause(base, spec.Timeout, errPhaseTimeout)
 	}
 	defer cancel()
+	spec.Control.attach(st.poke)
+	defer spec.Control.attach(nil)
 	defer st.closeStream()
+	defer st.stopGrace()
 
 	res, err := st.run(phaseCtx)
+	if err != nil && ctx.Err() == nil && context.Cause(base) == nil && context.Cause(phaseCtx) == errPhaseTimeout {
+		res, err = st.afterTimeout(base)
+	}
 	if err == nil {
-		return st.finalize(ctx, res), nil
+		return st.outcome(st.finalize(ctx, res)), nil
 	}
 	st.closeStream()
 	switch {
 	case ctx.Err() != nil:
-		return schemas.Result{}, &CursorError{Cursor: st.cursor(), Err: fmt.Errorf("run interrupted: %w", context.Cause(ctx))}
-	case phaseCtx.Err() != nil:
-		return st.timedOut(ctx), nil
+		return Outcome{}, &CursorError{Cursor: st.cursor(), Err: fmt.Errorf("run interrupted: %w", context.Cause(ctx))}
+	case context.Cause(base) == errCancelUnconfirmed:
+		return st.outcome(st.finalize(ctx, st.unconfirmed())), nil
 	}
 	st.log.Warn("could not follow the run", "err", err)
-	return schemas.Result{}, &CursorError{Cursor: st.cursor(), Err: err}
+	return Outcome{}, &CursorError{Cursor: st.cursor(), Err: err}
 }
 
-// CancelRun asks the agent server to cancel the run at cur. With no RunID it
-// cancels the session's active run, if any. A run that is no longer active is
-// not an error.
+// CancelRun asks the agent server to cancel the run at cur and wakes it, for
+// a run nobody follows (see Control for one that is followed). With no RunID
+// it cancels the session's active run, if any. A run that is no longer
+// active is not an error.
 func (r *Runner) CancelRun(ctx context.Context, cur Cursor) error {
 	if strings.TrimSpace(cur.SessionID) == "" {
 		return errors.New("spawn: cancel run: cursor has no session id")
@@ -212,38 +288,46 @@ func (r *Runner) CancelRun(ctx context.Context, cur Cursor) error {
 		runID = gs.Session.RunStatus.RunID
 	}
 	err := r.c.Cancel(ctx, cur.SessionID, runID)
-	if err == nil || isNotActive(err) {
-		return nil
+	if err != nil && !isNotActive(err) {
+		return fmt.Errorf("cancel run %s: %w", runID, err)
 	}
-	return fmt.Errorf("cancel run %s: %w", runID, err)
-}
-
-// Decide sends a human's decisions on the pending tool calls of the run at
-// cur (with no RunID: the session's active run). The run then goes on; follow
-// it with Run and Spec.Resume = cur. Errors are the client's: transient ones
-// are worth retrying, a 409 means the run no longer waits (it ended or was
-// cancelled).
-func (r *Runner) Decide(ctx context.Context, cur Cursor, decisions map[string]schemas.ToolDecision) error {
-	if strings.TrimSpace(cur.SessionID) == "" {
-		return errors.New("spawn: decide: cursor has no session id")
-	}
-	runID := cur.RunID
-	if runID == "" {
-		gs, err := r.c.GetSession(ctx, cur.SessionID)
-		if err != nil {
-			return fmt.Errorf("decide: look up session %s: %w", cur.SessionID, err)
+	if err == nil {
+		if err := r.c.Steer(ctx, cur.SessionID, runID, wakeText); err != nil && !isNotActive(err) {
+			return fmt.Errorf("wake cancelled run %s: %w", runID, err)
 		}
-		if !gs.Session.RunStatus.Active() || gs.Session.RunStatus.RunID == "" {
-			return &APIError{Op: "decide", StatusCode: http.StatusConflict, Code: CodeSessionNotRunning,
-				Message: "session " + cur.SessionID + " has no active run"}
-		}
-		runID = gs.Session.RunStatus.RunID
-	}
-	if err := r.c.Decide(ctx, cur.SessionID, runID, decisions); err != nil {
-		return fmt.Errorf("decide on run %s: %w", runID, err)
 	}
 	return nil
 }
+
+// wakeText is the steering message that wakes a cancelled run. The agent
+// loop checks its cancel flag before it reads steering text, so the model
+// never sees it.
+const wakeText = "jetpilot: this run was cancelled"
+
+// Ready reports whether the agent server can take work now: it answers its
+// health check, and accepts the token (re-read from the token file when it
+// is refused). An unknown session's 404 is the expected answer to the
+// authenticated probe.
+func (r *Runner) Ready(ctx context.Context) error {
+	if _, err := r.c.ReloadToken(); err != nil {
+		return err
+	}
+	if _, err := r.c.Health(ctx); err != nil {
+		return fmt.Errorf("agent server health: %w", err)
+	}
+	_, err := r.c.GetSession(ctx, probeSessionID)
+	if err == nil || isSessionLost(err) {
+		return nil
+	}
+	if IsUnauthorized(err) {
+		return fmt.Errorf("agent server refuses the token (it makes a new one on every start; update the token file): %w", err)
+	}
+	return fmt.Errorf("agent server: %w", err)
+}
+
+// probeSessionID is a session id no server has: a well-formed UUID, so the
+// real server answers 404 rather than a 400 for a malformed id.
+const probeSessionID = "00000000-0000-4000-8000-000000000000"
 
 // isNotActive reports an answer that means "that run is not running any
 // more" (409 session_not_running, run_mismatch, or any 409).

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -108,11 +110,32 @@ func (st *runState) follow(ctx context.Context) (schemas.Result, error) {
 			return fmt.Errorf("follow events: %w", context.Cause(ctx))
 		}
 	}
+	st.opened = false
 	for {
 		if err := ctx.Err(); err != nil {
 			return schemas.Result{}, fmt.Errorf("follow events: %w", context.Cause(ctx))
 		}
+		if st.spec.Control.Requested() || st.cancelling {
+			st.beginCancel(ctx)
+		}
 		if st.stream == nil {
+			if st.opened && !st.ended {
+				// After every reconnect: the run may have ended, or died
+				// without an event, while nobody listened.
+				res, done, err := st.reconcile(ctx)
+				if err != nil {
+					if ctx.Err() != nil || !IsTransient(err) {
+						return schemas.Result{}, err
+					}
+					if ferr := fail(err); ferr != nil {
+						return schemas.Result{}, ferr
+					}
+					continue
+				}
+				if done {
+					return res, nil
+				}
+			}
 			if err := st.openStream(ctx, st.opts.StallTimeout); err != nil {
 				if ctx.Err() != nil {
 					return schemas.Result{}, err
@@ -128,6 +151,7 @@ func (st *runState) follow(ctx context.Context) (schemas.Result, error) {
 				}
 				continue
 			}
+			st.opened = true
 		}
 		ev, err := st.stream.Next()
 		if err != nil {
@@ -139,13 +163,15 @@ func (st *runState) follow(ctx context.Context) (schemas.Result, error) {
 				}
 				continue
 			}
-			stalled := st.streamStalled()
+			cause := context.Cause(st.streamCtx)
 			st.closeStream()
 			if ctx.Err() != nil {
 				return schemas.Result{}, fmt.Errorf("follow events: %w", context.Cause(ctx))
 			}
 			switch {
-			case stalled:
+			case cause == errPoked || cause == errRunQuiet:
+				continue // reconnect at once; the check above says what happened
+			case cause == errStalled:
 				err = markTransient(fmt.Errorf("event stream stalled: no bytes for %s", st.opts.StallTimeout))
 			case errors.Is(err, io.EOF):
 				err = markTransient(errors.New("event stream ended by the server"))
@@ -159,6 +185,9 @@ func (st *runState) follow(ctx context.Context) (schemas.Result, error) {
 		}
 		failingSince = time.Time{}
 		b.Reset()
+		if st.quietTimer != nil {
+			st.quietTimer.Reset(st.opts.LivenessInterval)
+		}
 		res, done, err := st.handle(ctx, ev)
 		if err != nil || done {
 			return res, err
@@ -166,19 +195,40 @@ func (st *runState) follow(ctx context.Context) (schemas.Result, error) {
 	}
 }
 
+// maxJumpReconnects bounds the reconnects made because event ids jumped
+// forward (events the server dropped for a slow subscriber); after that the
+// loss is accepted and the text rebuilt from the messages.
+const maxJumpReconnects = 16
+
 // handle processes one event. done is true when res is the phase's Result.
 func (st *runState) handle(ctx context.Context, ev Event) (res schemas.Result, done bool, err error) {
 	if ev.Gap != nil {
 		return st.onGap(ctx, ev.Gap)
 	}
 	if ev.ID <= st.lastID {
-		return res, false, nil // already processed (a replay after reconnecting)
+		// The server replays only ids after the one asked for: an older id
+		// means its ids started again at 1, which a restart does. The
+		// check finds out whether our run survived (it never does).
+		st.log.Warn("event ids went backwards: the agent server may have restarted", "event_id", ev.ID, "last_event_id", st.lastID)
+		st.closeStream()
+		return st.reconcile(ctx)
+	}
+	if ev.Jump && !st.ended {
+		st.jumps++
+		if st.jumps <= maxJumpReconnects {
+			// Ids are contiguous: a jump means the server dropped events
+			// for this subscriber. The ring still has them: reconnect.
+			st.log.Info("event ids jumped; reconnecting to replay the missed events", "event_id", ev.ID, "last_event_id", st.lastID)
+			st.closeStream()
+			return res, false, nil
+		}
+		st.rebuild = true
+		st.warn(fmt.Sprintf("events were lost %d times (ids jumped); the text was rebuilt from the session's messages", st.jumps))
 	}
 	if st.runID == "" && st.ended && ev.RunID != "" && ev.Name == EventRunStarted {
 		// Re-attaching to a session whose run id was never recorded: the
 		// session is the job's own, so its run is ours.
-		st.runID = ev.RunID
-		st.log = st.log.With("run_id", ev.RunID)
+		st.setRun(ev.RunID)
 	}
 	if ev.RunID == "" || ev.RunID != st.runID {
 		st.lastID = ev.ID // another run of the session, or session-level
@@ -231,6 +281,13 @@ func (st *runState) process(ctx context.Context, ev Event) (schemas.Result, bool
 		if st.ended {
 			return none, false, nil // the run is over: nothing to decide
 		}
+		if st.cancelling {
+			// Cancelled during the inference that proposed these: the run
+			// now waits for decisions, and only a command wakes it to see
+			// its cancel flag.
+			st.wake(ctx)
+			return none, false, nil
+		}
 		var p ToolCallsProposed
 		if err := ev.Decode(&p); err != nil {
 			// Without the calls the run would wait forever: ask the server.
@@ -262,13 +319,16 @@ func (st *runState) process(ctx context.Context, ev Event) (schemas.Result, bool
 	return none, false, nil
 }
 
-// proposed applies the policy to proposed calls: one Decide call for those
-// it settles; with pause_on_approval, calls left for a human pause the phase.
+// proposed applies the policy to a proposal. Without calls left for a human,
+// it sends the policy's verdicts in one request. With calls left for a human
+// it sends nothing: the verdicts are held (Outcome.Held) and go with the
+// human's answer, because a decision that arrives while another call of the
+// batch runs is never applied, and the run would wait forever.
 func (st *runState) proposed(ctx context.Context, calls []ToolCallProposal) (schemas.Result, bool, error) {
 	decisions := map[string]schemas.ToolDecision{}
 	var pending []schemas.ToolCall
 	for _, call := range calls {
-		if call.ID == "" || st.decided[call.ID] {
+		if call.ID == "" || st.isDecided(call.ID) {
 			continue
 		}
 		switch st.policy.Verdict(call.Name) {
@@ -280,37 +340,59 @@ func (st *runState) proposed(ctx context.Context, calls []ToolCallProposal) (sch
 			pending = append(pending, schemas.ToolCall{ID: call.ID, Name: call.Name, Arguments: call.Arguments})
 		}
 	}
-	if len(decisions) > 0 {
-		_, err := retry(ctx, st, "decide", func(ctx context.Context) (struct{}, error) {
-			return struct{}{}, st.c.Decide(ctx, st.sessionID, st.runID, decisions)
-		})
-		switch {
-		case err == nil:
-			for id, d := range decisions {
-				st.decided[id] = true
-				if d.Action == schemas.ActionAccept {
-					st.tools.Accepted++
-				} else {
-					st.tools.Rejected++
-				}
-			}
-		case ctx.Err() != nil || IsTransient(err):
-			return schemas.Result{}, false, fmt.Errorf("decide tool calls: %w", err)
-		default:
-			// The run moved on (ended, cancelled, or the calls were decided
-			// already): its events will say what happened.
-			st.warn(fmt.Sprintf("tool decisions were refused: %v", err))
-			for id := range decisions {
-				st.decided[id] = true
-			}
-		}
+	if len(pending) > 0 {
+		st.held = decisions
+		res := st.result(schemas.StatusPaused)
+		res.PauseReason = &schemas.PauseReason{Type: schemas.PauseToolApproval, PendingToolCalls: pending}
+		res.ToolCalls.Accepted, res.ToolCalls.Rejected = st.tools.Accepted, st.tools.Rejected
+		return res, true, nil
 	}
-	if len(pending) == 0 {
+	if len(decisions) == 0 {
 		return schemas.Result{}, false, nil
 	}
-	res := st.result(schemas.StatusPaused)
-	res.PauseReason = &schemas.PauseReason{Type: schemas.PauseToolApproval, PendingToolCalls: pending}
-	return res, true, nil
+	if err := st.decide(ctx, decisions); err != nil {
+		return schemas.Result{}, false, err
+	}
+	return schemas.Result{}, false, nil
+}
+
+// decide sends decisions on one batch in one request, with an
+// Idempotency-Key derived from the job and the batch, skipping calls this
+// job already decided; the calls are then counted and remembered as decided
+// (Cursor.Decided). A refusal other than a transient one means the run moved
+// on (ended, cancelled): its events say what happened.
+func (st *runState) decide(ctx context.Context, decisions map[string]schemas.ToolDecision) error {
+	send := make(map[string]schemas.ToolDecision, len(decisions))
+	for id, d := range decisions {
+		if !st.isDecided(id) {
+			send[id] = d
+		}
+	}
+	if len(send) == 0 {
+		return nil
+	}
+	key := decideKey(st.spec.Job.ID, st.runID, send)
+	wire := WireDecisions(send)
+	_, err := retry(ctx, st, "decide", func(ctx context.Context) (struct{}, error) {
+		return struct{}{}, st.c.Decide(ctx, st.sessionID, st.runID, wire, key)
+	})
+	switch {
+	case err == nil:
+	case ctx.Err() != nil || IsTransient(err):
+		return fmt.Errorf("decide tool calls: %w", err)
+	default:
+		st.warn(fmt.Sprintf("tool decisions were refused: %v", err))
+	}
+	for _, id := range slices.Sorted(maps.Keys(send)) {
+		st.decided = addDecided(st.decided, id)
+		if send[id].Action == schemas.ActionAccept {
+			st.tools.Accepted++
+		} else {
+			st.tools.Rejected++
+		}
+	}
+	st.reportCursor(true)
+	return nil
 }
 
 // onGap handles gap_detected: the events between our cursor and the ring's
@@ -319,8 +401,8 @@ func (st *runState) proposed(ctx context.Context, calls []ToolCallProposal) (sch
 // run that ended or waits on calls we never saw.
 func (st *runState) onGap(ctx context.Context, g *GapDetected) (schemas.Result, bool, error) {
 	st.rebuild = true
-	st.warn(fmt.Sprintf("event stream gap: events after %d up to %d were no longer kept by the agent server; "+
-		"the text was rebuilt from the session's messages", g.RequestedAfterID, g.NewestAvailableID))
+	st.log.Warn("event stream gap: events were no longer kept by the agent server",
+		"requested_after_id", g.RequestedAfterID, "oldest_available_id", g.OldestAvailableID)
 	if g.NewestAvailableID > st.lastID {
 		// Live events continue after the newest; reconnecting from an older
 		// id would only produce the same gap again.
@@ -334,7 +416,7 @@ func (st *runState) onGap(ctx context.Context, g *GapDetected) (schemas.Result, 
 // in case it was an event the run depends on.
 func (st *runState) onOversize(ctx context.Context, big *FrameTooLargeError) (schemas.Result, bool, error) {
 	st.rebuild = true
-	st.warn(fmt.Sprintf("skipped an event larger than %d bytes (%s); the text was rebuilt from the session's messages",
+	st.warn(fmt.Sprintf("skipped an event larger than %d bytes (%s)",
 		big.Limit, strings.TrimSpace(big.Event+" "+big.ID)))
 	if id, err := strconv.ParseUint(big.ID, 10, 64); err == nil && id > st.lastID {
 		st.lastID = id
@@ -413,17 +495,34 @@ func (st *runState) finishEnded(ctx context.Context, gs *SessionState) (schemas.
 	return st.snapshot(ctx, gs), nil
 }
 
-// snapshot is the Result of an ended run whose final event is lost: the
-// session says idle (completed) or failed; the text comes from the messages.
+// snapshot is the Result of a run that is over but whose final event was
+// never seen: it ended without telling (the real server has many such
+// failures), or the server restarted under it, or its final event left the
+// ring. It is reported failed with code run_lost, never completed, and is
+// never started again (at most one run per job).
 func (st *runState) snapshot(ctx context.Context, gs *SessionState) schemas.Result {
 	st.rebuild = true
-	st.warn("the run's final event was not available; result rebuilt from the session snapshot " +
-		"(usage, turns and stop reason may be missing)")
 	if fresh, err := st.getSession(ctx); err == nil {
 		gs = &fresh
 	}
-	if gs != nil && gs.Session.RunStatus.State == RunStateFailed {
-		return st.failed("run_error", "the run failed; its error event was no longer available")
+	state := "unknown"
+	if gs != nil {
+		state = gs.Session.RunStatus.State
 	}
-	return st.result(schemas.StatusCompleted)
+	why := "the run ended on the agent server without a final event"
+	if state == RunStateFailed {
+		why = "the run failed on the agent server without an error event (a sandbox, checkpoint, hook or tool-decision failure)"
+	}
+	hctx, cancel := context.WithTimeout(ctx, st.opts.CancelTimeout)
+	h, err := st.c.Health(hctx)
+	cancel()
+	if err == nil && !st.runAt.IsZero() && time.Duration(h.UptimeSeconds)*time.Second < time.Since(st.runAt) {
+		why = fmt.Sprintf("the agent server restarted (up %ds) after the run started %s ago; runs do not survive a restart",
+			h.UptimeSeconds, time.Since(st.runAt).Round(time.Second))
+	}
+	return st.failed(CodeRunLost, fmt.Sprintf("%s (session %s is %s); the job is not run again", why, st.sessionID, state))
 }
+
+// CodeRunLost is the Result error code of a run that ended without a final
+// event.
+const CodeRunLost = "run_lost"

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/jetpilot-dev/jetpilot/schemas"
@@ -37,19 +38,40 @@ type runState struct {
 	streamCancel context.CancelCauseFunc
 	streamTimer  *time.Timer
 
+	streamFrom   uint64      // the Last-Event-ID the open stream was asked from
+	quietTimer   *time.Timer // liveness probe of the open stream; nil when none
+	opened       bool        // a stream was opened in this follow: later opens are reconnects
+	jumps        int         // reconnects made for ids that jumped forward
+	cutMu        sync.Mutex  // guards cut, called from Control's goroutine
+	cut          context.CancelCauseFunc
+
 	stdout     strings.Builder
 	turns      int
 	turnUsage  schemas.Usage
 	sawUsage   bool
 	final      *RunCompleted
 	tools      schemas.ToolCallCounts
-	decided    map[string]bool
+	decided    []string // tool call ids decided (see Cursor.Decided)
+	held       map[string]schemas.ToolDecision
 	warnings   []string
 	rebuild    bool // the streamed text may be incomplete: rebuild it from messages
 	ended      bool // following a run known to have ended: decide nothing
+	runAt      time.Time
 	lastReport Cursor
 	reportedAt time.Time
 	reported   bool
+
+	// Cancelling: a cancel was sent (Control or timeout); proposals are not
+	// decided but answered with another wake-up, and the grace timer cuts
+	// base when the server does not confirm the end in time.
+	stopBase   context.CancelCauseFunc
+	cancelling bool
+	cancelSent bool
+	timedOut   bool
+	graceTimer *time.Timer
+	// unconfirmedEnd: the phase ended on the grace timer, the run may still
+	// be going: its messages are not worth waiting for.
+	unconfirmedEnd bool
 }
 
 func newRunState(r *Runner, spec Spec) *runState {
@@ -60,14 +82,37 @@ func newRunState(r *Runner, spec Spec) *runState {
 		spec:    spec,
 		policy:  NewPolicy(spec.WorkerAllowed, spec.Job),
 		started: time.Now().UTC(),
-		decided: map[string]bool{},
+		runAt:   spec.RunStartedAt,
+	}
+	if spec.Resume != nil {
+		st.decided = slices.Clone(spec.Resume.Decided)
 	}
 	st.log = r.opts.Logger.With("job_id", spec.Job.ID, "attempt", spec.Attempt)
 	return st
 }
 
 func (st *runState) cursor() Cursor {
-	return Cursor{SessionID: st.sessionID, RunID: st.runID, LastEventID: st.lastID}
+	return Cursor{SessionID: st.sessionID, RunID: st.runID, LastEventID: st.lastID, Decided: slices.Clone(st.decided)}
+}
+
+func (st *runState) isDecided(id string) bool { return slices.Contains(st.decided, id) }
+
+// outcome wraps a finalized Result with the verdicts held for a pause.
+func (st *runState) outcome(res schemas.Result) Outcome {
+	o := Outcome{Result: res}
+	if res.Status == schemas.StatusPaused && len(st.held) > 0 {
+		o.Held = st.held
+	}
+	return o
+}
+
+// setRun records the run id the phase follows.
+func (st *runState) setRun(runID string) {
+	st.runID = runID
+	if st.runAt.IsZero() {
+		st.runAt = time.Now()
+	}
+	st.log = st.log.With("run_id", runID)
 }
 
 // reportCursor calls OnCursor when the cursor changed: at once when force (or
@@ -77,7 +122,7 @@ func (st *runState) reportCursor(force bool) {
 		return
 	}
 	cur := st.cursor()
-	if st.reported && cur == st.lastReport {
+	if st.reported && cur.equal(st.lastReport) {
 		return
 	}
 	idsChanged := !st.reported || cur.SessionID != st.lastReport.SessionID || cur.RunID != st.lastReport.RunID
@@ -132,8 +177,7 @@ func (st *runState) startRun(ctx context.Context) (schemas.Result, error) {
 	if err != nil || done {
 		return res, err
 	}
-	st.runID = runID
-	st.log = st.log.With("run_id", runID)
+	st.setRun(runID)
 	st.reportCursor(true)
 	return st.follow(ctx)
 }
@@ -215,8 +259,7 @@ func (st *runState) resume(ctx context.Context) (schemas.Result, error) {
 	rs := gs.Session.RunStatus
 	if st.runID == "" {
 		if rs.Active() && rs.RunID != "" {
-			st.runID = rs.RunID
-			st.log = st.log.With("run_id", rs.RunID)
+			st.setRun(rs.RunID)
 			st.reportCursor(true)
 			return st.follow(ctx)
 		}
@@ -236,7 +279,15 @@ func (st *runState) resume(ctx context.Context) (schemas.Result, error) {
 	}
 	st.reportCursor(true)
 	if rs.Active() && rs.RunID == st.runID {
+		if len(st.spec.Decisions) > 0 {
+			if err := st.decide(ctx, st.spec.Decisions); err != nil {
+				return schemas.Result{}, fmt.Errorf("resume: %w", err)
+			}
+		}
 		return st.follow(ctx)
+	}
+	if len(st.spec.Decisions) > 0 {
+		st.warn("the run was no longer running when its decisions were to be sent; they were not applied")
 	}
 	return st.finishEnded(ctx, &gs)
 }
@@ -277,10 +328,60 @@ func (st *runState) openStream(ctx context.Context, idle time.Duration) error {
 		return fmt.Errorf("subscribe to events: %w", err)
 	}
 	st.stream, st.streamCtx, st.streamCancel, st.streamTimer = stream, connCtx, cancel, timer
+	st.streamFrom = from
+	st.cutMu.Lock()
+	st.cut = cancel
+	st.cutMu.Unlock()
+	if st.runID != "" && !st.ended {
+		st.quietTimer = st.probeWhenQuiet(connCtx, cancel)
+	}
 	return nil
 }
 
-var errStalled = errors.New("event stream stalled")
+var (
+	errStalled = errors.New("event stream stalled")
+	// errPoked: Control.Cancel interrupted the read to get the cancel sent.
+	errPoked = errors.New("event stream interrupted to cancel the run")
+	// errRunQuiet: the liveness probe found the session not running the run.
+	errRunQuiet = errors.New("the session no longer runs the followed run")
+)
+
+// probeWhenQuiet arms the liveness probe of a stream: when no event arrives
+// for LivenessInterval, it asks the server for the session, and cuts the
+// stream (errRunQuiet) when the session is gone or no longer runs our run,
+// so the follow loop finds out how it ended. Keep-alives do not count: the
+// real server keeps sending them for a run that died without an event. The
+// probe runs on the timer's goroutine and ends with ctx (the stream's).
+func (st *runState) probeWhenQuiet(ctx context.Context, cut context.CancelCauseFunc) *time.Timer {
+	sid, rid, every := st.sessionID, st.runID, st.opts.LivenessInterval
+	var t *time.Timer
+	t = time.AfterFunc(every, func() {
+		pctx, cancel := context.WithTimeout(ctx, st.opts.CancelTimeout)
+		defer cancel()
+		gs, err := st.c.GetSession(pctx, sid)
+		if ctx.Err() != nil {
+			return
+		}
+		rs := gs.Session.RunStatus
+		if isSessionLost(err) || (err == nil && !(rs.Active() && rs.RunID == rid)) {
+			cut(errRunQuiet)
+			return
+		}
+		t.Reset(every)
+	})
+	return t
+}
+
+// poke interrupts the open stream's read (from Control's goroutine) so the
+// follow loop sees a cancel request at once.
+func (st *runState) poke() {
+	st.cutMu.Lock()
+	cut := st.cut
+	st.cutMu.Unlock()
+	if cut != nil {
+		cut(errPoked)
+	}
+}
 
 // streamStalled reports whether the open stream was cut by the stall timer.
 func (st *runState) streamStalled() bool {
@@ -290,6 +391,13 @@ func (st *runState) streamStalled() bool {
 func (st *runState) closeStream() {
 	if st.stream == nil {
 		return
+	}
+	st.cutMu.Lock()
+	st.cut = nil
+	st.cutMu.Unlock()
+	if st.quietTimer != nil {
+		st.quietTimer.Stop()
+		st.quietTimer = nil
 	}
 	st.streamTimer.Stop()
 	st.streamCancel(nil)
@@ -345,22 +453,36 @@ func (st *runState) failed(code, msg string) schemas.Result {
 }
 
 // finalize stamps the end of the phase, rebuilds the text from the session's
-// messages when the stream could not give all of it, and reports the final
-// cursor.
+// messages when the stream could not give all of it (or a resumed phase
+// ends: its stream had only this phase's text), and reports the final
+// cursor. The rebuild waits for the session to settle first: the server
+// writes the checkpoint the messages are read from after run_completed.
 func (st *runState) finalize(ctx context.Context, res schemas.Result) schemas.Result {
-	// A resumed phase only streamed the text after its cursor; a final
-	// result should carry the run's whole text.
 	resumedFinal := st.startID > 0 && res.Status.Final() && res.Status != schemas.StatusTimedOut
-	if (st.rebuild || resumedFinal) && st.sessionID != "" && ctx.Err() == nil {
+	final := res.Status.Final() && !st.unconfirmedEnd
+	if (st.rebuild || resumedFinal) && final && st.sessionID != "" && ctx.Err() == nil {
 		// Bounded: the phase is over, a slow server must not hold the result.
-		rctx, cancel := context.WithTimeout(ctx, st.opts.CancelTimeout)
+		rctx, cancel := context.WithTimeout(ctx, st.opts.SettleWait+st.opts.CancelTimeout)
+		settled := st.awaitSettled(rctx)
 		text, err := st.assistantText(rctx)
 		cancel()
 		switch {
 		case err != nil:
 			st.warn(fmt.Sprintf("could not rebuild the agent's text from the session's messages: %v", err))
-		case text != "":
+		case len(text) < len(res.Stdout):
+			// The messages have less than was streamed (a checkpoint not yet
+			// written): keep the longer text.
+			if st.rebuild {
+				st.warn("events were lost and the session's messages had less text than was streamed; the streamed text is kept and may miss parts")
+			}
+		case text != res.Stdout:
 			res.Stdout = text
+			if st.rebuild {
+				st.warn("events were lost; the agent's text was rebuilt from the session's messages")
+			}
+		}
+		if !settled {
+			st.warn(fmt.Sprintf("the session was still running %s after the run ended; its messages may miss the final turn", st.opts.SettleWait))
 		}
 	}
 	res.Warnings = slices.Clone(st.warnings)
@@ -370,24 +492,119 @@ func (st *runState) finalize(ctx context.Context, res schemas.Result) schemas.Re
 	return res
 }
 
-// timedOut cancels the run on the server (with a fresh, short context: the
-// phase's is spent) and reports timed_out with what is known so far.
-func (st *runState) timedOut(ctx context.Context) schemas.Result {
-	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), st.opts.CancelTimeout)
+// awaitSettled waits until the session no longer runs st.runID (the server
+// keeps "running" for a while after run_completed), within SettleWait.
+func (st *runState) awaitSettled(ctx context.Context) bool {
+	ctx, cancel := context.WithTimeout(ctx, st.opts.SettleWait)
 	defer cancel()
+	wait := 50 * time.Millisecond
+	for {
+		gs, err := st.c.GetSession(ctx, st.sessionID)
+		if err == nil {
+			if rs := gs.Session.RunStatus; !rs.Active() || rs.RunID != st.runID {
+				return true
+			}
+		} else if !IsTransient(err) {
+			return false
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return false
+		case <-t.C:
+		}
+		wait = min(2*wait, 500*time.Millisecond)
+	}
+}
+
+// afterTimeout runs when the phase's deadline passed while its run was
+// followed or started: it cancels and wakes the run and follows it for up to
+// CancelGrace, so the timed_out result says how the run really ended.
+func (st *runState) afterTimeout(ctx context.Context) (schemas.Result, error) {
+	st.timedOut = true
+	st.closeStream()
 	if st.runID == "" && st.sessionID != "" {
+		cctx, cancel := context.WithTimeout(ctx, st.opts.CancelTimeout)
 		if gs, err := st.c.GetSession(cctx, st.sessionID); err == nil {
 			if rs := gs.Session.RunStatus; rs.Active() && rs.RunID != "" {
-				st.runID = rs.RunID
+				st.setRun(rs.RunID)
 			}
 		}
+		cancel()
 	}
-	if st.runID != "" {
-		if err := st.c.Cancel(cctx, st.sessionID, st.runID); err != nil && !isNotActive(err) {
-			st.warn(fmt.Sprintf("could not cancel the run after the timeout: %v", err))
-		}
+	if st.runID == "" {
+		return st.timedOutResult(st.result(schemas.StatusTimedOut)), nil
 	}
-	res := st.result(schemas.StatusTimedOut)
+	st.beginCancel(ctx)
+	res, err := st.follow(ctx)
+	if err != nil {
+		return res, err
+	}
+	return st.timedOutResult(res), nil
+}
+
+// timedOutResult turns how the run ended into the phase's timed_out result.
+func (st *runState) timedOutResult(res schemas.Result) schemas.Result {
+	res.PauseReason, res.Error = nil, nil
+	res.SetStatus(schemas.StatusTimedOut)
 	res.Stderr = fmt.Sprintf("job timed out after %s", st.spec.Timeout)
-	return st.finalize(ctx, res)
+	return res
+}
+
+// unconfirmed is the result of a cancelled (or timed out) run whose end the
+// server did not confirm within CancelGrace.
+func (st *runState) unconfirmed() schemas.Result {
+	st.unconfirmedEnd = true
+	st.warn(fmt.Sprintf("the agent server did not confirm the end of the run within %s of the cancel; it may still be running there", st.opts.CancelGrace))
+	if st.timedOut {
+		return st.timedOutResult(st.result(schemas.StatusTimedOut))
+	}
+	res := st.result(schemas.StatusCancelled)
+	res.Stderr = "job cancelled"
+	return res
+}
+
+// beginCancel sends the cancel (once the run id is known) and arms the grace
+// timer that ends the phase if the server never confirms.
+func (st *runState) beginCancel(ctx context.Context) {
+	if !st.cancelling {
+		st.cancelling = true
+		st.graceTimer = time.AfterFunc(st.opts.CancelGrace, func() { st.stopBase(errCancelUnconfirmed) })
+		st.log.Info("cancelling the run", "grace", st.opts.CancelGrace)
+	}
+	if st.cancelSent || st.runID == "" {
+		return
+	}
+	st.cancelSent = true
+	cctx, cancel := context.WithTimeout(ctx, st.opts.CancelTimeout)
+	defer cancel()
+	_, err := retry(cctx, st, "cancel", func(ctx context.Context) (struct{}, error) {
+		return struct{}{}, st.c.Cancel(ctx, st.sessionID, st.runID)
+	})
+	if err != nil && !isNotActive(err) {
+		st.warn(fmt.Sprintf("could not cancel the run on the agent server: %v", err))
+		return
+	}
+	if err == nil {
+		st.wake(cctx)
+	}
+}
+
+// wake sends the steering message that makes a cancelled run notice its
+// cancel flag (a run waiting for tool decisions sleeps until a command
+// comes).
+func (st *runState) wake(ctx context.Context) {
+	_, err := retry(ctx, st, "wake", func(ctx context.Context) (struct{}, error) {
+		return struct{}{}, st.c.Steer(ctx, st.sessionID, st.runID, wakeText)
+	})
+	if err != nil && !isNotActive(err) {
+		st.log.Info("could not wake the cancelled run", "err", err)
+	}
+}
+
+func (st *runState) stopGrace() {
+	if st.graceTimer != nil {
+		st.graceTimer.Stop()
+	}
 }

@@ -29,18 +29,16 @@ type CancelReply struct {
 
 // activeJob is a job phase this worker is following, found by cancel requests.
 type activeJob struct {
-	w         *Worker
-	jobID     string
-	mu        sync.Mutex
-	cur       spawn.Cursor
-	cancel    bool // a cancel was requested
-	cancelled bool // the run was cancelled on the agent server
+	jobID string
+	// ctl cancels the run the phase follows: the runner sends the cancel,
+	// wakes the run and follows it to its end within a bounded grace.
+	ctl *spawn.Control
 	// settling: the run is no longer followed; its phase is being settled.
 	settling atomic.Bool
 }
 
-func (w *Worker) track(jobID string, rec *queue.RunRecord) *activeJob {
-	a := &activeJob{w: w, jobID: jobID, cur: spawn.Cursor{SessionID: rec.SessionID, RunID: rec.RunID, LastEventID: rec.LastEventID}}
+func (w *Worker) track(jobID string) *activeJob {
+	a := &activeJob{jobID: jobID, ctl: spawn.NewControl()}
 	w.activeMu.Lock()
 	w.active[jobID] = a
 	w.activeMu.Unlock()
@@ -69,44 +67,8 @@ func (w *Worker) activeJob(jobID string) *activeJob {
 	return a
 }
 
-// setCursor records the run's cursor, and cancels the run if a cancel came
-// before the run id was known.
-func (a *activeJob) setCursor(c spawn.Cursor) {
-	a.mu.Lock()
-	a.cur = c
-	a.mu.Unlock()
-	a.tryCancel()
-}
-
-// requestCancel asks for the run to be cancelled, now if its id is known,
-// else as soon as it is.
-func (a *activeJob) requestCancel() {
-	a.mu.Lock()
-	a.cancel = true
-	a.mu.Unlock()
-	a.tryCancel()
-}
-
-func (a *activeJob) tryCancel() {
-	a.mu.Lock()
-	if !a.cancel || a.cancelled || a.cur.RunID == "" {
-		a.mu.Unlock()
-		return
-	}
-	a.cancelled = true
-	cur := a.cur
-	a.mu.Unlock()
-	ctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
-	defer cancel()
-	if err := a.w.runner.CancelRun(ctx, cur); err != nil {
-		a.w.log.Warn("cancel run on request", "job_id", a.jobID, "session_id", cur.SessionID, "err", err)
-		a.mu.Lock()
-		a.cancelled = false
-		a.mu.Unlock()
-		return
-	}
-	a.w.log.Info("run cancelled on request", "job_id", a.jobID, "session_id", cur.SessionID, "run_id", cur.RunID)
-}
+// requestCancel asks for the phase's run to be cancelled.
+func (a *activeJob) requestCancel() { a.ctl.Cancel() }
 
 // serveCancels answers cancel requests until stop is called. Every worker
 // listens; the one holding the job answers at once, and any worker answers

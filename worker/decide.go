@@ -111,7 +111,6 @@ func (w *Worker) handleDecision(ctx context.Context, msg jetstream.Msg) {
 	if !w.take(ctx, p, rev, decided) {
 		return
 	}
-	w.countDecisions(&p.rec, p.decisions)
 	p.announce = &schemas.Event{Type: schemas.EventApprovalDecided, ApprovalID: d.ApprovalID, Text: decisionSummary(d)}
 	log.Info("approval decided; resuming run", "decided_by", d.DecidedBy)
 	w.follow(ctx, p)
@@ -243,16 +242,6 @@ func expandDecision(d schemas.Decision, pending []schemas.ToolCall) map[string]s
 	return out
 }
 
-func (w *Worker) countDecisions(rec *queue.RunRecord, decisions map[string]schemas.ToolDecision) {
-	for _, d := range decisions {
-		if d.Action == schemas.ActionReject {
-			rec.ToolCalls.Rejected++
-		} else {
-			rec.ToolCalls.Accepted++
-		}
-	}
-}
-
 func decisionSummary(d schemas.Decision) string {
 	by := ""
 	if d.DecidedBy != "" {
@@ -322,7 +311,6 @@ func (w *Worker) handleControl(ctx context.Context, msg jetstream.Msg, kind stri
 		log.Info("approval expired; cancelling run")
 	default:
 		p.decisions = expandDecision(schemas.Decision{All: schemas.DecideDeny, DecidedBy: "approval expiry"}, rec.Pending)
-		w.countDecisions(&p.rec, p.decisions)
 		p.announce = &schemas.Event{Type: schemas.EventApprovalExpired, ApprovalID: approvalID, Text: "approval expired: pending calls rejected"}
 		log.Info("approval expired; rejecting pending calls")
 	}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -129,40 +130,30 @@ func (w *Worker) follow(ctx context.Context, p *phase) {
 	if p.announce != nil {
 		events.emit(*p.announce)
 	}
-	active := w.track(p.job.ID, rec)
+	active := w.track(p.job.ID)
 	defer w.untrack(p.job.ID, active)
 
-	cur := spawn.Cursor{SessionID: rec.SessionID, RunID: rec.RunID, LastEventID: rec.LastEventID}
-	if len(p.decisions) > 0 {
-		if err := w.runner.Decide(ctx, cur, p.decisions); err != nil {
-			if spawn.IsTransient(err) {
-				w.retry(ctx, p, fmt.Errorf("apply decision: %w", err))
-				return
-			}
-			// The run is no longer waiting (it ended or was cancelled):
-			// following it reports how it ended.
-			p.log.Warn("apply decision: the run no longer waits for it", "err", err)
-		}
-	}
+	cur := spawn.Cursor{SessionID: rec.SessionID, RunID: rec.RunID, LastEventID: rec.LastEventID, Decided: rec.Decided}
 	if p.cancel || rec.CancelRequested {
-		if err := w.runner.CancelRun(ctx, cur); err != nil {
-			p.log.Warn("cancel run", "err", err)
-		}
+		active.ctl.Cancel()
 	}
-
 	spec := spawn.Spec{
 		Job:           p.job,
 		Attempt:       p.attempt,
 		Timeout:       time.Until(rec.Deadline),
 		WorkerAllowed: w.opts.AllowedTools,
+		Control:       active.ctl,
+		RunStartedAt:  rec.RunStartedAt,
 		OnCursor: func(c spawn.Cursor) {
 			if rec.SessionID == "" && c.SessionID != "" {
 				p.log = p.log.With("session_id", c.SessionID)
 			}
-			rec.SessionID, rec.RunID, rec.LastEventID = c.SessionID, c.RunID, c.LastEventID
+			if c.RunID != "" && c.RunID != rec.RunID {
+				rec.RunStartedAt = time.Now().UTC()
+			}
+			rec.SessionID, rec.RunID, rec.LastEventID, rec.Decided = c.SessionID, c.RunID, c.LastEventID, c.Decided
 			rec.State = queue.RunRunning
 			rec.EventSeq = events.Seq()
-			active.setCursor(c)
 			if err := w.save(ctx, p, active); err != nil {
 				// Without the record a redelivery could not re-attach:
 				// stop before the run starts (or hand the job back).
@@ -170,6 +161,12 @@ func (w *Worker) follow(ctx context.Context, p *phase) {
 			}
 		},
 		OnEvent: events.agentEvent,
+	}
+	if len(p.decisions) > 0 {
+		// The human's answer and the policy's held verdicts: one request.
+		spec.Decisions = make(map[string]schemas.ToolDecision, len(rec.Held)+len(p.decisions))
+		maps.Copy(spec.Decisions, rec.Held)
+		maps.Copy(spec.Decisions, p.decisions)
 	}
 	if rec.SessionID != "" {
 		spec.Resume = &cur
@@ -181,13 +178,19 @@ func (w *Worker) follow(ctx context.Context, p *phase) {
 		spec.Timeout = time.Millisecond
 	}
 
-	res, err := w.runner.Run(ctx, spec)
+	out, err := w.runner.Run(ctx, spec)
 	active.settling.Store(true)
 	if cause := context.Cause(ctx); errors.Is(cause, errLostJob) {
 		p.log.Warn("another worker took the job over; no longer following it", "err", cause)
 		return
 	} else if cause != nil && !errors.Is(cause, context.Canceled) {
-		// The run record could not be written: retry from the top.
+		// The run record could not be written: retry from the top, up to
+		// MaxDeliver deliveries (a record that can never be written must
+		// not hold the job forever).
+		if p.attempt >= w.opts.MaxDeliver {
+			w.fail(ctx, p, "retries_exhausted", fmt.Errorf("gave up after %d deliveries: %w", p.attempt, cause))
+			return
+		}
 		w.nakLater(p.msg, p.attempt, cause, p.log)
 		return
 	}
@@ -196,14 +199,17 @@ func (w *Worker) follow(ctx context.Context, p *phase) {
 		switch {
 		case ctx.Err() != nil:
 			w.handBack(p.msg, *rec, p.log)
+		case spawn.IsTransient(err) && rec.RunID == "":
+			w.retryStart(ctx, p, err)
 		case spawn.IsTransient(err):
-			w.retry(ctx, p, err)
+			w.retryRun(p, err)
 		default:
 			w.fail(ctx, p, "agent_error", err)
 		}
 		return
 	}
-	w.settle(ctx, p, res, events)
+	p.rec.Held = out.Held
+	w.settle(ctx, p, out.Result, events)
 }
 
 // Caps on the job a dead letter carries; see deadLetter.
@@ -252,7 +258,7 @@ func (w *Worker) save(ctx context.Context, p *phase, active *activeJob) error {
 		if cur.CancelRequested && !p.rec.CancelRequested {
 			p.rec.CancelRequested = true
 			if active != nil {
-				go active.requestCancel()
+				active.requestCancel()
 			}
 		}
 		p.rev = curRev
@@ -379,15 +385,43 @@ func (w *Worker) pausedResult(rec *queue.RunRecord) schemas.Result {
 	return res
 }
 
-// retry hands a phase back for a later attempt after a transient failure,
-// or fails it for good when its deliveries are used up.
-func (w *Worker) retry(ctx context.Context, p *phase, cause error) {
-	if p.attempt >= w.opts.MaxDeliver {
-		w.fail(ctx, p, "retries_exhausted", fmt.Errorf("gave up after %d deliveries: %w", p.attempt, cause))
+// retryStart hands back a job whose run could not be started because the
+// agent server is unreachable, failing or refusing the token. It is retried
+// for StartBudget, counted from the first failed start (kept in the run
+// record, so it holds across deliveries and workers), not for a number of
+// deliveries: an agent-server outage shorter than the budget dead-letters
+// nothing. Past the budget the job fails and is dead-lettered.
+func (w *Worker) retryStart(ctx context.Context, p *phase, cause error) {
+	rec := &p.rec
+	if rec.StartFailedAt.IsZero() {
+		rec.StartFailedAt = time.Now().UTC()
+		if rec.State == "" {
+			rec.State = queue.RunStarting
+		}
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), settleTimeout)
+		err := w.save(sctx, p, nil)
+		cancel()
+		if err != nil {
+			p.log.Warn("record the failed start; the start budget counts from the next one", "err", err)
+		}
+	}
+	if spent := time.Since(rec.StartFailedAt); spent >= w.opts.StartBudget {
+		w.fail(ctx, p, "agent_unavailable", fmt.Errorf("could not start the run for %s (start budget %s): %w",
+			spent.Round(time.Second), w.opts.StartBudget, cause))
 		return
 	}
+	w.nakRetry(p, cause)
+}
+
+// retryRun hands back a job whose run exists but could not be followed
+// (the agent server went away for longer than the runner waits). The run's
+// deadline bounds it: a redelivery after the deadline cancels the run and
+// reports it timed out, so no delivery count is needed.
+func (w *Worker) retryRun(p *phase, cause error) { w.nakRetry(p, cause) }
+
+func (w *Worker) nakRetry(p *phase, cause error) {
 	delay := w.backoff(p.attempt)
-	p.log.Warn("transient failure; retrying", "err", cause, "retry_in", delay)
+	p.log.Warn("agent server unavailable; retrying", "err", cause, "retry_in", delay)
 	w.m.Retries.Inc()
 	if err := p.msg.NakWithDelay(delay); err != nil {
 		p.log.Warn("nak; it comes back after AckWait", "err", err)

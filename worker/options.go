@@ -21,6 +21,11 @@ const (
 	ShutdownCancel ShutdownMode = "cancel"
 )
 
+// DefaultStartBudget is how long a job that cannot get its run started is
+// retried: long enough for an agent-server restart or deploy, short enough
+// that a producer hears back the same hour.
+const DefaultStartBudget = 15 * time.Minute
+
 // Options configure a Worker. The zero value of every field is a documented default.
 type Options struct {
 	// Name identifies this worker in results, logs and the runs bucket.
@@ -36,9 +41,16 @@ type Options struct {
 	// MaxTimeout caps every job's timeout, and is the timeout of a job that sets
 	// none. Default 1h.
 	MaxTimeout time.Duration
-	// MaxDeliver is how many deliveries a job gets before a job that could not
-	// start its run is failed and dead-lettered. Default 5.
+	// MaxDeliver is how many deliveries a job gets before it is failed and
+	// dead-lettered for a failure that is not the agent server's (agent
+	// outages are bounded by StartBudget and the job's deadline instead).
+	// Default 5.
 	MaxDeliver int
+	// StartBudget is how long a job whose run cannot be started (agent
+	// server down, failing, or refusing the token) is retried, counted from
+	// its first failed start, before it is failed and dead-lettered.
+	// Default DefaultStartBudget.
+	StartBudget time.Duration
 	// RetryInitial and RetryMax bound the exponential NakWithDelay backoff for
 	// transient failures before a run starts. Defaults 1s and 1m.
 	RetryInitial, RetryMax time.Duration
@@ -96,6 +108,12 @@ func (o Options) withDefaults(ackWait time.Duration) (Options, error) {
 	}
 	if o.MaxDeliver < 1 {
 		return o, fmt.Errorf("max deliver must be at least 1, got %d", o.MaxDeliver)
+	}
+	if o.StartBudget == 0 {
+		o.StartBudget = DefaultStartBudget
+	}
+	if o.StartBudget < 0 {
+		return o, fmt.Errorf("start budget must be positive, got %s", o.StartBudget)
 	}
 	if o.RetryInitial == 0 {
 		o.RetryInitial = time.Second

@@ -50,7 +50,7 @@ func (w *Worker) pause(ctx context.Context, p *phase, res *schemas.Result, log *
 	}
 	rec.Pending = pending
 	rec.Stdout = res.Stdout
-	rec.AutoResolved = res.ToolCalls.Accepted + res.ToolCalls.Rejected - rec.ToolCalls.Accepted - rec.ToolCalls.Rejected
+	rec.AutoResolved = len(rec.Held)
 	rec.ToolCalls = res.ToolCalls
 	if err := w.save(ctx, p, nil); err != nil {
 		return fmt.Errorf("record pause: %w", err)

@@ -11,17 +11,23 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/jetpilot-dev/jetpilot/queue"
-	"github.com/jetpilot-dev/jetpilot/schemas"
 	"github.com/jetpilot-dev/jetpilot/spawn"
 )
 
 // Runner runs one phase of a job. *spawn.Runner is the real one; benchmarks
 // use one that returns at once to measure the queue path alone.
 type Runner interface {
-	Run(ctx context.Context, spec spawn.Spec) (schemas.Result, error)
+	Run(ctx context.Context, spec spawn.Spec) (spawn.Outcome, error)
+	// CancelRun cancels (and wakes) a run nobody follows.
 	CancelRun(ctx context.Context, cur spawn.Cursor) error
-	// Decide sends decisions on the run's pending tool calls.
-	Decide(ctx context.Context, cur spawn.Cursor, decisions map[string]schemas.ToolDecision) error
+}
+
+// ReadyRunner is a Runner that can tell whether its agent server takes work
+// now (*spawn.Runner does). A worker whose runner is one stops taking jobs
+// while it is not ready, instead of pulling them only to hand them back.
+type ReadyRunner interface {
+	Runner
+	Ready(ctx context.Context) error
 }
 
 // Worker pulls jobs from the shared consumer and runs them.
@@ -36,6 +42,7 @@ type Worker struct {
 
 	slots chan struct{} // one token per running job or decision phase
 	beats *heartbeats
+	gate  *agentGate // closed while the agent server cannot take work
 
 	activeMu sync.Mutex
 	active   map[string]*activeJob // job id -> the phase this worker follows
@@ -93,6 +100,7 @@ func New(ctx context.Context, js jetstream.JetStream, qcfg queue.Config, runner 
 		m:       opts.Metrics,
 		slots:   make(chan struct{}, opts.Concurrency),
 		beats:   newHeartbeats(opts.Heartbeat),
+		gate:    newAgentGate(!isReadyRunner(runner)),
 		active:  map[string]*activeJob{},
 		created: map[string]time.Time{},
 	}, nil
@@ -132,6 +140,13 @@ func (w *Worker) Run(ctx context.Context) error {
 	}()
 
 	var jobs, loops sync.WaitGroup
+	if rr, ok := w.runner.(ReadyRunner); ok {
+		loops.Add(1)
+		go func() {
+			defer loops.Done()
+			w.watchAgent(ctx, rr)
+		}()
+	}
 	stopCancels, err := w.serveCancels(jobCtx, w.js.Conn())
 	if err != nil {
 		return fmt.Errorf("subscribe to cancel requests: %w", err)
@@ -202,6 +217,9 @@ func (w *Worker) pull(ctx, jobCtx context.Context, c jetstream.Consumer, slots c
 		return got, batch.Error()
 	}
 	for {
+		if !w.gate.wait(ctx) {
+			return
+		}
 		select {
 		case slots <- struct{}{}:
 		case <-ctx.Done():
@@ -259,6 +277,11 @@ func (w *Worker) pull(ctx, jobCtx context.Context, c jetstream.Consumer, slots c
 		}
 		retry = 0
 	}
+}
+
+func isReadyRunner(r Runner) bool {
+	_, ok := r.(ReadyRunner)
+	return ok
 }
 
 // running counts the job phases this worker follows now.

@@ -32,6 +32,7 @@ type workerFlags struct {
 	allowedTools    []string
 	maxTimeout      time.Duration
 	maxDeliver      int
+	startBudget     time.Duration
 	ackWait         time.Duration
 	shutdownGrace   time.Duration
 	shutdownMode    string
@@ -42,13 +43,14 @@ type workerFlags struct {
 
 func (f *workerFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.agentURL, "agent-url", "http://127.0.0.1:4096", "agent server base URL")
-	fs.StringVar(&f.agentTokenFile, "agent-token-file", "", "file holding the agent server's bearer token (or env JETPILOT_AGENT_TOKEN)")
+	fs.StringVar(&f.agentTokenFile, "agent-token-file", "", "file holding the agent server's bearer token, re-read when the server refuses it or the file changes (or env JETPILOT_AGENT_TOKEN)")
 	fs.StringVar(&f.name, "name", "", "worker name in results and logs (default <hostname>-<pid>)")
 	fs.IntVar(&f.concurrency, "concurrency", 8, "jobs run at once")
 	fs.StringSliceVar(&f.profiles, "profiles", nil, "only take jobs of these profiles (default: all)")
 	fs.StringSliceVar(&f.allowedTools, "allowed-tools", nil, "tools jobs may run unattended (default: all); caps every job's list")
 	fs.DurationVar(&f.maxTimeout, "max-timeout", time.Hour, "cap on a job's timeout, and the timeout of jobs that set none")
-	fs.IntVar(&f.maxDeliver, "max-deliver", 5, "deliveries before a job that cannot start is failed and dead-lettered")
+	fs.IntVar(&f.maxDeliver, "max-deliver", 5, "deliveries before a job failing for a reason other than the agent server is failed and dead-lettered")
+	fs.DurationVar(&f.startBudget, "start-budget", worker.DefaultStartBudget, "how long a job whose run cannot start (agent server down or refusing the token) is retried, from its first failed start")
 	fs.DurationVar(&f.ackWait, "ack-wait", 30*time.Second, "JetStream AckWait: how fast a dead worker's job comes back")
 	fs.DurationVar(&f.shutdownGrace, "shutdown-grace", 30*time.Second, "how long running jobs may go on after SIGTERM")
 	fs.StringVar(&f.shutdownMode, "shutdown-mode", string(worker.ShutdownHandoff), "after the grace period: handoff (leave runs going, another worker re-attaches) or cancel")
@@ -57,17 +59,22 @@ func (f *workerFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.metricsAddr, "metrics-addr", "", "serve /metrics, /healthz and /readyz on this address (e.g. 127.0.0.1:9090)")
 }
 
-// agentToken reads the token from --agent-token-file or JETPILOT_AGENT_TOKEN.
-// It is never logged or printed.
-func (f *workerFlags) agentToken() (string, error) {
+// agentClient connects to the agent server with the token from
+// --agent-token-file (re-read whenever the server refuses it: the real server
+// makes a new token on every start) or JETPILOT_AGENT_TOKEN. The token is
+// never logged or printed.
+func (f *workerFlags) agentClient() (*spawn.Client, error) {
+	opts := spawn.ClientOptions{BaseURL: f.agentURL, DirectEventStreams: true}
 	if f.agentTokenFile != "" {
-		b, err := os.ReadFile(f.agentTokenFile)
-		if err != nil {
-			return "", fmt.Errorf("read --agent-token-file: %w", err)
-		}
-		return strings.TrimSpace(string(b)), nil
+		opts.TokenFile = f.agentTokenFile
+	} else {
+		opts.Token = strings.TrimSpace(os.Getenv("JETPILOT_AGENT_TOKEN"))
 	}
-	return os.Getenv("JETPILOT_AGENT_TOKEN"), nil
+	c, err := spawn.NewClient(opts)
+	if err != nil {
+		return nil, fmt.Errorf("agent client: %w", err)
+	}
+	return c, nil
 }
 
 func newWorkerCmd(g *globalFlags) *cobra.Command {
@@ -97,13 +104,9 @@ func runWorker(ctx context.Context, g *globalFlags, f *workerFlags, nc *nats.Con
 	if err := checkPublish(ctx, js, qcfg, g.perms); err != nil {
 		return err
 	}
-	token, err := f.agentToken()
+	client, err := f.agentClient()
 	if err != nil {
 		return err
-	}
-	client, err := spawn.NewClient(spawn.ClientOptions{BaseURL: f.agentURL, Token: token, DirectEventStreams: true})
-	if err != nil {
-		return fmt.Errorf("agent client: %w", err)
 	}
 	metrics := worker.NewMetrics()
 	w, err := worker.New(ctx, js, qcfg, spawn.NewRunner(client, spawn.RunnerOptions{Worker: f.name, Logger: log}), worker.Options{
@@ -113,6 +116,7 @@ func runWorker(ctx context.Context, g *globalFlags, f *workerFlags, nc *nats.Con
 		AllowedTools:     f.allowedTools,
 		MaxTimeout:       f.maxTimeout,
 		MaxDeliver:       f.maxDeliver,
+		StartBudget:      f.startBudget,
 		ShutdownGrace:    f.shutdownGrace,
 		ShutdownMode:     worker.ShutdownMode(f.shutdownMode),
 		ApprovalTimeout:  f.approvalTimeout,
@@ -136,9 +140,8 @@ func runWorker(ctx context.Context, g *globalFlags, f *workerFlags, nc *nats.Con
 				}
 				return nil
 			}},
-			worker.ReadyCheck{Name: "agent_server", Check: func(ctx context.Context) error {
-				_, err := client.Health(ctx)
-				return err
+			worker.ReadyCheck{Name: "agent_server", Check: func(context.Context) error {
+				return w.AgentReady()
 			}},
 		), log)
 		if err != nil {

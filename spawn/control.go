@@ -1,0 +1,131 @@
+package spawn
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"maps"
+	"slices"
+	"sync"
+
+	"github.com/jetpilot-dev/jetpilot/schemas"
+)
+
+// Control lets the caller of Runner.Run stop the run it follows. The agent
+// server's cancel only sets a flag its agent loop checks when it next wakes
+// (AGENT_SERVER_API.md "Cancel"): a run waiting for tool decisions, or in an
+// LLM call, goes on until something wakes it. So Cancel does not just send
+// the cancel request: the runner sends it, wakes the run with a steering
+// message, follows the run to its end, and gives the server
+// RunnerOptions.CancelGrace to confirm before it reports the run cancelled
+// anyway (with a warning that says so).
+//
+// A Control may be cancelled before Run starts (a paused job being
+// cancelled) or at any time while it runs; Cancel is safe to call from any
+// goroutine and more than once.
+type Control struct {
+	mu        sync.Mutex
+	requested bool
+	poke      func() // set while a Run follows: interrupts its blocked read
+}
+
+// NewControl returns a Control with no cancel requested.
+func NewControl() *Control { return &Control{} }
+
+// Cancel asks for the run to be cancelled.
+func (c *Control) Cancel() {
+	c.mu.Lock()
+	if c.requested {
+		c.mu.Unlock()
+		return
+	}
+	c.requested = true
+	poke := c.poke
+	c.mu.Unlock()
+	if poke != nil {
+		poke()
+	}
+}
+
+// Requested reports whether Cancel was called.
+func (c *Control) Requested() bool {
+	if c == nil {
+		return false
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.requested
+}
+
+func (c *Control) attach(poke func()) {
+	if c == nil {
+		return
+	}
+	c.mu.Lock()
+	c.poke = poke
+	c.mu.Unlock()
+}
+
+// Outcome is what Runner.Run returns: the phase's Result, and for a paused
+// phase the policy's verdicts on the other calls of the same proposal.
+//
+// Those verdicts are held, not sent: a decision that reaches the agent
+// server while another call of its batch executes is never applied to that
+// batch, and the run then waits forever (AGENT_SERVER_API.md "Tool
+// decisions"). So the caller keeps Held with the pause and sends it in the
+// one request that carries the human's answer (Spec.Decisions).
+type Outcome struct {
+	schemas.Result
+	// Held are the policy's decisions on the calls of the paused proposal
+	// that do not wait for a human; nil unless Status is paused.
+	Held map[string]schemas.ToolDecision
+}
+
+// maxDecidedIDs bounds the tool call ids a Cursor carries. Only the calls of
+// the latest proposals can come back (a replay of an undecided cursor, or the
+// pending list, which holds one batch), so the oldest ids can go.
+const maxDecidedIDs = 256
+
+// addDecided appends ids to list, without duplicates, keeping the newest
+// maxDecidedIDs.
+func addDecided(list []string, ids ...string) []string {
+	for _, id := range ids {
+		if !slices.Contains(list, id) {
+			list = append(list, id)
+		}
+	}
+	if over := len(list) - maxDecidedIDs; over > 0 {
+		list = slices.Delete(list, 0, over)
+	}
+	return list
+}
+
+// decideKey is the Idempotency-Key of the one decision request of a batch:
+// derived from the job, the run and the calls decided, so a transport retry,
+// a reconnect or another worker taking the job over replays the server's
+// stored answer instead of deciding the calls a second time (which kills the
+// run without an event).
+func decideKey(jobID, runID string, decisions map[string]schemas.ToolDecision) string {
+	h := sha256.New()
+	h.Write([]byte(runID))
+	for _, id := range slices.Sorted(maps.Keys(decisions)) {
+		h.Write([]byte{0})
+		h.Write([]byte(id))
+	}
+	return "jetpilot-" + jobID + "-decide-" + hex.EncodeToString(h.Sum(nil)[:12])
+}
+
+// WireDecisions is decisions as the agent server must receive them. The
+// server ignores the content of a reject (the model always reads "Tool call
+// rejected by user"), so a reject with a reason is sent as custom_result
+// with the reason as the tool's result: the model learns why, while jetpilot
+// still counts and reports the call as rejected.
+func WireDecisions(decisions map[string]schemas.ToolDecision) map[string]schemas.ToolDecision {
+	out := make(map[string]schemas.ToolDecision, len(decisions))
+	for id, d := range decisions {
+		if d.Action == schemas.ActionReject && d.Content != "" {
+			d.Action = schemas.ActionCustomResult
+		}
+		out[id] = d
+	}
+	return out
+}
