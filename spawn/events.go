@@ -208,7 +208,7 @@ type EventStream struct {
 	body io.ReadCloser
 	sse  *SSEReader
 
-	prevID uint64 // id of the last frame read (skipped ones included); 0: none known
+	prevID     uint64 // id of the last frame read (skipped ones included); 0: none known
 	mu         sync.Mutex
 	skipped    int
 	keepAlives int

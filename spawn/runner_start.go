@@ -38,12 +38,12 @@ type runState struct {
 	streamCancel context.CancelCauseFunc
 	streamTimer  *time.Timer
 
-	streamFrom   uint64      // the Last-Event-ID the open stream was asked from
-	quietTimer   *time.Timer // liveness probe of the open stream; nil when none
-	opened       bool        // a stream was opened in this follow: later opens are reconnects
-	jumps        int         // reconnects made for ids that jumped forward
-	cutMu        sync.Mutex  // guards cut, called from Control's goroutine
-	cut          context.CancelCauseFunc
+	streamFrom uint64      // the Last-Event-ID the open stream was asked from
+	quietTimer *time.Timer // liveness probe of the open stream; nil when none
+	opened     bool        // a stream was opened in this follow: later opens are reconnects
+	jumps      int         // reconnects made for ids that jumped forward
+	cutMu      sync.Mutex  // guards cut, called from Control's goroutine
+	cut        context.CancelCauseFunc
 
 	stdout     strings.Builder
 	turns      int
