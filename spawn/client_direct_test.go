@@ -16,8 +16,8 @@ import (
 	"github.com/jetpilot-dev/jetpilot/spawn/agentsim"
 )
 
-// The whole suite also runs with DirectEventStreams under
-// JETPILOT_TEST_DIRECT_SSE=1; this covers the direct path in every run.
+// The whole suite runs with DirectEventStreams (newTestClient); these tests
+// also check that the direct path is the one taken.
 func newDirectRunner(t *testing.T, simOpts agentsim.Options, opts RunnerOptions) (*agentsim.Server, *Runner) {
 	t.Helper()
 	srv, base := agentsim.NewTestServer(t, simOpts)

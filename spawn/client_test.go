@@ -22,9 +22,10 @@ import (
 
 func newTestClient(t *testing.T, base, token string) *Client {
 	t.Helper()
-	// JETPILOT_TEST_DIRECT_SSE=1 runs the suite with DirectEventStreams.
+	// The transport the worker ships with: event streams on connections of
+	// their own (JETPILOT_TEST_NETHTTP_SSE=1 runs the suite through net/http).
 	c, err := NewClient(ClientOptions{BaseURL: base + "/", Token: token,
-		DirectEventStreams: os.Getenv("JETPILOT_TEST_DIRECT_SSE") == "1"})
+		DirectEventStreams: os.Getenv("JETPILOT_TEST_NETHTTP_SSE") != "1"})
 	require.NoError(t, err)
 	return c
 }

@@ -205,6 +205,9 @@ func (st *runState) handle(ctx context.Context, ev Event) (res schemas.Result, d
 	if ev.Gap != nil {
 		return st.onGap(ctx, ev.Gap)
 	}
+	if ev.ID <= st.lastID && st.ended {
+		return res, false, nil // a replay of a run known to be over
+	}
 	if ev.ID <= st.lastID {
 		// The server replays only ids after the one asked for: an older id
 		// means its ids started again at 1, which a restart does. The
@@ -378,6 +381,9 @@ func (st *runState) decide(ctx context.Context, decisions map[string]schemas.Too
 	})
 	switch {
 	case err == nil:
+	case IsAPIError(err, CodeIdempotencyKeyReused):
+		// The server stored an answer under this batch's key, so an earlier
+		// copy of this request was applied (only successes are stored).
 	case ctx.Err() != nil || IsTransient(err):
 		return fmt.Errorf("decide tool calls: %w", err)
 	default:

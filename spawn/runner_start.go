@@ -178,6 +178,7 @@ func (st *runState) startRun(ctx context.Context) (schemas.Result, error) {
 		return res, err
 	}
 	st.setRun(runID)
+	st.armProbe()
 	st.reportCursor(true)
 	return st.follow(ctx)
 }
@@ -332,10 +333,15 @@ func (st *runState) openStream(ctx context.Context, idle time.Duration) error {
 	st.cutMu.Lock()
 	st.cut = cancel
 	st.cutMu.Unlock()
-	if st.runID != "" && !st.ended {
-		st.quietTimer = st.probeWhenQuiet(connCtx, cancel)
-	}
+	st.armProbe()
 	return nil
+}
+
+// armProbe starts the open stream's liveness probe once the run id is known.
+func (st *runState) armProbe() {
+	if st.stream != nil && st.quietTimer == nil && st.runID != "" && !st.ended {
+		st.quietTimer = st.probeWhenQuiet(st.streamCtx, st.streamCancel)
+	}
 }
 
 var (

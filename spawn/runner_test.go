@@ -4,7 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
+	"maps"
 	"net/http"
 	"strings"
 	"sync"
@@ -231,8 +233,12 @@ func TestRunToolPolicyRejects(t *testing.T) {
 		byAction[d.Action+":"+d.Content] = d
 	}
 	assert.Len(t, decisions[0], 3)
-	assert.Contains(t, byAction, "reject:Blocked by profile allowed_tools (tool: delete_all)")
-	assert.Len(t, requestsTo(srv, http.MethodPost, "/tools/decisions"), 1)
+	// The server ignores a reject's content: the reason goes as the tool's
+	// result, so the model learns why; it is still counted as rejected.
+	assert.Contains(t, byAction, "custom_result:Blocked by profile allowed_tools (tool: delete_all)")
+	reqs := requestsTo(srv, http.MethodPost, "/tools/decisions")
+	require.Len(t, reqs, 1)
+	assert.True(t, strings.HasPrefix(reqs[0].Header.Get("Idempotency-Key"), "jetpilot-tools-decide-"), reqs[0].Header.Get("Idempotency-Key"))
 }
 
 func TestRunPauseThenResume(t *testing.T) {
@@ -256,21 +262,26 @@ func TestRunPauseThenResume(t *testing.T) {
 	pending := res.PauseReason.PendingToolCalls[0]
 	assert.Equal(t, "stakpak__run_command", pending.Name)
 	assert.JSONEq(t, `{"cmd":"rm -rf /tmp/x"}`, string(pending.Arguments))
-	assert.Equal(t, schemas.ToolCallCounts{Accepted: 1}, res.ToolCalls)
+	assert.Equal(t, schemas.ToolCallCounts{}, res.ToolCalls, "nothing is sent before the human answers")
+	assert.Equal(t, map[string]schemas.ToolDecision{"call_1": {Action: schemas.ActionAccept}}, res.Held,
+		"the policy's verdict on the allowed call is held for the human's answer")
 	assert.Contains(t, res.Stdout, "before tools.")
+	assert.Empty(t, requestsTo(srv, http.MethodPost, "/tools/decisions"))
 	cur := rec.lastCursor()
 	require.Equal(t, res.RunID, cur.RunID)
 	require.Positive(t, cur.LastEventID)
 	assert.Equal(t, 1, srv.ActiveRuns(), "the run waits for the human")
 
-	// A human decides, then the worker resumes from the cursor.
-	require.NoError(t, r.Decide(t.Context(), Cursor{SessionID: cur.SessionID},
-		map[string]schemas.ToolDecision{pending.ID: {Action: schemas.ActionAccept}}))
+	// A human decides; the worker resumes from the cursor with the held
+	// verdicts and the human's answer, sent in one request.
+	decisions := maps.Clone(res.Held)
+	decisions[pending.ID] = schemas.ToolDecision{Action: schemas.ActionAccept}
 	rec2 := newRecorder()
-	res2, err := r.Run(t.Context(), rec2.attach(Spec{Job: job, Resume: &cur, Attempt: 1}))
+	res2, err := r.Run(t.Context(), rec2.attach(Spec{Job: job, Resume: &cur, Attempt: 1, Decisions: decisions}))
 	require.NoError(t, err)
 	assert.Equal(t, schemas.StatusCompleted, res2.Status)
 	assert.Equal(t, res.RunID, res2.RunID)
+	assert.Equal(t, schemas.ToolCallCounts{Accepted: 2}, res2.ToolCalls)
 	assert.Contains(t, res2.Stdout, "after tools.")
 	assert.Contains(t, res2.Stdout, "before tools.", "a final result carries the run's whole text")
 	rec2.mu.Lock()
@@ -278,19 +289,18 @@ func TestRunPauseThenResume(t *testing.T) {
 	assert.Greater(t, rec2.events[0].ID, cur.LastEventID, "only events after the cursor")
 	rec2.mu.Unlock()
 	assert.Equal(t, 1, srv.RunsStarted())
-	decisions := srv.Decisions(res.SessionID)
-	require.Len(t, decisions, 1, "one run")
-	assert.Len(t, decisions[0], 2, "the policy's call and the human's")
-	assert.Len(t, requestsTo(srv, http.MethodPost, "/tools/decisions"), 2)
+	got := srv.Decisions(res.SessionID)
+	require.Len(t, got, 1, "one run")
+	assert.Len(t, got[0], 2, "the policy's call and the human's")
+	require.Len(t, requestsTo(srv, http.MethodPost, "/tools/decisions"), 1, "one request for the whole proposal")
+	final := rec2.lastCursor()
+	assert.ElementsMatch(t, []string{"call_1", pending.ID}, final.Decided)
 
-	// The run is over: deciding again says so, not transient.
-	err = r.Decide(t.Context(), cur, map[string]schemas.ToolDecision{pending.ID: {Action: schemas.ActionAccept}})
-	var ae *APIError
-	require.ErrorAs(t, err, &ae)
-	assert.Equal(t, http.StatusConflict, ae.StatusCode)
-	assert.False(t, IsTransient(err))
-	err = r.Decide(t.Context(), Cursor{SessionID: cur.SessionID}, map[string]schemas.ToolDecision{pending.ID: {Action: schemas.ActionAccept}})
-	assert.True(t, IsAPIError(err, CodeSessionNotRunning), "%v", err)
+	// A take-over from the same cursor never decides the calls again.
+	res3, err := r.Run(t.Context(), Spec{Job: job, Resume: &final, Attempt: 2, Decisions: decisions})
+	require.NoError(t, err)
+	assert.Equal(t, schemas.StatusCompleted, res3.Status)
+	assert.Len(t, requestsTo(srv, http.MethodPost, "/tools/decisions"), 1)
 }
 
 func TestRunPauseWithoutJobListAsksEverything(t *testing.T) {
@@ -316,30 +326,45 @@ func TestRunError(t *testing.T) {
 
 func TestRunPermanentRejectionIsAFailedResult(t *testing.T) {
 	srv, _, r := newSimRunner(t, agentsim.Options{}, testRunnerOptions())
-	res, err := r.Run(t.Context(), Spec{Job: schemas.Job{ID: "bad-model", Prompt: "x", Model: "unknown-model"}})
+	items := make([]schemas.ContextItem, 33)
+	for i := range items {
+		items[i] = schemas.ContextItem{Name: fmt.Sprintf("c%d", i), Content: "x"}
+	}
+	res, err := r.Run(t.Context(), Spec{Job: schemas.Job{ID: "bad-context", Prompt: "x", CallerContext: items}})
 	require.NoError(t, err)
 	assert.Equal(t, schemas.StatusFailed, res.Status)
 	require.NotNil(t, res.Error)
-	assert.Equal(t, "invalid_model", res.Error.Code)
+	assert.Equal(t, "invalid_context", res.Error.Code)
 	assert.NotEmpty(t, res.SessionID)
 	assert.Zero(t, srv.RunsStarted())
+}
+
+// The real server takes any model name and fails the run only after its
+// inference retries (AGENT_SERVER_API.md r2).
+func TestRunUnknownModelFailsAfterRetries(t *testing.T) {
+	srv, _, r := newSimRunner(t, agentsim.Options{}, testRunnerOptions())
+	res, err := r.Run(t.Context(), Spec{Job: schemas.Job{ID: "bad-model", Prompt: "x", Model: "no-such/model"}})
+	require.NoError(t, err)
+	assert.Equal(t, schemas.StatusFailed, res.Status)
+	require.NotNil(t, res.Error)
+	assert.Equal(t, "run_error", res.Error.Code)
+	assert.Equal(t, 1, srv.RunsStarted())
 }
 
 func TestRunCancelled(t *testing.T) {
 	srv, _, r := newSimRunner(t, agentsim.Options{}, testRunnerOptions())
 	rec := newRecorder()
-	done := make(chan error, 1)
+	ctl := NewControl()
 	go func() {
 		select {
-		case cur := <-rec.runID:
-			done <- r.CancelRun(t.Context(), cur)
+		case <-rec.runID:
+			ctl.Cancel()
 		case <-time.After(10 * time.Second):
-			done <- errors.New("no run id reported")
 		}
 	}()
-	res, err := r.Run(t.Context(), rec.attach(Spec{Job: schemas.Job{ID: "cancel", Prompt: "#sim text waiting\n#sim hang"}}))
+	res, err := r.Run(t.Context(), rec.attach(Spec{Job: schemas.Job{ID: "cancel", Prompt: "#sim text waiting\n#sim hang"}, Control: ctl}))
 	require.NoError(t, err)
-	require.NoError(t, <-done)
+	assert.Empty(t, res.Warnings, "the server confirmed the end")
 	assert.Equal(t, schemas.StatusCancelled, res.Status)
 	assert.Equal(t, "cancelled", res.StopReason)
 	require.NotNil(t, res.ExitCode)

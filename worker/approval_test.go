@@ -78,7 +78,7 @@ func TestApprovalCycleResumesOnAnotherWorker(t *testing.T) {
 	require.Equal(t, schemas.StatusPaused, paused.Status)
 	assert.Equal(t, "pauser", paused.Worker)
 	assert.Equal(t, "Checking.", paused.Stdout)
-	assert.Equal(t, 1, paused.ToolCalls.Accepted, "view was in the job's list: accepted at once")
+	assert.Zero(t, paused.ToolCalls.Accepted, "view is in the job's list, but its acceptance is held for the human's answer")
 	req := h.approval("hitl-1")
 	require.Len(t, req.PendingToolCalls, 1)
 	assert.Equal(t, "stakpak__run_command", req.PendingToolCalls[0].Name)
@@ -104,6 +104,7 @@ func TestApprovalCycleResumesOnAnotherWorker(t *testing.T) {
 	for _, d := range decisions[0] {
 		assert.Equal(t, "accept", d.Action)
 	}
+	assert.Equal(t, 1, countRequests(h, "/tools/decisions"), "the policy's verdict and the human's went in one request")
 	// Each phase's result has its own message id: the paused one and the final one.
 	assert.Len(t, h.results("hitl-1"), 2)
 }
@@ -193,7 +194,7 @@ func TestRacingDecisionsExactlyOneWins(t *testing.T) {
 	require.Len(t, decisions, 1)
 	human := decisions[0][req.PendingToolCalls[0].ID].Action
 	if errs[0].ApprovalID == req.ApprovalID && res.ToolCalls.Rejected == 1 {
-		assert.Equal(t, "reject", human)
+		assert.Equal(t, "custom_result", human, "a deny reaches the model with its reason")
 	} else {
 		assert.Equal(t, "accept", human)
 	}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -35,12 +36,23 @@ type harness struct {
 	simURL string
 	client *queue.Client
 	n      atomic.Int32
+
+	// runner configures the spawn runner of workers started later; tokenFile,
+	// when set, is the agent client's token file.
+	runner    spawn.RunnerOptions
+	tokenFile string
 }
 
 func newHarness(t *testing.T, qcfg queue.Config) *harness {
 	t.Helper()
+	return newHarnessWith(t, qcfg, agentsim.Options{})
+}
+
+// newHarnessWith is newHarness with simulator options.
+func newHarnessWith(t *testing.T, qcfg queue.Config, simOpts agentsim.Options) *harness {
+	t.Helper()
 	_, _, js := testnats.Start(t)
-	sim, url := agentsim.NewTestServer(t, agentsim.Options{})
+	sim, url := agentsim.NewTestServer(t, simOpts)
 	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
 	defer cancel()
 	require.NoError(t, queue.Setup(ctx, js, qcfg))
@@ -49,6 +61,7 @@ func newHarness(t *testing.T, qcfg queue.Config) *harness {
 
 // runningWorker is a worker started by the harness.
 type runningWorker struct {
+	w    *worker.Worker
 	name string
 	stop context.CancelFunc
 	done chan struct{} // closed when Run returns
@@ -86,13 +99,16 @@ func (h *harness) startWorker(opts worker.Options) *runningWorker {
 	if opts.Logger == nil {
 		opts.Logger = testLogger(h.t)
 	}
-	client, err := spawn.NewClient(spawn.ClientOptions{BaseURL: h.simURL})
+	// The event-stream transport the worker ships with.
+	client, err := spawn.NewClient(spawn.ClientOptions{BaseURL: h.simURL, TokenFile: h.tokenFile, DirectEventStreams: true})
 	require.NoError(h.t, err)
-	runner := spawn.NewRunner(client, spawn.RunnerOptions{Worker: opts.Name, Logger: opts.Logger})
+	ropts := h.runner
+	ropts.Worker, ropts.Logger = opts.Name, opts.Logger
+	runner := spawn.NewRunner(client, ropts)
 	ctx, cancel := context.WithCancel(context.Background())
 	w, err := worker.New(ctx, h.js, h.qcfg, runner, opts)
 	require.NoError(h.t, err)
-	rw := &runningWorker{name: opts.Name, stop: cancel, done: make(chan struct{})}
+	rw := &runningWorker{w: w, name: opts.Name, stop: cancel, done: make(chan struct{})}
 	go func() {
 		defer close(rw.done)
 		rw.err = w.Run(ctx)
@@ -205,6 +221,17 @@ type testWriter struct{ t *testing.T }
 func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Log(string(p))
 	return len(p), nil
+}
+
+// countRequests counts the simulator's requests whose path ends with suffix.
+func countRequests(h *harness, suffix string) int {
+	n := 0
+	for _, r := range h.sim.Requests() {
+		if strings.HasSuffix(r.Path, suffix) {
+			n++
+		}
+	}
+	return n
 }
 
 func job(id, prompt string) schemas.Job {

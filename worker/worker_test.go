@@ -214,34 +214,36 @@ func TestTransientFailuresAreRetriedThenComplete(t *testing.T) {
 	assert.Empty(t, h.dead("flaky-1"))
 }
 
-func TestRetriesExhaustedDeadLetters(t *testing.T) {
+// A job whose run cannot start is retried for the start budget, counted
+// from its first failed start, then failed and dead-lettered.
+func TestStartBudgetSpentDeadLetters(t *testing.T) {
 	h := newHarness(t, queue.Config{})
 	h.sim.InjectFault(agentsim.Fault{Route: "create_session", Kind: "503", Count: 1000})
-	h.startWorker(worker.Options{MaxDeliver: 3})
+	h.startWorker(worker.Options{StartBudget: time.Second, MaxDeliver: 2})
 	h.submit(job("doomed-1", "#sim text never"))
 	res := h.final("doomed-1")
 	assert.Equal(t, schemas.StatusFailed, res.Status)
-	assert.Equal(t, 3, res.Attempt)
+	assert.Greater(t, res.Attempt, 2, "an outage does not count against --max-deliver")
 	require.NotNil(t, res.Error)
-	assert.Equal(t, "retries_exhausted", res.Error.Code)
+	assert.Equal(t, "agent_unavailable", res.Error.Code)
 	assert.True(t, res.DeadLettered)
 	dead := h.dead("doomed-1")
 	require.Len(t, dead, 1)
-	assert.Equal(t, "retries_exhausted", dead[0].Reason)
+	assert.Equal(t, "agent_unavailable", dead[0].Reason)
 	assert.Zero(t, h.sim.RunsStarted())
 }
 
 func TestPermanentAgentErrorFailsWithoutRetry(t *testing.T) {
 	h := newHarness(t, queue.Config{})
 	h.startWorker(worker.Options{})
-	j := job("badmodel-1", "#sim text hi")
-	j.Model = "unknown-model-x"
+	// The simulator answers 400 invalid_request to a directive it does not know.
+	j := job("bad-request-1", "#sim no-such-directive")
 	h.submit(j)
 	res := h.final(j.ID)
 	assert.Equal(t, schemas.StatusFailed, res.Status)
 	assert.Equal(t, 1, res.Attempt)
 	require.NotNil(t, res.Error)
-	assert.Equal(t, "invalid_model", res.Error.Code)
+	assert.Equal(t, "invalid_request", res.Error.Code)
 }
 
 func TestToolPolicyIsCappedByWorker(t *testing.T) {
