@@ -4,57 +4,26 @@ import (
 	"net/http"
 )
 
-// apiFunc is a JSON endpoint: it gets the request and its body and returns
-// the status and the value to encode (an errorBody for errors).
-type apiFunc func(r *http.Request, body []byte) (int, any)
+// rawJSON is an already encoded JSON answer (an idempotent replay).
+type rawJSON []byte
 
-// fail turns e into an apiFunc answer.
+// fail turns e into a handler answer.
 func fail(e *apiError) (int, any) { return e.status, e.body() }
 
-// jsonRoute adapts h to an http.HandlerFunc. Mutating routes honour the
-// Idempotency-Key header: the first answer to a key (and path) is replayed
-// for the same body, and a different body is a 409.
-func (s *Server) jsonRoute(mutating bool, h apiFunc) http.HandlerFunc {
-	return func(w http.ResponseWriter, r *http.Request) {
-		s.serveAPI(w, r, mutating, h)
-	}
-}
+// rejected turns a framework rejection into a handler answer.
+func rejected(e *plainError) (int, any) { return e.status, e }
 
-func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request, mutating bool, h apiFunc) {
-	body := requestBody(r)
-	key := r.Header.Get("Idempotency-Key")
-	if !mutating || key == "" {
-		status, v := h(r, body)
-		s.respond(w, status, v)
-		return
-	}
-	outcome, e, err := s.idem.begin(r.Context(), key, r.URL.Path, body)
-	if err != nil {
-		// The client went away while an identical request was in flight.
-		writeError(w, errf(http.StatusServiceUnavailable, codeUnavailable, "request cancelled while waiting for the first use of its Idempotency-Key"))
-		return
-	}
-	switch outcome {
-	case idemConflict:
-		writeError(w, errf(http.StatusConflict, codeIdempotencyKeyReused,
-			"Idempotency-Key was already used with a different request body"))
-		return
-	case idemReplay:
-		w.Header().Set("Idempotent-Replayed", "true")
-		writeJSON(w, e.status, e.body)
-		return
-	}
-	status, v := h(r, body)
-	b, err := marshal(v)
-	if err != nil {
-		status, b = http.StatusInternalServerError, mustErrorJSON(codeInternal, "encode response")
-	}
-	s.idem.finish(key, r.URL.Path, e, status, b)
-	writeJSON(w, status, b)
-}
-
-// respond encodes v and writes it with status.
+// respond writes a handler answer: a framework rejection as plain text,
+// anything else as JSON.
 func (s *Server) respond(w http.ResponseWriter, status int, v any) {
+	switch x := v.(type) {
+	case *plainError:
+		writePlain(w, x)
+		return
+	case rawJSON:
+		writeJSON(w, status, x)
+		return
+	}
 	b, err := marshal(v)
 	if err != nil {
 		s.log.Warn("agentsim: encode response", "err", err)
@@ -63,22 +32,77 @@ func (s *Server) respond(w http.ResponseWriter, status int, v any) {
 	writeJSON(w, status, b)
 }
 
+// api adapts a handler returning (status, value) to an http.HandlerFunc.
+func (s *Server) api(h func(*http.Request) (int, any)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		status, v := h(r)
+		s.respond(w, status, v)
+	}
+}
+
 func mustErrorJSON(code, msg string) []byte {
 	b, _ := marshal(errorBody{Error: msg, Code: code, RequestID: newRequestID()})
 	return b
 }
 
-// sendRoute is the send-message route: before idempotency it serves the
+// idem is one request's Idempotency-Key state: k is nil without a key.
+type idem struct {
+	s     *Server
+	k     *idemKey
+	canon []byte
+	store *idemStore // the store of the server life that saw the request
+}
+
+// idemLookup looks the request's Idempotency-Key up (method + canonical
+// path + key) with its canonical body. done is true when the answer is
+// already decided: a replay of the stored answer, or 409
+// idempotency_key_reused.
+func (s *Server) idemLookup(r *http.Request, path string, canon []byte) (im idem, done bool, status int, v any) {
+	s.mu.Lock()
+	store := s.idem
+	s.mu.Unlock()
+	im = idem{s: s, canon: canon, store: store}
+	key := r.Header.Get("Idempotency-Key")
+	if key == "" {
+		return im, false, 0, nil
+	}
+	k := idemKey{method: r.Method, path: path, key: key}
+	im.k = &k
+	out, e := store.lookup(k, canon)
+	if out == idemProceed && s.afterIdemLookup != nil {
+		s.afterIdemLookup(path)
+	}
+	switch out {
+	case idemConflict:
+		st, body := fail(errf(http.StatusConflict, codeIdempotencyKeyReused, "Idempotency key was reused with different payload"))
+		return im, true, st, body
+	case idemReplay:
+		return im, true, e.status, rawJSON(e.body)
+	}
+	return im, false, 0, nil
+}
+
+// ok answers a successful request and stores the answer under its key.
+func (im idem) ok(status int, v any) (int, any) {
+	b, err := marshal(v)
+	if err != nil {
+		return fail(errf(http.StatusInternalServerError, codeInternal, "encode response"))
+	}
+	if im.k != nil {
+		im.store.save(*im.k, im.canon, status, b)
+	}
+	return status, rawJSON(b)
+}
+
+// sendRoute is the send-message route: before anything else it serves the
 // failures a "#sim fail-send" directive asks for, which model a flaky proxy
 // in front of the server (so they are never remembered under a key).
-func (s *Server) sendRoute() http.HandlerFunc {
-	return func(w http.ResponseWriter, r *http.Request) {
-		if kind := s.takeSendFailure(requestBody(r)); kind != "" {
-			s.failWith(w, kind)
-			return
-		}
-		s.serveAPI(w, r, true, s.handleSendMessage)
+func (s *Server) sendRoute(w http.ResponseWriter, r *http.Request) {
+	if kind := s.takeSendFailure(requestBody(r)); kind != "" {
+		s.failWith(w, kind)
+		return
 	}
+	s.api(s.handleSendMessage)(w, r)
 }
 
 // takeSendFailure returns the failure kind when body is a send-message

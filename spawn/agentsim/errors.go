@@ -11,22 +11,23 @@ import (
 
 // Error codes of AGENT_SERVER_API.md.
 const (
-	codeNotFound                    = "not_found"
-	codeInvalidRequest              = "invalid_request"
-	codeInvalidMessageRole          = "invalid_message_role"
-	codeInvalidContext              = "invalid_context"
-	codeInvalidOverrides            = "invalid_overrides"
-	codeInvalidModel                = "invalid_model"
-	codeUnauthorized                = "unauthorized"
-	codeRateLimited                 = "rate_limited"
-	codeInternal                    = "internal_error"
-	codeUnavailable                 = "service_unavailable"
-	codeSessionAlreadyRunning       = "session_already_running"
-	codeSessionNotRunning           = "session_not_running"
-	codeRunMismatch                 = "run_mismatch"
-	codeIdempotencyKeyReused        = "idempotency_key_reused"
-	requestIDPrefix                 = "req_"
-	maxRequestBody            int64 = 8 << 20
+	codeNotFound              = "not_found"
+	codeInvalidRequest        = "invalid_request"
+	codeInvalidMessageRole    = "invalid_message_role"
+	codeInvalidContext        = "invalid_context"
+	codeInvalidOverrides      = "invalid_overrides"
+	codeUnauthorized          = "unauthorized"
+	codeRateLimited           = "rate_limited"
+	codeInternal              = "internal_error"
+	codeUnavailable           = "service_unavailable"
+	codeSessionAlreadyRunning = "session_already_running"
+	codeSessionNotRunning     = "session_not_running"
+	codeRunMismatch           = "run_mismatch"
+	codeIdempotencyKeyReused  = "idempotency_key_reused"
+	requestIDPrefix           = "req_"
+	// maxRequestBody is axum's default body limit, which the real server
+	// keeps: bigger JSON bodies answer 413.
+	maxRequestBody int64 = 2 << 20
 )
 
 // apiError is a handler error: the status and the body's code and message.
@@ -87,4 +88,24 @@ func writeError(w http.ResponseWriter, e *apiError) {
 		b = []byte(`{"error":"internal error","code":"internal_error"}`)
 	}
 	writeJSON(w, e.status, b)
+}
+
+// plainError is a framework (axum) rejection: a status and a plain-text
+// body, not the JSON error body of handlers.
+type plainError struct {
+	status int
+	msg    string
+}
+
+func (e *plainError) Error() string { return e.msg }
+
+func plainf(status int, format string, args ...any) *plainError {
+	return &plainError{status: status, msg: fmt.Sprintf(format, args...)}
+}
+
+// writePlain writes a framework rejection.
+func writePlain(w http.ResponseWriter, e *plainError) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.WriteHeader(e.status)
+	_, _ = w.Write([]byte(e.msg))
 }

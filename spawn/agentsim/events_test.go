@@ -114,14 +114,14 @@ func TestGapDetected(t *testing.T) {
 	// A Last-Event-ID still in the ring replays without a gap.
 	waitIdle(t, s)
 	s.mu.Lock()
-	last := s.sessions[sid].lastID
+	last := s.logs[sid].lastID
 	s.mu.Unlock()
 	r := c.subscribe(sid, int(last)-1).next()
 	require.Equal(t, strconv.Itoa(int(last)), r.ID)
 	require.Equal(t, "run_completed", r.Event)
 }
 
-func TestKeepAlive(t *testing.T) {
+func TestKeepAliveOnIdleStream(t *testing.T) {
 	_, base := NewTestServer(t, Options{KeepAlive: 20 * time.Millisecond})
 	c := newClient(t, base, "")
 	st := c.subscribe(c.createSession(), -1)
@@ -142,7 +142,7 @@ func TestWireFormatVariants(t *testing.T) {
 	c := newClient(t, base, "")
 	sid := c.createSession()
 	text := "héllo wörld ✓ ünïcode — ok\nsecond line"
-	c.send(sid, "#sim text "+strings.ReplaceAll(text, "\n", `\n`))
+	c.send(sid, "#sim text-stream "+strings.ReplaceAll(text, "\n", `\n`))
 	waitIdle(t, s)
 
 	// Raw bytes: the variations are really on the wire.

@@ -17,6 +17,7 @@ const (
 	RouteMessages      = "messages"
 	RouteHealth        = "health"
 	RouteOpenAPI       = "openapi"
+	RouteModels        = "models"
 	RouteAny           = "*"
 )
 

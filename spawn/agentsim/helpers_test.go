@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/stretchr/testify/require"
 )
 
@@ -115,9 +116,111 @@ func requireError(t testing.TB, status int, b []byte, wantStatus int, wantCode s
 	require.NoError(t, json.Unmarshal(b, &e), string(b))
 	require.Equal(t, wantCode, e.Code, string(b))
 	require.NotEmpty(t, e.Error)
-	if wantCode != codeUnauthorized {
-		require.True(t, strings.HasPrefix(e.RequestID, "req_"), "request_id %q", e.RequestID)
+	if wantCode == codeUnauthorized {
+		require.JSONEq(t, `{"error":"Unauthorized","code":"unauthorized"}`, string(b))
+		return
 	}
+	require.True(t, strings.HasPrefix(e.RequestID, "req_"), "request_id %q", e.RequestID)
+}
+
+// requirePlain checks a framework rejection: the status and a body that is
+// plain text, not a JSON error.
+func requirePlain(t testing.TB, status int, b []byte, h http.Header, wantStatus int) {
+	t.Helper()
+	require.Equal(t, wantStatus, status, string(b))
+	require.False(t, json.Valid(b) && len(b) > 0, "a framework error is plain text, got %s", b)
+	if len(b) > 0 {
+		require.True(t, strings.HasPrefix(h.Get("Content-Type"), "text/plain"), h.Get("Content-Type"))
+	}
+}
+
+// newID is a random UUID, for ids that must parse but match nothing.
+func newID() string { return uuid.NewString() }
+
+// sendBody posts a send-message body and returns the status and body.
+func (c *client) sendBody(sid string, body any) (int, []byte) {
+	c.t.Helper()
+	st, b, _ := c.do("POST", "/v1/sessions/"+sid+"/messages", body, nil)
+	return st, b
+}
+
+// steer sends a steering (or follow_up) message to the run.
+func (c *client) steer(sid, runID, kind, text string) (int, []byte) {
+	c.t.Helper()
+	return c.sendBody(sid, map[string]any{"message": map[string]any{"role": "user", "content": text}, "type": kind, "run_id": runID})
+}
+
+// decide posts decisions for the run and requires the 200.
+func (c *client) decide(sid, runID string, decisions map[string]any) {
+	c.t.Helper()
+	st, b, _ := c.do("POST", "/v1/sessions/"+sid+"/tools/decisions", map[string]any{"run_id": runID, "decisions": decisions}, nil)
+	require.Equal(c.t, http.StatusOK, st, string(b))
+	require.JSONEq(c.t, `{"accepted":true,"run_id":"`+runID+`"}`, string(b))
+}
+
+// cancelRun posts a cancel for the run and requires the 200.
+func (c *client) cancelRun(sid, runID string) {
+	c.t.Helper()
+	st, b, _ := c.do("POST", "/v1/sessions/"+sid+"/cancel", map[string]any{"run_id": runID}, nil)
+	require.Equal(c.t, http.StatusOK, st, string(b))
+}
+
+// waitPhase waits until the session's run is blocked in phase
+// (inference, backoff, executing, decisions, hang).
+func waitPhase(t testing.TB, s *Server, sid, phase string) {
+	t.Helper()
+	require.Eventually(t, func() bool {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		sess := s.sessions[sid]
+		return sess != nil && sess.run != nil && sess.run.phase == phase
+	}, waitFor, time.Millisecond, "phase %s", phase)
+}
+
+// waitWaiting waits until the session's run waits for a command in its
+// tool cycle.
+func waitWaiting(t testing.TB, s *Server, sid string) { t.Helper(); waitPhase(t, s, sid, "decisions") }
+
+// waitState waits until the session's run_status state is want.
+func waitState(t testing.TB, s *Server, sid, want string) {
+	t.Helper()
+	require.Eventually(t, func() bool { return s.RunState(sid) == want }, waitFor, time.Millisecond, "state %s", want)
+}
+
+// quiet requires that no event frame arrives on st within d (keep-alive
+// comments are allowed). It is a bounded observation, not a
+// synchronisation: the run is known to be blocked.
+func (st *stream) quiet(d time.Duration) {
+	st.t.Helper()
+	deadline := time.After(d)
+	for {
+		select {
+		case f := <-st.frames:
+			if f.Comment == "" {
+				require.FailNow(st.t, "an event arrived", "%+v", f)
+			}
+		case <-deadline:
+			return
+		}
+	}
+}
+
+// payload returns the frame's variant payload.
+func (f frame) payload(t testing.TB) map[string]any {
+	t.Helper()
+	_, _, _, p := f.env(t)
+	return p
+}
+
+// find returns the frames named name.
+func find(frames []frame, name string) []frame {
+	var out []frame
+	for _, f := range frames {
+		if f.Event == name {
+			out = append(out, f)
+		}
+	}
+	return out
 }
 
 // runState returns the session's run_status state and run id.
@@ -333,4 +436,19 @@ func textOf(t testing.TB, frames []frame) string {
 		b.WriteString(p["delta"].(string))
 	}
 	return b.String()
+}
+
+// requireKeepAlives requires n keep-alive comments and no event on st.
+func requireKeepAlives(t testing.TB, st *stream, n int) {
+	t.Helper()
+	deadline := time.After(waitFor)
+	for got := 0; got < n; {
+		select {
+		case f := <-st.frames:
+			require.NotEmpty(t, f.Comment, "only keep-alives expected: %+v", f)
+			got++
+		case <-deadline:
+			require.FailNow(t, "too few keep-alives")
+		}
+	}
 }

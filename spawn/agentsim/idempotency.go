@@ -1,15 +1,16 @@
 package agentsim
 
 import (
-	"context"
 	"crypto/sha256"
 	"sync"
 	"time"
 )
 
-// idemStore remembers the first answer to each (Idempotency-Key, path) so a
-// retried request replays it instead of acting twice. Like the real server it
-// is in memory only, and keys expire after a TTL.
+// idemStore remembers successful answers under (method, canonical path,
+// Idempotency-Key), as the real server does: in memory only (a restart
+// forgets them), for a TTL, and only answers that succeeded (2xx). There
+// is no in-flight reservation: two identical requests sent together both
+// run, and only a later one replays.
 type idemStore struct {
 	ttl time.Duration
 	now func() time.Time
@@ -17,9 +18,8 @@ type idemStore struct {
 	mu      sync.Mutex
 	entries map[idemKey]*idemEntry
 	// order holds every entry put in entries, oldest first. expires is
-	// claim time + ttl, so this is also expiry order, and a sweep only looks
-	// at the expired front: O(1) amortised per request instead of a scan
-	// of every key.
+	// save time + ttl, so this is also expiry order, and a sweep only looks
+	// at the expired front: O(1) amortised per request.
 	order []idemRef
 	head  int // order[:head] are swept
 }
@@ -29,13 +29,11 @@ type idemRef struct {
 	e *idemEntry
 }
 
-type idemKey struct{ key, path string }
+type idemKey struct{ method, path, key string }
 
 type idemEntry struct {
 	bodyHash [32]byte
 	expires  time.Time
-	done     chan struct{} // closed when the first request has answered
-	stored   bool          // status/body valid (set before done closes)
 	status   int
 	body     []byte
 }
@@ -44,102 +42,56 @@ func newIdemStore(ttl time.Duration) *idemStore {
 	return &idemStore{ttl: ttl, now: time.Now, entries: make(map[idemKey]*idemEntry)}
 }
 
-// idemOutcome is what begin decided.
+// idemOutcome is what lookup decided.
 type idemOutcome int
 
 const (
-	idemProceed  idemOutcome = iota // first use: run the handler, then finish
+	idemProceed  idemOutcome = iota // unknown key: run the handler
 	idemReplay                      // answer with entry.status / entry.body
 	idemConflict                    // same key, different body
 )
 
-// maxIdemWaits bounds how often begin re-checks a key whose first request
-// failed with an answer that is not remembered.
-const maxIdemWaits = 8
-
-// begin looks up key for path. When it returns idemProceed, the caller must
-// call finish with the entry. A concurrent request with the same key waits
-// for the first one to answer, then replays it.
-func (st *idemStore) begin(ctx context.Context, key, path string, body []byte) (idemOutcome, *idemEntry, error) {
-	h := sha256.Sum256(body)
-	k := idemKey{key: key, path: path}
-	for range maxIdemWaits {
-		st.mu.Lock()
-		now := st.now()
-		st.sweepLocked(now)
-		e := st.entries[k]
-		if e != nil && expiredLocked(e, now) {
-			// Expired but still queued behind an entry whose first request
-			// has not answered yet: expire it now.
-			delete(st.entries, k)
-			e = nil
-		}
-		if e == nil {
-			e = &idemEntry{bodyHash: h, expires: now.Add(st.ttl), done: make(chan struct{})}
-			st.entries[k] = e
-			st.order = append(st.order, idemRef{k, e})
-			st.mu.Unlock()
-			return idemProceed, e, nil
-		}
-		st.mu.Unlock()
-		if e.bodyHash != h {
-			return idemConflict, e, nil
-		}
-		select {
-		case <-e.done:
-		case <-ctx.Done():
-			return 0, nil, ctx.Err()
-		}
-		if e.stored {
-			return idemReplay, e, nil
-		}
-		// The first request's answer was not remembered (a 5xx or 429):
-		// this retry may act. Loop to claim the key.
-	}
-	return idemProceed, &idemEntry{done: make(chan struct{})}, nil
-}
-
-// finish records the answer of the request that claimed e. Answers a client
-// should retry (5xx, 429) are forgotten so the retry can act.
-func (st *idemStore) finish(key, path string, e *idemEntry, status int, body []byte) {
+// lookup finds k. canon is the request body as the server re-encodes it.
+func (st *idemStore) lookup(k idemKey, canon []byte) (idemOutcome, *idemEntry) {
 	st.mu.Lock()
 	defer st.mu.Unlock()
-	if status < 500 && status != 429 {
-		e.status, e.body, e.stored = status, body, true
-	} else if st.entries[idemKey{key, path}] == e {
-		delete(st.entries, idemKey{key, path})
-	}
-	close(e.done)
-}
-
-// expiredLocked reports whether e is past its TTL and its first request has
-// answered (an entry still in flight is never dropped).
-func expiredLocked(e *idemEntry, now time.Time) bool {
-	if !now.After(e.expires) {
-		return false
-	}
-	select {
-	case <-e.done:
-		return true
+	now := st.now()
+	st.sweepLocked(now)
+	e := st.entries[k]
+	switch {
+	case e == nil || now.After(e.expires):
+		return idemProceed, nil
+	case e.bodyHash != sha256.Sum256(canon):
+		return idemConflict, e
 	default:
-		return false
+		return idemReplay, e
 	}
 }
 
-// sweepLocked drops expired entries whose first request has answered. It
-// walks the time-ordered queue from the oldest entry and stops at the first
-// one not expired, or still waiting for its first answer (it is dropped by a
-// later sweep; begin checks the expiry of the key it looks up itself).
+// save stores a successful answer (the latest save of a key wins, as in
+// the real store).
+func (st *idemStore) save(k idemKey, canon []byte, status int, body []byte) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	now := st.now()
+	st.sweepLocked(now)
+	e := &idemEntry{bodyHash: sha256.Sum256(canon), expires: now.Add(st.ttl), status: status, body: body}
+	st.entries[k] = e
+	st.order = append(st.order, idemRef{k, e})
+}
+
+// sweepLocked drops expired entries, walking the time-ordered queue from
+// the oldest entry and stopping at the first one not expired.
 func (st *idemStore) sweepLocked(now time.Time) {
 	for st.head < len(st.order) {
 		ref := st.order[st.head]
 		if cur := st.entries[ref.k]; cur == ref.e {
-			if !expiredLocked(ref.e, now) {
+			if !now.After(ref.e.expires) {
 				break
 			}
 			delete(st.entries, ref.k)
 		}
-		// else: forgotten (a 5xx answer) or expired by begin and replaced.
+		// else: replaced by a later save of the same key.
 		st.order[st.head] = idemRef{}
 		st.head++
 	}

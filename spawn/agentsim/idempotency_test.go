@@ -1,58 +1,49 @@
 package agentsim
 
 import (
-	"context"
-	"fmt"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
 )
 
-func TestIdemStoreSweepsInExpiryOrder(t *testing.T) {
+func TestIdemStoreScopeAndExpiry(t *testing.T) {
+	t.Parallel()
 	now := time.Unix(1000, 0)
 	st := newIdemStore(time.Minute)
 	st.now = func() time.Time { return now }
-	ctx := context.Background()
+	k := idemKey{"POST", "/p", "k"}
 
-	claim := func(key string) *idemEntry {
-		out, e, err := st.begin(ctx, key, "/p", []byte(key))
-		require.NoError(t, err)
-		require.Equal(t, idemProceed, out, key)
-		return e
-	}
-	// a is still in flight when it expires; b..e answered.
-	a := claim("a")
-	for i := range 4 {
-		e := claim(fmt.Sprintf("k%d", i))
-		st.finish(fmt.Sprintf("k%d", i), "/p", e, 201, []byte("{}"))
-		now = now.Add(time.Second)
-	}
-	// A 5xx answer is forgotten at once.
-	f := claim("f")
-	st.finish("f", "/p", f, 503, nil)
-	require.Len(t, st.entries, 5)
-
-	now = now.Add(2 * time.Minute)
-	// a blocks the queue while in flight, but an expired key looked up
-	// directly is expired anyway.
-	k2 := claim("k2")
-	st.finish("k2", "/p", k2, 201, []byte("{}"))
-	require.Contains(t, st.entries, idemKey{"a", "/p"})
-	require.Contains(t, st.entries, idemKey{"k0", "/p"})
-	st.finish("a", "/p", a, 201, []byte("{}"))
-	g := claim("g")
-	require.Len(t, st.entries, 2) // k2 (claimed again) and g
-	require.Contains(t, st.entries, idemKey{"k2", "/p"})
-
-	// A key not yet expired replays.
-	st.finish("g", "/p", g, 201, []byte("{}"))
-	out, _, err := st.begin(ctx, "g", "/p", []byte("g"))
-	require.NoError(t, err)
+	out, _ := st.lookup(k, []byte(`{"a":1}`))
+	require.Equal(t, idemProceed, out)
+	st.save(k, []byte(`{"a":1}`), 201, []byte(`{"id":1}`))
+	out, e := st.lookup(k, []byte(`{"a":1}`))
 	require.Equal(t, idemReplay, out)
-	// Once everything expired, the queue is empty again.
-	now = now.Add(2 * time.Minute)
-	claim("h")
-	require.Len(t, st.entries, 1)
-	require.Len(t, st.order[st.head:], 1)
+	require.Equal(t, 201, e.status)
+	require.JSONEq(t, `{"id":1}`, string(e.body))
+	out, _ = st.lookup(k, []byte(`{"a":2}`))
+	require.Equal(t, idemConflict, out)
+	// Method, path and key all scope an entry.
+	for _, other := range []idemKey{{"PUT", "/p", "k"}, {"POST", "/q", "k"}, {"POST", "/p", "k2"}} {
+		out, _ = st.lookup(other, []byte(`{"a":2}`))
+		require.Equal(t, idemProceed, out, other)
+	}
+	// A later save of a key wins (two requests that both ran).
+	st.save(k, []byte(`{"a":1}`), 201, []byte(`{"id":2}`))
+	_, e = st.lookup(k, []byte(`{"a":1}`))
+	require.JSONEq(t, `{"id":2}`, string(e.body))
+
+	for i := range 3 {
+		now = now.Add(10 * time.Second)
+		st.save(idemKey{"POST", "/p", string(rune('a' + i))}, nil, 200, nil)
+	}
+	now = now.Add(45 * time.Second) // k and "a" expired; "b", "c" not
+	out, _ = st.lookup(k, []byte(`{"a":1}`))
+	require.Equal(t, idemProceed, out, "expired")
+	require.Len(t, st.entries, 2)
+	now = now.Add(time.Hour)
+	out, _ = st.lookup(k, nil)
+	require.Equal(t, idemProceed, out)
+	require.Empty(t, st.entries)
+	require.Empty(t, st.order[st.head:])
 }

@@ -27,7 +27,7 @@ type DecisionBody struct {
 }
 
 // Requests returns a copy of every request received, in arrival order.
-// Bodies are recorded up to the server's body limit (8 MiB).
+// Bodies are recorded up to the server's body limit (2 MB) and one byte more.
 func (s *Server) Requests() []RecordedRequest {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -68,7 +68,8 @@ func (s *Server) SessionCount() int {
 	return len(s.sessions)
 }
 
-// ActiveRuns returns how many runs have not ended yet.
+// ActiveRuns returns how many runs are starting or running (a run is
+// running until Options.EndDelay after its terminal event).
 func (s *Server) ActiveRuns() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -98,7 +99,26 @@ func (s *Server) Decisions(sessionID string) []map[string]DecisionBody {
 	return out
 }
 
-// Cancels returns how many cancel requests cancelled a run.
+// Steers returns how many steering messages were accepted (answered 200).
+func (s *Server) Steers() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.steers
+}
+
+// RunState returns the session's run_status state (idle, starting,
+// running or failed), or "" for an unknown session.
+func (s *Server) RunState(sessionID string) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	sess := s.sessions[sessionID]
+	if sess == nil {
+		return ""
+	}
+	return sess.jsonLocked().RunStatus.State
+}
+
+// Cancels returns how many cancel requests set a run's cancellation flag.
 func (s *Server) Cancels() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -4,7 +4,7 @@ import "net/http"
 
 // handleOpenAPI serves a small, valid OpenAPI 3.1 document naming the
 // routes the simulator implements.
-func (s *Server) handleOpenAPI(*http.Request, []byte) (int, any) {
+func (s *Server) handleOpenAPI(*http.Request) (int, any) {
 	op := func(summary string) map[string]any {
 		return map[string]any{
 			"summary":   summary,
@@ -21,6 +21,8 @@ func (s *Server) handleOpenAPI(*http.Request, []byte) (int, any) {
 		}},
 		"paths": map[string]any{
 			"/v1/health":                        map[string]any{"get": op("Health")},
+			"/v1/models":                        map[string]any{"get": op("Known models")},
+			"/v1/sessions/{id}/tools/resolve":   withParam(map[string]any{"post": op("Decide tool calls (alias)")}),
 			"/v1/openapi.json":                  map[string]any{"get": op("This document")},
 			"/v1/sessions":                      map[string]any{"post": op("Create a session")},
 			"/v1/sessions/{id}":                 withParam(map[string]any{"get": op("Get a session")}),

@@ -22,27 +22,29 @@ const (
 type script struct {
 	actions    []action
 	turns      int    // planned turns (number of actTurnStart)
-	stopReason string // run_completed stop_reason
+	stopReason string // run_completed stop_reason of a run that completes
 	usage      *[2]int64
-	ringSize   int // 0: keep the server's
-	dropAfter  int // -1: none
-	stallAfter int // -1: none
+	ringSize   int  // 0: keep the session's
+	dropAfter  int  // -1: none
+	stallAfter int  // -1: none
+	dieAtStart bool // "#sim die" before any content: the run never starts
 }
 
 type actionKind int
 
 const (
-	actTurnStart  actionKind = iota
-	actText                  // text
-	actBigText               // n
-	actBigFrame              // n
-	actTurnEnd               // reason
-	actTools                 // calls: tool_calls_proposed
-	actAwaitTools            // waiting_for_tool_approval, wait, execute
-	actSleep                 // d
-	actHang
-	actError // text, retryable
-	actRetry
+	actTurnStart  actionKind = iota // top of a turn, turn_started, the inference
+	actText                         // text: one text part, one text_delta
+	actTextStream                   // text: one text part as ~5-byte deltas
+	actBigText                      // n
+	actBigFrame                     // n
+	actTurnEnd                      // reason: the answer had no tool calls
+	actTools                        // calls: the answer's tool calls and the tool cycle
+	actSleep                        // d: inference time
+	actHang                         // an executing step only cancel (or Close) ends
+	actError                        // text, retryable: the inference fails
+	actDie                          // the run dies silently
+	actRetry                        // a failed inference attempt and its back-off
 	actCompaction
 	actGarbage
 )
@@ -60,6 +62,7 @@ type action struct {
 type toolSpec struct {
 	name string
 	args json.RawMessage
+	time time.Duration // "#sim tool-time": how long an accepted call executes
 }
 
 // directive is one "#sim" line: its verb, the rest of the line, and its
@@ -120,17 +123,22 @@ func parseScript(prompt string) (*script, error) {
 	c := compiler{sc: sc, split: 1}
 	ds := directives(prompt)
 	hasContent := false
-scan: // content after hang or error never runs, so it does not count
+scan: // content after hang, error or die never runs, so it does not count
 	for _, d := range ds {
 		switch d.verb {
-		case "text", "bigtext", "bigframe", "tool":
+		case "text", "text-stream", "bigtext", "bigframe", "tool":
 			hasContent = true
+		case "die":
+			if !hasContent {
+				sc.dieAtStart = true
+			}
+			break scan
 		case "hang", "error", "error-retryable":
 			break scan
 		}
 	}
-	if !hasContent {
-		c.text(defaultText)
+	if !hasContent && !sc.dieAtStart {
+		c.text(defaultText, actText)
 	}
 	for i := 0; i < len(ds); i++ {
 		d := ds[i]
@@ -142,6 +150,7 @@ scan: // content after hang or error never runs, so it does not count
 				if err != nil {
 					return nil, err
 				}
+				t.time = c.toolTime
 				calls = append(calls, t)
 			}
 			i--
@@ -156,13 +165,18 @@ scan: // content after hang or error never runs, so it does not count
 	return sc, nil
 }
 
-// compiler turns directives into actions, opening and closing turns.
+// compiler turns directives into actions, opening and closing turns. A
+// turn is: its inference (sleep, retry, compaction, error directives),
+// then its answer (text parts), then either tool calls or nothing more.
+// An inference directive after answer content starts the next turn.
 type compiler struct {
 	sc        *script
 	open      bool // a turn is open
-	lastTools bool // the last closed turn ended with ToolCalls
+	content   bool // the open turn has answer content
+	lastTools bool // the last closed turn ended with tool calls
 	split     int  // "#sim turns": text is spread over this many turns
-	ended     bool // a terminal directive (hang, error) was compiled
+	ended     bool // a terminal directive (hang, error, die) was compiled
+	toolTime  time.Duration
 }
 
 func (c *compiler) add(a action) { c.sc.actions = append(c.sc.actions, a) }
@@ -171,29 +185,41 @@ func (c *compiler) openTurn() {
 	if !c.open {
 		c.sc.turns++
 		c.add(action{kind: actTurnStart, n: c.sc.turns})
-		c.open = true
+		c.open, c.content = true, false
 	}
 }
 
-func (c *compiler) closeTurn(reason string) {
+// inference opens a turn for an inference directive: a new one when the
+// open turn already has answer content.
+func (c *compiler) inference() {
+	if c.content {
+		c.closeTurn()
+	}
+	c.openTurn()
+}
+
+func (c *compiler) closeTurn() {
 	if c.open {
-		c.add(action{kind: actTurnEnd, reason: reason})
-		c.open = false
-		c.lastTools = reason == "ToolCalls"
+		c.add(action{kind: actTurnEnd, reason: "stop"})
+		c.open, c.content = false, false
+		c.lastTools = false
 	}
 }
 
-func (c *compiler) text(t string) {
+func (c *compiler) text(t string, kind actionKind) {
 	if c.split <= 1 {
 		c.openTurn()
-		c.add(action{kind: actText, text: t})
+		c.add(action{kind: kind, text: t})
+		c.content = true
 		return
 	}
-	c.closeTurn("Stop")
+	if c.content {
+		c.closeTurn()
+	}
 	for _, part := range splitRunes(t, c.split) {
 		c.openTurn()
-		c.add(action{kind: actText, text: part})
-		c.closeTurn("Stop")
+		c.add(action{kind: kind, text: part})
+		c.closeTurn()
 	}
 }
 
@@ -203,20 +229,23 @@ func (c *compiler) tools(calls []toolSpec) {
 	}
 	c.openTurn()
 	c.add(action{kind: actTools, calls: calls})
-	c.closeTurn("ToolCalls")
-	c.add(action{kind: actAwaitTools})
+	c.open, c.content, c.lastTools = false, false, true
 }
 
 func (c *compiler) directive(d directive) error {
 	if c.ended {
-		return nil // after hang or error nothing more happens
+		return nil // after hang, error or die nothing more happens
 	}
 	switch d.verb {
-	case "text":
+	case "text", "text-stream":
 		if d.rest == "" {
-			return fmt.Errorf("want: text <text...>")
+			return fmt.Errorf("want: %s <text...>", d.verb)
 		}
-		c.text(strings.ReplaceAll(d.rest, `\n`, "\n"))
+		kind := actText
+		if d.verb == "text-stream" {
+			kind = actTextStream
+		}
+		c.text(strings.ReplaceAll(d.rest, `\n`, "\n"), kind)
 	case "bigtext", "bigframe":
 		n, err := intArg(d.rest, 1, maxBigBytes)
 		if err != nil {
@@ -228,24 +257,41 @@ func (c *compiler) directive(d directive) error {
 			kind = actBigFrame
 		}
 		c.add(action{kind: kind, n: n})
+		c.content = true
 	case "sleep":
-		dur, err := time.ParseDuration(d.rest)
-		if err != nil || dur < 0 || dur > maxSleep {
-			return fmt.Errorf("want a Go duration in 0..%s, got %q", maxSleep, d.rest)
+		dur, err := durationArg(d.rest)
+		if err != nil {
+			return err
 		}
+		c.inference()
 		c.add(action{kind: actSleep, d: dur})
+	case "tool-time":
+		dur, err := durationArg(d.rest)
+		if err != nil {
+			return err
+		}
+		c.toolTime = dur
 	case "hang":
+		c.openTurn()
 		c.add(action{kind: actHang})
+		c.ended = true
+	case "die":
+		if !c.sc.dieAtStart {
+			c.add(action{kind: actDie})
+		}
 		c.ended = true
 	case "error", "error-retryable":
 		if d.rest == "" {
 			return fmt.Errorf("want: %s <message...>", d.verb)
 		}
+		c.inference()
 		c.add(action{kind: actError, text: d.rest, retryable: d.verb == "error-retryable"})
 		c.ended = true
 	case "retry":
+		c.inference()
 		c.add(action{kind: actRetry})
 	case "compaction":
+		c.inference()
 		c.add(action{kind: actCompaction})
 	case "garbage":
 		c.add(action{kind: actGarbage})
@@ -304,13 +350,21 @@ func (c *compiler) finish() {
 		return
 	}
 	if c.open {
-		c.closeTurn("Stop")
+		c.closeTurn()
 		return
 	}
 	if c.lastTools || c.sc.turns == 0 {
 		c.openTurn()
-		c.closeTurn("Stop")
+		c.closeTurn()
 	}
+}
+
+func durationArg(rest string) (time.Duration, error) {
+	dur, err := time.ParseDuration(rest)
+	if err != nil || dur < 0 || dur > maxSleep {
+		return 0, fmt.Errorf("want a Go duration in 0..%s, got %q", maxSleep, rest)
+	}
+	return dur, nil
 }
 
 func parseTool(d directive) (toolSpec, error) {

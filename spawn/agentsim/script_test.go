@@ -32,24 +32,35 @@ func TestParseScript(t *testing.T) {
 
 	sc, err = parseScript("intro\n  #sim text a\\nb\r\n#sim tool t1 {\"a\":1}\n#sim tool t2\n#sim ring 4\n#sim drop-after 2\n#sim stall-after 0\n#sim stop max_turns\n#sim usage 1 2")
 	require.NoError(t, err)
-	assert.Equal(t, []actionKind{actTurnStart, actText, actTools, actTurnEnd, actAwaitTools, actTurnStart, actTurnEnd}, kinds(sc))
+	assert.Equal(t, []actionKind{actTurnStart, actText, actTools, actTurnStart, actTurnEnd}, kinds(sc))
 	assert.Equal(t, "a\nb", sc.actions[1].text)
 	require.Len(t, sc.actions[2].calls, 2)
 	assert.JSONEq(t, `{"a":1}`, string(sc.actions[2].calls[0].args))
 	assert.JSONEq(t, `{}`, string(sc.actions[2].calls[1].args))
-	assert.Equal(t, "ToolCalls", sc.actions[3].reason)
 	assert.Equal(t, 2, sc.turns)
 	assert.Equal(t, [3]int{4, 2, 0}, [3]int{sc.ringSize, sc.dropAfter, sc.stallAfter})
 	assert.Equal(t, "max_turns", sc.stopReason)
 	assert.Equal(t, &[2]int64{1, 2}, sc.usage)
 
-	// Nothing runs after hang or error; the default text comes first.
+	// Nothing runs after hang or error; the default text comes first, and
+	// an inference directive after answer content starts the next turn.
 	sc, err = parseScript("#sim error boom\n#sim text never")
 	require.NoError(t, err)
-	assert.Equal(t, []actionKind{actTurnStart, actText, actError}, kinds(sc))
+	assert.Equal(t, []actionKind{actTurnStart, actText, actTurnEnd, actTurnStart, actError}, kinds(sc))
 	sc, err = parseScript("#sim hang")
 	require.NoError(t, err)
 	assert.Equal(t, []actionKind{actTurnStart, actText, actHang}, kinds(sc))
+	sc, err = parseScript("#sim sleep 1s\n#sim retry\n#sim text a\n#sim sleep 2s\n#sim text-stream b")
+	require.NoError(t, err)
+	assert.Equal(t, []actionKind{actTurnStart, actSleep, actRetry, actText, actTurnEnd, actTurnStart, actSleep, actTextStream, actTurnEnd}, kinds(sc))
+	sc, err = parseScript("#sim tool-time 2s\n#sim tool a\n#sim die\n#sim text never")
+	require.NoError(t, err)
+	assert.Equal(t, []actionKind{actTurnStart, actTools, actDie}, kinds(sc))
+	assert.Equal(t, 2*time.Second, sc.actions[1].calls[0].time)
+	sc, err = parseScript("#sim die")
+	require.NoError(t, err)
+	assert.True(t, sc.dieAtStart)
+	assert.Empty(t, sc.actions)
 
 	sc, err = parseScript("#sim turns 2\n#sim text abcd")
 	require.NoError(t, err)
@@ -60,7 +71,7 @@ func TestParseScript(t *testing.T) {
 		"#sim nope", "#sim text", "#sim bigtext -1", "#sim bigtext 1GB", "#sim sleep soon",
 		"#sim tool", "#sim tool x {bad", "#sim usage 1", "#sim usage a b", "#sim stop",
 		"#sim ring 0", "#sim turns 0", "#sim fail-send 0 503", "#sim fail-send 1 404",
-		"#sim drop-after x", "#sim error",
+		"#sim drop-after x", "#sim error", "#sim tool-time soon", "#sim text-stream",
 	} {
 		_, err := parseScript("p\n" + bad)
 		require.Error(t, err, bad)
@@ -96,8 +107,11 @@ func TestAutoApproveMatching(t *testing.T) {
 	assert.True(t, a.allows("view"))
 	assert.True(t, a.allows("stakpak__view"))
 	assert.True(t, a.allows("stakpak__run_command"))
-	assert.False(t, a.allows("other__run_command"))
+	// Entries and names are compared without their prefix, as the real
+	// policy does.
+	assert.True(t, a.allows("other__run_command"))
 	assert.False(t, a.allows("stakpak__"))
+	assert.False(t, a.allows("run_command_task"))
 	assert.True(t, autoApprove{all: true}.allows("anything"))
 }
 

@@ -11,6 +11,8 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -19,26 +21,47 @@ import (
 // Server is the simulated agent server. It is an http.Handler; use
 // NewTestServer in tests, or Serve / ListenAndServe to run it.
 type Server struct {
-	opts  Options
-	log   *slog.Logger
-	start time.Time
-	mux   *http.ServeMux
-	idem  *idemStore
+	opts Options
+	log  *slog.Logger
+	mux  *http.ServeMux
 
 	// ctx is cancelled by Close: runs and streams stop on it.
 	ctx    context.Context
 	cancel context.CancelFunc
-	wg     sync.WaitGroup // runs and open event streams
+	wg     sync.WaitGroup // runs, checkpointers and open event streams
 
 	mu          sync.Mutex
 	closed      bool
 	down        bool
-	sessions    map[string]*session
+	token       string
+	start       time.Time            // of the (last) server start: uptime
+	life        *lifetime            // what a Restart ends
+	idem        *idemStore           // forgotten by Restart
+	logs        map[string]*eventLog // event rings by session id; forgotten by Restart
+	sessions    map[string]*session  // durable: kept by Restart
 	requests    []*RecordedRequest
 	runPrompts  []string // prompt of every started run, in order
 	cancels     int
+	steers      int
 	faults      []*activeFault
 	failedSends map[string]int // prompt -> "#sim fail-send" failures served
+
+	// afterIdemLookup, when set (by tests, before any request), runs after
+	// an Idempotency-Key lookup that lets the request proceed: it holds
+	// requests there to show that nothing is reserved.
+	afterIdemLookup func(path string)
+}
+
+// lifetime is one server process's life: Restart cancels it, which cuts
+// the open event streams of that life.
+type lifetime struct {
+	ctx    context.Context
+	cancel context.CancelFunc
+}
+
+func newLifetime(parent context.Context) *lifetime {
+	ctx, cancel := context.WithCancel(parent)
+	return &lifetime{ctx: ctx, cancel: cancel}
 }
 
 // New returns a Server with opts (see Options for defaults). Call Close
@@ -49,11 +72,14 @@ func New(opts Options) *Server {
 	s := &Server{
 		opts:        opts,
 		log:         opts.Logger,
-		start:       time.Now(),
 		mux:         http.NewServeMux(),
-		idem:        newIdemStore(opts.IdempotencyTTL),
 		ctx:         ctx,
 		cancel:      cancel,
+		token:       opts.Token,
+		start:       time.Now(),
+		life:        newLifetime(ctx),
+		idem:        newIdemStore(opts.IdempotencyTTL),
+		logs:        make(map[string]*eventLog),
 		sessions:    make(map[string]*session),
 		failedSends: make(map[string]int),
 	}
@@ -61,51 +87,85 @@ func New(opts Options) *Server {
 	return s
 }
 
-// routes registers every endpoint of AGENT_SERVER_API.md.
+// method is one method of a route: its fault name, whether it is public,
+// and its handler.
+type method struct {
+	name    string
+	public  bool
+	handler http.HandlerFunc
+}
+
+// routes registers every endpoint of AGENT_SERVER_API.md. Unknown paths
+// answer 404 with an empty body (without auth, as axum's route_layer), a
+// known path with another method 405 with an empty body.
 func (s *Server) routes() {
-	s.handle("GET /v1/health", RouteHealth, true, s.jsonRoute(false, s.handleHealth))
-	s.handle("GET /v1/openapi.json", RouteOpenAPI, true, s.jsonRoute(false, s.handleOpenAPI))
-	s.handle("POST /v1/sessions", RouteCreateSession, false, s.jsonRoute(true, s.handleCreateSession))
-	s.handle("GET /v1/sessions/{id}", RouteGetSession, false, s.jsonRoute(false, s.handleGetSession))
-	s.handle("POST /v1/sessions/{id}/messages", RouteSendMessage, false, s.sendRoute())
-	s.handle("GET /v1/sessions/{id}/messages", RouteMessages, false, s.jsonRoute(false, s.handleListMessages))
-	s.handle("GET /v1/sessions/{id}/events", RouteEvents, false, s.handleEvents)
-	s.handle("POST /v1/sessions/{id}/tools/decisions", RouteDecisions, false, s.jsonRoute(true, s.handleDecisions))
-	s.handle("POST /v1/sessions/{id}/tools/{call}/decision", RouteDecisions, false, s.jsonRoute(true, s.handleDecision))
-	s.handle("GET /v1/sessions/{id}/tools/pending", RoutePending, false, s.jsonRoute(false, s.handlePending))
-	s.handle("POST /v1/sessions/{id}/cancel", RouteCancel, false, s.jsonRoute(true, s.handleCancel))
-	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, errf(http.StatusNotFound, codeNotFound, "no route for %s %s", r.Method, r.URL.Path))
+	s.route("/v1/health", map[string]method{"GET": {RouteHealth, true, s.api(s.handleHealth)}})
+	s.route("/v1/openapi.json", map[string]method{"GET": {RouteOpenAPI, true, s.api(s.handleOpenAPI)}})
+	s.route("/v1/models", map[string]method{"GET": {RouteModels, false, s.api(s.handleModels)}})
+	s.route("/v1/sessions", map[string]method{"POST": {RouteCreateSession, false, s.api(s.handleCreateSession)}})
+	s.route("/v1/sessions/{id}", map[string]method{"GET": {RouteGetSession, false, s.api(s.handleGetSession)}})
+	s.route("/v1/sessions/{id}/messages", map[string]method{
+		"POST": {RouteSendMessage, false, s.sendRoute},
+		"GET":  {RouteMessages, false, s.api(s.handleListMessages)},
+	})
+	s.route("/v1/sessions/{id}/events", map[string]method{"GET": {RouteEvents, false, s.handleEvents}})
+	s.route("/v1/sessions/{id}/tools/pending", map[string]method{"GET": {RoutePending, false, s.api(s.handlePending)}})
+	s.route("/v1/sessions/{id}/tools/decisions", map[string]method{"POST": {RouteDecisions, false, s.api(s.handleDecisions)}})
+	s.route("/v1/sessions/{id}/tools/resolve", map[string]method{"POST": {RouteDecisions, false, s.api(s.handleDecisions)}})
+	s.route("/v1/sessions/{id}/tools/{call}/decision", map[string]method{"POST": {RouteDecisions, false, s.api(s.handleDecision)}})
+	s.route("/v1/sessions/{id}/cancel", map[string]method{"POST": {RouteCancel, false, s.api(s.handleCancel)}})
+	s.mux.HandleFunc("/", func(w http.ResponseWriter, _ *http.Request) {
+		w.WriteHeader(http.StatusNotFound)
 	})
 }
 
-// handle wraps h with what every route does before its handler: injected
-// faults, then auth (unless public).
-func (s *Server) handle(pattern, route string, public bool, h http.HandlerFunc) {
+// route registers pattern; each method is wrapped with what every route
+// does before its handler: injected faults, then auth (unless public).
+func (s *Server) route(pattern string, methods map[string]method) {
+	allow := make([]string, 0, len(methods))
+	for m := range methods {
+		allow = append(allow, m)
+	}
+	slices.Sort(allow)
 	s.mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
-		if kind := s.takeFault(route); kind != "" {
+		m, ok := methods[r.Method]
+		if !ok {
+			w.Header().Set("Allow", strings.Join(allow, ","))
+			w.WriteHeader(http.StatusMethodNotAllowed)
+			return
+		}
+		if kind := s.takeFault(m.name); kind != "" {
 			s.failWith(w, kind)
 			return
 		}
-		if !public && !s.authorized(r) {
+		if !m.public && !s.authorized(r) {
 			// The auth layer answers before any handler: no request_id.
-			b, _ := marshal(errorBody{Error: "missing or invalid bearer token", Code: codeUnauthorized})
-			writeJSON(w, http.StatusUnauthorized, b)
+			writeJSON(w, http.StatusUnauthorized, []byte(`{"error":"Unauthorized","code":"unauthorized"}`))
 			return
 		}
-		h(w, r)
+		m.handler(w, r)
 	})
 }
 
-// authorized reports whether r carries the configured bearer token. With no
-// token configured every request is authorized, whatever it carries.
+// authorized reports whether r carries the current bearer token. With no
+// token every request is authorized, whatever it carries.
 func (s *Server) authorized(r *http.Request) bool {
-	if s.opts.Token == "" {
+	s.mu.Lock()
+	token := s.token
+	s.mu.Unlock()
+	if token == "" {
 		return true
 	}
-	want := "Bearer " + s.opts.Token
-	got := r.Header.Get("Authorization")
-	return subtle.ConstantTimeCompare([]byte(got), []byte(want)) == 1
+	got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	return ok && subtle.ConstantTimeCompare([]byte(got), []byte(token)) == 1
+}
+
+// SetToken rotates the bearer token without a restart. Empty disables
+// auth.
+func (s *Server) SetToken(token string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.token = token
 }
 
 // ServeHTTP records the request, simulates an outage when the server is
@@ -139,10 +199,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeError(sw, errf(http.StatusServiceUnavailable, codeUnavailable, "server is shutting down"))
 		return
 	case readErr != nil:
-		writeError(sw, errf(http.StatusBadRequest, codeInvalidRequest, "read request body: %v", readErr))
-		return
-	case int64(len(body)) > maxRequestBody:
-		writeError(sw, errf(http.StatusRequestEntityTooLarge, codeInvalidRequest, "request body larger than %d bytes", maxRequestBody))
+		writePlain(sw, plainf(http.StatusBadRequest, "Failed to buffer the request body: %v", readErr))
 		return
 	}
 	r.Body = io.NopCloser(bytes.NewReader(body))
@@ -152,11 +209,15 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 type bodyKey struct{}
 
-// requestBody returns the body ServeHTTP read.
+// requestBody returns the body ServeHTTP read (at most the limit + 1).
 func requestBody(r *http.Request) []byte {
 	b, _ := r.Context().Value(bodyKey{}).([]byte)
 	return b
 }
+
+// bodyTooBig reports whether the body is over the 2 MB limit. Only routes
+// that decode a JSON body answer 413, as axum's extractor does.
+func bodyTooBig(r *http.Request) bool { return int64(len(requestBody(r))) > maxRequestBody }
 
 // Close ends every run and open event stream and waits until all of their
 // goroutines have returned. Requests after Close get 503. Close is safe to
@@ -167,6 +228,35 @@ func (s *Server) Close() {
 	s.mu.Unlock()
 	s.cancel()
 	s.wg.Wait()
+}
+
+// Restart simulates a restart of the server process: sessions and their
+// messages (as of their last checkpoint) are kept, as the real server
+// keeps them on disk; runs are killed without any terminal event, and the
+// event rings (ids restart at 1), Idempotency-Keys, pending tool calls and
+// open event streams are lost. The token becomes newToken and uptime
+// restarts at 0. Afterwards every session reads idle.
+func (s *Server) Restart(newToken string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return
+	}
+	s.life.cancel()
+	s.life = newLifetime(s.ctx)
+	for _, sess := range s.sessions {
+		if r := sess.run; r != nil {
+			r.killLocked()
+		}
+		sess.run = nil
+		sess.state = stateIdle
+		sess.pending = nil
+		sess.drop, sess.stall = connFault{}, connFault{}
+	}
+	s.logs = make(map[string]*eventLog)
+	s.idem = newIdemStore(s.opts.IdempotencyTTL)
+	s.token = newToken
+	s.start = time.Now()
 }
 
 // Serve answers requests on ln until ctx is done, then closes the simulator

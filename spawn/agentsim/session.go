@@ -4,13 +4,22 @@ import (
 	"encoding/json"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
 )
 
-// session is one agent session: its event log (a ring), its subscribers,
-// its active run and its message history. Guarded by Server.mu.
+// Run states of run_status.
+const (
+	stateIdle     = "idle"
+	stateStarting = "starting"
+	stateRunning  = "running"
+	stateFailed   = "failed"
+)
+
+// session is one agent session: durable data (kept by Restart) and the
+// runtime state of its run. Guarded by Server.mu.
 type session struct {
 	id        string
 	title     string
@@ -18,20 +27,27 @@ type session struct {
 	createdAt time.Time
 	updatedAt time.Time
 
-	ring     []*event // oldest first; ids contiguous
-	ringSize int
-	lastID   uint64 // id of the newest event published (0: none yet)
-	subs     map[*subscriber]struct{}
+	// Durable: what the session store and the checkpoint files keep.
+	checkpoint []message // the last checkpoint: what GET /messages serves
+	lastModel  string    // active model of the last checkpoint ("" none)
 
-	run      *run // the active run, nil when idle
-	failed   bool // the last run ended with run_error
-	messages []message
+	// Runtime, lost by Restart.
+	run     *run   // the active run (starting or running), nil otherwise
+	state   string // run_status.state
+	pending *pendingTools
 
 	decisions []*runDecisions // per run that received decisions, in order
 	callSeq   int             // tool call ids: call_1, call_2, ... per session
 
 	// Connection faults set by "#sim drop-after" / "#sim stall-after".
 	drop, stall connFault
+}
+
+// pendingTools is what GET /tools/pending lists: the whole proposed batch
+// until its turn completes.
+type pendingTools struct {
+	runID string
+	calls []map[string]any
 }
 
 // connFault cuts or stalls up to left event streams after they have
@@ -43,12 +59,25 @@ type runDecisions struct {
 	byCall map[string]DecisionBody
 }
 
-// message is one entry of GET /v1/sessions/{id}/messages.
+// message is one item of GET /v1/sessions/{id}/messages: a model message
+// (no id, no timestamp), content a string or a list of parts.
 type message struct {
-	ID        string    `json:"id"`
-	Role      string    `json:"role"`
-	Content   string    `json:"content"`
-	CreatedAt time.Time `json:"created_at"`
+	Role    string  `json:"role"`
+	Content any     `json:"content"`
+	Name    *string `json:"name,omitempty"`
+}
+
+func textPart(text string) map[string]any { return map[string]any{"type": "text", "text": text} }
+
+// eventLog is one session's event ring and its subscribers. The server
+// keeps one per session id ever subscribed to or published on, whether or
+// not the session exists (the real event log does the same). Guarded by
+// Server.mu.
+type eventLog struct {
+	ring   []*event // oldest first; ids contiguous
+	size   int      // ring capacity
+	lastID uint64   // id of the newest event published (0: none yet)
+	subs   map[*subscriber]struct{}
 }
 
 // event is one published event, kept in the ring as its encoded data.
@@ -60,10 +89,13 @@ type event struct {
 	noSplit bool
 }
 
-// subscriber is one open event stream: publish queues events on it.
+// subscriber is one open event stream: publish queues events on it. A
+// queue longer than lag loses its oldest events, as a lagging receiver of
+// the real broadcast channel does.
 type subscriber struct {
 	notify chan struct{} // capacity 1: "queue is not empty"
 	queue  []*event
+	lag    int
 }
 
 // envelope is the data of every event frame.
@@ -75,29 +107,52 @@ type envelope struct {
 	Event     map[string]any `json:"event"`
 }
 
-// publishLocked appends an event to sess's log and hands it to every
+// logForLocked returns the event log of session id, creating it.
+func (s *Server) logForLocked(id string) *eventLog {
+	l := s.logs[id]
+	if l == nil {
+		l = &eventLog{size: s.opts.RingSize, subs: make(map[*subscriber]struct{})}
+		s.logs[id] = l
+	}
+	return l
+}
+
+// resizeLocked sets the ring capacity, dropping what no longer fits.
+func (l *eventLog) resizeLocked(n int) {
+	l.size = n
+	if over := len(l.ring) - l.size; over > 0 {
+		clear(l.ring[:over])
+		l.ring = l.ring[over:]
+	}
+}
+
+// publishLocked appends an event to the session's log and hands it to every
 // subscriber. payload gets run_id added. s.mu must be held.
 func (s *Server) publishLocked(sess *session, name, variant, runID string, payload map[string]any) *event {
 	if payload == nil {
 		payload = map[string]any{}
 	}
+	l := s.logForLocked(sess.id)
 	ts := time.Now().UTC().Format(time.RFC3339Nano)
-	data := s.envelopeBytes(sess, sess.lastID+1, runID, ts, variant, payload)
+	data := s.envelopeBytes(sess.id, l.lastID+1, runID, ts, variant, payload)
 	return s.appendLocked(sess, &event{name: name, data: data})
 }
 
-// appendLocked gives ev the next id and stores and fans it out.
+// appendLocked gives ev the next id of the session's log and stores and
+// fans it out.
 func (s *Server) appendLocked(sess *session, ev *event) *event {
-	sess.lastID++
-	ev.id = sess.lastID
-	sess.ring = append(sess.ring, ev)
-	if over := len(sess.ring) - sess.ringSize; over > 0 {
-		clear(sess.ring[:over])
-		sess.ring = sess.ring[over:]
-	}
-	sess.updatedAt = time.Now()
-	for sub := range sess.subs {
+	l := s.logForLocked(sess.id)
+	l.lastID++
+	ev.id = l.lastID
+	l.ring = append(l.ring, ev)
+	l.resizeLocked(l.size)
+	sess.updatedAt = time.Now().UTC()
+	for sub := range l.subs {
 		sub.queue = append(sub.queue, ev)
+		if over := len(sub.queue) - sub.lag; over > 0 {
+			clear(sub.queue[:over])
+			sub.queue = sub.queue[over:]
+		}
 		select {
 		case sub.notify <- struct{}{}:
 		default:
@@ -106,11 +161,14 @@ func (s *Server) appendLocked(sess *session, ev *event) *event {
 	return ev
 }
 
+// nextIDLocked is the id the session's next event gets.
+func (s *Server) nextIDLocked(sess *session) uint64 { return s.logForLocked(sess.id).lastID + 1 }
+
 // lookupLocked returns the session or a 404.
 func (s *Server) lookupLocked(id string) (*session, *apiError) {
 	sess := s.sessions[id]
 	if sess == nil {
-		return nil, errf(http.StatusNotFound, codeNotFound, "session %s not found", id)
+		return nil, errf(http.StatusNotFound, codeNotFound, "Session not found: %s", id)
 	}
 	return sess, nil
 }
@@ -131,14 +189,12 @@ type runStatus struct {
 }
 
 func (sess *session) jsonLocked() sessionJSON {
-	st := runStatus{State: "idle"}
-	switch {
-	case sess.run != nil && !sess.run.started:
-		st = runStatus{State: "starting", RunID: sess.run.id}
-	case sess.run != nil:
-		st = runStatus{State: "running", RunID: sess.run.id}
-	case sess.failed:
-		st.State = "failed"
+	st := runStatus{State: sess.state}
+	if st.State == "" {
+		st.State = stateIdle
+	}
+	if sess.run != nil && (st.State == stateStarting || st.State == stateRunning) {
+		st.RunID = sess.run.id
 	}
 	return sessionJSON{
 		ID: sess.id, Title: sess.title, Cwd: sess.cwd,
@@ -146,118 +202,186 @@ func (sess *session) jsonLocked() sessionJSON {
 	}
 }
 
-func (s *Server) handleHealth(*http.Request, []byte) (int, any) {
+func (s *Server) handleHealth(*http.Request) (int, any) {
+	s.mu.Lock()
+	up := time.Since(s.start)
+	s.mu.Unlock()
 	return http.StatusOK, map[string]any{
 		"status":         "ok",
 		"version":        s.opts.Version,
-		"uptime_seconds": int64(time.Since(s.start).Seconds()),
+		"uptime_seconds": int64(up.Seconds()),
 	}
 }
 
-func (s *Server) handleCreateSession(_ *http.Request, body []byte) (int, any) {
-	var req struct {
-		Title *string `json:"title"`
-		Cwd   *string `json:"cwd"`
+// knownModels is DefaultModel and Models, without duplicates.
+func (s *Server) knownModels() []string {
+	out := []string{s.opts.DefaultModel}
+	for _, m := range s.opts.Models {
+		if m != "" && !strings.EqualFold(m, s.opts.DefaultModel) && !contains(out, m) {
+			out = append(out, m)
+		}
 	}
-	if err := json.Unmarshal(body, &req); err != nil {
-		return fail(errf(http.StatusBadRequest, codeInvalidRequest, "invalid JSON body: %v", err))
+	return out
+}
+
+func contains(list []string, v string) bool {
+	for _, x := range list {
+		if x == v {
+			return true
+		}
+	}
+	return false
+}
+
+// splitModel cuts "provider/id"; a bare id has provider "agentsim".
+func splitModel(m string) (provider, id string) {
+	if p, i, ok := strings.Cut(m, "/"); ok {
+		return p, i
+	}
+	return "agentsim", m
+}
+
+// modelKnown reports whether requested names a known model: "provider/id"
+// must match both, a bare id matches any provider (as the real lookup).
+func (s *Server) modelKnown(requested string) bool {
+	rp, rid := splitModel(requested)
+	bare := !strings.Contains(requested, "/")
+	for _, m := range s.knownModels() {
+		p, id := splitModel(m)
+		if id == rid && (bare || p == rp) {
+			return true
+		}
+	}
+	return false
+}
+
+func (s *Server) handleModels(*http.Request) (int, any) {
+	models := []map[string]any{}
+	for _, m := range s.knownModels() {
+		p, id := splitModel(m)
+		models = append(models, map[string]any{
+			"id": id, "name": id, "provider": p, "reasoning": false,
+			"limit": map[string]any{"context": 128000, "output": 16384},
+		})
+	}
+	return http.StatusOK, map[string]any{"models": models}
+}
+
+func (s *Server) handleCreateSession(r *http.Request) (int, any) {
+	o, pe := decodeBody(r)
+	if pe != nil {
+		return rejected(pe)
+	}
+	title, pe := o.str("", "title", true)
+	if pe != nil {
+		return rejected(pe)
+	}
+	cwd, pe := o.str("", "cwd", false)
+	if pe != nil {
+		return rejected(pe)
+	}
+	canon := canonical(map[string]any{"title": *title, "cwd": cwd})
+	im, done, status, v := s.idemLookup(r, "/v1/sessions", canon)
+	if done {
+		return status, v
 	}
 	now := time.Now().UTC()
 	sess := &session{
 		id:        uuid.NewString(),
-		cwd:       req.Cwd,
+		title:     *title,
+		cwd:       cwd,
 		createdAt: now,
 		updatedAt: now,
-		ringSize:  s.opts.RingSize,
-		subs:      make(map[*subscriber]struct{}),
-	}
-	if req.Title != nil {
-		sess.title = *req.Title
+		state:     stateIdle,
 	}
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	s.sessions[sess.id] = sess
-	return http.StatusCreated, sess.jsonLocked()
+	body := sess.jsonLocked()
+	s.mu.Unlock()
+	return im.ok(http.StatusCreated, body)
 }
 
-func (s *Server) handleGetSession(r *http.Request, _ []byte) (int, any) {
+func (s *Server) handleGetSession(r *http.Request) (int, any) {
+	id, pe := pathUUID(r, "id")
+	if pe != nil {
+		return rejected(pe)
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	sess, e := s.lookupLocked(r.PathValue("id"))
+	sess, e := s.lookupLocked(id)
 	if e != nil {
 		return fail(e)
+	}
+	mode := "none"
+	if len(s.opts.AutoApprove) > 0 {
+		mode = "custom"
 	}
 	return http.StatusOK, map[string]any{
 		"session": sess.jsonLocked(),
 		"config": map[string]any{
 			"default_model":     s.opts.DefaultModel,
-			"auto_approve_mode": "none",
+			"auto_approve_mode": mode,
 		},
 	}
 }
 
-const (
-	defaultMessagesLimit = 50
-	maxMessagesLimit     = 1000
-)
+const defaultMessagesLimit = 100
 
-func (s *Server) handleListMessages(r *http.Request, _ []byte) (int, any) {
-	limit, e := queryInt(r, "limit", defaultMessagesLimit, 1, maxMessagesLimit)
-	if e != nil {
-		return fail(e)
+func (s *Server) handleListMessages(r *http.Request) (int, any) {
+	id, pe := pathUUID(r, "id")
+	if pe != nil {
+		return rejected(pe)
 	}
-	offset, e := queryInt(r, "offset", 0, 0, -1)
-	if e != nil {
-		return fail(e)
+	limit, pe := queryUsize(r, "limit", defaultMessagesLimit)
+	if pe != nil {
+		return rejected(pe)
+	}
+	offset, pe := queryUsize(r, "offset", 0)
+	if pe != nil {
+		return rejected(pe)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	sess, e := s.lookupLocked(r.PathValue("id"))
+	sess, e := s.lookupLocked(id)
 	if e != nil {
 		return fail(e)
 	}
-	total := len(sess.messages)
+	total := len(sess.checkpoint)
 	start := min(offset, total)
-	end := min(start+limit, total)
+	end := min(start+min(limit, total), total)
 	page := make([]message, end-start)
-	copy(page, sess.messages[start:end])
+	copy(page, sess.checkpoint[start:end])
 	return http.StatusOK, map[string]any{"messages": page, "total": total}
 }
 
-// queryInt parses the query parameter name: def when absent, an error when
-// not an integer in [lo, hi] (hi < 0: no upper bound).
-func queryInt(r *http.Request, name string, def, lo, hi int) (int, *apiError) {
-	raw := r.URL.Query().Get(name)
-	if raw == "" {
+// queryUsize parses an optional usize query parameter: a value that is not
+// one is axum's plain-text 400.
+func queryUsize(r *http.Request, name string, def int) (int, *plainError) {
+	q := r.URL.Query()
+	if !q.Has(name) {
 		return def, nil
 	}
-	n, err := strconv.Atoi(raw)
-	if err != nil || n < lo || (hi >= 0 && n > hi) {
-		if hi >= 0 {
-			return 0, errf(http.StatusBadRequest, codeInvalidRequest, "%s must be an integer in %d..=%d, got %q", name, lo, hi, raw)
-		}
-		return 0, errf(http.StatusBadRequest, codeInvalidRequest, "%s must be an integer >= %d, got %q", name, lo, raw)
+	raw := q.Get(name)
+	n, err := strconv.ParseUint(raw, 10, 63)
+	if err != nil {
+		return 0, plainf(http.StatusBadRequest, "Failed to deserialize query string: %s: invalid digit found in string", name)
 	}
-	return n, nil
-}
-
-// addMessageLocked appends to the session's message history.
-func (sess *session) addMessageLocked(role, content string) {
-	sess.messages = append(sess.messages, message{
-		ID: uuid.NewString(), Role: role, Content: content, CreatedAt: time.Now().UTC(),
-	})
+	return int(n), nil
 }
 
 // envelopeBytes encodes the envelope of event id with a fixed timestamp.
-func (s *Server) envelopeBytes(sess *session, id uint64, runID, ts, variant string, payload map[string]any) []byte {
+func (s *Server) envelopeBytes(sessionID string, id uint64, runID, ts, variant string, payload map[string]any) []byte {
 	payload["run_id"] = runID
 	rid := runID
-	data, err := marshal(envelope{ID: id, SessionID: sess.id, RunID: &rid, Timestamp: ts, Event: map[string]any{variant: payload}})
+	data, err := marshal(envelope{ID: id, SessionID: sessionID, RunID: &rid, Timestamp: ts, Event: map[string]any{variant: payload}})
 	if err != nil {
 		s.log.Warn("agentsim: encode event", "variant", variant, "err", err)
 		return []byte(`{}`)
 	}
 	return data
 }
+
+// rawArgs decodes tool arguments for a message part.
+func rawArgs(raw json.RawMessage) any { return rawValue(raw) }
 
 func itoa(n int) string { return strconv.Itoa(n) }

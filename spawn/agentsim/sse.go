@@ -3,37 +3,48 @@ package agentsim
 import (
 	"bytes"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
 )
 
-// handleEvents serves GET /v1/sessions/{id}/events. Without Last-Event-ID
-// only events published after the subscription are sent (the trap a late
-// subscriber falls into); with it, newer events still in the ring are
-// replayed first, or a gap_detected frame is sent when they are gone.
+// handleEvents serves GET /v1/sessions/{id}/events. Any UUID gets a
+// stream, whether the session exists or not (the real event log makes a
+// ring for any id): keep-alives only, until something is published.
+// Without Last-Event-ID only events published after the subscription are
+// sent (the trap a late subscriber falls into); with it, newer events still
+// in the ring are replayed first, or a gap_detected frame is sent when they
+// are gone, and live events follow either way.
 func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
-	lastID, hasLast := parseLastEventID(r.Header.Get("Last-Event-ID"))
-	sub := &subscriber{notify: make(chan struct{}, 1)}
-
-	s.mu.Lock()
-	sess, e := s.lookupLocked(r.PathValue("id"))
-	if e != nil {
-		s.mu.Unlock()
-		writeError(w, e)
+	id, pe := pathUUID(r, "id")
+	if pe != nil {
+		writePlain(w, pe)
 		return
 	}
+	lastID, hasLast := parseLastEventID(r.Header.Get("Last-Event-ID"))
+	sub := &subscriber{notify: make(chan struct{}, 1), lag: s.opts.SubscriberLag}
+
+	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
 		writeError(w, errf(http.StatusServiceUnavailable, codeUnavailable, "server is shutting down"))
 		return
 	}
 	s.wg.Add(1) // under s.mu with closed false: Close is not waiting yet
+	l := s.logForLocked(id)
+	life := s.life
+	sess := s.sessions[id]
+	if sess == nil {
+		// Connection faults are per session; a stream for an unknown id
+		// gets a stand-in that has none.
+		sess = &session{id: id}
+	}
 	var gap map[string]any
 	var replay []*event
-	if hasLast && len(sess.ring) > 0 {
-		oldest, newest := sess.ring[0].id, sess.lastID
-		if lastID+1 < oldest && lastID < newest {
+	if hasLast && len(l.ring) > 0 {
+		oldest, newest := l.ring[0].id, l.lastID
+		if lastID+1 < oldest {
 			gap = map[string]any{
 				"requested_after_id":  lastID,
 				"oldest_available_id": oldest,
@@ -41,17 +52,17 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 				"resume_hint":         "refresh_snapshot_then_resume",
 			}
 		} else {
-			for _, ev := range sess.ring {
+			for _, ev := range l.ring {
 				if ev.id > lastID {
 					replay = append(replay, ev)
 				}
 			}
 		}
 	}
-	sess.subs[sub] = struct{}{}
+	l.subs[sub] = struct{}{}
 	s.mu.Unlock()
 
-	c := &sseConn{s: s, sess: sess, sub: sub, w: w, rc: http.NewResponseController(w), r: r}
+	c := &sseConn{s: s, sess: sess, log: l, life: life, sub: sub, w: w, rc: http.NewResponseController(w), r: r}
 	defer s.wg.Done()
 	defer c.unsubscribe()
 	c.serve(gap, replay)
@@ -73,6 +84,8 @@ func parseLastEventID(v string) (uint64, bool) {
 type sseConn struct {
 	s    *Server
 	sess *session
+	log  *eventLog
+	life *lifetime // a Restart ends it: the stream is cut
 	sub  *subscriber
 	w    http.ResponseWriter
 	rc   *http.ResponseController
@@ -87,7 +100,7 @@ type sseConn struct {
 func (c *sseConn) unsubscribe() {
 	c.s.mu.Lock()
 	defer c.s.mu.Unlock()
-	delete(c.sess.subs, c.sub)
+	delete(c.log.subs, c.sub)
 	c.sub.queue = nil
 }
 
@@ -111,7 +124,8 @@ func (c *sseConn) serve(gap map[string]any, replay []*event) {
 			return
 		}
 	}
-	ka := time.NewTicker(c.s.opts.KeepAlive)
+	// The keep-alive timer restarts on every event, as axum's does.
+	ka := time.NewTimer(c.s.opts.KeepAlive)
 	defer ka.Stop()
 	for {
 		select {
@@ -119,19 +133,40 @@ func (c *sseConn) serve(gap map[string]any, replay []*event) {
 			return
 		case <-c.s.ctx.Done():
 			return
+		case <-c.life.ctx.Done():
+			// The server restarted: its connections died with it.
+			cutConn(c.w)
+			return
 		case <-ka.C:
 			if c.write([]byte(": keepalive\n\n")) != nil {
 				return
 			}
+			ka.Reset(c.s.opts.KeepAlive)
 		case <-c.sub.notify:
-			c.s.mu.Lock()
-			batch := c.sub.queue
-			c.sub.queue = nil
-			c.s.mu.Unlock()
-			for _, ev := range batch {
-				if !c.writeEvent(ev) {
-					return
+			for {
+				// A few events at a time: the rest stay queued, where a
+				// lagging stream loses its oldest.
+				c.s.mu.Lock()
+				n := min(len(c.sub.queue), 64)
+				batch := slices.Clone(c.sub.queue[:n])
+				clear(c.sub.queue[:n])
+				c.sub.queue = c.sub.queue[n:]
+				c.s.mu.Unlock()
+				if n == 0 {
+					break
 				}
+				for _, ev := range batch {
+					if !c.writeEvent(ev) {
+						return
+					}
+				}
+				if !ka.Stop() {
+					select {
+					case <-ka.C:
+					default:
+					}
+				}
+				ka.Reset(c.s.opts.KeepAlive)
 			}
 		}
 	}
@@ -190,6 +225,8 @@ func (c *sseConn) fault() bool {
 		select {
 		case <-c.r.Context().Done():
 		case <-c.s.ctx.Done():
+		case <-c.life.ctx.Done():
+			cutConn(c.w)
 		}
 		return true
 	}

@@ -1,107 +1,150 @@
 package agentsim
 
 import (
-	"bytes"
-	"encoding/json"
 	"net/http"
+	"sort"
 )
 
-// decisionIn is one decision as sent; Content is a pointer so a missing
-// content can be told from an empty one.
-type decisionIn struct {
-	Action  string  `json:"action"`
-	Content *string `json:"content"`
-}
-
 // activeRunLocked returns the session's active run if it is runID, or the
-// 409 the server answers otherwise.
+// 409 the real run manager answers otherwise: session_already_running
+// while the run is starting, run_mismatch for another run,
+// session_not_running when idle or failed (or unknown).
 func (s *Server) activeRunLocked(sess *session, runID string) (*run, *apiError) {
 	switch {
-	case sess.run == nil:
-		return nil, errf(http.StatusConflict, codeSessionNotRunning, "session %s has no active run", sess.id)
+	case sess == nil || sess.run == nil:
+		return nil, errf(http.StatusConflict, codeSessionNotRunning, "Session has no active run")
+	case sess.state == stateStarting:
+		return nil, errf(http.StatusConflict, codeSessionAlreadyRunning, "Session already has an active run")
 	case sess.run.id != runID:
-		return nil, errf(http.StatusConflict, codeRunMismatch, "run %s is not the active run of session %s", runID, sess.id)
+		return nil, errf(http.StatusConflict, codeRunMismatch, "Provided run_id does not match active run")
 	}
 	return sess.run, nil
 }
 
-func (s *Server) handleDecisions(r *http.Request, body []byte) (int, any) {
-	var req struct {
-		RunID     string                `json:"run_id"`
-		Decisions map[string]decisionIn `json:"decisions"`
-	}
-	if err := json.Unmarshal(body, &req); err != nil {
-		return fail(errf(http.StatusBadRequest, codeInvalidRequest, "invalid JSON body: %v", err))
-	}
-	return s.decide(r.PathValue("id"), req.RunID, req.Decisions)
+// decisionIn is one decoded decision.
+type decisionIn struct {
+	action  string
+	content *string
 }
 
-func (s *Server) handleDecision(r *http.Request, body []byte) (int, any) {
-	var req struct {
-		RunID string `json:"run_id"`
-		decisionIn
+// decodeDecision decodes {action, content?} (an unknown action is a 422).
+func decodeDecision(path string, o obj) (decisionIn, *plainError) {
+	a, pe := o.enum(path, "action", true, "", "accept", "reject", "custom_result")
+	if pe != nil {
+		return decisionIn{}, pe
 	}
-	if err := json.Unmarshal(body, &req); err != nil {
-		return fail(errf(http.StatusBadRequest, codeInvalidRequest, "invalid JSON body: %v", err))
+	c, pe := o.str(path, "content", false)
+	if pe != nil {
+		return decisionIn{}, pe
 	}
-	return s.decide(r.PathValue("id"), req.RunID, map[string]decisionIn{r.PathValue("call"): req.decisionIn})
+	return decisionIn{action: a, content: c}, nil
 }
 
-// decide applies decisions to the active run's pending tool calls. It
-// checks everything before changing anything: a bad entry fails the whole
-// request. A call decided before keeps its first decision.
-func (s *Server) decide(sessionID, runID string, in map[string]decisionIn) (int, any) {
-	if runID == "" {
-		return fail(errf(http.StatusBadRequest, codeInvalidRequest, "run_id is required"))
+func (d decisionIn) canonical() map[string]any {
+	return map[string]any{"action": d.action, "content": d.content}
+}
+
+func (s *Server) handleDecisions(r *http.Request) (int, any) {
+	sid, pe := pathUUID(r, "id")
+	if pe != nil {
+		return rejected(pe)
 	}
-	if len(in) == 0 {
-		return fail(errf(http.StatusBadRequest, codeInvalidRequest, "decisions must name at least one tool call"))
+	o, pe := decodeBody(r)
+	if pe != nil {
+		return rejected(pe)
 	}
-	for id, d := range in {
-		switch d.Action {
-		case "accept", "reject":
-		case "custom_result":
-			if d.Content == nil {
-				return fail(errf(http.StatusBadRequest, codeInvalidRequest, "decision for %s: custom_result needs content", id))
-			}
-		default:
-			return fail(errf(http.StatusBadRequest, codeInvalidRequest, "decision for %s: action must be accept, reject or custom_result, got %q", id, d.Action))
+	runID, pe := o.uuidStr("", "run_id", true)
+	if pe != nil {
+		return rejected(pe)
+	}
+	dm, pe := o.object("", "decisions", true)
+	if pe != nil {
+		return rejected(pe)
+	}
+	in := make(map[string]decisionIn, len(dm))
+	canonDec := make(map[string]any, len(dm))
+	ids := make([]string, 0, len(dm))
+	for id := range dm {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	for _, id := range ids {
+		d, pe := dm.object("decisions", id, true)
+		if pe != nil {
+			return rejected(pe)
 		}
+		di, pe := decodeDecision("decisions."+id, d)
+		if pe != nil {
+			return rejected(pe)
+		}
+		in[id] = di
+		canonDec[id] = di.canonical()
+	}
+	canon := canonical(map[string]any{"run_id": *runID, "decisions": canonDec})
+	// Both /tools/decisions and its /tools/resolve alias store under the
+	// decisions path, as the real handler does.
+	return s.decide(r, sid, "/v1/sessions/"+sid+"/tools/decisions", canon, *runID, in)
+}
+
+func (s *Server) handleDecision(r *http.Request) (int, any) {
+	sid, pe := pathUUID(r, "id")
+	if pe != nil {
+		return rejected(pe)
+	}
+	o, pe := decodeBody(r)
+	if pe != nil {
+		return rejected(pe)
+	}
+	runID, pe := o.uuidStr("", "run_id", true)
+	if pe != nil {
+		return rejected(pe)
+	}
+	di, pe := decodeDecision("", o)
+	if pe != nil {
+		return rejected(pe)
+	}
+	call := r.PathValue("call")
+	canon := di.canonical()
+	canon["run_id"] = *runID
+	return s.decide(r, sid, "/v1/sessions/"+sid+"/tools/"+call+"/decision", canonical(canon), *runID, map[string]decisionIn{call: di})
+}
+
+// decide queues decisions for the active run. "accepted" means queued:
+// what happens to them is the run's business (applied, parked for a later
+// batch, or killing the run; see run.go).
+func (s *Server) decide(r *http.Request, sid, path string, canon []byte, runID string, in map[string]decisionIn) (int, any) {
+	im, done, status, body := s.idemLookup(r, path, canon)
+	if done {
+		return status, body
+	}
+	decisions := make(map[string]DecisionBody, len(in))
+	for id, d := range in {
+		if d.action == "custom_result" && d.content == nil {
+			return fail(errf(http.StatusBadRequest, codeInvalidRequest, "custom_result requires content"))
+		}
+		b := DecisionBody{Action: d.action}
+		if d.content != nil && d.action == "custom_result" {
+			b.Content = *d.content
+		}
+		decisions[id] = b
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	sess, e := s.lookupLocked(sessionID)
-	if e != nil {
-		return fail(e)
-	}
+	sess := s.sessions[sid]
 	run, e := s.activeRunLocked(sess, runID)
 	if e != nil {
 		return fail(e)
 	}
-	byID := make(map[string]*pendingCall, len(run.calls))
-	for _, c := range run.calls {
-		byID[c.id] = c
-	}
-	for id := range in {
-		if byID[id] == nil {
-			return fail(errf(http.StatusBadRequest, codeInvalidRequest, "run %s has no pending tool call %s", runID, id))
-		}
-	}
+	rec := sess.decisionsForLocked(runID)
 	for id, d := range in {
-		body := DecisionBody{Action: d.Action}
-		if d.Content != nil {
-			body.Content = *d.Content
+		b := DecisionBody{Action: d.action}
+		if d.content != nil {
+			b.Content = *d.content
 		}
-		if c := byID[id]; c.decision == nil {
-			c.decision = &body
-			sess.decisionsForLocked(runID).byCall[id] = body
-		}
+		rec.byCall[id] = b
 	}
-	select {
-	case run.decided <- struct{}{}:
-	default:
-	}
-	return http.StatusOK, map[string]any{"accepted": true, "run_id": runID}
+	run.commandLocked(command{kind: "decisions", decisions: decisions})
+	return im.ok(http.StatusOK, map[string]any{"accepted": true, "run_id": runID})
 }
 
 // decisionsForLocked returns the decision record of runID, adding it.
@@ -114,51 +157,53 @@ func (sess *session) decisionsForLocked(runID string) *runDecisions {
 	return rd
 }
 
-func (s *Server) handlePending(r *http.Request, _ []byte) (int, any) {
+// handlePending lists the session's proposed batch (decided calls
+// included) until its turn completes. Unknown sessions answer an empty
+// list, as the real handler does.
+func (s *Server) handlePending(r *http.Request) (int, any) {
+	sid, pe := pathUUID(r, "id")
+	if pe != nil {
+		return rejected(pe)
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	sess, e := s.lookupLocked(r.PathValue("id"))
-	if e != nil {
-		return fail(e)
-	}
 	calls := []map[string]any{}
 	var runID *string
-	if sess.run != nil {
-		id := sess.run.id
+	if sess := s.sessions[sid]; sess != nil && sess.pending != nil {
+		id := sess.pending.runID
 		runID = &id
-		for _, c := range sess.run.calls {
-			if c.decision == nil {
-				calls = append(calls, map[string]any{"id": c.id, "name": c.spec.name, "arguments": c.spec.args})
-			}
-		}
+		calls = append(calls, sess.pending.calls...)
 	}
 	return http.StatusOK, map[string]any{"run_id": runID, "tool_calls": calls}
 }
 
-func (s *Server) handleCancel(r *http.Request, body []byte) (int, any) {
-	var req struct {
-		RunID string `json:"run_id"`
+// handleCancel sets the run's cancellation flag. It ends nothing by
+// itself: see run.go for where the loop looks at it.
+func (s *Server) handleCancel(r *http.Request) (int, any) {
+	sid, pe := pathUUID(r, "id")
+	if pe != nil {
+		return rejected(pe)
 	}
-	if len(bytes.TrimSpace(body)) > 0 {
-		if err := json.Unmarshal(body, &req); err != nil {
-			return fail(errf(http.StatusBadRequest, codeInvalidRequest, "invalid JSON body: %v", err))
-		}
+	o, pe := decodeBody(r)
+	if pe != nil {
+		return rejected(pe)
 	}
-	if req.RunID == "" {
-		return fail(errf(http.StatusBadRequest, codeInvalidRequest, "run_id is required"))
+	runID, pe := o.uuidStr("", "run_id", true)
+	if pe != nil {
+		return rejected(pe)
+	}
+	im, done, status, body := s.idemLookup(r, "/v1/sessions/"+sid+"/cancel", canonical(map[string]any{"run_id": *runID}))
+	if done {
+		return status, body
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	sess, e := s.lookupLocked(r.PathValue("id"))
-	if e != nil {
-		return fail(e)
-	}
-	run, e := s.activeRunLocked(sess, req.RunID)
+	run, e := s.activeRunLocked(s.sessions[sid], *runID)
 	if e != nil {
 		return fail(e)
 	}
 	if run.cancelLocked() {
 		s.cancels++
 	}
-	return http.StatusOK, map[string]any{"cancelled": true, "run_id": run.id}
+	return im.ok(http.StatusOK, map[string]any{"cancelled": true, "run_id": run.id})
 }
