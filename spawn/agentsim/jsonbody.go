@@ -119,8 +119,11 @@ func (o obj) str(path, name string, required bool) (*string, *plainError) {
 		}
 		return nil, nil
 	}
-	if !required && o.value(name) == nil {
-		return nil, nil
+	if o.value(name) == nil { // null
+		if !required {
+			return nil, nil
+		}
+		return nil, dataErr(join(path, name), "invalid type: null, expected a string")
 	}
 	var s string
 	if err := json.Unmarshal(raw, &s); err != nil {
