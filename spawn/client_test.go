@@ -55,9 +55,9 @@ func TestNewClientBadInput(t *testing.T) {
 	c := newTestClient(t, "http://127.0.0.1:1", "")
 	_, err = c.GetSession(t.Context(), "")
 	require.ErrorContains(t, err, "session id is required")
-	require.ErrorContains(t, c.Decide(t.Context(), "s", "r", map[string]schemas.ToolDecision{"c": {Action: "custom_result"}}), "needs content")
-	require.ErrorContains(t, c.Decide(t.Context(), "s", "r", map[string]schemas.ToolDecision{"c": {Action: "maybe"}}), "unknown action")
-	require.ErrorContains(t, c.Decide(t.Context(), "s", "", map[string]schemas.ToolDecision{"c": {Action: "accept"}}), "run id")
+	require.ErrorContains(t, c.Decide(t.Context(), "s", "r", map[string]schemas.ToolDecision{"c": {Action: "custom_result"}}, ""), "needs content")
+	require.ErrorContains(t, c.Decide(t.Context(), "s", "r", map[string]schemas.ToolDecision{"c": {Action: "maybe"}}, ""), "unknown action")
+	require.ErrorContains(t, c.Decide(t.Context(), "s", "", map[string]schemas.ToolDecision{"c": {Action: "accept"}}, ""), "run id")
 	require.ErrorContains(t, c.Cancel(t.Context(), "s", ""), "run id")
 }
 
@@ -95,7 +95,7 @@ func TestClientTokenNeverInErrors(t *testing.T) {
 	require.ErrorAs(t, err, &ae)
 	assert.Equal(t, http.StatusUnauthorized, ae.StatusCode)
 	assert.Equal(t, CodeUnauthorized, ae.Code)
-	assert.False(t, IsTransient(err))
+	assert.True(t, IsTransient(err), "a 401 means the server restarted with a new token, not a bad job")
 	assert.NotContains(t, err.Error(), secret)
 
 	// Health is public.
@@ -150,11 +150,8 @@ func TestClientErrorCodes(t *testing.T) {
 		code   string
 	}{
 		{"role", SendMessageRequest{Message: MessageInput{Role: "assistant", Content: "x"}}, 400, CodeInvalidMessageRole},
-		{"model", SendMessageRequest{Message: MessageInput{Content: "x"}, Model: "unknown-model"}, 400, CodeInvalidModel},
-		{"override model wins", SendMessageRequest{Message: MessageInput{Content: "x"}, Model: "fine", Overrides: &RunOverrides{Model: "unknown-x"}}, 400, CodeInvalidModel},
 		{"context", SendMessageRequest{Message: MessageInput{Content: "x"}, Context: manyCtx}, 400, CodeInvalidContext},
 		{"overrides", SendMessageRequest{Message: MessageInput{Content: "x"}, Overrides: &RunOverrides{MaxTurns: 257}}, 400, CodeInvalidOverrides},
-		{"type", SendMessageRequest{Message: MessageInput{Content: "x"}, Type: "bogus"}, 400, CodeInvalidRequest},
 	}
 	for _, tc := range cases {
 		_, err := c.SendMessage(ctx, sess.ID, tc.req, "")
@@ -167,6 +164,18 @@ func TestClientErrorCodes(t *testing.T) {
 		assert.False(t, IsTransient(err), tc.name)
 		assert.True(t, IsAPIError(err, tc.code))
 	}
+
+	// The framework's own errors are plain text: an unknown enum value is a
+	// 422 with no JSON code, a path id that is not a UUID a 400.
+	_, err = c.SendMessage(ctx, sess.ID, SendMessageRequest{Message: MessageInput{Content: "x"}, Type: "bogus"}, "")
+	var ae *APIError
+	require.ErrorAs(t, err, &ae)
+	assert.Equal(t, http.StatusUnprocessableEntity, ae.StatusCode)
+	assert.Equal(t, "http_422", ae.Code)
+	assert.False(t, IsTransient(err))
+	_, err = c.GetSession(ctx, "not-a-uuid")
+	require.ErrorAs(t, err, &ae)
+	assert.Equal(t, http.StatusBadRequest, ae.StatusCode)
 
 	_, err = c.GetSession(ctx, "00000000-0000-0000-0000-000000000000")
 	assert.True(t, IsAPIError(err, CodeNotFound), "%v", err)
@@ -190,16 +199,16 @@ func TestClientErrorCodes(t *testing.T) {
 	assert.True(t, gs.Session.RunStatus.Active())
 	assert.Equal(t, runID, gs.Session.RunStatus.RunID)
 
-	err = c.Decide(ctx, sess.ID, "not-the-run", map[string]schemas.ToolDecision{"call_1": {Action: "accept"}})
+	err = c.Decide(ctx, sess.ID, "not-the-run", map[string]schemas.ToolDecision{"call_1": {Action: "accept"}}, "")
 	assert.True(t, IsAPIError(err, CodeRunMismatch), "%v", err)
 
 	require.NoError(t, c.Cancel(ctx, sess.ID, runID))
 	require.Eventually(t, func() bool { return srv.ActiveRuns() == 0 }, 5*time.Second, 10*time.Millisecond)
 	err = c.Cancel(ctx, sess.ID, runID)
-	var ae *APIError
+
 	require.ErrorAs(t, err, &ae)
 	assert.Equal(t, http.StatusConflict, ae.StatusCode)
-	err = c.Decide(ctx, sess.ID, runID, map[string]schemas.ToolDecision{"call_1": {Action: "accept"}})
+	err = c.Decide(ctx, sess.ID, runID, map[string]schemas.ToolDecision{"call_1": {Action: "accept"}}, "")
 	require.ErrorAs(t, err, &ae)
 	assert.Equal(t, http.StatusConflict, ae.StatusCode)
 

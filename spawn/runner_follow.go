@@ -467,10 +467,10 @@ func (st *runState) reconcile(ctx context.Context) (schemas.Result, bool, error)
 func (st *runState) finishEnded(ctx context.Context, gs *SessionState) (schemas.Result, error) {
 	st.closeStream()
 	st.ended = true
-	if err := st.openStream(ctx, st.opts.EndedReplayWait); err == nil {
-		// Bounded by the stream: the replay is finite and the quiet timer
-		// cuts the connection once it stops.
-		for {
+	if err := st.openReplay(ctx, st.opts.EndedReplayWait); err == nil {
+		// Bounded: the replay is at most the ring, and the quiet timer cuts
+		// the connection once events stop.
+		for range maxReplayEvents {
 			ev, err := st.stream.Next()
 			if err != nil {
 				var big *FrameTooLargeError
@@ -484,8 +484,9 @@ func (st *runState) finishEnded(ctx context.Context, gs *SessionState) (schemas.
 				st.rebuild = true
 				break
 			}
+			st.streamTimer.Reset(st.opts.EndedReplayWait)
 			res, done, err := st.handle(ctx, ev)
-			if err != nil {
+			if err != nil || st.stream == nil {
 				break
 			}
 			if done {
@@ -528,6 +529,10 @@ func (st *runState) snapshot(ctx context.Context, gs *SessionState) schemas.Resu
 	}
 	return st.failed(CodeRunLost, fmt.Sprintf("%s (session %s is %s); the job is not run again", why, st.sessionID, state))
 }
+
+// maxReplayEvents bounds the events read from the replay of a run that is
+// over: twice the real server's ring.
+const maxReplayEvents = 8192
 
 // CodeRunLost is the Result error code of a run that ended without a final
 // event.

@@ -310,15 +310,26 @@ func (st *runState) sessionLost(err error) schemas.Result {
 // arrives for idle (the stall timer); reads then fail with errStalled as the
 // context cause.
 func (st *runState) openStream(ctx context.Context, idle time.Duration) error {
+	return st.openStreamTimed(ctx, idle, true)
+}
+
+// openReplay subscribes from st.lastID to read the replay of a run known to
+// be over: the stream is cut when no event (keep-alives do not count: they
+// never stop) arrives for idle; the reader resets the timer per event.
+func (st *runState) openReplay(ctx context.Context, idle time.Duration) error {
+	return st.openStreamTimed(ctx, idle, false)
+}
+
+func (st *runState) openStreamTimed(ctx context.Context, idle time.Duration, bytesCount bool) error {
 	st.closeStream()
 	connCtx, cancel := context.WithCancelCause(ctx)
 	timer := time.AfterFunc(idle, func() { cancel(errStalled) })
 	from := st.lastID
-	stream, err := st.c.OpenEvents(connCtx, st.sessionID, StreamOptions{
-		LastEventID:   &from,
-		MaxFrameBytes: st.opts.MaxFrameBytes,
-		OnActivity:    func() { timer.Reset(idle) },
-	})
+	opts := StreamOptions{LastEventID: &from, MaxFrameBytes: st.opts.MaxFrameBytes}
+	if bytesCount {
+		opts.OnActivity = func() { timer.Reset(idle) }
+	}
+	stream, err := st.c.OpenEvents(connCtx, st.sessionID, opts)
 	if err != nil {
 		timer.Stop()
 		stalled := context.Cause(connCtx) == errStalled
