@@ -3,7 +3,6 @@ package agentsim
 import (
 	"bytes"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"mime"
 	"net/http"
@@ -271,15 +270,13 @@ func rawValue(raw json.RawMessage) any {
 	return v
 }
 
-var errNotUUID = errors.New("not a UUID")
-
 // pathUUID parses a path segment the way axum's Path<Uuid> does: 400 in
 // plain text when it is not a UUID.
 func pathUUID(r *http.Request, name string) (string, *plainError) {
 	v := r.PathValue(name)
 	id, err := uuid.Parse(v)
 	if err != nil {
-		return "", plainf(http.StatusBadRequest, "Invalid URL: Cannot parse `%s` with value `%s` to a `Uuid`: %v", name, v, errNotUUID)
+		return "", plainf(http.StatusBadRequest, "Invalid URL: Cannot parse `%s` with value `%s` to a `Uuid`", name, v)
 	}
 	return id.String(), nil
 }
