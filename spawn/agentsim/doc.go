@@ -31,7 +31,9 @@
 // Options.StartDelay before run_started, and for Options.EndDelay after
 // the terminal event (the real server spends seconds and up to ~2 s
 // there); then idle, or failed (no error text) after run_error or a silent
-// death. GET /messages serves the last checkpoint: the history and the new
+// death. In the EndDelay window decisions and steering answer 409
+// session_not_running (the loop's command channel is closed); cancel still
+// answers 200. GET /messages serves the last checkpoint: the history and the new
 // user message when the run starts, the conversation as of the last
 // inference or tool every Options.CheckpointInterval (5 s), and the whole
 // conversation at the end of EndDelay. Items are {role, content, name?}

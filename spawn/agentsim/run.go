@@ -44,6 +44,7 @@ type run struct {
 	killed    bool
 	killCh    chan struct{} // closed by Restart: the run vanishes
 	inbox     []command
+	loopOver  bool          // the agent loop returned: its command channel is closed
 	notify    chan struct{} // capacity 1: "inbox is not empty"
 	hooked    []message     // messages as of the last hook: what a periodic checkpoint writes
 	phase     string        // what the run is blocked in, for tests: inference, backoff, executing, decisions, hang
@@ -203,6 +204,9 @@ func (r *run) execute() {
 	if err == nil {
 		err = r.loop()
 	}
+	r.s.mu.Lock()
+	r.loopOver = true
+	r.s.mu.Unlock()
 	close(r.done)
 	var rerr *runError
 	switch {

@@ -760,8 +760,12 @@ func TestRunningBeforeRunStartedAndAfterRunCompleted(t *testing.T) {
 	state, rid = c.runState(sid)
 	require.Equal(t, "running", state, "running lasts after run_completed")
 	require.Equal(t, runID, rid)
+	// The loop is over: its command channel is closed, the token is not.
+	status, b := c.steer(sid, runID, "steering", "too late")
+	requireError(t, status, b, http.StatusConflict, codeSessionNotRunning)
+	c.cancelRun(sid, runID)
 	waitIdle(t, s)
-	_, b, _ := c.do("GET", "/v1/sessions/"+sid, nil, nil)
+	_, b, _ = c.do("GET", "/v1/sessions/"+sid, nil, nil)
 	require.Contains(t, string(b), `"run_status":{"state":"idle"}`)
 }
 

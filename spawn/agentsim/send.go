@@ -429,7 +429,7 @@ func (s *Server) handleSendMessage(r *http.Request) (int, any) {
 		if v.runID == "" {
 			return fail(errf(http.StatusConflict, codeRunMismatch, "run_id is required for steering/follow_up"))
 		}
-		r, e := s.activeRunLocked(sess, v.runID)
+		r, e := s.commandRunLocked(sess, v.runID)
 		if e != nil {
 			return fail(e)
 		}

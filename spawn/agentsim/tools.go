@@ -21,6 +21,18 @@ func (s *Server) activeRunLocked(sess *session, runID string) (*run, *apiError) 
 	return sess.run, nil
 }
 
+// commandRunLocked is activeRunLocked for commands (decisions, steering,
+// follow_up): once the agent loop has returned (the EndDelay window) its
+// command channel is closed, which the real server answers 409
+// session_not_running. Cancel still succeeds then.
+func (s *Server) commandRunLocked(sess *session, runID string) (*run, *apiError) {
+	r, e := s.activeRunLocked(sess, runID)
+	if e == nil && r.loopOver {
+		return nil, errf(http.StatusConflict, codeSessionNotRunning, "Session has no active run")
+	}
+	return r, e
+}
+
 // decisionIn is one decoded decision.
 type decisionIn struct {
 	action  string
@@ -131,7 +143,7 @@ func (s *Server) decide(r *http.Request, sid, path string, canon []byte, runID s
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	sess := s.sessions[sid]
-	run, e := s.activeRunLocked(sess, runID)
+	run, e := s.commandRunLocked(sess, runID)
 	if e != nil {
 		return fail(e)
 	}
