@@ -268,6 +268,9 @@ func (s *EventStream) Next() (Event, error) {
 			}
 			return Event{}, err
 		}
+		if f.DroppedID != "" {
+			s.notePrev(f.DroppedID)
+		}
 		ev, err := decodeFrame(f)
 		if err == nil && ev.Gap != nil {
 			s.prevID = ev.Gap.NewestAvailableID

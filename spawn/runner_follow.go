@@ -225,8 +225,7 @@ func (st *runState) handle(ctx context.Context, ev Event) (res schemas.Result, d
 			st.closeStream()
 			return res, false, nil
 		}
-		st.rebuild = true
-		st.warn(fmt.Sprintf("events were lost %d times (ids jumped); the text was rebuilt from the session's messages", st.jumps))
+		st.lost("ids that jumped")
 	}
 	if st.runID == "" && st.ended && ev.RunID != "" && ev.Name == EventRunStarted {
 		// Re-attaching to a session whose run id was never recorded: the
@@ -261,7 +260,7 @@ func (st *runState) process(ctx context.Context, ev Event) (schemas.Result, bool
 	case EventTextDelta:
 		var p TextDelta
 		if err := ev.Decode(&p); err != nil {
-			st.rebuild = true
+			st.lost("a malformed text event")
 			st.warn(fmt.Sprintf("skipped a malformed text_delta event: %v", err))
 			return none, false, nil
 		}
@@ -402,26 +401,45 @@ func (st *runState) decide(ctx context.Context, decisions map[string]schemas.Too
 }
 
 // onGap handles gap_detected: the events between our cursor and the ring's
-// oldest are gone. Live events still follow on this stream; the text is
-// rebuilt from the messages at the end, and the session is checked for a
-// run that ended or waits on calls we never saw.
+// oldest are gone, and the server replayed none of the ring. The ring still
+// holds oldest..newest (the run's end may be among them), so the runner
+// reconnects from just before the oldest to have them replayed; the lost
+// text is rebuilt from the messages at the end. Bounded: after
+// maxGapReconnects it takes the live events as they come.
 func (st *runState) onGap(ctx context.Context, g *GapDetected) (schemas.Result, bool, error) {
-	st.rebuild = true
+	st.lost("a gap in the event stream")
 	st.log.Warn("event stream gap: events were no longer kept by the agent server",
 		"requested_after_id", g.RequestedAfterID, "oldest_available_id", g.OldestAvailableID)
+	st.gaps++
+	if st.gaps <= maxGapReconnects && g.OldestAvailableID > st.lastID+1 {
+		st.lastID = g.OldestAvailableID - 1
+		st.closeStream()
+		return schemas.Result{}, false, nil
+	}
 	if g.NewestAvailableID > st.lastID {
-		// Live events continue after the newest; reconnecting from an older
-		// id would only produce the same gap again.
 		st.lastID = g.NewestAvailableID
 	}
 	return st.reconcile(ctx)
 }
 
+// lost notes that events were lost, and why: the text is rebuilt from the
+// session's messages at the end.
+func (st *runState) lost(why string) {
+	st.rebuild = true
+	if !slices.Contains(st.lostWhy, why) {
+		st.lostWhy = append(st.lostWhy, why)
+	}
+}
+
+// maxGapReconnects bounds the reconnects made to replay what is left of the
+// ring after a gap.
+const maxGapReconnects = 4
+
 // onOversize handles a frame over the cap: it is skipped (its id, when known,
 // is marked processed so reconnects skip it too) and the session is checked
 // in case it was an event the run depends on.
 func (st *runState) onOversize(ctx context.Context, big *FrameTooLargeError) (schemas.Result, bool, error) {
-	st.rebuild = true
+	st.lost("an oversized event")
 	st.warn(fmt.Sprintf("skipped an event larger than %d bytes (%s)",
 		big.Limit, strings.TrimSpace(big.Event+" "+big.ID)))
 	if id, err := strconv.ParseUint(big.ID, 10, 64); err == nil && id > st.lastID {
@@ -467,33 +485,8 @@ func (st *runState) reconcile(ctx context.Context) (schemas.Result, bool, error)
 func (st *runState) finishEnded(ctx context.Context, gs *SessionState) (schemas.Result, error) {
 	st.closeStream()
 	st.ended = true
-	if err := st.openReplay(ctx, st.opts.EndedReplayWait); err == nil {
-		// Bounded: the replay is at most the ring, and the quiet timer cuts
-		// the connection once events stop.
-		for range maxReplayEvents {
-			ev, err := st.stream.Next()
-			if err != nil {
-				var big *FrameTooLargeError
-				if errors.As(err, &big) {
-					_, _, _ = st.onOversize(ctx, big)
-					continue
-				}
-				break
-			}
-			if ev.Gap != nil {
-				st.rebuild = true
-				break
-			}
-			st.streamTimer.Reset(st.opts.EndedReplayWait)
-			res, done, err := st.handle(ctx, ev)
-			if err != nil || st.stream == nil {
-				break
-			}
-			if done {
-				st.closeStream()
-				return res, nil
-			}
-		}
+	if res, done := st.replayEnded(ctx); done {
+		return res, nil
 	}
 	st.closeStream()
 	if ctx.Err() != nil {
@@ -502,13 +495,95 @@ func (st *runState) finishEnded(ctx context.Context, gs *SessionState) (schemas.
 	return st.snapshot(ctx, gs), nil
 }
 
+// replayOpens bounds the streams opened to read an ended run's replay (a
+// cut stream is reopened from the last event read; a gap is followed by one
+// replay from the ring's oldest event).
+const replayOpens = 4
+
+// replayEnded reads the replay of a run known to be over, looking for its
+// final event. Bounded: at most replayOpens streams of at most
+// maxReplayEvents events each, each cut when events stop for
+// EndedReplayWait.
+func (st *runState) replayEnded(ctx context.Context) (schemas.Result, bool) {
+	for range replayOpens {
+		// From one before the cursor: the event at the cursor shows the
+		// ring still reaches it (after a restart ids start again at 1), and
+		// if it is the run's end, a re-attach after the end was processed
+		// (but not published) still gets the Result.
+		at := st.lastID
+		if at > 0 {
+			st.lastID--
+		}
+		err := st.openReplay(ctx, st.opts.EndedReplayWait)
+		st.lastID = max(st.lastID, at)
+		if err != nil {
+			return schemas.Result{}, false
+		}
+		quiet := false
+		for range maxReplayEvents {
+			ev, err := st.stream.Next()
+			if err != nil {
+				var big *FrameTooLargeError
+				if errors.As(err, &big) {
+					_, _, _ = st.onOversize(ctx, big)
+					continue
+				}
+				// Events stopped (the quiet timer): the replay is over. Any
+				// other error cut the stream: read on from a new one.
+				quiet = context.Cause(st.streamCtx) == errStalled
+				break
+			}
+			if ev.Gap != nil {
+				// The ring moved past our cursor: it still holds its oldest
+				// events, the run's end perhaps; read them from there.
+				st.replayGap = true
+				st.lost("a gap in the event stream")
+				if ev.Gap.OldestAvailableID <= st.lastID+1 {
+					return schemas.Result{}, false
+				}
+				st.lastID = ev.Gap.OldestAvailableID - 1
+				break
+			}
+			st.streamTimer.Reset(st.opts.EndedReplayWait)
+			if ev.ID == at && at > 0 {
+				st.ringReached = true
+				if ev.RunID != st.runID || (ev.Name != EventRunCompleted && ev.Name != EventRunError) {
+					continue
+				}
+				st.lastID = at - 1 // process the run's end once more
+			}
+			res, done, err := st.handle(ctx, ev)
+			if done && err == nil {
+				st.closeStream()
+				return res, true
+			}
+			if err != nil || st.stream == nil {
+				break
+			}
+		}
+		st.closeStream()
+		if quiet || ctx.Err() != nil {
+			return schemas.Result{}, false
+		}
+	}
+	return schemas.Result{}, false
+}
+
 // snapshot is the Result of a run that is over but whose final event was
-// never seen: it ended without telling (the real server has many such
-// failures), or the server restarted under it, or its final event left the
-// ring. It is reported failed with code run_lost, never completed, and is
-// never started again (at most one run per job).
+// never seen. The real server's session state says how it ended: idle after
+// a run that returned normally (completed, cancelled, max turns) or after a
+// restart, failed after run_error or a silent death (a sandbox, checkpoint
+// or tool-decision failure, which emits nothing). A restart is told by the
+// server's uptime or by a ring that no longer reaches our cursor (a replay
+// that gives neither our events nor a gap notice). So:
+//   - a restart, or a failure that emitted nothing: failed, code run_lost;
+//   - idle, the ring evicted the final event (replay gap): completed, with a
+//     warning that the stop reason and usage are unknown;
+//   - failed, the ring evicted the final event: failed, code run_error.
+//
+// A lost run is never reported completed and never started again.
 func (st *runState) snapshot(ctx context.Context, gs *SessionState) schemas.Result {
-	st.rebuild = true
+	st.lost("no final event")
 	if fresh, err := st.getSession(ctx); err == nil {
 		gs = &fresh
 	}
@@ -516,18 +591,33 @@ func (st *runState) snapshot(ctx context.Context, gs *SessionState) schemas.Resu
 	if gs != nil {
 		state = gs.Session.RunStatus.State
 	}
-	why := "the run ended on the agent server without a final event"
-	if state == RunStateFailed {
-		why = "the run failed on the agent server without an error event (a sandbox, checkpoint, hook or tool-decision failure)"
-	}
 	hctx, cancel := context.WithTimeout(ctx, st.opts.CancelTimeout)
-	h, err := st.c.Health(hctx)
+	h, herr := st.c.Health(hctx)
 	cancel()
-	if err == nil && !st.runAt.IsZero() && time.Duration(h.UptimeSeconds)*time.Second < time.Since(st.runAt) {
-		why = fmt.Sprintf("the agent server restarted (up %ds) after the run started %s ago; runs do not survive a restart",
-			h.UptimeSeconds, time.Since(st.runAt).Round(time.Second))
+	// Uptime has whole seconds: allow for the rounding.
+	restarted := herr == nil && !st.runAt.IsZero() &&
+		time.Duration(h.UptimeSeconds+2)*time.Second < time.Since(st.runAt)
+	lost := func(why string) schemas.Result {
+		return st.failed(CodeRunLost, fmt.Sprintf("%s (session %s is %s); the job is not run again", why, st.sessionID, state))
 	}
-	return st.failed(CodeRunLost, fmt.Sprintf("%s (session %s is %s); the job is not run again", why, st.sessionID, state))
+	switch {
+	case restarted:
+		return lost(fmt.Sprintf("the agent server restarted (up %ds) after the run started %s ago; runs do not survive a restart",
+			h.UptimeSeconds, time.Since(st.runAt).Round(time.Second)))
+	case !st.replayGap && state == RunStateFailed:
+		return lost("the run failed on the agent server without an error event (a sandbox, checkpoint or tool-decision failure)")
+	case !st.replayGap && !st.ringReached && st.lastID > 0:
+		return lost("the run is gone from the agent server without a final event, and so are its events: the server restarted")
+	case !st.replayGap:
+		return lost("the run ended on the agent server without a final event")
+	case state == RunStateFailed:
+		return st.failed("run_error", "the run failed; its error event was no longer kept by the agent server")
+	case herr != nil:
+		return lost(fmt.Sprintf("the run ended without a final event seen, and the agent server's health could not be read: %v", herr))
+	}
+	st.warn("the run's final event was no longer kept by the agent server; the session says it ended normally " +
+		"(stop reason, usage and turns may be missing)")
+	return st.result(schemas.StatusCompleted)
 }
 
 // maxReplayEvents bounds the events read from the replay of a run that is

@@ -2,6 +2,7 @@ package spawn
 
 import (
 	"encoding/json"
+	"slices"
 	"fmt"
 	"io"
 	"maps"
@@ -31,14 +32,22 @@ func fastRunnerOptions() RunnerOptions {
 	return o
 }
 
-// cancelOnRun cancels ctl once the recorder sees the run id.
-func cancelOnRun(t *testing.T, rec *recorder, ctl *Control) {
+// cancelOnEvent cancels ctl once the recorder has seen an event named name.
+func cancelOnEvent(t *testing.T, rec *recorder, ctl *Control, name string) {
 	t.Helper()
 	go func() {
-		select {
-		case <-rec.runID:
-			ctl.Cancel()
-		case <-t.Context().Done():
+		tick := time.NewTicker(5 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-tick.C:
+				if slices.Contains(eventNames(rec), name) {
+					ctl.Cancel()
+					return
+				}
+			case <-t.Context().Done():
+				return
+			}
 		}
 	}()
 }
@@ -118,7 +127,7 @@ func TestRunCancelWhileThinking(t *testing.T) {
 	r = NewRunner(r.c, opts)
 	rec := newRecorder()
 	ctl := NewControl()
-	cancelOnRun(t, rec, ctl)
+	cancelOnEvent(t, rec, ctl, EventTurnStarted)
 	res, err := r.Run(t.Context(), rec.attach(Spec{
 		Job:     schemas.Job{ID: "thinking", Prompt: "#sim sleep 600ms\n#sim tool run_command {}\n#sim text never"},
 		Control: ctl,
@@ -136,10 +145,10 @@ func TestRunCancelGraceBoundsTheResult(t *testing.T) {
 	_, _, r := newSimRunner(t, agentsim.Options{}, fastRunnerOptions())
 	rec := newRecorder()
 	ctl := NewControl()
-	cancelOnRun(t, rec, ctl)
+	cancelOnEvent(t, rec, ctl, EventTurnStarted)
 	start := time.Now()
 	res, err := r.Run(t.Context(), rec.attach(Spec{
-		Job:     schemas.Job{ID: "grace", Prompt: "#sim text thinking hard\n#sim sleep 1m"},
+		Job:     schemas.Job{ID: "grace", Prompt: "#sim sleep 1m"},
 		Control: ctl,
 	}))
 	require.NoError(t, err)

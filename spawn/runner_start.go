@@ -38,12 +38,15 @@ type runState struct {
 	streamCancel context.CancelCauseFunc
 	streamTimer  *time.Timer
 
-	streamFrom uint64      // the Last-Event-ID the open stream was asked from
-	quietTimer *time.Timer // liveness probe of the open stream; nil when none
-	opened     bool        // a stream was opened in this follow: later opens are reconnects
-	jumps      int         // reconnects made for ids that jumped forward
-	cutMu      sync.Mutex  // guards cut, called from Control's goroutine
-	cut        context.CancelCauseFunc
+	streamFrom  uint64      // the Last-Event-ID the open stream was asked from
+	quietTimer  *time.Timer // liveness probe of the open stream; nil when none
+	opened      bool        // a stream was opened in this follow: later opens are reconnects
+	jumps       int         // reconnects made for ids that jumped forward
+	gaps        int         // reconnects made to replay the ring after a gap
+	replayGap   bool        // the replay of an ended run began with a gap notice
+	ringReached bool        // the replay of an ended run still had the event at the cursor
+	cutMu       sync.Mutex  // guards cut, called from Control's goroutine
+	cut         context.CancelCauseFunc
 
 	stdout     strings.Builder
 	turns      int
@@ -54,8 +57,9 @@ type runState struct {
 	decided    []string // tool call ids decided (see Cursor.Decided)
 	held       map[string]schemas.ToolDecision
 	warnings   []string
-	rebuild    bool // the streamed text may be incomplete: rebuild it from messages
-	ended      bool // following a run known to have ended: decide nothing
+	rebuild    bool     // the streamed text may be incomplete: rebuild it from messages
+	lostWhy    []string // why events were lost
+	ended      bool     // following a run known to have ended: decide nothing
 	runAt      time.Time
 	lastReport Cursor
 	reportedAt time.Time
@@ -225,6 +229,9 @@ func (st *runState) send(ctx context.Context) (runID string, res schemas.Result,
 		// The session already has (or had) a run: ours, since the session is
 		// the job's own. Never start another one; find it instead.
 		st.log.Info("send answered with a conflict; looking for the existing run", "err", err)
+		if IsAPIError(err, CodeIdempotencyKeyReused) {
+			st.warn("a job with this id was already sent to the agent server with a different request; this is that run's result")
+		}
 		gs, gerr := st.getSession(ctx)
 		if gerr != nil {
 			if isSessionLost(gerr) {
@@ -490,12 +497,12 @@ func (st *runState) finalize(ctx context.Context, res schemas.Result) schemas.Re
 			// The messages have less than was streamed (a checkpoint not yet
 			// written): keep the longer text.
 			if st.rebuild {
-				st.warn("events were lost and the session's messages had less text than was streamed; the streamed text is kept and may miss parts")
+				st.warn(fmt.Sprintf("events were lost (%s) and the session's messages had less text than was streamed; the streamed text is kept and may miss parts", strings.Join(st.lostWhy, ", ")))
 			}
 		case text != res.Stdout:
 			res.Stdout = text
 			if st.rebuild {
-				st.warn("events were lost; the agent's text was rebuilt from the session's messages")
+				st.warn(fmt.Sprintf("events were lost (%s); the agent's text was rebuilt from the session's messages", strings.Join(st.lostWhy, ", ")))
 			}
 		}
 		if !settled {

@@ -96,7 +96,7 @@ func requestsTo(srv *agentsim.Server, method, suffix string) []agentsim.Recorded
 }
 
 func TestRunCompleted(t *testing.T) {
-	srv, _, r := newSimRunner(t, agentsim.Options{Token: "tok"}, testRunnerOptions())
+	srv, _, r := newSimRunner(t, agentsim.Options{Token: "tok", Models: []string{"override-model"}}, testRunnerOptions())
 	rec := newRecorder()
 	job := schemas.Job{
 		ID:       "job-1",
@@ -278,7 +278,7 @@ func TestRunPauseThenResume(t *testing.T) {
 	rec2 := newRecorder()
 	res2, err := r.Run(t.Context(), rec2.attach(Spec{Job: job, Resume: &cur, Attempt: 1, Decisions: decisions}))
 	require.NoError(t, err)
-	assert.Equal(t, schemas.StatusCompleted, res2.Status)
+	assert.Equal(t, schemas.StatusCompleted, res2.Status, "%+v %v", res2.Error, res2.Warnings)
 	assert.Equal(t, res.RunID, res2.RunID)
 	assert.Equal(t, schemas.ToolCallCounts{Accepted: 2}, res2.ToolCalls)
 	assert.Contains(t, res2.Stdout, "after tools.")
@@ -354,13 +354,7 @@ func TestRunCancelled(t *testing.T) {
 	srv, _, r := newSimRunner(t, agentsim.Options{}, testRunnerOptions())
 	rec := newRecorder()
 	ctl := NewControl()
-	go func() {
-		select {
-		case <-rec.runID:
-			ctl.Cancel()
-		case <-time.After(10 * time.Second):
-		}
-	}()
+	cancelOnEvent(t, rec, ctl, EventTextComplete)
 	res, err := r.Run(t.Context(), rec.attach(Spec{Job: schemas.Job{ID: "cancel", Prompt: "#sim text waiting\n#sim hang"}, Control: ctl}))
 	require.NoError(t, err)
 	assert.Empty(t, res.Warnings, "the server confirmed the end")
@@ -528,12 +522,14 @@ func TestRunReattachToEndedRun(t *testing.T) {
 	assert.Equal(t, "all finished", res.Stdout)
 	assert.Equal(t, first.Usage, res.Usage)
 
-	// Past the final event: rebuilt from the session snapshot.
+	// Past the final event (processed, but its result not published): the
+	// replay from one before the cursor has the run's end again.
 	res, err = r.Run(t.Context(), Spec{Job: job, Resume: &final})
 	require.NoError(t, err)
 	assert.Equal(t, schemas.StatusCompleted, res.Status)
 	assert.Equal(t, "all finished", res.Stdout)
-	assert.NotEmpty(t, res.Warnings)
+	assert.Equal(t, first.Usage, res.Usage)
+	assert.Empty(t, res.Warnings)
 
 	assert.Equal(t, 1, srv.RunsStarted())
 	assert.Len(t, requestsTo(srv, http.MethodPost, "/messages"), 1)

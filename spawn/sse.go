@@ -48,6 +48,10 @@ type Frame struct {
 	ID string
 	// HasID reports whether this frame carried an id field itself.
 	HasID bool
+	// DroppedID is the id of the last frame before this one that was not
+	// dispatched because it had no data ("" if none): its id was used, so
+	// a reader checking that ids are contiguous must count it.
+	DroppedID string
 	// Event is the event name; "" means the default "message".
 	Event string
 	// Data is the frame's data lines joined by "\n".
@@ -94,6 +98,7 @@ type SSEReader struct {
 	event     string
 	lastID    string
 	frameID   bool
+	droppedID string // id of the last frame dropped for having no data, since the last dispatch
 }
 
 // sseBufSize is the read buffer of an SSEReader. Agent-server frames are a
@@ -299,9 +304,13 @@ func (s *SSEReader) processLine(line []byte) error {
 func (s *SSEReader) dispatch() (Frame, bool) {
 	defer s.resetFrame()
 	if !s.hasData {
+		if s.frameID {
+			s.droppedID = s.lastID
+		}
 		return Frame{}, false
 	}
-	f := Frame{ID: s.lastID, HasID: s.frameID, Event: s.event, Data: bytes.Clone(s.data.Bytes())}
+	f := Frame{ID: s.lastID, HasID: s.frameID, Event: s.event, Data: bytes.Clone(s.data.Bytes()), DroppedID: s.droppedID}
+	s.droppedID = ""
 	return f, true
 }
 
