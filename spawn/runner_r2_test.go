@@ -2,13 +2,13 @@ package spawn
 
 import (
 	"encoding/json"
-	"slices"
 	"fmt"
 	"io"
 	"maps"
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
