@@ -199,7 +199,7 @@ func TestClientErrorCodes(t *testing.T) {
 	assert.True(t, gs.Session.RunStatus.Active())
 	assert.Equal(t, runID, gs.Session.RunStatus.RunID)
 
-	err = c.Decide(ctx, sess.ID, "not-the-run", map[string]schemas.ToolDecision{"call_1": {Action: "accept"}}, "")
+	err = c.Decide(ctx, sess.ID, "00000000-0000-4000-8000-000000000001", map[string]schemas.ToolDecision{"call_1": {Action: "accept"}}, "")
 	assert.True(t, IsAPIError(err, CodeRunMismatch), "%v", err)
 
 	require.NoError(t, c.Cancel(ctx, sess.ID, runID))
@@ -214,9 +214,11 @@ func TestClientErrorCodes(t *testing.T) {
 
 	page, err := c.Messages(ctx, sess.ID, 10, 0)
 	require.NoError(t, err)
-	require.NotEmpty(t, page.Messages)
-	assert.Equal(t, "user", page.Messages[0].Role)
-	assert.Equal(t, "#sim text hi\n#sim hang", page.Messages[0].Content)
+	// The checkpoint has the server's system prompt first, then the prompt.
+	require.GreaterOrEqual(t, len(page.Messages), 2)
+	assert.Equal(t, "system", page.Messages[0].Role)
+	assert.Equal(t, "user", page.Messages[1].Role)
+	assert.Equal(t, "#sim text hi\n#sim hang", page.Messages[1].Content)
 
 	pend, err := c.PendingTools(ctx, sess.ID)
 	require.NoError(t, err)
@@ -244,6 +246,7 @@ func TestClientTransientClassification(t *testing.T) {
 		{400, `{"error":"bad","code":"invalid_request"}`, false, "invalid_request", "bad"},
 		{404, ``, false, "http_404", "Not Found"},
 		{409, `{"error":"x","code":"session_already_running"}`, false, "session_already_running", "x"},
+		{401, `{"error":"Unauthorized","code":"unauthorized"}`, true, "unauthorized", "Unauthorized"},
 	} {
 		c := newTestClient(t, status(tc.code, tc.body), "tok")
 		_, err := c.GetSession(t.Context(), "s")

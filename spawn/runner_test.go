@@ -464,37 +464,47 @@ func TestRunSkipsGarbageAndOversizedFrames(t *testing.T) {
 }
 
 func TestRunFailedSendRetriedByCaller(t *testing.T) {
-	for _, kind := range []string{"503", "reset"} {
-		t.Run(kind, func(t *testing.T) {
-			srv, _, r := newSimRunner(t, agentsim.Options{}, testRunnerOptions())
-			job := schemas.Job{ID: "retry-" + kind, Prompt: "#sim fail-send 1 " + kind + "\n#sim text ok"}
-			_, err := r.Run(t.Context(), Spec{Job: job})
-			require.Error(t, err)
-			assert.True(t, IsTransient(err), "%v", err)
-			var ce *CursorError
-			require.ErrorAs(t, err, &ce)
-			require.NotEmpty(t, ce.Cursor.SessionID)
-			assert.Empty(t, ce.Cursor.RunID)
-			assert.Zero(t, srv.RunsStarted())
+	srv, _, r := newSimRunner(t, agentsim.Options{}, testRunnerOptions())
+	job := schemas.Job{ID: "retry-503", Prompt: "#sim fail-send 1 503\n#sim text ok"}
+	_, err := r.Run(t.Context(), Spec{Job: job})
+	require.Error(t, err)
+	assert.True(t, IsTransient(err), "%v", err)
+	var ce *CursorError
+	require.ErrorAs(t, err, &ce)
+	require.NotEmpty(t, ce.Cursor.SessionID)
+	assert.Empty(t, ce.Cursor.RunID)
+	assert.Zero(t, srv.RunsStarted())
 
-			// The caller retries from the cursor.
-			res, err := r.Run(t.Context(), Spec{Job: job, Resume: &ce.Cursor, Attempt: 2})
-			require.NoError(t, err)
-			assert.Equal(t, schemas.StatusCompleted, res.Status)
-			assert.Equal(t, "ok", res.Stdout)
-			assert.Equal(t, ce.Cursor.SessionID, res.SessionID)
+	// The caller retries from the cursor.
+	res, err := r.Run(t.Context(), Spec{Job: job, Resume: &ce.Cursor, Attempt: 2})
+	require.NoError(t, err)
+	assert.Equal(t, schemas.StatusCompleted, res.Status)
+	assert.Equal(t, "ok", res.Stdout)
+	assert.Equal(t, ce.Cursor.SessionID, res.SessionID)
 
-			// A redelivery that lost the cursor starts over: the same keys
-			// find the same session and the same run.
-			res2, err := r.Run(t.Context(), Spec{Job: job, Attempt: 3})
-			require.NoError(t, err)
-			assert.Equal(t, res.SessionID, res2.SessionID)
-			assert.Equal(t, res.RunID, res2.RunID)
-			assert.Equal(t, "ok", res2.Stdout)
-			assert.Equal(t, 1, srv.RunsStarted())
-			assert.Equal(t, 1, srv.SessionCount())
-		})
-	}
+	// A redelivery that lost the cursor starts over: the same keys
+	// find the same session and the same run.
+	res2, err := r.Run(t.Context(), Spec{Job: job, Attempt: 3})
+	require.NoError(t, err)
+	assert.Equal(t, res.SessionID, res2.SessionID)
+	assert.Equal(t, res.RunID, res2.RunID)
+	assert.Equal(t, "ok", res2.Stdout)
+	assert.Equal(t, 1, srv.RunsStarted())
+	assert.Equal(t, 1, srv.SessionCount())
+}
+
+// A send whose connection is reset before any answer, on a kept-alive
+// connection: net/http sends a request that carries an Idempotency-Key again
+// on a new connection by itself, so the run starts once and the phase
+// completes without the caller retrying.
+func TestRunSendResetIsReplayedByTheTransport(t *testing.T) {
+	srv, _, r := newSimRunner(t, agentsim.Options{}, testRunnerOptions())
+	res, err := r.Run(t.Context(), Spec{Job: schemas.Job{ID: "retry-reset", Prompt: "#sim fail-send 1 reset\n#sim text ok"}})
+	require.NoError(t, err)
+	assert.Equal(t, schemas.StatusCompleted, res.Status)
+	assert.Equal(t, "ok", res.Stdout)
+	assert.Equal(t, 1, srv.RunsStarted())
+	assert.Len(t, requestsTo(srv, http.MethodPost, "/messages"), 2, "the reset send and its replay")
 }
 
 func TestRunReattachToEndedRun(t *testing.T) {
