@@ -378,7 +378,12 @@ var (
 // probe runs on the timer's goroutine and ends with ctx (the stream's).
 func (st *runState) probeWhenQuiet(ctx context.Context, cut context.CancelCauseFunc) *time.Timer {
 	sid, rid, every := st.sessionID, st.runID, st.opts.LivenessInterval
-	var t *time.Timer
+	var (
+		mu sync.Mutex // orders the assignment of t before the callback reads it
+		t  *time.Timer
+	)
+	mu.Lock()
+	defer mu.Unlock()
 	t = time.AfterFunc(every, func() {
 		pctx, cancel := context.WithTimeout(ctx, st.opts.CancelTimeout)
 		defer cancel()
@@ -391,6 +396,8 @@ func (st *runState) probeWhenQuiet(ctx context.Context, cut context.CancelCauseF
 			cut(errRunQuiet)
 			return
 		}
+		mu.Lock()
+		defer mu.Unlock()
 		t.Reset(every)
 	})
 	return t

@@ -243,7 +243,14 @@ func TestCancelRunningAndPausedJobs(t *testing.T) {
 	nc := h.js.Conn()
 
 	h.submit(job("cancel-run", "#sim text going\n#sim hang"))
-	eventually(t, func() bool { return h.sim.ActiveRuns() == 1 }, "run going")
+	eventually(t, func() bool {
+		for _, e := range h.events("cancel-run") {
+			if e.Type == schemas.EventText {
+				return true
+			}
+		}
+		return false
+	}, "run going, its text streamed")
 	r := h.cancelJob(nc, "cancel-run")
 	require.Nil(t, r.Error)
 	assert.Equal(t, "cancelling", r.Status)

@@ -83,12 +83,12 @@ func TestAgentRestartWithNewToken(t *testing.T) {
 	for _, id := range []string{"after-1", "after-2"} {
 		h.submit(job(id, "#sim text fine"))
 	}
+	// Whoever restarts the server writes its new token to the file.
+	require.NoError(t, os.WriteFile(tokenFile, []byte("token-2\n"), 0o600))
 	lost := h.final("before-1")
 	assert.Equal(t, schemas.StatusFailed, lost.Status)
 	require.NotNil(t, lost.Error)
 	assert.Equal(t, spawn.CodeRunLost, lost.Error.Code)
-
-	require.NoError(t, os.WriteFile(tokenFile, []byte("token-2\n"), 0o600))
 	for _, id := range []string{"after-1", "after-2"} {
 		res := h.final(id)
 		assert.Equal(t, schemas.StatusCompleted, res.Status, id)

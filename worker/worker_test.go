@@ -396,8 +396,9 @@ func TestApprovalExpiresWithTheJob(t *testing.T) {
 	// The expiry rejects the call at the deadline; the run's last moments
 	// race the timeout, so it ends either way, never with the call run.
 	assert.Contains(t, []schemas.Status{schemas.StatusTimedOut, schemas.StatusCompleted}, res.Status)
+	// At the deadline the run is cancelled (and woken) rather than decided,
+	// or the expiry's reject lands first: either way the call never runs.
 	decisions := h.sim.Decisions(res.SessionID)
-	require.NotEmpty(t, decisions)
 	for _, d := range decisions {
 		assert.NotEqual(t, "accept", d[req.PendingToolCalls[0].ID].Action, "the pending call never ran")
 	}
