@@ -345,3 +345,19 @@ func TestClientEventsLastEventIDHeader(t *testing.T) {
 	assert.Equal(t, "<none>", <-got)
 	assert.Equal(t, "0", <-got)
 }
+
+// Request bodies are measured as sent: < > & are not escaped to six bytes
+// each, so a prompt of shell redirects stays its own size.
+func TestClientDoesNotEscapeHTML(t *testing.T) {
+	srv, base := agentsim.NewTestServer(t, agentsim.Options{})
+	c := newTestClient(t, base, "")
+	sess, err := c.CreateSession(t.Context(), CreateSessionRequest{Title: "<&>"}, "")
+	require.NoError(t, err)
+	prompt := "cat <in >out && echo done " + strings.Repeat("<", 600_000)
+	_, err = c.SendMessage(t.Context(), sess.ID, SendMessageRequest{Message: MessageInput{Content: prompt}}, "")
+	require.NoError(t, err, "600 KB of '<' is 600 KB on the wire, under the 2 MB cap")
+	sends := requestsTo(srv, http.MethodPost, "/messages")
+	require.Len(t, sends, 1)
+	assert.Less(t, len(sends[0].Body), 700_000)
+	assert.Contains(t, string(sends[0].Body), "cat <in >out && echo done")
+}

@@ -208,7 +208,8 @@ type EventStream struct {
 	body io.ReadCloser
 	sse  *SSEReader
 
-	prevID     uint64 // id of the last frame read (skipped ones included); 0: none known
+	prevID     uint64 // id of the last frame read (skipped ones included)
+	prevKnown  bool   // prevID is known: opened with a Last-Event-ID, or a frame had an id
 	mu         sync.Mutex
 	skipped    int
 	keepAlives int
@@ -238,7 +239,7 @@ func NewEventStream(r io.ReadCloser, opts StreamOptions) *EventStream {
 func newEventStream(body io.ReadCloser, opts StreamOptions) *EventStream {
 	s := &EventStream{body: body}
 	if opts.LastEventID != nil {
-		s.prevID = *opts.LastEventID
+		s.prevID, s.prevKnown = *opts.LastEventID, true
 	}
 	var rd io.Reader = body
 	if opts.OnActivity != nil {
@@ -273,10 +274,10 @@ func (s *EventStream) Next() (Event, error) {
 		}
 		ev, err := decodeFrame(f)
 		if err == nil && ev.Gap != nil {
-			s.prevID = ev.Gap.NewestAvailableID
+			s.prevID, s.prevKnown = ev.Gap.NewestAvailableID, true
 		} else if err == nil {
-			ev.Jump = s.prevID > 0 && ev.ID > s.prevID+1
-			s.prevID = ev.ID
+			ev.Jump = s.prevKnown && ev.ID > s.prevID+1
+			s.prevID, s.prevKnown = ev.ID, true
 		} else if f.HasID {
 			s.notePrev(f.ID)
 		}
@@ -295,7 +296,7 @@ func (s *EventStream) Next() (Event, error) {
 // large), so the next event is not taken for a jump.
 func (s *EventStream) notePrev(id string) {
 	if n, err := strconv.ParseUint(id, 10, 64); err == nil && n > 0 {
-		s.prevID = n
+		s.prevID, s.prevKnown = n, true
 	}
 }
 

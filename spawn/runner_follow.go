@@ -110,7 +110,7 @@ func (st *runState) follow(ctx context.Context) (schemas.Result, error) {
 			return fmt.Errorf("follow events: %w", context.Cause(ctx))
 		}
 	}
-	st.opened = false
+	st.opened = st.stream != nil // a stream opened before the send: the next open is a reconnect
 	for {
 		if err := ctx.Err(); err != nil {
 			return schemas.Result{}, fmt.Errorf("follow events: %w", context.Cause(ctx))

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -303,4 +304,52 @@ func TestEventStreamMarksJumps(t *testing.T) {
 		}
 	}
 	assert.Equal(t, []uint64{9}, jumps)
+}
+
+// /tools/pending lists the whole batch, decided calls included, until the
+// turn ends; deciding a dispatched call again kills the run without an
+// event. A reconnect while an accepted call runs checks the pending list
+// and must not decide it again.
+func TestRunReconnectDuringToolDoesNotDecideAgain(t *testing.T) {
+	srv, _, r := newSimRunner(t, agentsim.Options{}, fastRunnerOptions())
+	res, err := r.Run(t.Context(), Spec{Job: schemas.Job{ID: "redecide",
+		Prompt: "#sim drop-after 6\n#sim tool-time 500ms\n#sim tool view {}\n#sim text done"}})
+	require.NoError(t, err)
+	assert.Equal(t, schemas.StatusCompleted, res.Status, "%+v %v", res.Error, res.Warnings)
+	assert.Equal(t, "done", res.Stdout)
+	assert.NotEmpty(t, requestsTo(srv, http.MethodGet, "/tools/pending"), "the reconnect checked the pending list")
+	assert.Len(t, requestsTo(srv, http.MethodPost, "/tools/decisions"), 1)
+	assert.Equal(t, schemas.ToolCallCounts{Accepted: 1}, res.ToolCalls)
+}
+
+// A subscriber that falls behind loses events silently: ids jump. The
+// runner reconnects from the last id it processed and gets the rest from
+// the ring, so the text is whole and nothing had to be rebuilt.
+func TestRunIDJumpReconnectsAndReplays(t *testing.T) {
+	srv, _, r := newSimRunner(t, agentsim.Options{SubscriberLag: 4}, fastRunnerOptions())
+	words := make([]string, 40)
+	for i := range words {
+		words[i] = fmt.Sprintf("w%02d", i)
+	}
+	text := strings.Join(words, " ")
+	var once sync.Once
+	slow := func(ev Event) {
+		// Hold the first delta until the server has finished the run, so
+		// this subscriber is far behind.
+		if ev.Name != EventTextDelta {
+			return
+		}
+		once.Do(func() {
+			deadline := time.Now().Add(10 * time.Second)
+			for time.Now().Before(deadline) && srv.ActiveRuns() > 0 {
+				time.Sleep(5 * time.Millisecond)
+			}
+		})
+	}
+	res, err := r.Run(t.Context(), Spec{Job: schemas.Job{ID: "lagging", Prompt: "#sim text-stream " + text}, OnEvent: slow})
+	require.NoError(t, err)
+	assert.Equal(t, schemas.StatusCompleted, res.Status)
+	assert.Equal(t, text, res.Stdout)
+	assert.Empty(t, res.Warnings)
+	assert.GreaterOrEqual(t, len(requestsTo(srv, http.MethodGet, "/events")), 2, "reconnected after the jump")
 }

@@ -166,5 +166,7 @@
 // Requests, RunsStarted, RunsForPrompt, SessionCount, ActiveRuns,
 // Decisions, Cancels, Steers and RunState let tests see what a client did;
 // InjectFault, SetDown, SetToken and Restart make the server fail the way
-// networks, proxies and restarts do.
+// networks, proxies and restarts do; the fault kind "reset-after" serves a
+// request and then resets the connection instead of answering (applied,
+// answer lost; a retry with its Idempotency-Key replays the 200).
 package agentsim

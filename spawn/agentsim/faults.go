@@ -27,16 +27,26 @@ const (
 	Fault500   = "500"
 	Fault429   = "429"
 	FaultReset = "reset"
+	// FaultResetAfter runs the request as usual (auth, idempotency, the
+	// handler and its effects), then closes the connection with a TCP RST
+	// instead of writing the answer: the server applied the request and
+	// the client never hears so. An Idempotency-Key stores the answer as
+	// usual, so a retry with it replays the 200.
+	FaultResetAfter = "reset-after"
 )
 
 // Fault makes the next Count requests to Route fail with Kind. Faults are
 // server-wide and checked before auth and idempotency, the way a proxy or a
-// crashing server fails: a faulted request has no effect.
+// crashing server fails: a faulted request has no effect, except with
+// FaultResetAfter, whose request takes effect and loses only its answer.
 type Fault struct {
 	// Route is one of the Route* names, or "*" for any route.
 	Route string
-	// Kind is "503", "500", "429", or "reset": the TCP connection is
-	// closed (with RST) without any response.
+	// Kind is "503", "500", "429", "reset": the TCP connection is
+	// closed (with RST) without any response, or "reset-after": the
+	// request is served, then the connection is closed with RST instead
+	// of the answer. On the events route "reset-after" acts as "reset" (a
+	// stream's answer never ends).
 	Kind string
 	// Count is how many matching requests fail before normal service
 	// resumes. Values below 1 are treated as 1.
@@ -52,7 +62,7 @@ type activeFault struct {
 // matches a request and has failures left is used.
 func (s *Server) InjectFault(f Fault) {
 	switch f.Kind {
-	case Fault503, Fault500, Fault429, FaultReset:
+	case Fault503, Fault500, Fault429, FaultReset, FaultResetAfter:
 	default:
 		s.log.Warn("agentsim: unknown fault kind, using 500", "kind", f.Kind)
 		f.Kind = Fault500
@@ -90,7 +100,7 @@ func (s *Server) takeFault(route string) string {
 // failWith answers the request the way kind says.
 func (s *Server) failWith(w http.ResponseWriter, kind string) {
 	switch kind {
-	case FaultReset:
+	case FaultReset, FaultResetAfter: // (fail-send has no reset-after)
 		resetConn(w)
 	case Fault503:
 		writeError(w, errf(http.StatusServiceUnavailable, codeUnavailable, "service unavailable (agentsim fault)"))
@@ -124,4 +134,45 @@ func cutConn(w http.ResponseWriter) {
 		panic(http.ErrAbortHandler)
 	}
 	_ = conn.Close()
+}
+
+// lostAnswer is the ResponseWriter a FaultResetAfter request is served
+// with: the handler runs and its answer goes nowhere. It does not let the
+// handler flush or hijack (a handler that tries aborts, which also ends
+// in a dropped connection).
+type lostAnswer struct{ h http.Header }
+
+func (l *lostAnswer) Header() http.Header {
+	if l.h == nil {
+		l.h = make(http.Header)
+	}
+	return l.h
+}
+
+func (l *lostAnswer) Write(b []byte) (int, error) { return len(b), nil }
+
+func (l *lostAnswer) WriteHeader(int) {}
+
+// faulted answers a request an armed fault of kind hit, on route m: most
+// kinds fail it before anything happens (failWith); FaultResetAfter serves
+// it as usual (auth, idempotency, the handler's effects), with the answer
+// discarded, then resets the connection: the request took effect and the
+// client never hears so. On the events route it is a plain reset.
+func (s *Server) faulted(w http.ResponseWriter, r *http.Request, kind string, m method) {
+	if kind != FaultResetAfter || m.name == RouteEvents {
+		s.failWith(w, kind)
+		return
+	}
+	func() {
+		defer func() {
+			if p := recover(); p != nil && p != http.ErrAbortHandler {
+				panic(p)
+			}
+		}()
+		if !m.public && !s.authorized(r) {
+			return // a 401 changes nothing: there is nothing to lose
+		}
+		m.handler(&lostAnswer{}, r)
+	}()
+	resetConn(w)
 }

@@ -30,7 +30,7 @@ func TestEventsNeverNotFound(t *testing.T) {
 // restarts on every event.
 func TestKeepAliveOnlyAfterIdle(t *testing.T) {
 	t.Parallel()
-	s, base := NewTestServer(t, Options{KeepAlive: 150 * time.Millisecond, EventInterval: 30 * time.Millisecond})
+	s, base := NewTestServer(t, Options{KeepAlive: time.Second, EventInterval: 30 * time.Millisecond})
 	c := newClient(t, base, "")
 	sid := c.createSession()
 	st := c.subscribe(sid, 0)

@@ -135,7 +135,7 @@ func (s *Server) route(pattern string, methods map[string]method) {
 			return
 		}
 		if kind := s.takeFault(m.name); kind != "" {
-			s.failWith(w, kind)
+			s.faulted(w, r, kind, m)
 			return
 		}
 		if !m.public && !s.authorized(r) {
