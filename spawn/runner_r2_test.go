@@ -353,3 +353,22 @@ func TestRunIDJumpReconnectsAndReplays(t *testing.T) {
 	assert.Empty(t, res.Warnings)
 	assert.GreaterOrEqual(t, len(requestsTo(srv, http.MethodGet, "/events")), 2, "reconnected after the jump")
 }
+
+// The server applied the decision but the answer was lost (the connection
+// reset after it): the retry carries the same Idempotency-Key, so the
+// server answers from its store instead of queueing a second decision for
+// a dispatched call (which would kill the run without an event).
+func TestRunDecisionAnswerLostIsReplayed(t *testing.T) {
+	srv, _, r := newSimRunner(t, agentsim.Options{}, fastRunnerOptions())
+	srv.InjectFault(agentsim.Fault{Route: agentsim.RouteDecisions, Kind: agentsim.FaultResetAfter, Count: 1})
+	res, err := r.Run(t.Context(), Spec{Job: schemas.Job{ID: "answer-lost",
+		Prompt: "#sim tool-time 200ms\n#sim tool view {}\n#sim text done"}})
+	require.NoError(t, err)
+	assert.Equal(t, schemas.StatusCompleted, res.Status, "%+v %v", res.Error, res.Warnings)
+	assert.Equal(t, "done", res.Stdout)
+	assert.Equal(t, schemas.ToolCallCounts{Accepted: 1}, res.ToolCalls)
+	reqs := requestsTo(srv, http.MethodPost, "/tools/decisions")
+	require.Len(t, reqs, 2, "the reset answer and the retry")
+	assert.Equal(t, reqs[0].Header.Get("Idempotency-Key"), reqs[1].Header.Get("Idempotency-Key"))
+	assert.Equal(t, 1, srv.RunsStarted())
+}
