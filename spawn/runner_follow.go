@@ -85,31 +85,7 @@ func (st *runState) assistantText(ctx context.Context) (string, error) {
 // follow reads the run's events until it ends or pauses, reconnecting a
 // dropped or stalled stream from the last event processed.
 func (st *runState) follow(ctx context.Context) (schemas.Result, error) {
-	b := st.newBackoff()
-	var failingSince time.Time
-	var lastErr error
-	// fail notes a failure to follow and waits before the next try; it gives
-	// up after MaxReconnectTime of consecutive failures.
-	fail := func(err error) error {
-		lastErr = err
-		if failingSince.IsZero() {
-			failingSince = time.Now()
-		}
-		wait := b.NextBackOff()
-		if time.Since(failingSince)+wait > st.opts.MaxReconnectTime {
-			return markTransient(fmt.Errorf("follow events: gave up after %s of failures: %w",
-				time.Since(failingSince).Round(time.Millisecond), lastErr))
-		}
-		st.log.Info("event stream failed; reconnecting", "err", err, "retry_in", wait, "last_event_id", st.lastID)
-		t := time.NewTimer(wait)
-		defer t.Stop()
-		select {
-		case <-t.C:
-			return nil
-		case <-ctx.Done():
-			return fmt.Errorf("follow events: %w", context.Cause(ctx))
-		}
-	}
+	rc := &reconnector{st: st, b: st.newBackoff()}
 	st.opened = st.stream != nil // a stream opened before the send: the next open is a reconnect
 	for {
 		if err := ctx.Err(); err != nil {
@@ -119,72 +95,34 @@ func (st *runState) follow(ctx context.Context) (schemas.Result, error) {
 			st.beginCancel(ctx)
 		}
 		if st.stream == nil {
-			if st.opened && !st.ended {
-				// After every reconnect: the run may have ended, or died
-				// without an event, while nobody listened.
-				res, done, err := st.reconcile(ctx)
-				if err != nil {
-					if ctx.Err() != nil || !IsTransient(err) {
-						return schemas.Result{}, err
-					}
-					if ferr := fail(err); ferr != nil {
-						return schemas.Result{}, ferr
-					}
-					continue
-				}
-				if done {
-					return res, nil
-				}
-			}
-			if err := st.openStream(ctx, st.opts.StallTimeout); err != nil {
-				if ctx.Err() != nil {
-					return schemas.Result{}, err
-				}
-				if isSessionLost(err) {
-					return st.sessionLost(err), nil
-				}
-				if !IsTransient(err) {
-					return schemas.Result{}, err
-				}
-				if ferr := fail(err); ferr != nil {
-					return schemas.Result{}, ferr
+			res, done, err := st.reopen(ctx)
+			switch {
+			case done:
+				return res, nil
+			case err != nil && (ctx.Err() != nil || !IsTransient(err)):
+				return schemas.Result{}, err
+			case err != nil:
+				if werr := rc.wait(ctx, err); werr != nil {
+					return schemas.Result{}, werr
 				}
 				continue
 			}
-			st.opened = true
 		}
 		ev, err := st.stream.Next()
 		if err != nil {
 			var big *FrameTooLargeError
 			if errors.As(err, &big) {
-				res, done, herr := st.onOversize(ctx, big)
-				if herr != nil || done {
+				if res, done, herr := st.onOversize(ctx, big); herr != nil || done {
 					return res, herr
 				}
 				continue
 			}
-			cause := context.Cause(st.streamCtx)
-			st.closeStream()
-			if ctx.Err() != nil {
-				return schemas.Result{}, fmt.Errorf("follow events: %w", context.Cause(ctx))
-			}
-			switch {
-			case cause == errPoked || cause == errRunQuiet:
-				continue // reconnect at once; the check above says what happened
-			case cause == errStalled:
-				err = markTransient(fmt.Errorf("event stream stalled: no bytes for %s", st.opts.StallTimeout))
-			case errors.Is(err, io.EOF):
-				err = markTransient(errors.New("event stream ended by the server"))
-			default:
-				err = markTransient(fmt.Errorf("read event stream: %w", err))
-			}
-			if ferr := fail(err); ferr != nil {
+			if ferr := st.streamFailed(ctx, err, rc); ferr != nil {
 				return schemas.Result{}, ferr
 			}
 			continue
 		}
-		failingSince = time.Time{}
-		b.Reset()
+		rc.reset()
 		if st.quietTimer != nil {
 			st.quietTimer.Reset(st.opts.LivenessInterval)
 		}
@@ -192,6 +130,93 @@ func (st *runState) follow(ctx context.Context) (schemas.Result, error) {
 		if err != nil || done {
 			return res, err
 		}
+	}
+}
+
+// reopen opens the event stream again. After the first open it is a
+// reconnect, and first asks the server how the run is doing: it may have
+// ended, or died without an event, while nobody listened.
+func (st *runState) reopen(ctx context.Context) (schemas.Result, bool, error) {
+	if st.opened && !st.ended {
+		if res, done, err := st.reconcile(ctx); err != nil || done {
+			return res, done, err
+		}
+	}
+	if err := st.openStream(ctx, st.opts.StallTimeout); err != nil {
+		if isSessionLost(err) {
+			return st.sessionLost(err), true, nil
+		}
+		return schemas.Result{}, false, err
+	}
+	st.opened = true
+	return schemas.Result{}, false, nil
+}
+
+// streamFailed closes a stream whose read failed and says whether to go on:
+// nil to reconnect (at once when the runner cut the stream itself, after a
+// backoff otherwise), or the error to give up with.
+func (st *runState) streamFailed(ctx context.Context, err error, rc *reconnector) error {
+	cause := context.Cause(st.streamCtx)
+	st.closeStream()
+	if ctx.Err() != nil {
+		return fmt.Errorf("follow events: %w", context.Cause(ctx))
+	}
+	switch {
+	case cause == errPoked || cause == errRunQuiet:
+		return nil // the reconnect's check says what happened
+	case cause == errStalled:
+		err = markTransient(fmt.Errorf("event stream stalled: no bytes for %s", st.opts.StallTimeout))
+	case errors.Is(err, io.EOF):
+		err = markTransient(errors.New("event stream ended by the server"))
+	default:
+		err = markTransient(fmt.Errorf("read event stream: %w", err))
+	}
+	return rc.wait(ctx, err)
+}
+
+// reconnector paces the reconnects of one follow: exponential backoff, and
+// a give-up after MaxReconnectTime of consecutive failures.
+type reconnector struct {
+	st    *runState
+	b     *backoff.ExponentialBackOff
+	since time.Time // first of the current run of failures; zero when none
+}
+
+// wait notes a failure to follow and waits before the next try, or returns
+// the (transient) error to give up with.
+func (rc *reconnector) wait(ctx context.Context, err error) error {
+	st := rc.st
+	if rc.since.IsZero() {
+		rc.since = time.Now()
+	}
+	wait := rc.b.NextBackOff()
+	if time.Since(rc.since)+wait > st.opts.MaxReconnectTime {
+		return markTransient(fmt.Errorf("follow events: gave up after %s of failures: %w",
+			time.Since(rc.since).Round(time.Millisecond), err))
+	}
+	st.log.Info("event stream failed; reconnecting", "err", err, "retry_in", wait, "last_event_id", st.lastID)
+	if !sleepCtx(ctx, wait) {
+		return fmt.Errorf("follow events: %w", context.Cause(ctx))
+	}
+	return nil
+}
+
+func (rc *reconnector) reset() {
+	if !rc.since.IsZero() {
+		rc.since = time.Time{}
+		rc.b.Reset()
+	}
+}
+
+// sleepCtx waits d or until ctx is done; it reports whether d passed.
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
 	}
 }
 
@@ -506,67 +531,75 @@ const replayOpens = 4
 // EndedReplayWait.
 func (st *runState) replayEnded(ctx context.Context) (schemas.Result, bool) {
 	for range replayOpens {
-		// From one before the cursor: the event at the cursor shows the
-		// ring still reaches it (after a restart ids start again at 1), and
-		// if it is the run's end, a re-attach after the end was processed
-		// (but not published) still gets the Result.
-		at := st.lastID
-		if at > 0 {
-			st.lastID--
-		}
-		err := st.openReplay(ctx, st.opts.EndedReplayWait)
-		st.lastID = max(st.lastID, at)
-		if err != nil {
-			return schemas.Result{}, false
-		}
-		quiet := false
-		for range maxReplayEvents {
-			ev, err := st.stream.Next()
-			if err != nil {
-				var big *FrameTooLargeError
-				if errors.As(err, &big) {
-					_, _, _ = st.onOversize(ctx, big)
-					continue
-				}
-				// Events stopped (the quiet timer): the replay is over. Any
-				// other error cut the stream: read on from a new one.
-				quiet = context.Cause(st.streamCtx) == errStalled
-				break
-			}
-			if ev.Gap != nil {
-				// The ring moved past our cursor: it still holds its oldest
-				// events, the run's end perhaps; read them from there.
-				st.replayGap = true
-				st.lost("a gap in the event stream")
-				if ev.Gap.OldestAvailableID <= st.lastID+1 {
-					return schemas.Result{}, false
-				}
-				st.lastID = ev.Gap.OldestAvailableID - 1
-				break
-			}
-			st.streamTimer.Reset(st.opts.EndedReplayWait)
-			if ev.ID == at && at > 0 {
-				st.ringReached = true
-				if ev.RunID != st.runID || (ev.Name != EventRunCompleted && ev.Name != EventRunError) {
-					continue
-				}
-				st.lastID = at - 1 // process the run's end once more
-			}
-			res, done, err := st.handle(ctx, ev)
-			if done && err == nil {
-				st.closeStream()
-				return res, true
-			}
-			if err != nil || st.stream == nil {
-				break
-			}
-		}
+		res, done, again := st.readReplay(ctx)
 		st.closeStream()
-		if quiet || ctx.Err() != nil {
+		if done {
+			return res, true
+		}
+		if !again || ctx.Err() != nil {
 			return schemas.Result{}, false
 		}
 	}
 	return schemas.Result{}, false
+}
+
+// readReplay reads one replay stream. done: res is the run's end. again:
+// the stream was cut, or a gap moved the cursor to the ring's oldest event,
+// so another stream may find more.
+func (st *runState) readReplay(ctx context.Context) (res schemas.Result, done, again bool) {
+	// From one before the cursor: the event at the cursor shows the ring
+	// still reaches it (after a restart ids start again at 1), and if it
+	// is the run's end, a re-attach after the end was processed (but not
+	// published) still gets the Result.
+	at := st.lastID
+	if at > 0 {
+		st.lastID--
+	}
+	err := st.openReplay(ctx, st.opts.EndedReplayWait)
+	st.lastID = max(st.lastID, at)
+	if err != nil {
+		return schemas.Result{}, false, false
+	}
+	for range maxReplayEvents {
+		ev, err := st.stream.Next()
+		if err != nil {
+			var big *FrameTooLargeError
+			if errors.As(err, &big) {
+				_, _, _ = st.onOversize(ctx, big)
+				continue
+			}
+			// Events stopped (the quiet timer): the replay is over. Any
+			// other error cut the stream: read on from a new one.
+			return schemas.Result{}, false, context.Cause(st.streamCtx) != errStalled
+		}
+		if ev.Gap != nil {
+			// The ring moved past our cursor: it still holds its oldest
+			// events, the run's end perhaps; read them from there.
+			st.replayGap = true
+			st.lost("a gap in the event stream")
+			if ev.Gap.OldestAvailableID <= st.lastID+1 {
+				return schemas.Result{}, false, false
+			}
+			st.lastID = ev.Gap.OldestAvailableID - 1
+			return schemas.Result{}, false, true
+		}
+		st.streamTimer.Reset(st.opts.EndedReplayWait)
+		if ev.ID == at && at > 0 {
+			st.ringReached = true
+			if ev.RunID != st.runID || (ev.Name != EventRunCompleted && ev.Name != EventRunError) {
+				continue
+			}
+			st.lastID = at - 1 // process the run's end once more
+		}
+		res, done, err := st.handle(ctx, ev)
+		if done && err == nil {
+			return res, true, false
+		}
+		if err != nil || st.stream == nil {
+			return schemas.Result{}, false, false
+		}
+	}
+	return schemas.Result{}, false, false
 }
 
 // snapshot is the Result of a run that is over but whose final event was
