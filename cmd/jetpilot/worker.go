@@ -39,6 +39,10 @@ type workerFlags struct {
 	approvalTimeout time.Duration
 	onExpiry        string
 	metricsAddr     string
+	// Runner tuning, for tests and operators chasing a slow server; not in
+	// the README: the defaults suit the real agent server.
+	livenessInterval time.Duration
+	cancelGrace      time.Duration
 }
 
 func (f *workerFlags) register(fs *pflag.FlagSet) {
@@ -57,6 +61,8 @@ func (f *workerFlags) register(fs *pflag.FlagSet) {
 	fs.DurationVar(&f.approvalTimeout, "approval-timeout", time.Hour, "how long a paused run waits for a decision")
 	fs.StringVar(&f.onExpiry, "on-approval-expiry", string(worker.ExpireReject), "when an approval expires: reject the pending calls, or cancel the run")
 	fs.StringVar(&f.metricsAddr, "metrics-addr", "", "serve /metrics, /healthz and /readyz on this address (e.g. 127.0.0.1:9090)")
+	fs.DurationVar(&f.livenessInterval, "liveness-interval", 0, "ask the agent server whether a run is alive after it sent no event for this long: a run that dies without an event ends run_lost within about this bound (default 20s)")
+	fs.DurationVar(&f.cancelGrace, "cancel-grace", 0, "how long a cancelled run is followed for the agent server to confirm its end before the job is reported cancelled anyway, with a warning (default 30s)")
 }
 
 // agentClient connects to the agent server with the token from
@@ -109,7 +115,9 @@ func runWorker(ctx context.Context, g *globalFlags, f *workerFlags, nc *nats.Con
 		return err
 	}
 	metrics := worker.NewMetrics()
-	w, err := worker.New(ctx, js, qcfg, spawn.NewRunner(client, spawn.RunnerOptions{Worker: f.name, Logger: log}), worker.Options{
+	w, err := worker.New(ctx, js, qcfg, spawn.NewRunner(client, spawn.RunnerOptions{
+		Worker: f.name, Logger: log, LivenessInterval: f.livenessInterval, CancelGrace: f.cancelGrace,
+	}), worker.Options{
 		Name:             f.name,
 		Concurrency:      f.concurrency,
 		Profiles:         f.profiles,
