@@ -115,6 +115,9 @@ func settleAndCount(ctx context.Context, t *testing.T, js jetstream.JetStream, s
 		assert.Equal(t, 1, runs, "job %s: agent runs started", j.id)
 		f.MinRuns, f.MaxRuns = min(f.MinRuns, runs), max(f.MaxRuns, runs)
 	}
+	// The bound of these scenarios is the settle wait: a job without a
+	// final result by then is both hung and lost.
+	f.Hung = f.Lost
 	assert.Len(t, byJob, len(jobs), "no result for a job nobody submitted")
 	assert.Equal(t, len(jobs), sim.RunsStarted(), "runs started in all")
 	return f

@@ -205,6 +205,7 @@ type figures struct {
 	Jobs       int
 	Lost       int
 	Duplicates int
+	Hung       int // jobs with no final result within the scenario's bound
 	MaxRuns    int // most agent runs started for one job
 	MinRuns    int // fewest agent runs started for one job
 	Reattached int // jobs finished by a later delivery
@@ -224,8 +225,8 @@ func report(t *testing.T, f figures) {
 	if f.MinRuns != f.MaxRuns {
 		runs = fmt.Sprintf("%d-%d", f.MinRuns, f.MaxRuns)
 	}
-	row := fmt.Sprintf("| %s | %s | %s | %s | %d | %d | %s | %d | %s | `%s` |",
-		f.Scenario, mode, f.Load, f.Faults, f.Lost, f.Duplicates, runs, f.Reattached,
+	row := fmt.Sprintf("| %s | %s | %s | %s | %d | %d | %d | %s | %d | %s | `%s` |",
+		f.Scenario, mode, f.Load, f.Faults, f.Lost, f.Duplicates, f.Hung, runs, f.Reattached,
 		f.Elapsed.Round(100*time.Millisecond), f.Command)
 	t.Log("FIGURES " + row)
 	if path := os.Getenv("JETPILOT_FAULTS_REPORT"); path != "" {

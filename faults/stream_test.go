@@ -125,7 +125,7 @@ func TestStreamFaults(t *testing.T) {
 				assert.NotEmpty(t, r.SessionID, "a timed-out result names its session")
 			}}},
 		{"dropped with a ring too small to replay", "#sim ring 3\n#sim drop-after 2\n#sim text one two three four five six\n#sim sleep 300ms\n#sim text seven",
-			nil, []check{completed("one two three four five sixseven"), warned("event stream gap")}},
+			nil, []check{completed("one two three four five sixseven"), warned("a gap in the event stream")}},
 		{"run error mid-stream", "#sim text partial\n#sim error model exploded",
 			nil, []check{func(t *testing.T, r schemas.Result) {
 				assert.Equal(t, schemas.StatusFailed, r.Status)
