@@ -31,9 +31,6 @@ func NewClient(js jetstream.JetStream, cfg Config) *Client {
 	return &Client{js: js, cfg: cfg.WithDefaults(), cfgErr: cfg.Validate()}
 }
 
-// Config returns the client's config, with defaults applied.
-func (c *Client) Config() Config { return c.cfg }
-
 // SubmitAck says where a job landed.
 type SubmitAck struct {
 	Stream string

@@ -149,6 +149,3 @@ func (p Policy) Verdict(toolName string) Verdict {
 func (p Policy) Decide(toolName string) (accept bool) {
 	return p.Verdict(toolName) == VerdictAccept
 }
-
-// Pauses reports whether calls may be left for a human.
-func (p Policy) Pauses() bool { return p.pause }

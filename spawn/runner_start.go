@@ -414,11 +414,6 @@ func (st *runState) poke() {
 	}
 }
 
-// streamStalled reports whether the open stream was cut by the stall timer.
-func (st *runState) streamStalled() bool {
-	return st.streamCtx != nil && context.Cause(st.streamCtx) == errStalled
-}
-
 func (st *runState) closeStream() {
 	if st.stream == nil {
 		return
