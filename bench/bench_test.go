@@ -17,7 +17,7 @@ import (
 
 // TestMain lets the test binary be the concurrency scenario's worker
 // process: started with ChildEnv set, it runs ChildMain instead of the
-// tests, as `jetpilot bench child-worker` does.
+// tests, as `jetpilot-bench child-worker` does.
 func TestMain(m *testing.M) {
 	if conf := os.Getenv(ChildEnv); conf != "" {
 		if err := ChildMain(context.Background(), conf, os.Stdin, os.Stdout); err != nil {

@@ -87,7 +87,7 @@ func readStats(m *worker.Metrics) (procStats, error) {
 // serves its own stats (goroutines, VmRSS, getrusage CPU, Go memory, jobs in
 // flight) on a 127.0.0.1 port, writes that URL as one line on stdout, and
 // runs until ctx is done or stdin reaches EOF (the parent closed it, or
-// died). `jetpilot bench child-worker` calls it with the ChildEnv value.
+// died). `jetpilot-bench child-worker` calls it with the ChildEnv value.
 func ChildMain(ctx context.Context, config string, stdin io.Reader, stdout io.Writer) error {
 	var cfg ChildConfig
 	if err := json.Unmarshal([]byte(config), &cfg); err != nil {

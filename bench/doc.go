@@ -1,6 +1,7 @@
 // Package bench measures what one jetpilot worker costs and how far it
 // scales, side by side with what nats.go alone does on the same server in
-// the same run (issue 6). `jetpilot bench` and `make bench` drive it.
+// the same run (issue 6). `jetpilot-bench` (cmd/jetpilot-bench, a binary
+// of its own, not part of the shipped jetpilot binary) and `make bench` drive it.
 //
 // Every scenario runs on an embedded nats-server (random port on 127.0.0.1,
 // temporary store, file storage as in production) and, where an agent

@@ -118,7 +118,7 @@ type Options struct {
 }
 
 // QuickOptions is a small load that still exercises every scenario, for a
-// fast look (`jetpilot bench --quick`); the figures are noisy.
+// fast look (`jetpilot-bench --quick`); the figures are noisy.
 func QuickOptions() Options {
 	return Options{
 		Runs:            3,

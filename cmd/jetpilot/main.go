@@ -1,7 +1,8 @@
 // Command jetpilot is the one binary of jetpilot: the worker, the producer and
 // operator tools (submit, results, approvals, approve, cancel, events, setup),
-// the all-in-one `dev` environment, the agent-server simulator and the
-// benchmarks. See DESIGN.md for the subjects, messages and exit codes.
+// the all-in-one `dev` environment and the agent-server simulator. The
+// benchmarks are a binary of their own, cmd/jetpilot-bench, so none of the
+// harness ships here. See DESIGN.md for the subjects, messages and exit codes.
 package main
 
 import (
@@ -89,7 +90,6 @@ func newRootCmd() *cobra.Command {
 		newApproveCmd(g),
 		newCancelCmd(g),
 		newEventsCmd(g),
-		newBenchCmd(g),
 	)
 	return root
 }

@@ -1,26 +1,70 @@
+// Command jetpilot-bench measures worker throughput, concurrency and latency
+// next to raw nats.go on the same embedded server (package bench). It is a
+// binary of its own so the shipped jetpilot binary carries none of the
+// benchmark harness. `make bench` builds and runs it.
+//
+// The concurrency scenario re-executes this binary as its worker process
+// (`jetpilot-bench child-worker`, hidden, configured through
+// JETPILOT_BENCH_CHILD): os.Executable is the child's command.
 package main
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
+	"os/signal"
+	"syscall"
 
 	"github.com/spf13/cobra"
 
 	"github.com/jetpilot-dev/jetpilot/bench"
 )
 
-// newBenchCmd is `jetpilot bench`: throughput, concurrency and latency of
-// the worker next to raw nats.go on the same embedded server (package bench).
-func newBenchCmd(_ *globalFlags) *cobra.Command {
+const (
+	exitFailed = 1
+	exitUsage  = 2
+)
+
+// usageErr is a usage error: exit code 2.
+type usageErr struct{ err error }
+
+func (e *usageErr) Error() string { return e.err.Error() }
+func (e *usageErr) Unwrap() error { return e.err }
+
+func usageError(format string, args ...any) error {
+	return &usageErr{err: fmt.Errorf(format, args...)}
+}
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := newRootCmd().ExecuteContext(ctx)
+	stop()
+	if err == nil {
+		return
+	}
+	fmt.Fprintln(os.Stderr, "jetpilot-bench:", err)
+	var ue *usageErr
+	if errors.As(err, &ue) {
+		os.Exit(exitUsage)
+	}
+	os.Exit(exitFailed)
+}
+
+// newRootCmd is `jetpilot-bench`: the flags and behaviour `jetpilot bench`
+// had.
+func newRootCmd() *cobra.Command {
 	var (
 		quick, asJSON bool
 		scenarios     []string
 		opts          bench.Options
 	)
 	cmd := &cobra.Command{
-		Use:   "bench",
-		Short: "Measure worker throughput, concurrency and latency against raw nats.go (loopback only)",
+		Use:           "jetpilot-bench",
+		Short:         "Measure worker throughput, concurrency and latency against raw nats.go (loopback only)",
+		SilenceUsage:  true,
+		SilenceErrors: true,
 		Long: "Runs every scenario --runs times on an embedded NATS server and the agent simulator on\n" +
 			"127.0.0.1 and prints the medians, with ratios to the raw nats.go baseline of the same run.\n" +
 			"Scenarios: baseline, queue, full, scaleout, latency, concurrency (default: all).",
@@ -28,27 +72,7 @@ func newBenchCmd(_ *globalFlags) *cobra.Command {
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			o := opts
 			if quick {
-				q := bench.QuickOptions()
-				// Explicit flags win over --quick.
-				fs := cmd.Flags()
-				if !fs.Changed("runs") {
-					o.Runs = q.Runs
-				}
-				if !fs.Changed("jobs") {
-					o.Jobs = q.Jobs
-				}
-				if !fs.Changed("full-jobs") {
-					o.FullJobs = q.FullJobs
-				}
-				if !fs.Changed("in-flight") {
-					o.InFlight = q.InFlight
-				}
-				if !fs.Changed("idle-window") {
-					o.IdleWindow = q.IdleWindow
-				}
-				if !fs.Changed("latency-duration") {
-					o.LatencyDuration = q.LatencyDuration
-				}
+				applyQuick(cmd, &o)
 			}
 			sc, err := bench.ParseScenarios(scenarios)
 			if err != nil {
@@ -59,7 +83,7 @@ func newBenchCmd(_ *globalFlags) *cobra.Command {
 			if err != nil {
 				return fmt.Errorf("find own executable for the worker process: %w", err)
 			}
-			o.ChildCommand = []string{exe, "bench", "child-worker"}
+			o.ChildCommand = []string{exe, "child-worker"}
 			o.Progress = cmd.ErrOrStderr()
 			r, err := bench.Run(cmd.Context(), o)
 			if err != nil {
@@ -73,6 +97,9 @@ func newBenchCmd(_ *globalFlags) *cobra.Command {
 			return r.WriteTable(cmd.OutOrStdout())
 		},
 	}
+	cmd.SetFlagErrorFunc(func(_ *cobra.Command, err error) error {
+		return &usageErr{err: err}
+	})
 	f := cmd.Flags()
 	f.BoolVar(&quick, "quick", false, "a small load (about a minute); figures are noisy")
 	f.BoolVar(&asJSON, "json", false, "print the whole report, every sample included, as JSON")
@@ -89,16 +116,40 @@ func newBenchCmd(_ *globalFlags) *cobra.Command {
 
 	cmd.AddCommand(&cobra.Command{
 		Use:    "child-worker",
-		Short:  "The concurrency scenario's worker process (started by bench itself)",
+		Short:  "The concurrency scenario's worker process (started by jetpilot-bench itself)",
 		Hidden: true,
 		Args:   cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			conf := os.Getenv(bench.ChildEnv)
 			if conf == "" {
-				return usageError("child-worker is started by `jetpilot bench`, with %s set", bench.ChildEnv)
+				return usageError("child-worker is started by jetpilot-bench, with %s set", bench.ChildEnv)
 			}
 			return bench.ChildMain(cmd.Context(), conf, cmd.InOrStdin(), cmd.OutOrStdout())
 		},
 	})
 	return cmd
+}
+
+// applyQuick applies bench.QuickOptions to o; explicit flags win over --quick.
+func applyQuick(cmd *cobra.Command, o *bench.Options) {
+	q := bench.QuickOptions()
+	fs := cmd.Flags()
+	if !fs.Changed("runs") {
+		o.Runs = q.Runs
+	}
+	if !fs.Changed("jobs") {
+		o.Jobs = q.Jobs
+	}
+	if !fs.Changed("full-jobs") {
+		o.FullJobs = q.FullJobs
+	}
+	if !fs.Changed("in-flight") {
+		o.InFlight = q.InFlight
+	}
+	if !fs.Changed("idle-window") {
+		o.IdleWindow = q.IdleWindow
+	}
+	if !fs.Changed("latency-duration") {
+		o.LatencyDuration = q.LatencyDuration
+	}
 }
