@@ -19,6 +19,7 @@ import (
 	"github.com/jetpilot-dev/jetpilot/schemas"
 	"github.com/jetpilot-dev/jetpilot/spawn"
 	"github.com/jetpilot-dev/jetpilot/spawn/agentsim"
+	"github.com/jetpilot-dev/jetpilot/spawn/agentsim/agentsimtest"
 )
 
 // Faults of the agent server itself (AGENT_SERVER_API.md revision 2): a
@@ -41,7 +42,7 @@ type agentEnv struct {
 func newAgentEnv(t *testing.T, simOpts agentsim.Options) *agentEnv {
 	t.Helper()
 	e := &agentEnv{ns: newNatsServer(t, natsConfig{})}
-	e.sim, e.simURL = agentsim.NewTestServer(t, simOpts)
+	e.sim, e.simURL = agentsimtest.New(t, simOpts)
 	_, e.js = connect(t, e.ns.URL())
 	e.ctx = ctxFor(t, 10*time.Minute)
 	require.NoError(t, queue.Setup(e.ctx, e.js, queue.Config{AckWait: 2 * time.Second}))

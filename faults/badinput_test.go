@@ -14,6 +14,7 @@ import (
 	"github.com/jetpilot-dev/jetpilot/queue"
 	"github.com/jetpilot-dev/jetpilot/schemas"
 	"github.com/jetpilot-dev/jetpilot/spawn/agentsim"
+	"github.com/jetpilot-dev/jetpilot/spawn/agentsim/agentsimtest"
 )
 
 // TestMalformedJobs sends malformed jobs through a real worker process.
@@ -22,7 +23,7 @@ import (
 func TestMalformedJobs(t *testing.T) {
 	started := time.Now()
 	s, _, js := testnats.Start(t)
-	sim, simURL := agentsim.NewTestServer(t, agentsim.Options{})
+	sim, simURL := agentsimtest.New(t, agentsim.Options{})
 	startWorker(t, workerOpts{name: "w1", natsURL: testnats.URL(s), agentURL: simURL})
 	client := queue.NewClient(js, queue.Config{})
 	ctx := ctxFor(t, 5*time.Minute)

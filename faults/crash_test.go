@@ -9,6 +9,7 @@ import (
 
 	"github.com/jetpilot-dev/jetpilot/queue"
 	"github.com/jetpilot-dev/jetpilot/spawn/agentsim"
+	"github.com/jetpilot-dev/jetpilot/spawn/agentsim/agentsimtest"
 )
 
 // TestWorkerCrash: 3 worker processes share the load; one is SIGKILLed
@@ -19,7 +20,7 @@ func TestWorkerCrash(t *testing.T) {
 	maxSleep := load(600, 2000)
 	started := time.Now()
 	ns := newNatsServer(t, natsConfig{})
-	sim, simURL := agentsim.NewTestServer(t, agentsim.Options{})
+	sim, simURL := agentsimtest.New(t, agentsim.Options{})
 	_, js := connect(t, ns.URL())
 	ctx := ctxFor(t, 10*time.Minute)
 	require.NoError(t, queue.Setup(ctx, js, queue.Config{AckWait: 2 * time.Second}))

@@ -13,6 +13,7 @@ import (
 
 	"github.com/jetpilot-dev/jetpilot/queue"
 	"github.com/jetpilot-dev/jetpilot/spawn/agentsim"
+	"github.com/jetpilot-dev/jetpilot/spawn/agentsim/agentsimtest"
 )
 
 // TestNATSRestart: the one nats-server (file store) is SIGKILLed mid-load
@@ -23,7 +24,7 @@ func TestNATSRestart(t *testing.T) {
 	restarts := load(1, 2)
 	started := time.Now()
 	ns := newNatsServer(t, natsConfig{})
-	sim, simURL := agentsim.NewTestServer(t, agentsim.Options{})
+	sim, simURL := agentsimtest.New(t, agentsim.Options{})
 	_, js := connect(t, ns.URL())
 	ctx := ctxFor(t, 10*time.Minute)
 	require.NoError(t, queue.Setup(ctx, js, queue.Config{AckWait: 2 * time.Second}))
@@ -78,7 +79,7 @@ func TestNATSCluster(t *testing.T) {
 		urls = append(urls, s.URL())
 	}
 	url := strings.Join(urls, ",")
-	sim, simURL := agentsim.NewTestServer(t, agentsim.Options{})
+	sim, simURL := agentsimtest.New(t, agentsim.Options{})
 	_, js := connect(t, url)
 	ctx := ctxFor(t, 10*time.Minute)
 	qcfg := queue.Config{Replicas: 3, AckWait: 2 * time.Second}

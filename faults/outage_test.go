@@ -15,6 +15,7 @@ import (
 
 	"github.com/jetpilot-dev/jetpilot/queue"
 	"github.com/jetpilot-dev/jetpilot/spawn/agentsim"
+	"github.com/jetpilot-dev/jetpilot/spawn/agentsim/agentsimtest"
 )
 
 // netProxy is a TCP proxy in front of the agent server. Down cuts every
@@ -145,7 +146,7 @@ func TestAgentServerOutage(t *testing.T) {
 	const outage = 10 * time.Second
 	started := time.Now()
 	ns := newNatsServer(t, natsConfig{})
-	sim, simURL := agentsim.NewTestServer(t, agentsim.Options{})
+	sim, simURL := agentsimtest.New(t, agentsim.Options{})
 	prx, prxURL := newNetProxy(t, simURL)
 	_, js := connect(t, ns.URL())
 	ctx := ctxFor(t, 10*time.Minute)

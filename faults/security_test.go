@@ -17,6 +17,7 @@ import (
 	"github.com/jetpilot-dev/jetpilot/queue"
 	"github.com/jetpilot-dev/jetpilot/schemas"
 	"github.com/jetpilot-dev/jetpilot/spawn/agentsim"
+	"github.com/jetpilot-dev/jetpilot/spawn/agentsim/agentsimtest"
 )
 
 const (
@@ -40,7 +41,7 @@ func authConfig(more ...string) string {
 // print it either.
 func TestSecretsNeverLeak(t *testing.T) {
 	ns := newNatsServer(t, natsConfig{extra: authConfig()})
-	sim, simURL := agentsim.NewTestServer(t, agentsim.Options{Token: agentToken})
+	sim, simURL := agentsimtest.New(t, agentsim.Options{Token: agentToken})
 	_, js := connect(t, ns.URL(), nats.UserInfo(natsUser, natsPassword))
 	ctx := ctxFor(t, 5*time.Minute)
 	require.NoError(t, queue.Setup(ctx, js, queue.Config{AckWait: 2 * time.Second}))
@@ -133,7 +134,7 @@ func TestSecretsNeverLeak(t *testing.T) {
 // blocked, or waits for a human, and never runs unattended.
 func TestJobCannotWidenAllowList(t *testing.T) {
 	ns := newNatsServer(t, natsConfig{})
-	sim, simURL := agentsim.NewTestServer(t, agentsim.Options{})
+	sim, simURL := agentsimtest.New(t, agentsim.Options{})
 	_, js := connect(t, ns.URL())
 	startWorker(t, workerOpts{name: "strict", natsURL: ns.URL(), agentURL: simURL, extra: []string{"--allowed-tools", "view"}})
 	client := queue.NewClient(js, queue.Config{})

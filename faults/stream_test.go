@@ -17,6 +17,7 @@ import (
 	"github.com/jetpilot-dev/jetpilot/schemas"
 	"github.com/jetpilot-dev/jetpilot/spawn"
 	"github.com/jetpilot-dev/jetpilot/spawn/agentsim"
+	"github.com/jetpilot-dev/jetpilot/spawn/agentsim/agentsimtest"
 	"github.com/jetpilot-dev/jetpilot/worker"
 )
 
@@ -32,7 +33,7 @@ type inProcess struct {
 func startInProcess(t *testing.T, simOpts agentsim.Options, ropts spawn.RunnerOptions, wopts worker.Options) *inProcess {
 	t.Helper()
 	_, _, js := testnats.Start(t)
-	sim, simURL := agentsim.NewTestServer(t, simOpts)
+	sim, simURL := agentsimtest.New(t, simOpts)
 	ctx := ctxFor(t, waitFor)
 	qcfg := queue.Config{AckWait: 2 * time.Second}
 	require.NoError(t, queue.Setup(ctx, js, qcfg))

@@ -22,6 +22,7 @@ import (
 	"github.com/jetpilot-dev/jetpilot/queue"
 	"github.com/jetpilot-dev/jetpilot/schemas"
 	"github.com/jetpilot-dev/jetpilot/spawn/agentsim"
+	"github.com/jetpilot-dev/jetpilot/spawn/agentsim/agentsimtest"
 )
 
 // pki is a CA and the files of a server and a client certificate it signed.
@@ -93,7 +94,7 @@ func TestNATSWithTLS(t *testing.T) {
 	ns := newNatsServer(t, natsConfig{extra: fmt.Sprintf("tls { cert_file: %q, key_file: %q, ca_file: %q, verify: true, timeout: 5 }\n",
 		p.serverCert, p.serverKey, p.ca)})
 	ns.clientTL = "tls://"
-	sim, simURL := agentsim.NewTestServer(t, agentsim.Options{})
+	sim, simURL := agentsimtest.New(t, agentsim.Options{})
 	_, js := connect(t, ns.URL(), nats.RootCAs(p.ca), nats.ClientCert(p.clientCert, p.clientKey))
 	startWorker(t, workerOpts{name: "tls", natsURL: ns.URL(), agentURL: simURL,
 		extra: []string{"--tlsca", p.ca, "--tlscert", p.clientCert, "--tlskey", p.clientKey}})
@@ -129,7 +130,7 @@ func TestWorkerLacksPermission(t *testing.T) {
 		limited("nostreams", `"$JS.API.STREAM.CREATE.>", "$JS.API.STREAM.UPDATE.>"`),
 		limited("noresults", `"jetpilot.results.>"`),
 	)})
-	_, simURL := agentsim.NewTestServer(t, agentsim.Options{})
+	_, simURL := agentsimtest.New(t, agentsim.Options{})
 	url := fmt.Sprintf("nats://127.0.0.1:%d", ns.port)
 
 	t.Run("may not create streams, none exist", func(t *testing.T) {

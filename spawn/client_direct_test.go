@@ -14,13 +14,14 @@ import (
 
 	"github.com/jetpilot-dev/jetpilot/schemas"
 	"github.com/jetpilot-dev/jetpilot/spawn/agentsim"
+	"github.com/jetpilot-dev/jetpilot/spawn/agentsim/agentsimtest"
 )
 
 // The whole suite runs with DirectEventStreams (newTestClient); these tests
 // also check that the direct path is the one taken.
 func newDirectRunner(t *testing.T, simOpts agentsim.Options, opts RunnerOptions) (*agentsim.Server, *Runner) {
 	t.Helper()
-	srv, base := agentsim.NewTestServer(t, simOpts)
+	srv, base := agentsimtest.New(t, simOpts)
 	c, err := NewClient(ClientOptions{BaseURL: base, Token: simOpts.Token, DirectEventStreams: true})
 	require.NoError(t, err)
 	require.NotNil(t, c.direct)
@@ -73,7 +74,7 @@ func TestDirectEventStreamsStallAndCancel(t *testing.T) {
 // busy client connection, with a writer beside it) exist while n runs are
 // held open.
 func heldReadLoops(t *testing.T, direct bool, n int) int {
-	srv, base := agentsim.NewTestServer(t, agentsim.Options{})
+	srv, base := agentsimtest.New(t, agentsim.Options{})
 	c, err := NewClient(ClientOptions{BaseURL: base, DirectEventStreams: direct})
 	require.NoError(t, err)
 	r := NewRunner(c, testRunnerOptions())

@@ -18,6 +18,7 @@ import (
 
 	"github.com/jetpilot-dev/jetpilot/schemas"
 	"github.com/jetpilot-dev/jetpilot/spawn/agentsim"
+	"github.com/jetpilot-dev/jetpilot/spawn/agentsim/agentsimtest"
 )
 
 func newTestClient(t *testing.T, base, token string) *Client {
@@ -88,7 +89,7 @@ func TestClientAuthHeader(t *testing.T) {
 
 func TestClientTokenNeverInErrors(t *testing.T) {
 	const secret = "very-secret-token-123"
-	srv, base := agentsim.NewTestServer(t, agentsim.Options{Token: "the-right-one"})
+	srv, base := agentsimtest.New(t, agentsim.Options{Token: "the-right-one"})
 	c := newTestClient(t, base, secret)
 	_, err := c.CreateSession(t.Context(), CreateSessionRequest{Title: "t"}, "k")
 	var ae *APIError
@@ -127,7 +128,7 @@ func TestClientTokenNeverInErrors(t *testing.T) {
 }
 
 func TestClientErrorCodes(t *testing.T) {
-	srv, base := agentsim.NewTestServer(t, agentsim.Options{Token: "tok"})
+	srv, base := agentsimtest.New(t, agentsim.Options{Token: "tok"})
 	c := newTestClient(t, base, "tok")
 	ctx := t.Context()
 	sess, err := c.CreateSession(ctx, CreateSessionRequest{Title: "jetpilot: test", Cwd: "/tmp"}, "")
@@ -260,7 +261,7 @@ func TestClientTransientClassification(t *testing.T) {
 	}
 
 	// Reset without an answer.
-	srv, base := agentsim.NewTestServer(t, agentsim.Options{})
+	srv, base := agentsimtest.New(t, agentsim.Options{})
 	c := newTestClient(t, base, "")
 	srv.InjectFault(agentsim.Fault{Route: "create_session", Kind: "reset", Count: 1})
 	_, err := c.CreateSession(t.Context(), CreateSessionRequest{Title: "t"}, "k")
@@ -349,7 +350,7 @@ func TestClientEventsLastEventIDHeader(t *testing.T) {
 // Request bodies are measured as sent: < > & are not escaped to six bytes
 // each, so a prompt of shell redirects stays its own size.
 func TestClientDoesNotEscapeHTML(t *testing.T) {
-	srv, base := agentsim.NewTestServer(t, agentsim.Options{})
+	srv, base := agentsimtest.New(t, agentsim.Options{})
 	c := newTestClient(t, base, "")
 	sess, err := c.CreateSession(t.Context(), CreateSessionRequest{Title: "<&>"}, "")
 	require.NoError(t, err)

@@ -19,6 +19,7 @@ import (
 
 	"github.com/jetpilot-dev/jetpilot/schemas"
 	"github.com/jetpilot-dev/jetpilot/spawn/agentsim"
+	"github.com/jetpilot-dev/jetpilot/spawn/agentsim/agentsimtest"
 )
 
 // Tests of the runner against the behaviour of the real agent server that
@@ -190,7 +191,7 @@ func TestRunSilentDeathIsRunLost(t *testing.T) {
 func TestRunAgentServerRestartIsRunLost(t *testing.T) {
 	tokenFile := filepath.Join(t.TempDir(), "token")
 	require.NoError(t, os.WriteFile(tokenFile, []byte("first-token\n"), 0o600))
-	srv, base := agentsim.NewTestServer(t, agentsim.Options{Token: "first-token"})
+	srv, base := agentsimtest.New(t, agentsim.Options{Token: "first-token"})
 	c, err := NewClient(ClientOptions{BaseURL: base, TokenFile: tokenFile, DirectEventStreams: true})
 	require.NoError(t, err)
 	r := NewRunner(c, fastRunnerOptions())
@@ -214,7 +215,7 @@ func TestRunAgentServerRestartIsRunLost(t *testing.T) {
 func TestClientRereadsTokenFileOn401(t *testing.T) {
 	tokenFile := filepath.Join(t.TempDir(), "token")
 	require.NoError(t, os.WriteFile(tokenFile, []byte("old"), 0o600))
-	srv, base := agentsim.NewTestServer(t, agentsim.Options{Token: "old"})
+	srv, base := agentsimtest.New(t, agentsim.Options{Token: "old"})
 	c, err := NewClient(ClientOptions{BaseURL: base, TokenFile: tokenFile, DirectEventStreams: true})
 	require.NoError(t, err)
 	sess, err := c.CreateSession(t.Context(), CreateSessionRequest{Title: "t"}, "")

@@ -18,6 +18,7 @@ import (
 
 	"github.com/jetpilot-dev/jetpilot/schemas"
 	"github.com/jetpilot-dev/jetpilot/spawn/agentsim"
+	"github.com/jetpilot-dev/jetpilot/spawn/agentsim/agentsimtest"
 )
 
 func testRunnerOptions() RunnerOptions {
@@ -32,7 +33,7 @@ func testRunnerOptions() RunnerOptions {
 
 func newSimRunner(t *testing.T, simOpts agentsim.Options, opts RunnerOptions) (*agentsim.Server, *Client, *Runner) {
 	t.Helper()
-	srv, base := agentsim.NewTestServer(t, simOpts)
+	srv, base := agentsimtest.New(t, simOpts)
 	c := newTestClient(t, base, simOpts.Token)
 	return srv, c, NewRunner(c, opts)
 }

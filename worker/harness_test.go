@@ -20,6 +20,7 @@ import (
 	"github.com/jetpilot-dev/jetpilot/schemas"
 	"github.com/jetpilot-dev/jetpilot/spawn"
 	"github.com/jetpilot-dev/jetpilot/spawn/agentsim"
+	"github.com/jetpilot-dev/jetpilot/spawn/agentsim/agentsimtest"
 	"github.com/jetpilot-dev/jetpilot/worker"
 )
 
@@ -52,7 +53,7 @@ func newHarness(t *testing.T, qcfg queue.Config) *harness {
 func newHarnessWith(t *testing.T, qcfg queue.Config, simOpts agentsim.Options) *harness {
 	t.Helper()
 	_, _, js := testnats.Start(t)
-	sim, url := agentsim.NewTestServer(t, simOpts)
+	sim, url := agentsimtest.New(t, simOpts)
 	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
 	defer cancel()
 	require.NoError(t, queue.Setup(ctx, js, qcfg))

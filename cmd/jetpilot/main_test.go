@@ -24,6 +24,7 @@ import (
 	"github.com/jetpilot-dev/jetpilot/queue"
 	"github.com/jetpilot-dev/jetpilot/schemas"
 	"github.com/jetpilot-dev/jetpilot/spawn/agentsim"
+	"github.com/jetpilot-dev/jetpilot/spawn/agentsim/agentsimtest"
 )
 
 // bin is the jetpilot binary, built once for every test here.
@@ -245,7 +246,7 @@ func TestDevDemo(t *testing.T) {
 // mid-run; another worker re-attaches to the same run, which starts once.
 func TestKilledWorkerJobFinishedByAnother(t *testing.T) {
 	s, _, js := testnats.Start(t)
-	sim, simURL := agentsim.NewTestServer(t, agentsim.Options{})
+	sim, simURL := agentsimtest.New(t, agentsim.Options{})
 	url := testnats.URL(s)
 	args := func(name string) []string {
 		return []string{"worker", "--nats", url, "--agent-url", simURL, "--name", name, "--ack-wait", "1s", "--shutdown-grace", "1s"}
@@ -276,7 +277,7 @@ func TestKilledWorkerJobFinishedByAnother(t *testing.T) {
 func TestSecretsStayOutOfOutput(t *testing.T) {
 	const token = "s3cr3t-agent-token-value"
 	s, _, js := testnats.Start(t)
-	_, simURL := agentsim.NewTestServer(t, agentsim.Options{Token: token})
+	_, simURL := agentsimtest.New(t, agentsim.Options{Token: token})
 	logFile := filepath.Join(t.TempDir(), "worker.jsonl")
 	w := start(t, []string{"JETPILOT_AGENT_TOKEN=" + token}, "worker", "--nats", testnats.URL(s), "--agent-url", simURL, "--log-json", logFile, "--log-level", "debug")
 	client := queue.NewClient(js, queue.Config{})

@@ -1,8 +1,9 @@
 // Package agentsim is a faithful simulator of the Stakpak agent server
 // (AGENT_SERVER_API.md revision 2; where the page and the server's code
 // disagree, it follows the code), scripted per prompt. Tests run it with
-// NewTestServer; `jetpilot agentsim` and `jetpilot dev` run it with
-// ListenAndServe or Serve.
+// agentsimtest.New (a package of its own, so programs that run the
+// simulator do not link package testing); `jetpilot agentsim` and
+// `jetpilot dev` run it with ListenAndServe or Serve.
 //
 // It owns the wire behaviour of the server, traps included, so the client
 // in package spawn meets the bugs a real server would expose. It does not

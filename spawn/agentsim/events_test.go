@@ -14,7 +14,7 @@ import (
 )
 
 func TestReplayFromZeroAndEnvelope(t *testing.T) {
-	s, base := NewTestServer(t, Options{})
+	s, base := newTestServer(t, Options{})
 	c := newClient(t, base, "")
 	sid := c.createSession()
 	runID := c.send(sid, "hi")
@@ -43,7 +43,7 @@ func TestReplayFromZeroAndEnvelope(t *testing.T) {
 }
 
 func TestNoReplayWithoutLastEventID(t *testing.T) {
-	s, base := NewTestServer(t, Options{})
+	s, base := newTestServer(t, Options{})
 	c := newClient(t, base, "")
 	sid := c.createSession()
 	c.send(sid, "first")
@@ -69,7 +69,7 @@ func TestNoReplayWithoutLastEventID(t *testing.T) {
 }
 
 func TestEarlierRunsInRing(t *testing.T) {
-	s, base := NewTestServer(t, Options{})
+	s, base := newTestServer(t, Options{})
 	c := newClient(t, base, "")
 	sid := c.createSession()
 	run1 := c.send(sid, "#sim text one")
@@ -88,7 +88,7 @@ func TestEarlierRunsInRing(t *testing.T) {
 }
 
 func TestGapDetected(t *testing.T) {
-	s, base := NewTestServer(t, Options{})
+	s, base := newTestServer(t, Options{})
 	c := newClient(t, base, "")
 	sid := c.createSession()
 	c.send(sid, "#sim ring 3\n#sim text hello world")
@@ -122,7 +122,7 @@ func TestGapDetected(t *testing.T) {
 }
 
 func TestKeepAliveOnIdleStream(t *testing.T) {
-	_, base := NewTestServer(t, Options{KeepAlive: 20 * time.Millisecond})
+	_, base := newTestServer(t, Options{KeepAlive: 20 * time.Millisecond})
 	c := newClient(t, base, "")
 	st := c.subscribe(c.createSession(), -1)
 	deadline := time.After(waitFor)
@@ -138,7 +138,7 @@ func TestKeepAliveOnIdleStream(t *testing.T) {
 }
 
 func TestWireFormatVariants(t *testing.T) {
-	s, base := NewTestServer(t, Options{})
+	s, base := newTestServer(t, Options{})
 	c := newClient(t, base, "")
 	sid := c.createSession()
 	text := "héllo wörld ✓ ünïcode — ok\nsecond line"
@@ -200,7 +200,7 @@ func joinPieces(ps [][]byte) []byte {
 }
 
 func TestDropAfter(t *testing.T) {
-	s, base := NewTestServer(t, Options{})
+	s, base := newTestServer(t, Options{})
 	c := newClient(t, base, "")
 	sid := c.createSession()
 	c.send(sid, "#sim drop-after 3\n#sim text a much longer text than fifteen bytes")
@@ -224,7 +224,7 @@ func TestDropAfter(t *testing.T) {
 }
 
 func TestStallAfter(t *testing.T) {
-	s, base := NewTestServer(t, Options{KeepAlive: 10 * time.Millisecond})
+	s, base := newTestServer(t, Options{KeepAlive: 10 * time.Millisecond})
 	c := newClient(t, base, "")
 	sid := c.createSession()
 	first := c.subscribe(sid, -1)
@@ -245,7 +245,7 @@ func TestStallAfter(t *testing.T) {
 }
 
 func TestGarbageAndBigFrame(t *testing.T) {
-	s, base := NewTestServer(t, Options{})
+	s, base := newTestServer(t, Options{})
 	c := newClient(t, base, "")
 	sid := c.createSession()
 	c.send(sid, "#sim garbage\n#sim bigframe 200000\n#sim text done")
@@ -284,7 +284,7 @@ func TestGarbageAndBigFrame(t *testing.T) {
 }
 
 func TestBigText(t *testing.T) {
-	s, base := NewTestServer(t, Options{})
+	s, base := newTestServer(t, Options{})
 	c := newClient(t, base, "")
 	sid := c.createSession()
 	st := c.subscribe(sid, -1)

@@ -13,7 +13,7 @@ import (
 // replays the stored 200, and the run goes on as if the answer had come.
 func TestFaultResetAfter(t *testing.T) {
 	t.Parallel()
-	s, base := NewTestServer(t, Options{Token: "tok"})
+	s, base := newTestServer(t, Options{Token: "tok"})
 	c := newClient(t, base, "tok")
 	sid := c.createSession()
 	st := c.subscribe(sid, 0)

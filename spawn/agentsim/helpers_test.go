@@ -7,7 +7,9 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"net"
 	"net/http"
+	"net/http/httptest"
 	"strconv"
 	"strings"
 	"testing"
@@ -18,6 +20,27 @@ import (
 )
 
 const waitFor = 5 * time.Second
+
+// newTestServer is agentsimtest.New for this package's own tests, which
+// cannot import agentsimtest (it imports agentsim: an import cycle).
+func newTestServer(t testing.TB, opts Options) (*Server, string) {
+	t.Helper()
+	s := New(opts)
+	ts := httptest.NewUnstartedServer(s)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		s.Close()
+		t.Fatalf("agentsim: listen on 127.0.0.1: %v", err)
+	}
+	_ = ts.Listener.Close()
+	ts.Listener = ln
+	ts.Start()
+	t.Cleanup(func() {
+		s.Close() // ends streams, so ts.Close does not wait on them
+		ts.Close()
+	})
+	return s, ts.URL
+}
 
 // client is a minimal test client of the simulator.
 type client struct {

@@ -17,7 +17,7 @@ import (
 // Point 8: any UUID gets a stream; a path id that is not one is a 400.
 func TestEventsNeverNotFound(t *testing.T) {
 	t.Parallel()
-	s, base := NewTestServer(t, Options{KeepAlive: 10 * time.Millisecond})
+	s, base := newTestServer(t, Options{KeepAlive: 10 * time.Millisecond})
 	c := newClient(t, base, "")
 	st := c.subscribe(newID(), 0)
 	requireKeepAlives(t, st, 2)
@@ -30,7 +30,7 @@ func TestEventsNeverNotFound(t *testing.T) {
 // restarts on every event.
 func TestKeepAliveOnlyAfterIdle(t *testing.T) {
 	t.Parallel()
-	s, base := NewTestServer(t, Options{KeepAlive: time.Second, EventInterval: 30 * time.Millisecond})
+	s, base := newTestServer(t, Options{KeepAlive: time.Second, EventInterval: 30 * time.Millisecond})
 	c := newClient(t, base, "")
 	sid := c.createSession()
 	st := c.subscribe(sid, 0)
@@ -55,7 +55,7 @@ func TestKeepAliveOnlyAfterIdle(t *testing.T) {
 // Point 8: the ring keeps 4096 events per session by default.
 func TestRingHolds4096(t *testing.T) {
 	t.Parallel()
-	s, base := NewTestServer(t, Options{})
+	s, base := newTestServer(t, Options{})
 	c := newClient(t, base, "")
 	sid := c.createSession()
 	c.send(sid, "#sim bigtext 5000000") // ~4900 deltas
@@ -80,7 +80,7 @@ func TestRingHolds4096(t *testing.T) {
 // read while the run publishes.
 func TestSubscriberLagLosesEvents(t *testing.T) {
 	t.Parallel()
-	s, base := NewTestServer(t, Options{SubscriberLag: 4})
+	s, base := newTestServer(t, Options{SubscriberLag: 4})
 	require.Equal(t, 8192, New(Options{}).opts.SubscriberLag, "default: twice the ring")
 	c := newClient(t, base, "")
 	sid := c.createSession()
@@ -101,7 +101,7 @@ func TestSubscriberLagLosesEvents(t *testing.T) {
 	assert.Equal(t, []uint64{last - 3, last - 2, last - 1, last}, ids, "only the newest SubscriberLag events are left")
 
 	// On the wire: a stream blocked by a client that does not read.
-	s2, base2 := NewTestServer(t, Options{SubscriberLag: 2})
+	s2, base2 := newTestServer(t, Options{SubscriberLag: 2})
 	c2 := newClient(t, base2, "")
 	sid2 := c2.createSession()
 	req, err := http.NewRequest("GET", base2+"/v1/sessions/"+sid2+"/events", nil)
@@ -141,7 +141,7 @@ func TestSubscriberLagLosesEvents(t *testing.T) {
 // Point 14.
 func TestBodyCap2MB(t *testing.T) {
 	t.Parallel()
-	_, base := NewTestServer(t, Options{})
+	_, base := newTestServer(t, Options{})
 	c := newClient(t, base, "")
 	big := `{"title":"` + strings.Repeat("t", 2<<20) + `"}`
 	status, b, h := c.do("POST", "/v1/sessions", big, nil)
@@ -154,7 +154,7 @@ func TestBodyCap2MB(t *testing.T) {
 // Point 15.
 func TestFrameworkErrorsArePlainText(t *testing.T) {
 	t.Parallel()
-	_, base := NewTestServer(t, Options{})
+	_, base := newTestServer(t, Options{})
 	c := newClient(t, base, "")
 	sid := c.createSession()
 	runID := newID()
@@ -212,7 +212,7 @@ func TestFrameworkErrorsArePlainText(t *testing.T) {
 // Point 15.
 func TestTitleRequired(t *testing.T) {
 	t.Parallel()
-	s, base := NewTestServer(t, Options{})
+	s, base := newTestServer(t, Options{})
 	c := newClient(t, base, "")
 	for _, body := range []string{`{}`, `{"cwd":"/w"}`, `{"title":null}`, `{"Title":"case matters"}`} {
 		status, b, h := c.do("POST", "/v1/sessions", body, nil)
@@ -226,7 +226,7 @@ func TestTitleRequired(t *testing.T) {
 // Point 16: uptime counts from the (last) start.
 func TestHealthUptimeFromLastStart(t *testing.T) {
 	t.Parallel()
-	s, base := NewTestServer(t, Options{Token: "tok"})
+	s, base := newTestServer(t, Options{Token: "tok"})
 	anon := newClient(t, base, "")
 	s.mu.Lock()
 	s.start = time.Now().Add(-time.Hour)
@@ -250,7 +250,7 @@ func TestHealthUptimeFromLastStart(t *testing.T) {
 // Point 17: the auth layer's exact answer.
 func TestAuthUnauthorizedBody(t *testing.T) {
 	t.Parallel()
-	_, base := NewTestServer(t, Options{Token: "tok"})
+	_, base := newTestServer(t, Options{Token: "tok"})
 	anon := newClient(t, base, "")
 	for _, hdr := range []string{"", "Bearer nope", "bearer tok", "tok", "Bearer  tok"} {
 		status, b, _ := anon.do("GET", "/v1/models", nil, map[string]string{"Authorization": hdr})
@@ -266,7 +266,7 @@ func TestAuthUnauthorizedBody(t *testing.T) {
 
 func TestSetToken(t *testing.T) {
 	t.Parallel()
-	s, base := NewTestServer(t, Options{Token: "one"})
+	s, base := newTestServer(t, Options{Token: "one"})
 	sid := newClient(t, base, "one").createSession()
 	s.SetToken("two")
 	status, b, _ := newClient(t, base, "one").do("GET", "/v1/sessions/"+sid, nil, nil)
@@ -279,7 +279,7 @@ func TestSetToken(t *testing.T) {
 // keys, pending calls, streams and the token go.
 func TestRestartKeepsSessionsLosesRuns(t *testing.T) {
 	t.Parallel()
-	s, base := NewTestServer(t, Options{Token: "old", KeepAlive: 10 * time.Millisecond})
+	s, base := newTestServer(t, Options{Token: "old", KeepAlive: 10 * time.Millisecond})
 	c := newClient(t, base, "old")
 	done := c.createSession()
 	c.send(done, "#sim text kept")

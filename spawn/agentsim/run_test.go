@@ -33,7 +33,7 @@ func (c *client) sendWith(sid string, body map[string]any) string {
 
 func TestToolApprovalBothEndpoints(t *testing.T) {
 	t.Parallel()
-	s, base := NewTestServer(t, Options{})
+	s, base := newTestServer(t, Options{})
 	c := newClient(t, base, "")
 	sid := c.createSession()
 	st := c.subscribe(sid, 0)
@@ -93,7 +93,7 @@ func TestToolApprovalBothEndpoints(t *testing.T) {
 // Point 10: the order around tools, and usage per turn.
 func TestToolEventOrder(t *testing.T) {
 	t.Parallel()
-	s, base := NewTestServer(t, Options{})
+	s, base := newTestServer(t, Options{})
 	c := newClient(t, base, "")
 	sid := c.createSession()
 	st := c.subscribe(sid, 0)
@@ -124,7 +124,7 @@ func TestToolEventOrder(t *testing.T) {
 
 func TestToolCustomResultAndAutoApprove(t *testing.T) {
 	t.Parallel()
-	s, base := NewTestServer(t, Options{})
+	s, base := newTestServer(t, Options{})
 	c := newClient(t, base, "")
 	sid := c.createSession()
 	st := c.subscribe(sid, 0)
@@ -146,7 +146,7 @@ func TestToolCustomResultAndAutoApprove(t *testing.T) {
 // Point 6.
 func TestRejectContentIgnored(t *testing.T) {
 	t.Parallel()
-	s, base := NewTestServer(t, Options{})
+	s, base := newTestServer(t, Options{})
 	c := newClient(t, base, "")
 	sid := c.createSession()
 	st := c.subscribe(sid, 0)
@@ -180,7 +180,7 @@ func TestRejectContentIgnored(t *testing.T) {
 // next command wakes the run, which then sees the flag first.
 func TestCancelIsOnlyAFlag(t *testing.T) {
 	t.Parallel()
-	s, base := NewTestServer(t, Options{KeepAlive: 10 * time.Millisecond})
+	s, base := newTestServer(t, Options{KeepAlive: 10 * time.Millisecond})
 	c := newClient(t, base, "")
 	sid := c.createSession()
 	st := c.subscribe(sid, 0)
@@ -211,7 +211,7 @@ func TestCancelIsOnlyAFlag(t *testing.T) {
 // without tool calls ends the run completed.
 func TestCancelDuringInferenceCanComplete(t *testing.T) {
 	t.Parallel()
-	s, base := NewTestServer(t, Options{})
+	s, base := newTestServer(t, Options{})
 	c := newClient(t, base, "")
 	sid := c.createSession()
 	st := c.subscribe(sid, 0)
@@ -238,7 +238,7 @@ func TestCancelDuringInferenceCanComplete(t *testing.T) {
 // ends the run (no turn_completed).
 func TestCancelWaitsOutRetryBackoff(t *testing.T) {
 	t.Parallel()
-	s, base := NewTestServer(t, Options{RetryBackoff: 300 * time.Millisecond})
+	s, base := newTestServer(t, Options{RetryBackoff: 300 * time.Millisecond})
 	c := newClient(t, base, "")
 	sid := c.createSession()
 	st := c.subscribe(sid, 0)
@@ -257,7 +257,7 @@ func TestCancelWaitsOutRetryBackoff(t *testing.T) {
 // while starting ends with no turn at all.
 func TestCancelChecksAtTopOfTurn(t *testing.T) {
 	t.Parallel()
-	_, base := NewTestServer(t, Options{StartDelay: 300 * time.Millisecond})
+	_, base := newTestServer(t, Options{StartDelay: 300 * time.Millisecond})
 	c := newClient(t, base, "")
 	sid := c.createSession()
 	st := c.subscribe(sid, 0)
@@ -273,7 +273,7 @@ func TestCancelChecksAtTopOfTurn(t *testing.T) {
 // Point 1: an executing tool honours the token.
 func TestCancelInterruptsExecutingTool(t *testing.T) {
 	t.Parallel()
-	s, base := NewTestServer(t, Options{})
+	s, base := newTestServer(t, Options{})
 	c := newClient(t, base, "")
 	sid := c.createSession()
 	st := c.subscribe(sid, 0)
@@ -297,7 +297,7 @@ func TestCancelInterruptsExecutingTool(t *testing.T) {
 // "#sim hang" is an executing step that honours the token.
 func TestCancelHangingRun(t *testing.T) {
 	t.Parallel()
-	s, base := NewTestServer(t, Options{})
+	s, base := newTestServer(t, Options{})
 	c := newClient(t, base, "")
 	sid := c.createSession()
 	st := c.subscribe(sid, 0)
@@ -341,7 +341,7 @@ func TestCancelHangingRun(t *testing.T) {
 // the loop checks cancel first.
 func TestSteeringWakesCancelledRun(t *testing.T) {
 	t.Parallel()
-	s, base := NewTestServer(t, Options{})
+	s, base := newTestServer(t, Options{})
 	c := newClient(t, base, "")
 	sid := c.createSession()
 	st := c.subscribe(sid, 0)
@@ -363,7 +363,7 @@ func TestSteeringWakesCancelledRun(t *testing.T) {
 // next turn's user message; run_mismatch without the run id.
 func TestSteeringSkipsUndoneCalls(t *testing.T) {
 	t.Parallel()
-	s, base := NewTestServer(t, Options{})
+	s, base := newTestServer(t, Options{})
 	c := newClient(t, base, "")
 	sid := c.createSession()
 	st := c.subscribe(sid, 0)
@@ -400,7 +400,7 @@ func TestSteeringSkipsUndoneCalls(t *testing.T) {
 // the last inference is never read: the run completes without it.
 func TestFollowUpAddsATurn(t *testing.T) {
 	t.Parallel()
-	s, base := NewTestServer(t, Options{})
+	s, base := newTestServer(t, Options{})
 	c := newClient(t, base, "")
 	sid := c.createSession()
 	st := c.subscribe(sid, 0)
@@ -431,7 +431,7 @@ func TestFollowUpAddsATurn(t *testing.T) {
 // the run waits is applied.
 func TestDecisionWhileCallExecutesIsParked(t *testing.T) {
 	t.Parallel()
-	s, base := NewTestServer(t, Options{})
+	s, base := newTestServer(t, Options{})
 	c := newClient(t, base, "")
 	sid := c.createSession()
 	st := c.subscribe(sid, 0)
@@ -456,7 +456,7 @@ func TestDecisionWhileCallExecutesIsParked(t *testing.T) {
 // not yet decided.
 func TestCallsRunInProposalOrder(t *testing.T) {
 	t.Parallel()
-	s, base := NewTestServer(t, Options{})
+	s, base := newTestServer(t, Options{})
 	c := newClient(t, base, "")
 	sid := c.createSession()
 	st := c.subscribe(sid, 0)
@@ -482,7 +482,7 @@ func TestCallsRunInProposalOrder(t *testing.T) {
 // accepted.
 func TestRepeatedDecisionKillsRunSilently(t *testing.T) {
 	t.Parallel()
-	s, base := NewTestServer(t, Options{KeepAlive: 10 * time.Millisecond})
+	s, base := newTestServer(t, Options{KeepAlive: 10 * time.Millisecond})
 	c := newClient(t, base, "")
 
 	// The whole batch re-sent after its first call ran.
@@ -521,7 +521,7 @@ func TestRepeatedDecisionKillsRunSilently(t *testing.T) {
 // Point 5.
 func TestPendingListsWholeBatchUntilTurnCompleted(t *testing.T) {
 	t.Parallel()
-	s, base := NewTestServer(t, Options{})
+	s, base := newTestServer(t, Options{})
 	c := newClient(t, base, "")
 	sid := c.createSession()
 	st := c.subscribe(sid, 0)
@@ -567,7 +567,7 @@ func TestPendingListsWholeBatchUntilTurnCompleted(t *testing.T) {
 // Point 9.
 func TestFinishReasonSnakeCase(t *testing.T) {
 	t.Parallel()
-	s, base := NewTestServer(t, Options{})
+	s, base := newTestServer(t, Options{})
 	c := newClient(t, base, "")
 	sid := c.createSession()
 	st := c.subscribe(sid, 0)
@@ -589,7 +589,7 @@ func TestFinishReasonSnakeCase(t *testing.T) {
 // many-small-deltas framing.
 func TestTextOneDeltaPerPart(t *testing.T) {
 	t.Parallel()
-	s, base := NewTestServer(t, Options{})
+	s, base := newTestServer(t, Options{})
 	c := newClient(t, base, "")
 	sid := c.createSession()
 	st := c.subscribe(sid, 0)
@@ -611,7 +611,7 @@ func TestTextOneDeltaPerPart(t *testing.T) {
 
 func TestRunErrorAndStatus(t *testing.T) {
 	t.Parallel()
-	s, base := NewTestServer(t, Options{EventInterval: 20 * time.Millisecond})
+	s, base := newTestServer(t, Options{EventInterval: 20 * time.Millisecond})
 	c := newClient(t, base, "")
 	sid := c.createSession()
 	st := c.subscribe(sid, -1)
@@ -644,7 +644,7 @@ func TestRunErrorAndStatus(t *testing.T) {
 
 func TestTurnsUsageStopAndExtras(t *testing.T) {
 	t.Parallel()
-	s, base := NewTestServer(t, Options{})
+	s, base := newTestServer(t, Options{})
 	c := newClient(t, base, "")
 	sid := c.createSession()
 	st := c.subscribe(sid, -1)
@@ -680,7 +680,7 @@ func TestTurnsUsageStopAndExtras(t *testing.T) {
 // Point 14.
 func TestMaxTurnsDefault64(t *testing.T) {
 	t.Parallel()
-	_, base := NewTestServer(t, Options{})
+	_, base := newTestServer(t, Options{})
 	c := newClient(t, base, "")
 	sid := c.createSession()
 	st := c.subscribe(sid, -1)
@@ -708,7 +708,7 @@ func TestMaxTurnsDefault64(t *testing.T) {
 // Point 13.
 func TestUnknownModelRetriesThenRunError(t *testing.T) {
 	t.Parallel()
-	s, base := NewTestServer(t, Options{Models: []string{"openai/gpt-x"}})
+	s, base := newTestServer(t, Options{Models: []string{"openai/gpt-x"}})
 	c := newClient(t, base, "")
 	status, b, _ := c.do("GET", "/v1/models", nil, nil)
 	require.Equal(t, http.StatusOK, status)
@@ -744,7 +744,7 @@ func TestUnknownModelRetriesThenRunError(t *testing.T) {
 // Point 11.
 func TestRunningBeforeRunStartedAndAfterRunCompleted(t *testing.T) {
 	t.Parallel()
-	s, base := NewTestServer(t, Options{StartDelay: 300 * time.Millisecond, EndDelay: 300 * time.Millisecond})
+	s, base := newTestServer(t, Options{StartDelay: 300 * time.Millisecond, EndDelay: 300 * time.Millisecond})
 	c := newClient(t, base, "")
 	sid := c.createSession()
 	st := c.subscribe(sid, 0)
@@ -772,7 +772,7 @@ func TestRunningBeforeRunStartedAndAfterRunCompleted(t *testing.T) {
 // Point 12.
 func TestMessagesFromCheckpointAfterRunCompleted(t *testing.T) {
 	t.Parallel()
-	s, base := NewTestServer(t, Options{EndDelay: 500 * time.Millisecond, CheckpointInterval: time.Hour})
+	s, base := newTestServer(t, Options{EndDelay: 500 * time.Millisecond, CheckpointInterval: time.Hour})
 	c := newClient(t, base, "")
 	sid := c.createSession()
 	st := c.subscribe(sid, 0)
@@ -793,7 +793,7 @@ func TestMessagesFromCheckpointAfterRunCompleted(t *testing.T) {
 // Point 12: a running run is checkpointed every CheckpointInterval.
 func TestPeriodicCheckpoint(t *testing.T) {
 	t.Parallel()
-	s, base := NewTestServer(t, Options{CheckpointInterval: 20 * time.Millisecond})
+	s, base := newTestServer(t, Options{CheckpointInterval: 20 * time.Millisecond})
 	c := newClient(t, base, "")
 	sid := c.createSession()
 	st := c.subscribe(sid, 0)
@@ -809,7 +809,7 @@ func TestPeriodicCheckpoint(t *testing.T) {
 // "#sim die": a silent run death.
 func TestSilentRunDeath(t *testing.T) {
 	t.Parallel()
-	s, base := NewTestServer(t, Options{KeepAlive: 10 * time.Millisecond})
+	s, base := newTestServer(t, Options{KeepAlive: 10 * time.Millisecond})
 	c := newClient(t, base, "")
 	sid := c.createSession()
 	st := c.subscribe(sid, 0)

@@ -10,16 +10,14 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"slices"
 	"strings"
 	"sync"
-	"testing"
 	"time"
 )
 
-// Server is the simulated agent server. It is an http.Handler; use
-// NewTestServer in tests, or Serve / ListenAndServe to run it.
+// Server is the simulated agent server. It is an http.Handler; tests start
+// it with agentsimtest.New, programs with Serve or ListenAndServe.
 type Server struct {
 	opts Options
 	log  *slog.Logger
@@ -293,25 +291,4 @@ func ListenAndServe(ctx context.Context, addr string, opts Options) error {
 		return fmt.Errorf("agentsim: listen on %s: %w", addr, err)
 	}
 	return New(opts).Serve(ctx, ln)
-}
-
-// NewTestServer starts a simulator on 127.0.0.1 for t and returns it with
-// its base URL (no trailing slash). Cleanup closes both.
-func NewTestServer(t testing.TB, opts Options) (*Server, string) {
-	t.Helper()
-	s := New(opts)
-	ts := httptest.NewUnstartedServer(s)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		s.Close()
-		t.Fatalf("agentsim: listen on 127.0.0.1: %v", err)
-	}
-	_ = ts.Listener.Close()
-	ts.Listener = ln
-	ts.Start()
-	t.Cleanup(func() {
-		s.Close() // ends streams, so ts.Close does not wait on them
-		ts.Close()
-	})
-	return s, ts.URL
 }

@@ -15,7 +15,7 @@ import (
 )
 
 func TestAuth(t *testing.T) {
-	s, base := NewTestServer(t, Options{Token: "s3cret", Version: "9.9.9"})
+	s, base := newTestServer(t, Options{Token: "s3cret", Version: "9.9.9"})
 	anon := newClient(t, base, "")
 	wrong := newClient(t, base, "nope")
 	good := newClient(t, base, "s3cret")
@@ -47,13 +47,13 @@ func TestAuth(t *testing.T) {
 	requireError(t, status, b, http.StatusNotFound, codeNotFound)
 
 	// Without a configured token, any header or none is accepted.
-	_, open := NewTestServer(t, Options{})
+	_, open := newTestServer(t, Options{})
 	newClient(t, open, "").createSession()
 	newClient(t, open, "whatever").createSession()
 }
 
 func TestCreateAndGetSession(t *testing.T) {
-	_, base := NewTestServer(t, Options{DefaultModel: "m1"})
+	_, base := newTestServer(t, Options{DefaultModel: "m1"})
 	c := newClient(t, base, "")
 	status, b, _ := c.do("POST", "/v1/sessions", map[string]any{"title": "t1", "cwd": "/work"}, nil)
 	require.Equal(t, http.StatusCreated, status)
@@ -91,7 +91,7 @@ func TestCreateAndGetSession(t *testing.T) {
 
 func TestIdempotencyReplayAndConflict(t *testing.T) {
 	t.Parallel()
-	s, base := NewTestServer(t, Options{})
+	s, base := newTestServer(t, Options{})
 	c := newClient(t, base, "")
 	key := map[string]string{"Idempotency-Key": "k1"}
 
@@ -127,7 +127,7 @@ func TestIdempotencyReplayAndConflict(t *testing.T) {
 // Point 7: only successful answers are stored.
 func TestIdempotencyStoresSuccessesOnly(t *testing.T) {
 	t.Parallel()
-	s, base := NewTestServer(t, Options{})
+	s, base := newTestServer(t, Options{})
 	c := newClient(t, base, "")
 	sid := c.createSession()
 	runID := c.send(sid, "#sim hang")
@@ -212,7 +212,7 @@ func TestIdempotencyNoInFlightReservation(t *testing.T) {
 }
 
 func TestIdempotencyKeysExpire(t *testing.T) {
-	s, base := NewTestServer(t, Options{IdempotencyTTL: 50 * time.Millisecond})
+	s, base := newTestServer(t, Options{IdempotencyTTL: 50 * time.Millisecond})
 	c := newClient(t, base, "")
 	key := map[string]string{"Idempotency-Key": "ttl"}
 	st, _, _ := c.do("POST", "/v1/sessions", map[string]any{"title": "a"}, key)
@@ -227,7 +227,7 @@ func TestIdempotencyKeysExpire(t *testing.T) {
 
 func TestSendValidation(t *testing.T) {
 	t.Parallel()
-	s, base := NewTestServer(t, Options{})
+	s, base := newTestServer(t, Options{})
 	c := newClient(t, base, "")
 	sid := c.createSession()
 
@@ -318,7 +318,7 @@ func TestSendValidation(t *testing.T) {
 }
 
 func TestSessionAlreadyRunningAndSteering(t *testing.T) {
-	s, base := NewTestServer(t, Options{})
+	s, base := newTestServer(t, Options{})
 	c := newClient(t, base, "")
 	sid := c.createSession()
 	path := "/v1/sessions/" + sid + "/messages"
@@ -343,7 +343,7 @@ func TestSessionAlreadyRunningAndSteering(t *testing.T) {
 }
 
 func TestFaultInjection(t *testing.T) {
-	s, base := NewTestServer(t, Options{})
+	s, base := newTestServer(t, Options{})
 	c := newClient(t, base, "")
 
 	s.InjectFault(Fault{Route: RouteCreateSession, Kind: Fault503, Count: 2})
@@ -388,7 +388,7 @@ func TestFaultInjection(t *testing.T) {
 }
 
 func TestFailSendDirectiveWithIdempotencyKey(t *testing.T) {
-	s, base := NewTestServer(t, Options{})
+	s, base := newTestServer(t, Options{})
 	c := newClient(t, base, "")
 	sid := c.createSession()
 	prompt := "do it\n#sim fail-send 2 503\n#sim text done"
@@ -417,7 +417,7 @@ func TestFailSendDirectiveWithIdempotencyKey(t *testing.T) {
 
 func TestMessagesEndpoint(t *testing.T) {
 	t.Parallel()
-	s, base := NewTestServer(t, Options{})
+	s, base := newTestServer(t, Options{})
 	c := newClient(t, base, "")
 	sid := c.createSession()
 	get := func(q string) (msgs struct {
