@@ -52,7 +52,6 @@ const (
 // Character limits of the job schema, applied here to byte lengths: a
 // string of at most n bytes has at most n characters.
 const (
-	maxProfileLen       = 64
 	maxTimeoutLen       = 64
 	maxWorkdirLen       = 4096
 	maxModelLen         = 256
@@ -253,21 +252,6 @@ func (p *fastParser) toolList() ([]string, bool) {
 	return out, ok
 }
 
-func validProfile(s string) bool {
-	if len(s) == 0 || len(s) > maxProfileLen {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch {
-		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9', c == '_', c == '-':
-		default:
-			return false
-		}
-	}
-	return true
-}
-
 // fastDecodeJob decodes data when it is, beyond doubt, a valid job; see
 // the comment at the top of this file. ok=false means "ask the full path",
 // not "invalid".
@@ -293,7 +277,7 @@ func fastDecodeJob(data []byte) (j Job, ok bool) {
 		case "profile":
 			bit = fjProfile
 			j.Profile, ok = p.str()
-			ok = ok && validProfile(j.Profile)
+			ok = ok && ValidProfile(j.Profile)
 		case "timeout":
 			bit = fjTimeout
 			j.Timeout, ok = p.strMax(maxTimeoutLen)

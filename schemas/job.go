@@ -135,24 +135,6 @@ func skipNested(dec *json.Decoder) error {
 	return nil
 }
 
-// ValidJobID reports whether id is 1-128 characters of A-Za-z0-9._:-,
-// which makes it safe as a NATS subject token and a Nats-Msg-Id.
-func ValidJobID(id string) bool {
-	if len(id) == 0 || len(id) > MaxJobIDLen {
-		return false
-	}
-	for i := 0; i < len(id); i++ {
-		c := id[i]
-		switch {
-		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
-		case c == '.' || c == '_' || c == ':' || c == '-':
-		default:
-			return false
-		}
-	}
-	return true
-}
-
 // jobGoChecks are the job rules JSON Schema cannot state. A field the
 // schema already faulted is skipped, so each problem is reported once.
 func jobGoChecks(v any, schemaProblems []FieldError) []FieldError {

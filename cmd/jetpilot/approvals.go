@@ -134,7 +134,7 @@ func newCancelCmd(g *globalFlags) *cobra.Command {
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			jobID := args[0]
-			if err := queue.ValidateJobID(jobID); err != nil {
+			if err := schemas.ValidateJobID(jobID); err != nil {
 				return usageError("%v", err)
 			}
 			return withClient(cmd, g, "jetpilot cancel", func(ctx context.Context, nc *nats.Conn, _ *queue.Client) error {
