@@ -303,6 +303,41 @@ func (cfg Config) CancelSubject(jobID string) string {
 // CancelWildcard is "<prefix>.cancel.>", what workers subscribe to.
 func (cfg Config) CancelWildcard() string { return cfg.subject("cancel", ">") }
 
+// ControlSubject is "<prefix>.control.<job_id>": workers' own control
+// messages about a paused job (approval expiry timers, cancels), on their
+// own stream so that no producer permission on decisions can forge one.
+func (cfg Config) ControlSubject(jobID string) string {
+	return cfg.subject("control", subjectID(jobID))
+}
+
+// ControlWildcard is "<prefix>.control.>".
+func (cfg Config) ControlWildcard() string { return cfg.subject("control", ">") }
+
+// HolderSubject is "<prefix>.holder.<worker>": the worker's own inbox, on
+// which the worker that answered a cancel request forwards it to the worker
+// holding the job. Worker names are encoded like job ids (dots and other
+// characters a subject token may not hold are escaped).
+func (cfg Config) HolderSubject(worker string) string {
+	return cfg.subject("holder", holderToken(worker))
+}
+
+// holderToken is a worker name as one subject token.
+func holderToken(name string) string {
+	var b strings.Builder
+	for _, r := range name {
+		switch {
+		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9', r == '-', r == '_':
+			b.WriteRune(r)
+		default:
+			fmt.Fprintf(&b, "=%X", r)
+		}
+	}
+	if b.Len() == 0 {
+		return "~"
+	}
+	return b.String()
+}
+
 func (cfg Config) streamName(kind string) string {
 	return strings.ToUpper(cfg.prefix()) + "_" + kind
 }
@@ -318,6 +353,9 @@ func (cfg Config) ApprovalsStream() string { return cfg.streamName("APPROVALS") 
 
 // DecisionsStream is "<PREFIX>_DECISIONS".
 func (cfg Config) DecisionsStream() string { return cfg.streamName("DECISIONS") }
+
+// ControlStream is "<PREFIX>_CONTROL".
+func (cfg Config) ControlStream() string { return cfg.streamName("CONTROL") }
 
 // EventsStream is "<PREFIX>_EVENTS".
 func (cfg Config) EventsStream() string { return cfg.streamName("EVENTS") }
@@ -339,3 +377,6 @@ func (cfg Config) ProfileWorkersDurable(profile string) string {
 
 // DecidersDurable is "<prefix>-deciders", the consumer of DECISIONS.
 func (cfg Config) DecidersDurable() string { return cfg.prefix() + "-deciders" }
+
+// ControllersDurable is "<prefix>-controllers", the consumer of CONTROL.
+func (cfg Config) ControllersDurable() string { return cfg.prefix() + "-controllers" }

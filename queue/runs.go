@@ -13,14 +13,6 @@ import (
 	"github.com/jetpilot-dev/jetpilot/schemas"
 )
 
-// Run states of a RunRecord.
-const (
-	RunStarting = "starting"
-	RunRunning  = "running"
-	RunPaused   = "paused"
-	RunDone     = "done"
-)
-
 // RunRecord is what the fleet knows about one job's agent run. It is how
 // the at-most-once rule holds: a worker that gets a job again finds the
 // record and re-attaches to the run instead of starting a second one.
@@ -30,8 +22,9 @@ type RunRecord struct {
 	RunID     string `json:"run_id,omitempty"`
 	// LastEventID is the agent server event cursor already processed.
 	LastEventID uint64 `json:"last_event_id,omitempty"`
-	// State is RunStarting, RunRunning, RunPaused or RunDone.
-	State string `json:"state"`
+	// State is where the run is (see RunState); written by
+	// RunStore.Transition only.
+	State RunState `json:"state"`
 	// Owner is the worker holding the job now.
 	Owner   string `json:"owner,omitempty"`
 	Phase   int    `json:"phase"`
@@ -198,10 +191,9 @@ func (s *RunStore) Get(ctx context.Context, jobID string) (RunRecord, uint64, er
 	return rec, e.Revision(), nil
 }
 
-// Create records a new run; ErrRunExists if the job already has one. This
+// create records a new run; ErrRunExists if the job already has one. This
 // is the claim that makes an agent run start at most once per job.
-// UpdatedAt is set to now when zero.
-func (s *RunStore) Create(ctx context.Context, rec RunRecord) (uint64, error) {
+func (s *RunStore) create(ctx context.Context, rec RunRecord) (uint64, error) {
 	key, data, err := encodeRun(rec)
 	if err != nil {
 		return 0, fmt.Errorf("create run: %w", err)
@@ -216,10 +208,9 @@ func (s *RunStore) Create(ctx context.Context, rec RunRecord) (uint64, error) {
 	return rev, nil
 }
 
-// Update replaces the run if its revision is still expectedRev
-// (compare-and-set); ErrRevisionMismatch otherwise. UpdatedAt is set to now.
-func (s *RunStore) Update(ctx context.Context, rec RunRecord, expectedRev uint64) (uint64, error) {
-	rec.UpdatedAt = time.Time{}
+// update replaces the run if its revision is still expectedRev
+// (compare-and-set); ErrRevisionMismatch otherwise.
+func (s *RunStore) update(ctx context.Context, rec RunRecord, expectedRev uint64) (uint64, error) {
 	key, data, err := encodeRun(rec)
 	if err != nil {
 		return 0, fmt.Errorf("update run: %w", err)
@@ -234,34 +225,6 @@ func (s *RunStore) Update(ctx context.Context, rec RunRecord, expectedRev uint64
 	return rev, nil
 }
 
-// Put writes the run unconditionally. Prefer Update where another worker
-// may race; Put is for tools and repairs. UpdatedAt is set to now.
-func (s *RunStore) Put(ctx context.Context, rec RunRecord) (uint64, error) {
-	rec.UpdatedAt = time.Time{}
-	key, data, err := encodeRun(rec)
-	if err != nil {
-		return 0, fmt.Errorf("put run: %w", err)
-	}
-	rev, err := s.kv.Put(ctx, key, data)
-	if err != nil {
-		return 0, fmt.Errorf("put run of job %s: %w", rec.JobID, err)
-	}
-	return rev, nil
-}
-
-// Delete removes the job's run. Deleting a run that does not exist is not
-// an error.
-func (s *RunStore) Delete(ctx context.Context, jobID string) error {
-	key, err := RunKey(jobID)
-	if err != nil {
-		return fmt.Errorf("delete run: %w", err)
-	}
-	if err := s.kv.Delete(ctx, key); err != nil {
-		return fmt.Errorf("delete run of job %s: %w", jobID, err)
-	}
-	return nil
-}
-
 func encodeRun(rec RunRecord) (string, []byte, error) {
 	key, err := RunKey(rec.JobID)
 	if err != nil {
@@ -272,9 +235,7 @@ func encodeRun(rec RunRecord) (string, []byte, error) {
 	default:
 		return "", nil, fmt.Errorf("job %s: state must be starting, running, paused or done, got %q", rec.JobID, rec.State)
 	}
-	if rec.UpdatedAt.IsZero() {
-		rec.UpdatedAt = time.Now().UTC()
-	}
+	rec.UpdatedAt = time.Now().UTC()
 	data, err := json.Marshal(rec)
 	if err != nil {
 		return "", nil, fmt.Errorf("job %s: marshal run record: %w", rec.JobID, err)

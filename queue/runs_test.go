@@ -41,43 +41,44 @@ func TestRunStore(t *testing.T) {
 	_, _, err = rs.Get(e.ctx, "job:1.a")
 	require.ErrorIs(t, err, queue.ErrRunNotFound)
 
-	rec := queue.RunRecord{JobID: "job:1.a", SessionID: "s1", State: queue.RunStarting, Owner: "w1", Attempt: 1}
-	rev, err := rs.Create(e.ctx, rec)
-	require.NoError(t, err)
-	_, err = rs.Create(e.ctx, rec)
-	require.ErrorIs(t, err, queue.ErrRunExists)
+	run := queue.NewRun(queue.RunRecord{JobID: "job:1.a", SessionID: "s1", Owner: "w1", Attempt: 1})
+	require.NoError(t, rs.Transition(e.ctx, run, queue.TransStarted))
+	assert.Equal(t, queue.RunRunning, run.Stored)
+	// The claim: a second worker creating the same job's record loses.
+	rival := queue.NewRun(queue.RunRecord{JobID: "job:1.a", Owner: "w2"})
+	require.ErrorIs(t, rs.Transition(e.ctx, rival, queue.TransStarted), queue.ErrRunExists)
 
-	got, grev, err := rs.Get(e.ctx, "job:1.a")
+	got, err := rs.GetRun(e.ctx, "job:1.a")
 	require.NoError(t, err)
-	assert.Equal(t, rev, grev)
-	assert.Equal(t, "s1", got.SessionID)
-	assert.Equal(t, "job:1.a", got.JobID)
-	assert.False(t, got.UpdatedAt.IsZero())
+	assert.Equal(t, run.Rev, got.Rev)
+	assert.Equal(t, "s1", got.Record.SessionID)
+	assert.Equal(t, queue.RunRunning, got.Record.State)
+	assert.False(t, got.Record.UpdatedAt.IsZero())
 
-	// Compare-and-set: the first update wins, a stale revision loses.
-	got.RunID, got.State, got.LastEventID = "r1", queue.RunRunning, 7
-	rev2, err := rs.Update(e.ctx, got, grev)
+	// Compare-and-set: the first write wins, a stale revision loses.
+	stale := *got
+	got.Record.RunID, got.Record.LastEventID = "r1", 7
+	require.NoError(t, rs.Transition(e.ctx, got, queue.TransProgress))
+	assert.Greater(t, got.Rev, stale.Rev)
+	stale.Record.Owner = "w2"
+	require.ErrorIs(t, rs.Transition(e.ctx, &stale, queue.TransProgress), queue.ErrRevisionMismatch)
+
+	cur, err := rs.GetRun(e.ctx, "job:1.a")
 	require.NoError(t, err)
-	assert.Greater(t, rev2, grev)
-	got.Owner = "w2"
-	_, err = rs.Update(e.ctx, got, grev)
-	require.ErrorIs(t, err, queue.ErrRevisionMismatch)
+	assert.Equal(t, got.Rev, cur.Rev)
+	assert.Equal(t, "w1", cur.Record.Owner)
+	assert.EqualValues(t, 7, cur.Record.LastEventID)
 
-	cur, rev3, err := rs.Get(e.ctx, "job:1.a")
-	require.NoError(t, err)
-	assert.Equal(t, rev2, rev3)
-	assert.Equal(t, "w1", cur.Owner)
-	assert.EqualValues(t, 7, cur.LastEventID)
-
-	// Two workers racing to update from the same revision: exactly one wins.
+	// Two workers racing to resume the same pause: exactly one wins.
+	require.NoError(t, rs.Transition(e.ctx, cur, queue.TransPause))
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	wins, conflicts := 0, 0
 	for _, owner := range []string{"a", "b", "c", "d"} {
+		r := *cur
 		wg.Go(func() {
-			r := cur
-			r.Owner = owner
-			_, err := rs.Update(e.ctx, r, rev3)
+			r.Record.Owner = owner
+			err := rs.Transition(e.ctx, &r, queue.TransResume)
 			mu.Lock()
 			defer mu.Unlock()
 			switch {
@@ -92,15 +93,27 @@ func TestRunStore(t *testing.T) {
 	assert.Equal(t, 1, wins)
 	assert.Equal(t, 3, conflicts)
 
-	_, err = rs.Put(e.ctx, queue.RunRecord{JobID: "job:1.a", State: queue.RunDone})
+	// An illegal transition names both states and writes nothing.
+	done, err := rs.GetRun(e.ctx, "job:1.a")
 	require.NoError(t, err)
-	_, err = rs.Put(e.ctx, queue.RunRecord{JobID: "job:1.a", State: "exploded"})
-	require.ErrorContains(t, err, `state must be starting, running, paused or done, got "exploded"`)
+	require.NoError(t, rs.Transition(e.ctx, done, queue.TransFinish))
+	err = rs.Transition(e.ctx, done, queue.TransPause)
+	require.ErrorIs(t, err, queue.ErrIllegalTransition)
+	require.EqualError(t, err, "run of job job:1.a: transition pause is not allowed from done (to paused)")
+	after, err := rs.GetRun(e.ctx, "job:1.a")
+	require.NoError(t, err)
+	assert.Equal(t, done.Rev, after.Rev)
+
+	// A new job with the same id (after the duplicate window) replaces a
+	// record left done.
+	again := queue.NewRun(queue.RunRecord{JobID: "job:1.a", Owner: "w3"})
+	again.Rev, again.Stored = after.Rev, after.Stored
+	require.NoError(t, rs.Transition(e.ctx, again, queue.TransStartFailed))
+	assert.Equal(t, queue.RunStarting, again.Stored)
 
 	// Other ids that differ only by escaping stay apart.
 	for _, id := range []string{"a.b", "a:b", "a..b", ".a"} {
-		_, err := rs.Create(e.ctx, queue.RunRecord{JobID: id, State: queue.RunStarting, Owner: id})
-		require.NoError(t, err, id)
+		require.NoError(t, rs.Transition(e.ctx, queue.NewRun(queue.RunRecord{JobID: id, Owner: id}), queue.TransStartFailed), id)
 	}
 	for _, id := range []string{"a.b", "a:b", "a..b", ".a"} {
 		r, _, err := rs.Get(e.ctx, id)
@@ -108,15 +121,42 @@ func TestRunStore(t *testing.T) {
 		assert.Equal(t, id, r.Owner)
 	}
 
-	require.NoError(t, rs.Delete(e.ctx, "job:1.a"))
-	_, _, err = rs.Get(e.ctx, "job:1.a")
-	require.ErrorIs(t, err, queue.ErrRunNotFound)
-	// A deleted run can be created again.
-	_, err = rs.Create(e.ctx, rec)
-	require.NoError(t, err)
-
 	_, _, err = rs.Get(e.ctx, "bad id")
 	require.ErrorContains(t, err, "whitespace")
+}
+
+// Every transition from every state: the legal ones lead where the state
+// diagram says, the others are refused naming both states.
+func TestRunTransitions(t *testing.T) {
+	t.Parallel()
+	states := []queue.RunState{"", queue.RunStarting, queue.RunRunning, queue.RunPaused, queue.RunDone}
+	legal := map[queue.Transition]map[queue.RunState]queue.RunState{
+		queue.TransStartFailed:   {"": queue.RunStarting, queue.RunDone: queue.RunStarting},
+		queue.TransStarted:       {"": queue.RunRunning, queue.RunStarting: queue.RunRunning, queue.RunDone: queue.RunRunning},
+		queue.TransProgress:      {queue.RunRunning: queue.RunRunning},
+		queue.TransPause:         {queue.RunRunning: queue.RunPaused},
+		queue.TransResume:        {queue.RunPaused: queue.RunRunning},
+		queue.TransFinish:        {queue.RunStarting: queue.RunDone, queue.RunRunning: queue.RunDone},
+		queue.TransRequestCancel: {queue.RunStarting: queue.RunStarting, queue.RunRunning: queue.RunRunning},
+	}
+	for tr, from := range legal {
+		for _, s := range states {
+			got, err := tr.Target("j", s)
+			if want, ok := from[s]; ok {
+				assert.NoError(t, err, "%s from %q", tr, s)
+				assert.Equal(t, want, got, "%s from %q", tr, s)
+				continue
+			}
+			var te *queue.TransitionError
+			if assert.ErrorAs(t, err, &te, "%s from %q", tr, s) {
+				assert.Equal(t, s, te.From)
+				assert.Equal(t, tr, te.Transition)
+				assert.Contains(t, err.Error(), string(tr))
+			}
+		}
+	}
+	_, err := queue.Transition("explode").Target("j", queue.RunRunning)
+	assert.ErrorContains(t, err, `unknown transition "explode"`)
 }
 
 func TestRunStoreNeedsSetup(t *testing.T) {

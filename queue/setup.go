@@ -10,8 +10,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// StreamConfigs returns the configuration of the six streams, in the order
-// JOBS, RESULTS, APPROVALS, DECISIONS, EVENTS, DEAD, as DESIGN.md
+// StreamConfigs returns the configuration of the seven streams, in the order
+// JOBS, RESULTS, APPROVALS, DECISIONS, EVENTS, DEAD, CONTROL, as DESIGN.md
 // ("Subjects and streams") fixes them.
 func (cfg Config) StreamConfigs() []jetstream.StreamConfig {
 	cfg = cfg.WithDefaults()
@@ -45,10 +45,15 @@ func (cfg Config) StreamConfigs() []jetstream.StreamConfig {
 	decisions.Retention = jetstream.WorkQueuePolicy
 	// A decision nobody consumes is stale once its approval has expired.
 	decisions.MaxAge = cfg.ApprovalsMaxAge
-	// Workers publish control messages here (approval expiry timers,
-	// cancels) with fixed ids; a copy published again after a lost ack must
-	// be dropped, however late.
 	decisions.Duplicates = window(cfg.ApprovalsMaxAge)
+
+	control := base(cfg.ControlStream(), cfg.ControlWildcard(), "workers' control messages: approval expiry timers, cancels of paused jobs; Nats-Msg-Id = <kind>:<approval_id>")
+	control.Retention = jetstream.WorkQueuePolicy
+	// An expiry timer is pending until its approval expires, which is
+	// never later than ApprovalsMaxAge; a copy published again after a lost
+	// ack must be dropped, however late.
+	control.MaxAge = cfg.ApprovalsMaxAge
+	control.Duplicates = window(cfg.ApprovalsMaxAge)
 
 	events := base(cfg.EventsStream(), cfg.EventsWildcard(), "live progress events")
 	events.MaxAge = cfg.EventsMaxAge
@@ -57,7 +62,7 @@ func (cfg Config) StreamConfigs() []jetstream.StreamConfig {
 	dead.MaxAge = cfg.DeadMaxAge
 	dead.Duplicates = window(cfg.DeadMaxAge)
 
-	return []jetstream.StreamConfig{jobs, results, approvals, decisions, events, dead}
+	return []jetstream.StreamConfig{jobs, results, approvals, decisions, events, dead, control}
 }
 
 // RunsBucketConfig is the KV bucket of runs: one value per job (history 1).
@@ -72,7 +77,7 @@ func (cfg Config) RunsBucketConfig() jetstream.KeyValueConfig {
 	}
 }
 
-// Setup creates or updates the six streams and the runs KV bucket. It is
+// Setup creates or updates the seven streams and the runs KV bucket. It is
 // idempotent: running it again is harmless and applies changed limits
 // (max ages, windows, replicas). Changing a stream's retention is refused by
 // JetStream and reported.
@@ -212,27 +217,41 @@ func (cfg Config) existingWorkerConsumers(ctx context.Context, js jetstream.JetS
 // EnsureDecisionConsumer creates or updates "<prefix>-deciders", the durable
 // pull consumer on DECISIONS that workers take approval answers from.
 func (cfg Config) EnsureDecisionConsumer(ctx context.Context, js jetstream.JetStream) (jetstream.Consumer, error) {
+	return cfg.ensureResumers(ctx, js, cfg.DecisionsStream(), cfg.DecisionsWildcard(), cfg.DecidersDurable(),
+		"jetpilot deciders: answers to approval requests")
+}
+
+// EnsureControlConsumer creates or updates "<prefix>-controllers", the
+// durable pull consumer on CONTROL that workers take their own control
+// messages from.
+func (cfg Config) EnsureControlConsumer(ctx context.Context, js jetstream.JetStream) (jetstream.Consumer, error) {
+	return cfg.ensureResumers(ctx, js, cfg.ControlStream(), cfg.ControlWildcard(), cfg.ControllersDurable(),
+		"jetpilot controllers: approval expiry timers and cancels of paused jobs")
+}
+
+// ensureResumers creates or updates a consumer of messages that resume
+// paused runs.
+func (cfg Config) ensureResumers(ctx context.Context, js jetstream.JetStream, stream, filter, durable, what string) (jetstream.Consumer, error) {
 	if err := cfg.Validate(); err != nil {
-		return nil, fmt.Errorf("ensure decision consumer: %w", err)
+		return nil, fmt.Errorf("ensure consumer %s: %w", durable, err)
 	}
 	cfg = cfg.WithDefaults()
 	cc := jetstream.ConsumerConfig{
-		Durable:       cfg.DecidersDurable(),
-		Description:   "jetpilot deciders: answers to approval requests",
-		FilterSubject: cfg.DecisionsWildcard(),
+		Durable:       durable,
+		Description:   what,
+		FilterSubject: filter,
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		DeliverPolicy: jetstream.DeliverAllPolicy,
 		AckWait:       cfg.AckWait,
 		MaxDeliver:    -1,
 		// Unlimited: every paused run keeps one approval-expiry timer
-		// pending here (redelivered with a delay until it is due), so a
-		// limit would stop decisions from being delivered once that many
-		// runs are paused.
+		// pending on CONTROL (redelivered with a delay until it is due),
+		// so a limit would stop delivery once that many runs are paused.
 		MaxAckPending: -1,
 	}
-	c, err := js.CreateOrUpdateConsumer(ctx, cfg.DecisionsStream(), cc)
+	c, err := js.CreateOrUpdateConsumer(ctx, stream, cc)
 	if err != nil {
-		return nil, fmt.Errorf("ensure decision consumer %s on stream %s: %w", cc.Durable, cfg.DecisionsStream(), err)
+		return nil, fmt.Errorf("ensure consumer %s on stream %s: %w", durable, stream, err)
 	}
 	return c, nil
 }

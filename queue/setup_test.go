@@ -31,6 +31,7 @@ func TestSetupStreamsMatchDesign(t *testing.T) {
 		{"JETPILOT_DECISIONS", "jetpilot.decisions.>", jetstream.WorkQueuePolicy, 7 * 24 * time.Hour, 24 * time.Hour},
 		{"JETPILOT_EVENTS", "jetpilot.events.>", jetstream.LimitsPolicy, time.Hour, 2 * time.Minute},
 		{"JETPILOT_DEAD", "jetpilot.dead.>", jetstream.LimitsPolicy, 30 * 24 * time.Hour, 24 * time.Hour},
+		{"JETPILOT_CONTROL", "jetpilot.control.>", jetstream.WorkQueuePolicy, 7 * 24 * time.Hour, 24 * time.Hour},
 	}
 	for _, w := range want {
 		s, err := e.js.Stream(e.ctx, w.name)
@@ -50,7 +51,7 @@ func TestSetupStreamsMatchDesign(t *testing.T) {
 	}
 	require.NoError(t, names.Err())
 	slices.Sort(got)
-	assert.Equal(t, []string{"JETPILOT_APPROVALS", "JETPILOT_DEAD", "JETPILOT_DECISIONS", "JETPILOT_EVENTS",
+	assert.Equal(t, []string{"JETPILOT_APPROVALS", "JETPILOT_CONTROL", "JETPILOT_DEAD", "JETPILOT_DECISIONS", "JETPILOT_EVENTS",
 		"JETPILOT_JOBS", "JETPILOT_RESULTS", "KV_jetpilot_runs"}, got)
 
 	kv, err := e.js.KeyValue(e.ctx, "jetpilot_runs")

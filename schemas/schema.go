@@ -28,9 +28,15 @@ const (
 	SchemaDecision = "decision"
 	SchemaEvent    = "event"
 	SchemaDead     = "dead"
+	// The control protocol: workers' control messages, cancel requests and
+	// their replies.
+	SchemaControl     = "control"
+	SchemaCancel      = "cancel"
+	SchemaCancelReply = "cancel_reply"
 )
 
-var schemaNames = []string{SchemaJob, SchemaResult, SchemaApproval, SchemaDecision, SchemaEvent, SchemaDead}
+var schemaNames = []string{SchemaJob, SchemaResult, SchemaApproval, SchemaDecision, SchemaEvent, SchemaDead,
+	SchemaControl, SchemaCancel, SchemaCancelReply}
 
 // Names lists the embedded schemas by kind name.
 func Names() []string { return slices.Clone(schemaNames) }

@@ -39,7 +39,7 @@ func TestSchemaNames(t *testing.T) {
 		require.NoError(t, err, name)
 	}
 	_, err := schemaFor("jobs")
-	require.ErrorContains(t, err, `unknown schema "jobs" (known: job, result, approval, decision, event, dead)`)
+	require.ErrorContains(t, err, `unknown schema "jobs" (known: job, result, approval, decision, event, dead, control, cancel, cancel_reply)`)
 	_, err = SchemaJSON("nope")
 	require.ErrorContains(t, err, `unknown schema "nope"`)
 
@@ -98,6 +98,7 @@ func readExamples(t *testing.T) map[string][]byte {
 		"job-minimal.json", "job-full.json", "result-completed.json", "result-paused.json",
 		"result-rejected.json", "result-timed_out.json", "approval.json", "decision-all.json",
 		"decision-per-call.json", "event-text.json", "dead.json",
+		"control-expiry.json", "cancel.json", "cancel_reply-cancelling.json", "cancel_reply-error.json",
 	}
 	for _, w := range want {
 		require.Contains(t, out, w, "example missing")
@@ -136,6 +137,14 @@ func TestExamplesRoundTrip(t *testing.T) {
 				v = unmarshalStrict[Event](t, data)
 			case "dead":
 				v = unmarshalStrict[DeadLetter](t, data)
+			case "control":
+				c, err := DecodeControl(data)
+				require.NoError(t, err)
+				v = c
+			case "cancel":
+				v = unmarshalStrict[CancelRequest](t, data)
+			case "cancel_reply":
+				v = unmarshalStrict[CancelReply](t, data)
 			default:
 				t.Fatalf("no Go type for %s", name)
 			}

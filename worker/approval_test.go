@@ -253,7 +253,7 @@ func TestCancelRunningAndPausedJobs(t *testing.T) {
 	}, "run going, its text streamed")
 	r := h.cancelJob(nc, "cancel-run")
 	require.Nil(t, r.Error)
-	assert.Equal(t, "cancelling", r.Status)
+	assert.Equal(t, "cancelling", r.Outcome)
 	res := h.final("cancel-run")
 	assert.Equal(t, schemas.StatusCancelled, res.Status)
 	assert.Equal(t, "going", res.Stdout)

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/nats-io/nats.go"
 
@@ -16,16 +17,29 @@ import (
 	"github.com/jetpilot-dev/jetpilot/spawn"
 )
 
-// CancelReply answers a request on jetpilot.cancel.<job_id>.
-type CancelReply struct {
-	JobID string `json:"job_id"`
-	// Status is "cancelling" (the run is being cancelled; the job's result
-	// will say cancelled) or "cancel_requested" (recorded for the worker
-	// that holds the job). Empty when Error is set.
-	Status string         `json:"status,omitempty"`
-	Worker string         `json:"worker,omitempty"`
-	Error  *schemas.Error `json:"error,omitempty"`
-}
+// CancelReply answers a request on jetpilot.cancel.<job_id> (schema
+// cancel_reply.v1).
+type CancelReply = schemas.CancelReply
+
+// Cancel requests (core NATS, schema cancel.v1, on <prefix>.cancel.<job_id>)
+// are answered by one worker of a queue group, never by every worker:
+//
+//   - it holds the job: it cancels the run (wakes it, follows it to its end)
+//     and answers "cancelling";
+//   - the job is paused (nobody holds it): it publishes a cancel control
+//     message, which the worker that takes it acts on; "cancelling";
+//   - another worker holds it: it forwards the request to that worker's
+//     inbox (<prefix>.holder.<worker>), which cancels and answers; if that
+//     worker does not answer (it died), the cancel is recorded in the run
+//     record, for the worker that re-attaches: "cancel_requested";
+//   - done or unknown: an error that says so.
+
+// cancelQueueGroup is the queue group of the workers' cancel subscriptions.
+func (w *Worker) cancelQueueGroup() string { return w.qcfg.WorkersDurable() + "-cancel" }
+
+// forwardTimeout bounds the wait for the holder's answer to a forwarded
+// cancel.
+const forwardTimeout = 3 * time.Second
 
 // activeJob is a job phase this worker is following, found by cancel requests.
 type activeJob struct {
@@ -70,10 +84,9 @@ func (w *Worker) activeJob(jobID string) *activeJob {
 // requestCancel asks for the phase's run to be cancelled.
 func (a *activeJob) requestCancel() { a.ctl.Cancel() }
 
-// serveCancels answers cancel requests until stop is called. Every worker
-// listens; the one holding the job answers at once, and any worker answers
-// for a paused, finished or unknown job, so a request never goes unanswered
-// while a worker is up. stop waits for the answers being worked on.
+// serveCancels answers cancel requests (one worker of the queue group each)
+// and cancels forwarded to this worker's inbox, until stop is called. stop
+// waits for the answers being worked on.
 func (w *Worker) serveCancels(ctx context.Context, nc *nats.Conn) (stop func(), err error) {
 	var (
 		mu     sync.Mutex
@@ -95,24 +108,42 @@ func (w *Worker) serveCancels(ctx context.Context, nc *nats.Conn) (stop func(), 
 		}()
 	}
 	prefix := strings.TrimSuffix(w.qcfg.CancelWildcard(), ">")
-	sub, err := nc.Subscribe(w.qcfg.CancelWildcard(), func(m *nats.Msg) {
+	requests, err := nc.QueueSubscribe(w.qcfg.CancelWildcard(), w.cancelQueueGroup(), func(m *nats.Msg) {
 		jobID, err := cancelJobID(prefix, m)
 		if err != nil {
 			w.reply(m, CancelReply{JobID: jobID, Error: &schemas.Error{Code: "invalid_request", Message: err.Error()}})
 			return
 		}
 		if a := w.activeJob(jobID); a != nil {
-			goTracked(a.requestCancel)
-			w.reply(m, CancelReply{JobID: jobID, Status: "cancelling", Worker: w.opts.Name})
+			a.requestCancel()
+			w.reply(m, CancelReply{JobID: jobID, Outcome: schemas.CancelCancelling, Worker: w.opts.Name})
 			return
 		}
-		goTracked(func() { w.cancelRecorded(ctx, m, jobID) })
+		goTracked(func() { w.reply(m, w.cancelRecorded(ctx, jobID, m.Data)) })
 	})
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("subscribe to cancel requests: %w", err)
+	}
+	held, err := nc.Subscribe(w.qcfg.HolderSubject(w.opts.Name), func(m *nats.Msg) {
+		var req schemas.CancelRequest
+		if json.Unmarshal(m.Data, &req) != nil || req.JobID == "" {
+			w.reply(m, CancelReply{Error: &schemas.Error{Code: "invalid_request", Message: "a forwarded cancel names its job"}})
+			return
+		}
+		if a := w.activeJob(req.JobID); a != nil {
+			a.requestCancel()
+			w.reply(m, CancelReply{JobID: req.JobID, Outcome: schemas.CancelCancelling, Worker: w.opts.Name})
+			return
+		}
+		w.reply(m, CancelReply{JobID: req.JobID, Error: &schemas.Error{Code: "not_held", Message: "worker " + w.opts.Name + " does not follow job " + req.JobID}})
+	})
+	if err != nil {
+		_ = requests.Unsubscribe()
+		return nil, fmt.Errorf("subscribe to forwarded cancels: %w", err)
 	}
 	return func() {
-		_ = sub.Unsubscribe()
+		_ = requests.Unsubscribe()
+		_ = held.Unsubscribe()
 		mu.Lock()
 		closed = true
 		mu.Unlock()
@@ -121,62 +152,100 @@ func (w *Worker) serveCancels(ctx context.Context, nc *nats.Conn) (stop func(), 
 }
 
 // cancelRecorded answers a cancel for a job this worker does not hold.
-func (w *Worker) cancelRecorded(ctx context.Context, m *nats.Msg, jobID string) {
+func (w *Worker) cancelRecorded(ctx context.Context, jobID string, body []byte) CancelReply {
 	ctx, cancel := context.WithTimeout(ctx, settleTimeout)
 	defer cancel()
-	fail := func(code, format string, args ...any) {
-		w.reply(m, CancelReply{JobID: jobID, Error: &schemas.Error{Code: code, Message: fmt.Sprintf(format, args...)}})
+	fail := func(code, format string, args ...any) CancelReply {
+		return CancelReply{JobID: jobID, Error: &schemas.Error{Code: code, Message: fmt.Sprintf(format, args...)}}
 	}
 	if err := queue.ValidateJobID(jobID); err != nil {
-		fail("invalid_job_id", "%v", err)
-		return
+		return fail("invalid_job_id", "%v", err)
+	}
+	run, err := w.runs.GetRun(ctx, jobID)
+	switch {
+	case errors.Is(err, queue.ErrRunNotFound):
+		return fail("unknown_job", "no run is recorded for job %s: it is unknown, finished more than the runs bucket keeps, or still queued (a queued job cannot be cancelled)", jobID)
+	case err != nil:
+		return fail("unavailable", "read job %s: %v", jobID, err)
+	}
+	switch run.Stored {
+	case queue.RunDone:
+		return fail("job_finished", "job %s has already finished", jobID)
+	case queue.RunPaused:
+		if err := w.publishControl(ctx, jobID, run.Record.ApprovalID, schemas.ControlCancel); err != nil {
+			return fail("unavailable", "%v", err)
+		}
+		return CancelReply{JobID: jobID, Outcome: schemas.CancelCancelling, Worker: w.opts.Name}
+	}
+	if a := w.activeJob(jobID); a != nil { // it started here meanwhile
+		a.requestCancel()
+		return CancelReply{JobID: jobID, Outcome: schemas.CancelCancelling, Worker: w.opts.Name}
+	}
+	reply, err := w.forwardToHolder(ctx, run, body)
+	if err != nil {
+		return fail("unavailable", "%v", err)
+	}
+	return reply
+}
+
+// forwardToHolder passes a cancel for a running job to the worker that
+// holds it; if it does not answer, the cancel is recorded for whichever
+// worker re-attaches.
+func (w *Worker) forwardToHolder(ctx context.Context, run *queue.Run, body []byte) (CancelReply, error) {
+	jobID := run.Record.JobID
+	if owner := run.Record.Owner; owner != "" && owner != w.opts.Name {
+		fctx, cancel := context.WithTimeout(ctx, forwardTimeout)
+		req, _ := json.Marshal(schemas.CancelRequest{Schema: schemas.CancelSchemaID, JobID: jobID})
+		msg, err := w.js.Conn().RequestWithContext(fctx, w.qcfg.HolderSubject(owner), req)
+		cancel()
+		if err == nil {
+			var r CancelReply
+			if json.Unmarshal(msg.Data, &r) == nil && r.Error == nil {
+				return r, nil
+			}
+		}
 	}
 	for range 3 { // a few compare-and-set rounds against the holder's writes
-		rec, rev, err := w.runs.Get(ctx, jobID)
+		run.Record.CancelRequested = true
+		err := w.runs.Transition(ctx, run, queue.TransRequestCancel)
 		switch {
-		case errors.Is(err, queue.ErrRunNotFound):
-			fail("unknown_job", "no run is recorded for job %s: it is unknown, finished more than the runs bucket keeps, or still queued (a queued job cannot be cancelled)", jobID)
-			return
-		case err != nil:
-			fail("unavailable", "read job %s: %v", jobID, err)
-			return
-		}
-		switch rec.State {
-		case queue.RunDone:
-			fail("job_finished", "job %s has already finished", jobID)
-			return
-		case queue.RunPaused:
-			if err := w.publishControl(ctx, jobID, rec.ApprovalID, controlCancel); err != nil {
-				fail("unavailable", "%v", err)
-				return
+		case err == nil:
+			return CancelReply{JobID: jobID, Outcome: schemas.CancelRequested, Worker: run.Record.Owner}, nil
+		case errors.Is(err, queue.ErrRevisionMismatch), errors.Is(err, queue.ErrIllegalTransition):
+			fresh, gerr := w.runs.GetRun(ctx, jobID)
+			if gerr != nil {
+				return CancelReply{}, fmt.Errorf("record cancel for job %s: %w", jobID, gerr)
 			}
-			w.reply(m, CancelReply{JobID: jobID, Status: "cancelling", Worker: w.opts.Name})
-			return
+			if fresh.Stored == queue.RunDone || fresh.Stored == queue.RunPaused {
+				// It finished or paused meanwhile: answer for what it is now.
+				return w.cancelRecorded(ctx, jobID, body), nil
+			}
+			*run = *fresh
+		default:
+			return CancelReply{}, fmt.Errorf("record cancel for job %s: %w", jobID, err)
 		}
-		if a := w.activeJob(jobID); a != nil { // it started here meanwhile
-			a.requestCancel()
-			w.reply(m, CancelReply{JobID: jobID, Status: "cancelling", Worker: w.opts.Name})
-			return
-		}
-		// Running on another worker, which answers too; if that worker is
-		// gone, the flag makes the worker that re-attaches cancel the run.
-		rec.CancelRequested = true
-		if _, err := w.runs.Update(ctx, rec, rev); errors.Is(err, queue.ErrRevisionMismatch) {
-			continue
-		} else if err != nil {
-			fail("unavailable", "record cancel for job %s: %v", jobID, err)
-			return
-		}
-		w.reply(m, CancelReply{JobID: jobID, Status: "cancel_requested", Worker: rec.Owner})
-		return
 	}
-	fail("unavailable", "job %s is changing too fast to record the cancel; try again", jobID)
+	return CancelReply{}, fmt.Errorf("job %s is changing too fast to record the cancel; try again", jobID)
+}
+
+// forwardCancel passes a cancel control message that found the job running
+// (a decision resumed it first) to the worker holding it.
+func (w *Worker) forwardCancel(ctx context.Context, p *phase) outcome {
+	if a := w.activeJob(p.job.ID); a != nil {
+		a.requestCancel()
+		return drop("cancel forwarded")
+	}
+	if _, err := w.forwardToHolder(ctx, p.run, nil); err != nil {
+		return retry(outRetry, err)
+	}
+	return drop("cancel forwarded")
 }
 
 func (w *Worker) reply(m *nats.Msg, r CancelReply) {
 	if m.Reply == "" {
 		return
 	}
+	r.Schema = schemas.CancelReplySchemaID
 	data, _ := json.Marshal(r)
 	if err := m.Respond(data); err != nil {
 		w.log.Warn("reply to cancel request", "job_id", r.JobID, "err", err)
@@ -193,10 +262,16 @@ func cancelJobID(prefix string, m *nats.Msg) (string, error) {
 		}
 	}
 	jobID := strings.Join(parts, ".")
-	var body struct {
-		JobID string `json:"job_id"`
+	if len(m.Data) == 0 {
+		return jobID, nil
 	}
-	if len(m.Data) > 0 && json.Unmarshal(m.Data, &body) == nil && body.JobID != "" && body.JobID != jobID {
+	var body schemas.CancelRequest
+	dec := json.NewDecoder(strings.NewReader(string(m.Data)))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&body); err != nil {
+		return jobID, fmt.Errorf("the request is not a jetpilot.cancel.v1 body: %v", err)
+	}
+	if body.JobID != "" && body.JobID != jobID {
 		return jobID, fmt.Errorf("the request names job %q but was sent on the subject of job %q", body.JobID, jobID)
 	}
 	return jobID, nil

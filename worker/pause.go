@@ -27,8 +27,8 @@ func approvalID(rec *queue.RunRecord) string {
 // approval request, then the approval's expiry timer. The record goes first
 // so that a decision racing the request always finds the approval it
 // answers, and a redelivery after a crash finds the record and republishes.
-func (w *Worker) pause(ctx context.Context, p *phase, res *schemas.Result, log *slog.Logger) error {
-	rec := &p.rec
+func (w *Worker) pause(ctx context.Context, p *phase, res *schemas.Result) error {
+	rec := &p.run.Record
 	now := time.Now().UTC()
 	id := approvalID(rec)
 	res.ResumeHint = resumeHint(id, rec.JobID)
@@ -39,7 +39,6 @@ func (w *Worker) pause(ctx context.Context, p *phase, res *schemas.Result, log *
 		}
 		pending = res.PauseReason.PendingToolCalls
 	}
-	rec.State = queue.RunPaused
 	rec.PausedAt = now
 	rec.ApprovalID = id
 	// A decision after the job's deadline would let a tool run only to have
@@ -52,16 +51,16 @@ func (w *Worker) pause(ctx context.Context, p *phase, res *schemas.Result, log *
 	rec.Stdout = res.Stdout
 	rec.AutoResolved = len(rec.Held)
 	rec.ToolCalls = res.ToolCalls
-	if err := w.save(ctx, p, nil); err != nil {
+	if err := w.record(ctx, p, queue.TransPause); err != nil {
 		return fmt.Errorf("record pause: %w", err)
 	}
-	if err := w.publishPause(ctx, rec, *res, log); err != nil {
+	if err := w.publishPause(ctx, rec, *res, p.log); err != nil {
 		return err
 	}
 	if rec.CancelRequested {
 		// A cancel came while the run was pausing: it is paused now, so
 		// cancel it the way a paused job is cancelled.
-		return w.publishControl(ctx, rec.JobID, rec.ApprovalID, controlCancel)
+		return w.publishControl(ctx, rec.JobID, rec.ApprovalID, schemas.ControlCancel)
 	}
 	return nil
 }

@@ -122,6 +122,10 @@ func (w *Worker) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("decisions consumer: %w", err)
 	}
+	controllers, err := w.qcfg.EnsureControlConsumer(ctx, w.js)
+	if err != nil {
+		return fmt.Errorf("control consumer: %w", err)
+	}
 	// Jobs outlive ctx by up to the grace period, so they get their own
 	// context, cancelled only when the grace period is over.
 	jobCtx, cancelJobs := context.WithCancel(context.WithoutCancel(ctx))
@@ -157,9 +161,11 @@ func (w *Worker) Run(ctx context.Context) error {
 		slots  chan struct{}
 		handle func(context.Context, jetstream.Msg)
 	}
-	// Decisions have their own slots: an idle decisions fetch must not
-	// hold a job slot, and resuming a paused run must not wait behind new jobs.
-	pulls := []source{{deciders, make(chan struct{}, w.opts.Concurrency), w.handleDecision}}
+	// Decisions and control messages have their own slots: an idle fetch
+	// of theirs must not hold a job slot, and resuming a paused run must not
+	// wait behind new jobs.
+	resume := make(chan struct{}, w.opts.Concurrency)
+	pulls := []source{{deciders, resume, w.handleDecision}, {controllers, resume, w.handleControl}}
 	for _, c := range consumers {
 		w.noteConsumer(c)
 		pulls = append(pulls, source{c, w.slots, w.handle})

@@ -138,7 +138,7 @@ func newCancelCmd(g *globalFlags) *cobra.Command {
 				return usageError("%v", err)
 			}
 			return withClient(cmd, g, "jetpilot cancel", func(ctx context.Context, nc *nats.Conn, _ *queue.Client) error {
-				body, _ := json.Marshal(map[string]string{"job_id": jobID})
+				body, _ := json.Marshal(schemas.CancelRequest{Schema: schemas.CancelSchemaID, JobID: jobID})
 				ctx, cancel := context.WithTimeout(ctx, wait)
 				defer cancel()
 				msg, err := nc.RequestWithContext(ctx, g.queueConfig().CancelSubject(jobID), body)
@@ -155,7 +155,7 @@ func newCancelCmd(g *globalFlags) *cobra.Command {
 				if r.Error != nil {
 					return fmt.Errorf("cancel job %s: %s", jobID, r.Error.Message)
 				}
-				fmt.Fprintf(cmd.OutOrStdout(), "job %s: %s (worker %s); its result will say cancelled\n", jobID, r.Status, r.Worker)
+				fmt.Fprintf(cmd.OutOrStdout(), "job %s: %s (worker %s); its result will say cancelled\n", jobID, r.Outcome, r.Worker)
 				return nil
 			})
 		},

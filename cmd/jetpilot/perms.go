@@ -115,7 +115,7 @@ func checkPublish(ctx context.Context, js jetstream.JetStream, qcfg queue.Config
 	const probeJob = "permission-probe"
 	for _, subject := range []string{
 		qcfg.ResultSubject(probeJob), qcfg.DeadSubject(probeJob), qcfg.EventSubject(probeJob),
-		qcfg.ApprovalSubject(probeJob), qcfg.DecisionSubject(probeJob),
+		qcfg.ApprovalSubject(probeJob), qcfg.ControlSubject(probeJob),
 	} {
 		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		_, err := js.PublishMsg(pctx, &nats.Msg{Subject: subject}, jetstream.WithExpectStream(probeStream))
