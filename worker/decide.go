@@ -237,4 +237,3 @@ func bodyJobID(data []byte) string {
 	}
 	return v.JobID
 }
-

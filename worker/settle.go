@@ -83,8 +83,8 @@ func failed(code string, err error) outcome {
 	return outcome{kind: outFail, code: code, err: err}
 }
 func retry(kind outcomeKind, err error) outcome { return outcome{kind: kind, err: err} }
-func refuse(e *schemas.Error) outcome       { return outcome{kind: outRefuse, refusal: e, code: e.Code} }
-func drop(why string) outcome               { return outcome{kind: outDrop, err: errors.New(why)} }
+func refuse(e *schemas.Error) outcome           { return outcome{kind: outRefuse, refusal: e, code: e.Code} }
+func drop(why string) outcome                   { return outcome{kind: outDrop, err: errors.New(why)} }
 
 // settle carries out o for the phase p: in the order the contract needs —
 // dead letter, result (and approval request), record, then the message
