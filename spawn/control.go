@@ -78,6 +78,11 @@ type Outcome struct {
 	// Held are the policy's decisions on the calls of the paused proposal
 	// that do not wait for a human; nil unless Status is paused.
 	Held map[string]schemas.ToolDecision
+	// WholeText reports whether Result.Stdout is the run's whole text (the
+	// phase followed the run from its start, or the text was rebuilt from
+	// the session's messages); otherwise it is this phase's text only, and
+	// the caller puts the earlier phases' text before it.
+	WholeText bool
 }
 
 // maxDecidedIDs bounds the tool call ids a Cursor carries. Only the calls of

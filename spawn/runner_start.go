@@ -58,6 +58,7 @@ type runState struct {
 	held       map[string]schemas.ToolDecision
 	warnings   []string
 	rebuild    bool     // the streamed text may be incomplete: rebuild it from messages
+	wholeText  bool     // stdout was rebuilt from the session's messages: the run's whole text
 	lostWhy    []string // why events were lost
 	ended      bool     // following a run known to have ended: decide nothing
 	runAt      time.Time
@@ -103,7 +104,7 @@ func (st *runState) isDecided(id string) bool { return slices.Contains(st.decide
 
 // outcome wraps a finalized Result with the verdicts held for a pause.
 func (st *runState) outcome(res schemas.Result) Outcome {
-	o := Outcome{Result: res}
+	o := Outcome{Result: res, WholeText: st.startID == 0 || st.wholeText}
 	if res.Status == schemas.StatusPaused && len(st.held) > 0 {
 		o.Held = st.held
 	}
@@ -495,6 +496,8 @@ func (st *runState) finalize(ctx context.Context, res schemas.Result) schemas.Re
 		switch {
 		case err != nil:
 			st.warn(fmt.Sprintf("could not rebuild the agent's text from the session's messages: %v", err))
+		case text == res.Stdout:
+			st.wholeText = true
 		case len(text) < len(res.Stdout):
 			// The messages have less than was streamed (a checkpoint not yet
 			// written): keep the longer text.
@@ -503,6 +506,7 @@ func (st *runState) finalize(ctx context.Context, res schemas.Result) schemas.Re
 			}
 		case text != res.Stdout:
 			res.Stdout = text
+			st.wholeText = true
 			if st.rebuild {
 				st.warn(fmt.Sprintf("events were lost (%s); the agent's text was rebuilt from the session's messages", strings.Join(st.lostWhy, ", ")))
 			}

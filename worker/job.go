@@ -162,7 +162,7 @@ func (w *Worker) execute(ctx context.Context, p *phase) *outcome {
 	if p.cancel || rec.CancelRequested {
 		if rec.SessionID == "" {
 			// Cancelled before its run could start: nothing to stop.
-			o := final(w.cancelledBeforeStart(p))
+			o := final(w.cancelledBeforeStart(p), false)
 			return &o
 		}
 		p.active.ctl.Cancel()
@@ -203,9 +203,9 @@ func (w *Worker) execute(ctx context.Context, p *phase) *outcome {
 	}
 	rec.Held = out.Held
 	if out.Status == schemas.StatusPaused {
-		return &outcome{kind: outPaused, res: out.Result}
+		return &outcome{kind: outPaused, res: out.Result, whole: out.WholeText}
 	}
-	o := final(out.Result)
+	o := final(out.Result, out.WholeText)
 	return &o
 }
 

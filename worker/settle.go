@@ -27,8 +27,10 @@ const settleTimeout = 10 * time.Second
 // message (heartbeats only say InProgress).
 type outcome struct {
 	kind outcomeKind
-	// res is the phase's Result (outFinal, outPaused).
-	res schemas.Result
+	// res is the phase's Result (outFinal, outPaused); whole reports
+	// whether its Stdout is the run's whole text (spawn.Outcome.WholeText).
+	res   schemas.Result
+	whole bool
 	// code is the error code of outFail and outRefuse.
 	code string
 	// err says why (outFail, outReject, outRetry*, outRefuse, outDrop).
@@ -78,7 +80,9 @@ const (
 	outLost
 )
 
-func final(res schemas.Result) outcome { return outcome{kind: outFinal, res: res} }
+func final(res schemas.Result, whole bool) outcome {
+	return outcome{kind: outFinal, res: res, whole: whole}
+}
 func failed(code string, err error) outcome {
 	return outcome{kind: outFail, code: code, err: err}
 }
@@ -95,9 +99,9 @@ func (w *Worker) settle(ctx context.Context, p *phase, o outcome) {
 	defer cancel()
 	switch o.kind {
 	case outFinal:
-		w.settleFinal(ctx, p, o.res)
+		w.settleFinal(ctx, p, o.res, o.whole)
 	case outPaused:
-		w.settlePaused(ctx, p, o.res)
+		w.settlePaused(ctx, p, o.res, o.whole)
 	case outFail:
 		w.settleFail(ctx, p, o.code, o.err)
 	case outReject:
@@ -132,8 +136,8 @@ func (w *Worker) settle(ctx context.Context, p *phase, o outcome) {
 
 // settleFinal publishes a phase's final result and acks (or, for a failed
 // job, terms) its message.
-func (w *Worker) settleFinal(ctx context.Context, p *phase, res schemas.Result) {
-	w.mergeEarlierPhases(p, &res)
+func (w *Worker) settleFinal(ctx context.Context, p *phase, res schemas.Result, whole bool) {
+	w.mergeEarlierPhases(p, &res, whole)
 	if !w.finish(ctx, p, res) {
 		return
 	}
@@ -150,12 +154,13 @@ func (w *Worker) settleFinal(ctx context.Context, p *phase, res schemas.Result) 
 }
 
 // mergeEarlierPhases gives a phase's result what earlier phases of the run
-// did: their text (a resumed run's final text is rebuilt whole by the
-// runner) and their tool-call counts.
-func (w *Worker) mergeEarlierPhases(p *phase, res *schemas.Result) {
+// did: their text, unless the runner already has the run's whole text (it
+// rebuilds a resumed run's final text from the session), and their
+// tool-call counts.
+func (w *Worker) mergeEarlierPhases(p *phase, res *schemas.Result, whole bool) {
 	rec := &p.run.Record
 	res.Worker = w.opts.Name
-	if !strings.HasPrefix(res.Stdout, rec.Stdout) {
+	if !whole {
 		res.Stdout = rec.Stdout + res.Stdout
 	}
 	if cut := truncateHead(&res.Stdout, w.opts.MaxOutputBytes); cut > 0 {
@@ -169,8 +174,8 @@ func (w *Worker) mergeEarlierPhases(p *phase, res *schemas.Result) {
 }
 
 // settlePaused records and publishes a pause, then acks its message.
-func (w *Worker) settlePaused(ctx context.Context, p *phase, res schemas.Result) {
-	w.mergeEarlierPhases(p, &res)
+func (w *Worker) settlePaused(ctx context.Context, p *phase, res schemas.Result, whole bool) {
+	w.mergeEarlierPhases(p, &res, whole)
 	if err := w.pause(ctx, p, &res); err != nil {
 		p.log.Error("publish pause; it will be redelivered", "err", err)
 		return
