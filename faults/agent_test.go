@@ -15,6 +15,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/jetpilot-dev/jetpilot/internal/testsupport"
 	"github.com/jetpilot-dev/jetpilot/queue"
 	"github.com/jetpilot-dev/jetpilot/schemas"
 	"github.com/jetpilot-dev/jetpilot/spawn"
@@ -35,7 +36,7 @@ type agentEnv struct {
 	simURL  string
 	js      jetstream.JetStream
 	client  *queue.Client
-	workers []*proc
+	workers []*testsupport.Proc
 	ctx     context.Context
 }
 
@@ -44,7 +45,7 @@ func newAgentEnv(t *testing.T, simOpts agentsim.Options) *agentEnv {
 	e := &agentEnv{ns: newNatsServer(t, natsConfig{})}
 	e.sim, e.simURL = agentsimtest.New(t, simOpts)
 	_, e.js = connect(t, e.ns.URL())
-	e.ctx = ctxFor(t, 10*time.Minute)
+	e.ctx = testsupport.Context(t, 10*time.Minute)
 	require.NoError(t, queue.Setup(e.ctx, e.js, queue.Config{AckWait: 2 * time.Second}))
 	e.client = queue.NewClient(e.js, queue.Config{})
 	return e
@@ -68,12 +69,38 @@ func (e *agentEnv) submit(t *testing.T, jobs ...schemas.Job) {
 }
 
 // settle waits until every job was settled: JOBS empty (a work queue: a
-// job leaves it when acked or terminated) and the simulator runs nothing.
+// job leaves it when acked or terminated), the simulator runs nothing, and
+// no job's latest result is a pause. The last matters for decided jobs: a
+// paused job is off JOBS and has no run between its decision and its
+// resumption, so JOBS and the simulator alone say "settled" too early.
 func (e *agentEnv) settle(t *testing.T, within time.Duration) {
 	t.Helper()
 	require.Eventually(t, func() bool {
-		return streamMsgs(e.ctx, e.js, "JETPILOT_JOBS") == 0 && e.sim.ActiveRuns() == 0
-	}, within, 50*time.Millisecond, "every job settled (JOBS empty, no active run)")
+		return testsupport.StreamLen(e.ctx, e.js, "JETPILOT_JOBS") == 0 && e.sim.ActiveRuns() == 0 && e.pausedJobs() == 0
+	}, within, 50*time.Millisecond, "every job settled (JOBS empty, no active run, no job paused)")
+}
+
+// pausedJobs is how many jobs' latest result on RESULTS is a pause, or -1
+// while RESULTS cannot be read. It fails no test (a wait condition).
+func (e *agentEnv) pausedJobs() int {
+	msgs, err := testsupport.ReadStream(e.ctx, e.js, "JETPILOT_RESULTS", "")
+	if err != nil {
+		return -1
+	}
+	latest := map[string]schemas.Status{}
+	for _, m := range msgs {
+		var r schemas.Result
+		if json.Unmarshal(m.Data(), &r) == nil {
+			latest[r.JobID] = r.Status
+		}
+	}
+	n := 0
+	for _, s := range latest {
+		if !s.Final() {
+			n++
+		}
+	}
+	return n
 }
 
 // finals returns every final result on RESULTS, by job.
@@ -82,7 +109,7 @@ func (e *agentEnv) finals(t *testing.T) map[string][]schemas.Result {
 	var msgs []jetstream.Msg
 	require.EventuallyWithT(t, func(c *assert.CollectT) {
 		var err error
-		msgs, err = readStream(e.ctx, e.js, "JETPILOT_RESULTS", "")
+		msgs, err = testsupport.ReadStream(e.ctx, e.js, "JETPILOT_RESULTS", "")
 		assert.NoError(c, err)
 	}, waitFor, 100*time.Millisecond, "read results")
 	out := map[string][]schemas.Result{}
@@ -99,7 +126,7 @@ func (e *agentEnv) finals(t *testing.T) map[string][]schemas.Result {
 // dead returns every dead letter, by job.
 func (e *agentEnv) dead(t *testing.T) map[string][]schemas.DeadLetter {
 	t.Helper()
-	msgs, err := readStream(e.ctx, e.js, "JETPILOT_DEAD", "")
+	msgs, err := testsupport.ReadStream(e.ctx, e.js, "JETPILOT_DEAD", "")
 	require.NoError(t, err)
 	out := map[string][]schemas.DeadLetter{}
 	for _, m := range msgs {
@@ -359,7 +386,7 @@ func (e *agentEnv) waitEvents(t *testing.T, ids []string, typ schemas.EventType,
 	deadline := time.Now().Add(waitFor)
 	for len(done) < len(ids) {
 		require.True(t, time.Now().Before(deadline), "%s events of %d jobs: %d seen", typ, len(ids), len(done))
-		msgs, err := readStream(e.ctx, e.js, "JETPILOT_EVENTS", "")
+		msgs, err := testsupport.ReadStream(e.ctx, e.js, "JETPILOT_EVENTS", "")
 		if err != nil {
 			continue // NATS is up in these scenarios; readStream bounds itself
 		}
@@ -448,8 +475,8 @@ func TestCancelPausedAndThinkingRuns(t *testing.T) {
 		require.NoError(t, err, "pause of %s", id)
 		require.Equal(t, schemas.StatusPaused, r.Status, "job %s", id)
 		cancelAt[id] = time.Now()
-		p := startProc(t, "jetpilot cancel "+id, nil, jpBin, "cancel", id, "--nats", e.ns.URL())
-		assert.Equal(t, 0, p.exitCode(t, waitFor), "jetpilot cancel %s: %s", id, p.Output())
+		p := testsupport.StartProc(t, "jetpilot cancel "+id, nil, jpBin, "cancel", id, "--nats", e.ns.URL())
+		assert.Equal(t, 0, p.ExitCode(t, waitFor), "jetpilot cancel %s: %s", id, p.Output())
 	}
 
 	e.settle(t, 5*time.Minute)

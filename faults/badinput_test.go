@@ -11,6 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/jetpilot-dev/jetpilot/internal/testnats"
+	"github.com/jetpilot-dev/jetpilot/internal/testsupport"
 	"github.com/jetpilot-dev/jetpilot/queue"
 	"github.com/jetpilot-dev/jetpilot/schemas"
 	"github.com/jetpilot-dev/jetpilot/spawn/agentsim"
@@ -26,7 +27,7 @@ func TestMalformedJobs(t *testing.T) {
 	sim, simURL := agentsimtest.New(t, agentsim.Options{})
 	startWorker(t, workerOpts{name: "w1", natsURL: testnats.URL(s), agentURL: simURL})
 	client := queue.NewClient(js, queue.Config{})
-	ctx := ctxFor(t, 5*time.Minute)
+	ctx := testsupport.Context(t, 5*time.Minute)
 
 	long := func(n int) string { return strings.Repeat("x", n) }
 	items := func(n int, item string) string {
@@ -107,10 +108,10 @@ func TestMalformedJobs(t *testing.T) {
 			rejected++
 		})
 	}
-	require.Eventually(t, func() bool { return streamMsgs(ctx, js, "JETPILOT_JOBS") == 0 }, waitFor, 20*time.Millisecond, "every job settled")
-	results, err := readStream(ctx, js, "JETPILOT_RESULTS", "")
+	require.Eventually(t, func() bool { return testsupport.StreamLen(ctx, js, "JETPILOT_JOBS") == 0 }, waitFor, 20*time.Millisecond, "every job settled")
+	results, err := testsupport.ReadStream(ctx, js, "JETPILOT_RESULTS", "")
 	require.NoError(t, err)
-	dead, err := readStream(ctx, js, "JETPILOT_DEAD", "")
+	dead, err := testsupport.ReadStream(ctx, js, "JETPILOT_DEAD", "")
 	require.NoError(t, err)
 	perJob := map[string]int{}
 	for _, m := range results {

@@ -7,6 +7,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/jetpilot-dev/jetpilot/internal/testsupport"
 	"github.com/jetpilot-dev/jetpilot/queue"
 	"github.com/jetpilot-dev/jetpilot/spawn/agentsim"
 	"github.com/jetpilot-dev/jetpilot/spawn/agentsim/agentsimtest"
@@ -22,13 +23,13 @@ func TestWorkerCrash(t *testing.T) {
 	ns := newNatsServer(t, natsConfig{})
 	sim, simURL := agentsimtest.New(t, agentsim.Options{})
 	_, js := connect(t, ns.URL())
-	ctx := ctxFor(t, 10*time.Minute)
+	ctx := testsupport.Context(t, 10*time.Minute)
 	require.NoError(t, queue.Setup(ctx, js, queue.Config{AckWait: 2 * time.Second}))
 
-	w := func(name string) *proc {
+	w := func(name string) *testsupport.Proc {
 		return startWorker(t, workerOpts{name: name, natsURL: ns.URL(), agentURL: simURL, extra: []string{"--concurrency", "8"}})
 	}
-	workers := []*proc{w("w1"), w("w2"), w("w3")}
+	workers := []*testsupport.Proc{w("w1"), w("w2"), w("w3")}
 	jobs := makeJobs("crash", n, time.Duration(maxSleep)*time.Millisecond)
 	submitAll(ctx, t, queue.NewClient(js, queue.Config{}), jobs)
 
@@ -37,7 +38,7 @@ func TestWorkerCrash(t *testing.T) {
 	for k, at := range []int{n / 5, n / 2} {
 		waitResults(ctx, t, js, at, 3*time.Minute)
 		require.Eventually(t, func() bool { return sim.ActiveRuns() > 0 }, waitFor, 5*time.Millisecond, "runs in flight")
-		workers[0].kill(t)
+		workers[0].Kill(t)
 		workers[0] = w(fmt.Sprintf("w1-restart%d", k+1))
 	}
 

@@ -11,6 +11,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/jetpilot-dev/jetpilot/internal/testsupport"
 	"github.com/jetpilot-dev/jetpilot/queue"
 	"github.com/jetpilot-dev/jetpilot/schemas"
 	"github.com/jetpilot-dev/jetpilot/spawn/agentsim"
@@ -65,7 +66,7 @@ func submitAll(ctx context.Context, t *testing.T, client *queue.Client, jobs []l
 func waitResults(ctx context.Context, t *testing.T, js jetstream.JetStream, n int, within time.Duration) {
 	t.Helper()
 	require.Eventually(t, func() bool {
-		return streamMsgs(ctx, js, "JETPILOT_RESULTS") >= n
+		return testsupport.StreamLen(ctx, js, "JETPILOT_RESULTS") >= n
 	}, within, 50*time.Millisecond, "%d results", n)
 }
 
@@ -75,13 +76,13 @@ func waitResults(ctx context.Context, t *testing.T, js jetstream.JetStream, n in
 func settleAndCount(ctx context.Context, t *testing.T, js jetstream.JetStream, sim *agentsim.Server, jobs []loadJob, within time.Duration) figures {
 	t.Helper()
 	require.Eventually(t, func() bool {
-		return streamMsgs(ctx, js, "JETPILOT_JOBS") == 0 && sim.ActiveRuns() == 0
+		return testsupport.StreamLen(ctx, js, "JETPILOT_JOBS") == 0 && sim.ActiveRuns() == 0
 	}, within, 50*time.Millisecond, "every job settled (JOBS empty, no active run)")
 
 	var msgs []jetstream.Msg
 	require.EventuallyWithT(t, func(c *assert.CollectT) {
 		var err error
-		msgs, err = readStream(ctx, js, "JETPILOT_RESULTS", "")
+		msgs, err = testsupport.ReadStream(ctx, js, "JETPILOT_RESULTS", "")
 		assert.NoError(c, err)
 	}, waitFor, 100*time.Millisecond, "read results")
 	byJob := map[string][]schemas.Result{}

@@ -1,7 +1,6 @@
 package faults
 
 import (
-	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -12,6 +11,8 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
+
+	"github.com/jetpilot-dev/jetpilot/internal/testsupport"
 )
 
 // natsServer is one real nats-server process with a file store; it can be
@@ -21,7 +22,7 @@ type natsServer struct {
 	port     int
 	conf     string // config file path
 	dir      string
-	p        *proc
+	p        *testsupport.Proc
 	starts   int
 	clientTL string // "tls://" when the server speaks TLS
 }
@@ -43,7 +44,7 @@ func newNatsServer(t *testing.T, c natsConfig) *natsServer {
 		c.name = "n1"
 	}
 	dir := t.TempDir()
-	s := &natsServer{name: c.name, port: freePort(t), dir: dir, conf: filepath.Join(dir, "nats.conf")}
+	s := &natsServer{name: c.name, port: testsupport.FreePort(t), dir: dir, conf: filepath.Join(dir, "nats.conf")}
 	var b strings.Builder
 	fmt.Fprintf(&b, "server_name: %s\nlisten: 127.0.0.1:%d\n", c.name, s.port)
 	fmt.Fprintf(&b, "jetstream { store_dir: %q }\n", filepath.Join(dir, "js"))
@@ -65,15 +66,15 @@ func newNatsServer(t *testing.T, c natsConfig) *natsServer {
 func (s *natsServer) start(t *testing.T) {
 	t.Helper()
 	s.starts++
-	s.p = startProc(t, fmt.Sprintf("nats-server %s (start %d)", s.name, s.starts), nil, natsBin, "-c", s.conf)
+	s.p = testsupport.StartProc(t, fmt.Sprintf("nats-server %s (start %d)", s.name, s.starts), nil, natsBin, "-c", s.conf)
 	require.Eventually(t, func() bool {
-		return strings.Contains(s.p.Output(), "Server is ready") || !s.p.running()
+		return strings.Contains(s.p.Output(), "Server is ready") || !s.p.Running()
 	}, waitFor, 20*time.Millisecond, "nats-server %s ready", s.name)
-	require.True(t, s.p.running(), "nats-server %s exited:\n%s", s.name, s.p.Output())
+	require.True(t, s.p.Running(), "nats-server %s exited:\n%s", s.name, s.p.Output())
 }
 
 // kill SIGKILLs the server.
-func (s *natsServer) kill(t *testing.T) { s.p.kill(t) }
+func (s *natsServer) kill(t *testing.T) { s.p.Kill(t) }
 
 // URL is the client URL.
 func (s *natsServer) URL() string {
@@ -100,68 +101,4 @@ func connect(t *testing.T, url string, opts ...nats.Option) (*nats.Conn, jetstre
 	js, err := jetstream.New(nc)
 	require.NoError(t, err)
 	return nc, js
-}
-
-// readStream returns every message stored in stream on subjects matching
-// filter ("" = all), read with an ordered consumer.
-func readStream(ctx context.Context, js jetstream.JetStream, stream, filter string) ([]jetstream.Msg, error) {
-	s, err := js.Stream(ctx, stream)
-	if err != nil {
-		return nil, fmt.Errorf("look up stream %s: %w", stream, err)
-	}
-	info, err := s.Info(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("stream %s info: %w", stream, err)
-	}
-	if info.State.Msgs == 0 {
-		return nil, nil
-	}
-	cfg := jetstream.OrderedConsumerConfig{}
-	if filter != "" {
-		cfg.FilterSubjects = []string{filter}
-	}
-	c, err := s.OrderedConsumer(ctx, cfg)
-	if err != nil {
-		return nil, fmt.Errorf("ordered consumer on %s: %w", stream, err)
-	}
-	var out []jetstream.Msg
-	// Bounded: each round takes at least one message or ends.
-	for range info.State.Msgs + 1 {
-		batch, err := c.Fetch(1000, jetstream.FetchMaxWait(time.Second))
-		if err != nil {
-			return nil, fmt.Errorf("read stream %s: %w", stream, err)
-		}
-		got := 0
-		last := false
-		for m := range batch.Messages() {
-			got++
-			out = append(out, m)
-			if md, err := m.Metadata(); err == nil && md.NumPending == 0 {
-				last = true
-			}
-		}
-		if err := batch.Error(); err != nil {
-			return nil, fmt.Errorf("read stream %s: %w", stream, err)
-		}
-		if last || got == 0 {
-			break
-		}
-	}
-	return out, nil
-}
-
-// streamMsgs is how many messages stream holds, or -1 while it cannot say
-// (a leader election, a reconnect).
-func streamMsgs(ctx context.Context, js jetstream.JetStream, stream string) int {
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	defer cancel()
-	s, err := js.Stream(ctx, stream)
-	if err != nil {
-		return -1
-	}
-	info, err := s.Info(ctx)
-	if err != nil {
-		return -1
-	}
-	return int(info.State.Msgs)
 }

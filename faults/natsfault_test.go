@@ -11,6 +11,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/jetpilot-dev/jetpilot/internal/testsupport"
 	"github.com/jetpilot-dev/jetpilot/queue"
 	"github.com/jetpilot-dev/jetpilot/spawn/agentsim"
 	"github.com/jetpilot-dev/jetpilot/spawn/agentsim/agentsimtest"
@@ -26,9 +27,9 @@ func TestNATSRestart(t *testing.T) {
 	ns := newNatsServer(t, natsConfig{})
 	sim, simURL := agentsimtest.New(t, agentsim.Options{})
 	_, js := connect(t, ns.URL())
-	ctx := ctxFor(t, 10*time.Minute)
+	ctx := testsupport.Context(t, 10*time.Minute)
 	require.NoError(t, queue.Setup(ctx, js, queue.Config{AckWait: 2 * time.Second}))
-	var workers []*proc
+	var workers []*testsupport.Proc
 	for i := range 2 {
 		workers = append(workers, startWorker(t, workerOpts{name: fmt.Sprintf("w%d", i+1), natsURL: ns.URL(), agentURL: simURL, extra: []string{"--concurrency", "8"}}))
 	}
@@ -46,7 +47,7 @@ func TestNATSRestart(t *testing.T) {
 
 	f := settleAndCount(ctx, t, js, sim, jobs, 5*time.Minute)
 	for _, w := range workers {
-		assert.True(t, w.running(), "worker survived the restart")
+		assert.True(t, w.Running(), "worker survived the restart")
 		assert.Contains(t, w.Output(), "NATS reconnected", "worker reconnected by itself")
 	}
 	f.Scenario, f.Elapsed = "2. NATS restart", time.Since(started)
@@ -69,7 +70,7 @@ func downFor(t *testing.T, d time.Duration) {
 func TestNATSCluster(t *testing.T) {
 	n := load(40, 200)
 	started := time.Now()
-	cports := []int{freePort(t), freePort(t), freePort(t)}
+	cports := []int{testsupport.FreePort(t), testsupport.FreePort(t), testsupport.FreePort(t)}
 	var servers []*natsServer
 	for i := range 3 {
 		servers = append(servers, newNatsServer(t, natsConfig{name: fmt.Sprintf("n%d", i+1), clusterPort: cports[i], routes: cports}))
@@ -81,7 +82,7 @@ func TestNATSCluster(t *testing.T) {
 	url := strings.Join(urls, ",")
 	sim, simURL := agentsimtest.New(t, agentsim.Options{})
 	_, js := connect(t, url)
-	ctx := ctxFor(t, 10*time.Minute)
+	ctx := testsupport.Context(t, 10*time.Minute)
 	qcfg := queue.Config{Replicas: 3, AckWait: 2 * time.Second}
 	require.EventuallyWithT(t, func(c *assert.CollectT) {
 		sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
@@ -89,7 +90,7 @@ func TestNATSCluster(t *testing.T) {
 		assert.NoError(c, queue.Setup(sctx, js, qcfg))
 	}, waitFor, 200*time.Millisecond, "set up R3 streams once the cluster has a meta leader")
 
-	var workers []*proc
+	var workers []*testsupport.Proc
 	for i := range 3 {
 		workers = append(workers, startWorker(t, workerOpts{name: fmt.Sprintf("w%d", i+1), natsURL: url, agentURL: simURL,
 			extra: []string{"--concurrency", "8", "--replicas", "3"}}))
@@ -116,7 +117,7 @@ func TestNATSCluster(t *testing.T) {
 
 	f := settleAndCount(ctx, t, js, sim, jobs, 5*time.Minute)
 	for _, w := range workers {
-		assert.True(t, w.running(), "worker survived the leader loss")
+		assert.True(t, w.Running(), "worker survived the leader loss")
 	}
 	f.Scenario, f.Elapsed = "3. NATS cluster", time.Since(started)
 	f.Load = fmt.Sprintf("%d jobs (0-1.5s, tools), 3 worker processes x 8, R3 streams and KV", n)

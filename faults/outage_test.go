@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/jetpilot-dev/jetpilot/internal/testsupport"
 	"github.com/jetpilot-dev/jetpilot/queue"
 	"github.com/jetpilot-dev/jetpilot/spawn/agentsim"
 	"github.com/jetpilot-dev/jetpilot/spawn/agentsim/agentsimtest"
@@ -149,9 +150,9 @@ func TestAgentServerOutage(t *testing.T) {
 	sim, simURL := agentsimtest.New(t, agentsim.Options{})
 	prx, prxURL := newNetProxy(t, simURL)
 	_, js := connect(t, ns.URL())
-	ctx := ctxFor(t, 10*time.Minute)
+	ctx := testsupport.Context(t, 10*time.Minute)
 	require.NoError(t, queue.Setup(ctx, js, queue.Config{AckWait: 2 * time.Second}))
-	var workers []*proc
+	var workers []*testsupport.Proc
 	for i := range 2 {
 		workers = append(workers, startWorker(t, workerOpts{name: fmt.Sprintf("w%d", i+1), natsURL: ns.URL(), agentURL: prxURL, extra: []string{"--concurrency", "8"}}))
 	}
@@ -174,9 +175,9 @@ func TestAgentServerOutage(t *testing.T) {
 	failedStarts := 0
 	for _, w := range workers {
 		failedStarts += strings.Count(w.Output(), "agent server unavailable; retrying")
-		assert.Contains(t, w.Output(), "agent server unavailable: not taking jobs", "worker %s stopped pulling during the outage", w.name)
+		assert.Contains(t, w.Output(), "agent server unavailable: not taking jobs", "worker %s stopped pulling during the outage", w.Name)
 	}
-	dead, err := readStream(ctx, js, "JETPILOT_DEAD", "")
+	dead, err := testsupport.ReadStream(ctx, js, "JETPILOT_DEAD", "")
 	require.NoError(t, err)
 	assert.Empty(t, dead, "nothing dead-lettered while retries remain")
 	f.Scenario, f.Elapsed = "4. agent server outage", time.Since(started)

@@ -14,6 +14,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/jetpilot-dev/jetpilot/internal/testsupport"
 	"github.com/jetpilot-dev/jetpilot/queue"
 	"github.com/jetpilot-dev/jetpilot/schemas"
 	"github.com/jetpilot-dev/jetpilot/spawn/agentsim"
@@ -43,13 +44,13 @@ func TestSecretsNeverLeak(t *testing.T) {
 	ns := newNatsServer(t, natsConfig{extra: authConfig()})
 	sim, simURL := agentsimtest.New(t, agentsim.Options{Token: agentToken})
 	_, js := connect(t, ns.URL(), nats.UserInfo(natsUser, natsPassword))
-	ctx := ctxFor(t, 5*time.Minute)
+	ctx := testsupport.Context(t, 5*time.Minute)
 	require.NoError(t, queue.Setup(ctx, js, queue.Config{AckWait: 2 * time.Second}))
 
 	dir := t.TempDir()
 	env := []string{"JETPILOT_AGENT_TOKEN=" + agentToken}
 	urlWithCreds := fmt.Sprintf("nats://%s:%s@127.0.0.1:%d", natsUser, natsPassword, ns.port)
-	workers := []*proc{
+	workers := []*testsupport.Proc{
 		startWorker(t, workerOpts{name: "flags", natsURL: ns.URL(), agentURL: simURL, env: env,
 			extra: []string{"--user", natsUser, "--password", natsPassword, "--log-level", "debug", "--log-json", filepath.Join(dir, "flags.jsonl")}}),
 		startWorker(t, workerOpts{name: "url", natsURL: urlWithCreds, agentURL: simURL, env: env,
@@ -88,9 +89,9 @@ func TestSecretsNeverLeak(t *testing.T) {
 
 	// A worker with a wrong password fails to start, without printing it.
 	const wrong = "wrong-pw-Kd93LmQ0"
-	bad := startProc(t, "worker wrong password", env, jpBin, "worker", "--nats",
+	bad := testsupport.StartProc(t, "worker wrong password", env, jpBin, "worker", "--nats",
 		fmt.Sprintf("nats://%s:%s@127.0.0.1:%d", natsUser, wrong, ns.port), "--agent-url", simURL)
-	assert.NotZero(t, bad.exitCode(t, waitFor))
+	assert.NotZero(t, bad.ExitCode(t, waitFor))
 	assert.Contains(t, strings.ToLower(bad.Output()), "authorization", "the error says what is wrong")
 
 	var all strings.Builder
@@ -109,7 +110,7 @@ func TestSecretsNeverLeak(t *testing.T) {
 		var msgs []jetstream.Msg
 		require.EventuallyWithT(t, func(c *assert.CollectT) {
 			var err error
-			msgs, err = readStream(ctx, js, stream, "")
+			msgs, err = testsupport.ReadStream(ctx, js, stream, "")
 			assert.NoError(c, err)
 		}, waitFor, 100*time.Millisecond, "read %s", stream)
 		require.NotEmpty(t, msgs, "%s has messages to scan", stream)
@@ -138,7 +139,7 @@ func TestJobCannotWidenAllowList(t *testing.T) {
 	_, js := connect(t, ns.URL())
 	startWorker(t, workerOpts{name: "strict", natsURL: ns.URL(), agentURL: simURL, extra: []string{"--allowed-tools", "view"}})
 	client := queue.NewClient(js, queue.Config{})
-	ctx := ctxFor(t, 2*time.Minute)
+	ctx := testsupport.Context(t, 2*time.Minute)
 	tools := "#sim tool stakpak__view {}\n#sim tool stakpak__run_command {\"cmd\":\"rm -rf /\"}\n#sim text done"
 	wide := &schemas.Overrides{AutoApprove: &schemas.AutoApprove{Mode: schemas.AutoApproveAll}}
 	_, err := client.Submit(ctx, schemas.Job{ID: "widen-1", Prompt: tools, AllowedTools: []string{"view", "run_command", "stakpak__run_command"}, Overrides: wide})

@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/jetpilot-dev/jetpilot/internal/testnats"
+	"github.com/jetpilot-dev/jetpilot/internal/testsupport"
 	"github.com/jetpilot-dev/jetpilot/queue"
 	"github.com/jetpilot-dev/jetpilot/schemas"
 	"github.com/jetpilot-dev/jetpilot/spawn"
@@ -34,13 +35,10 @@ func startInProcess(t *testing.T, simOpts agentsim.Options, ropts spawn.RunnerOp
 	t.Helper()
 	_, _, js := testnats.Start(t)
 	sim, simURL := agentsimtest.New(t, simOpts)
-	ctx := ctxFor(t, waitFor)
+	ctx := testsupport.Context(t, waitFor)
 	qcfg := queue.Config{AckWait: 2 * time.Second}
 	require.NoError(t, queue.Setup(ctx, js, qcfg))
-	log := slog.New(slog.DiscardHandler)
-	if testing.Verbose() {
-		log = slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	}
+	log := testsupport.Logger(t, slog.LevelInfo)
 	client, err := spawn.NewClient(spawn.ClientOptions{BaseURL: simURL})
 	require.NoError(t, err)
 	ropts.Worker, ropts.Logger = "inproc", log
@@ -64,13 +62,6 @@ func startInProcess(t *testing.T, simOpts agentsim.Options, ropts spawn.RunnerOp
 		}
 	})
 	return &inProcess{js: js, client: queue.NewClient(js, qcfg), sim: sim}
-}
-
-type testWriter struct{ t *testing.T }
-
-func (w testWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
 }
 
 // TestStreamFaults: event streams cut mid-run, garbage frames, a frame over
@@ -134,7 +125,7 @@ func TestStreamFaults(t *testing.T) {
 				assert.True(t, r.DeadLettered)
 			}}},
 	}
-	ctx := ctxFor(t, 5*time.Minute)
+	ctx := testsupport.Context(t, 5*time.Minute)
 	type sub struct {
 		id    string
 		check []check
@@ -171,8 +162,8 @@ func TestStreamFaults(t *testing.T) {
 			f.MinRuns, f.MaxRuns = min(f.MinRuns, runs), max(f.MaxRuns, runs)
 		})
 	}
-	require.Eventually(t, func() bool { return streamMsgs(ctx, h.js, "JETPILOT_JOBS") == 0 }, waitFor, 20*time.Millisecond, "every job settled")
-	msgs, err := readStream(ctx, h.js, "JETPILOT_RESULTS", "")
+	require.Eventually(t, func() bool { return testsupport.StreamLen(ctx, h.js, "JETPILOT_JOBS") == 0 }, waitFor, 20*time.Millisecond, "every job settled")
+	msgs, err := testsupport.ReadStream(ctx, h.js, "JETPILOT_RESULTS", "")
 	require.NoError(t, err)
 	f.Duplicates = len(msgs) - len(subs)
 	assert.Equal(t, len(subs), len(msgs), "one result per job")

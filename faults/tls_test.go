@@ -19,6 +19,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/jetpilot-dev/jetpilot/internal/testsupport"
 	"github.com/jetpilot-dev/jetpilot/queue"
 	"github.com/jetpilot-dev/jetpilot/schemas"
 	"github.com/jetpilot-dev/jetpilot/spawn/agentsim"
@@ -99,7 +100,7 @@ func TestNATSWithTLS(t *testing.T) {
 	startWorker(t, workerOpts{name: "tls", natsURL: ns.URL(), agentURL: simURL,
 		extra: []string{"--tlsca", p.ca, "--tlscert", p.clientCert, "--tlskey", p.clientKey}})
 	client := queue.NewClient(js, queue.Config{})
-	ctx := ctxFor(t, waitFor)
+	ctx := testsupport.Context(t, waitFor)
 	_, err := client.Submit(ctx, schemas.Job{ID: "tls-1", Prompt: "#sim text over TLS"})
 	require.NoError(t, err)
 	res, err := client.WaitResult(ctx, "tls-1")
@@ -109,13 +110,13 @@ func TestNATSWithTLS(t *testing.T) {
 	assert.Equal(t, 1, sim.RunsStarted())
 
 	// The CA file alone is not enough: the server wants a client certificate.
-	noCert := startProc(t, "worker without client cert", nil, jpBin, "worker", "--nats", ns.URL(), "--agent-url", simURL, "--tlsca", p.ca)
-	assert.NotZero(t, noCert.exitCode(t, waitFor))
+	noCert := testsupport.StartProc(t, "worker without client cert", nil, jpBin, "worker", "--nats", ns.URL(), "--agent-url", simURL, "--tlsca", p.ca)
+	assert.NotZero(t, noCert.ExitCode(t, waitFor))
 	assert.Contains(t, noCert.Output(), "connect to NATS")
 	// Without the CA the server's certificate is not trusted.
-	noCA := startProc(t, "worker without CA", nil, jpBin, "worker", "--nats", ns.URL(), "--agent-url", simURL,
+	noCA := testsupport.StartProc(t, "worker without CA", nil, jpBin, "worker", "--nats", ns.URL(), "--agent-url", simURL,
 		"--tlscert", p.clientCert, "--tlskey", p.clientKey)
-	assert.NotZero(t, noCA.exitCode(t, waitFor))
+	assert.NotZero(t, noCA.ExitCode(t, waitFor))
 	assert.Contains(t, noCA.Output(), "certificate", "the error names the certificate problem")
 }
 
@@ -134,8 +135,8 @@ func TestWorkerLacksPermission(t *testing.T) {
 	url := fmt.Sprintf("nats://127.0.0.1:%d", ns.port)
 
 	t.Run("may not create streams, none exist", func(t *testing.T) {
-		w := startProc(t, "worker nostreams", nil, jpBin, "worker", "--nats", url, "--user", "nostreams", "--password", "pw", "--agent-url", simURL)
-		assert.NotZero(t, w.exitCode(t, waitFor))
+		w := testsupport.StartProc(t, "worker nostreams", nil, jpBin, "worker", "--nats", url, "--user", "nostreams", "--password", "pw", "--agent-url", simURL)
+		assert.NotZero(t, w.ExitCode(t, waitFor))
 		out := w.Output()
 		assert.Contains(t, out, "jetpilot setup", "says how to fix it")
 		assert.Contains(t, out, "lacks a permission", "says a permission is missing")
@@ -143,7 +144,7 @@ func TestWorkerLacksPermission(t *testing.T) {
 	})
 
 	_, js := connect(t, ns.URL(), nats.UserInfo(natsUser, natsPassword))
-	ctx := ctxFor(t, waitFor)
+	ctx := testsupport.Context(t, waitFor)
 	require.NoError(t, queue.Setup(ctx, js, queue.Config{}), "an admin runs setup")
 
 	t.Run("may not create streams, an admin made them", func(t *testing.T) {
@@ -157,8 +158,8 @@ func TestWorkerLacksPermission(t *testing.T) {
 	})
 
 	t.Run("may not publish results", func(t *testing.T) {
-		w := startProc(t, "worker noresults", nil, jpBin, "worker", "--nats", url, "--user", "noresults", "--password", "pw", "--agent-url", simURL)
-		assert.NotZero(t, w.exitCode(t, waitFor))
+		w := testsupport.StartProc(t, "worker noresults", nil, jpBin, "worker", "--nats", url, "--user", "noresults", "--password", "pw", "--agent-url", simURL)
+		assert.NotZero(t, w.ExitCode(t, waitFor))
 		out := w.Output()
 		assert.Contains(t, out, "may not publish on jetpilot.results.", "names the subject")
 		assert.Contains(t, out, "Permissions Violation", "passes on what the server said")

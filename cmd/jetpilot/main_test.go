@@ -12,7 +12,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -21,6 +20,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/jetpilot-dev/jetpilot/internal/testnats"
+	"github.com/jetpilot-dev/jetpilot/internal/testsupport"
 	"github.com/jetpilot-dev/jetpilot/queue"
 	"github.com/jetpilot-dev/jetpilot/schemas"
 	"github.com/jetpilot-dev/jetpilot/spawn/agentsim"
@@ -37,9 +37,7 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	bin = filepath.Join(dir, "jetpilot")
-	build := exec.Command("go", "build", "-race", "-o", bin, ".")
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
+	if err := testsupport.Build(bin, ".", true); err != nil {
 		fmt.Fprintln(os.Stderr, "build jetpilot:", err)
 		os.Exit(1)
 	}
@@ -50,62 +48,11 @@ func TestMain(m *testing.M) {
 
 const waitFor = 60 * time.Second
 
-// proc is a jetpilot child process whose output is captured.
-type proc struct {
-	cmd  *exec.Cmd
-	mu   sync.Mutex
-	out  bytes.Buffer
-	done chan error
-}
-
-func (p *proc) Output() string {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.out.String()
-}
-
-type lockedWriter struct{ p *proc }
-
-func (w lockedWriter) Write(b []byte) (int, error) {
-	w.p.mu.Lock()
-	defer w.p.mu.Unlock()
-	return w.p.out.Write(b)
-}
-
-// start runs jetpilot with args in the background; cleanup kills it.
-func start(t *testing.T, env []string, args ...string) *proc {
+// start runs jetpilot with args in the background; cleanup kills it and
+// shows its output if the test failed.
+func start(t *testing.T, env []string, args ...string) *testsupport.Proc {
 	t.Helper()
-	p := &proc{cmd: exec.Command(bin, args...), done: make(chan error, 1)}
-	p.cmd.Env = append(os.Environ(), env...)
-	p.cmd.Stdout, p.cmd.Stderr = lockedWriter{p}, lockedWriter{p}
-	require.NoError(t, p.cmd.Start())
-	go func() { p.done <- p.cmd.Wait() }()
-	t.Cleanup(func() {
-		_ = p.cmd.Process.Kill()
-		<-p.done
-		if t.Failed() {
-			t.Logf("jetpilot %s output:\n%s", strings.Join(args, " "), p.Output())
-		}
-	})
-	return p
-}
-
-// wait waits for the process to exit and returns its exit code.
-func (p *proc) wait(t *testing.T) int {
-	t.Helper()
-	select {
-	case err := <-p.done:
-		p.done <- err // for cleanup
-		var ee *exec.ExitError
-		if errors.As(err, &ee) {
-			return ee.ExitCode()
-		}
-		require.NoError(t, err)
-		return 0
-	case <-time.After(waitFor):
-		t.Fatalf("process did not exit; output:\n%s", p.Output())
-		return -1
-	}
+	return testsupport.StartProc(t, "jetpilot "+strings.Join(args, " "), env, bin, args...)
 }
 
 // run runs jetpilot to completion with stdin and returns stdout and the exit code.
@@ -117,25 +64,31 @@ func run(t *testing.T, stdin string, args ...string) (string, int) {
 // runEnv is run with extra environment variables.
 func runEnv(t *testing.T, env []string, stdin string, args ...string) (string, int) {
 	t.Helper()
+	stdout, stderr, code, err := tryRun(env, stdin, args...)
+	require.NoError(t, err, "stderr: %s", stderr)
+	if t.Failed() {
+		t.Logf("stderr: %s", stderr)
+	}
+	return stdout, code
+}
+
+// tryRun runs jetpilot to completion and returns its output and exit code;
+// err is an error other than a non-zero exit. It fails no test, so it is
+// safe inside an Eventually condition.
+func tryRun(env []string, stdin string, args ...string) (stdout, stderr string, code int, err error) {
 	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bin, args...)
 	cmd.Env = append(os.Environ(), env...)
 	cmd.Stdin = strings.NewReader(stdin)
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err := cmd.Run()
-	code := 0
+	var outBuf, errBuf bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &outBuf, &errBuf
+	err = cmd.Run()
 	var ee *exec.ExitError
 	if errors.As(err, &ee) {
-		code = ee.ExitCode()
-	} else {
-		require.NoError(t, err, "stderr: %s", stderr.String())
+		code, err = ee.ExitCode(), nil
 	}
-	if t.Failed() {
-		t.Logf("stderr: %s", stderr.String())
-	}
-	return stdout.String(), code
+	return outBuf.String(), errBuf.String(), code, err
 }
 
 var natsURLLine = regexp.MustCompile(`NATS \(JetStream.*\): (nats://\S+)`)
@@ -215,9 +168,10 @@ func TestDevAndSubmitWaitExitCodes(t *testing.T) {
 		require.NotEmpty(t, approvalID, out)
 		out, code = run(t, "", "approve", approvalID, "--nats", url, "--allow", "--by", "tester")
 		require.Equal(t, 0, code, out)
-		require.Eventually(t, func() bool {
-			out, _ := run(t, "", "results", "--nats", url, "--job", "cli-hitl")
-			return strings.Contains(out, "job cli-hitl: completed")
+		require.EventuallyWithT(t, func(c *assert.CollectT) {
+			out, stderr, _, err := tryRun(nil, "", "results", "--nats", url, "--job", "cli-hitl")
+			assert.NoError(c, err, "stderr: %s", stderr)
+			assert.Contains(c, out, "job cli-hitl: completed")
 		}, waitFor, 100*time.Millisecond)
 		out, code = run(t, "", "events", "cli-hitl", "--nats", url)
 		require.Equal(t, 0, code)
@@ -230,8 +184,8 @@ func TestDevAndSubmitWaitExitCodes(t *testing.T) {
 		assert.Equal(t, 2, code, "usage error")
 	})
 
-	require.NoError(t, dev.cmd.Process.Signal(syscall.SIGTERM))
-	assert.Equal(t, 0, dev.wait(t), "dev exits 0 on SIGTERM")
+	require.NoError(t, dev.Cmd.Process.Signal(syscall.SIGTERM))
+	assert.Equal(t, 0, dev.ExitCode(t, waitFor), "dev exits 0 on SIGTERM")
 }
 
 func TestDevDemo(t *testing.T) {
@@ -260,8 +214,8 @@ func TestKilledWorkerJobFinishedByAnother(t *testing.T) {
 	_, err := client.Submit(ctx, schemas.Job{ID: "kill-1", Prompt: "#sim text before,\n#sim sleep 2s\n#sim text after."})
 	require.NoError(t, err)
 	require.Eventually(t, func() bool { return sim.ActiveRuns() == 1 }, waitFor, 10*time.Millisecond)
-	require.NoError(t, first.cmd.Process.Signal(syscall.SIGKILL))
-	first.wait(t)
+	require.NoError(t, first.Cmd.Process.Signal(syscall.SIGKILL))
+	first.ExitCode(t, waitFor)
 
 	start(t, nil, args("survivor")...)
 	res, err := client.WaitResult(ctx, "kill-1")
@@ -288,8 +242,8 @@ func TestSecretsStayOutOfOutput(t *testing.T) {
 	res, err := client.WaitResult(ctx, "secret-1")
 	require.NoError(t, err)
 	require.Equal(t, schemas.StatusFailed, res.Status, "the token was accepted: the run happened")
-	require.NoError(t, w.cmd.Process.Signal(syscall.SIGTERM))
-	assert.Equal(t, 0, w.wait(t))
+	require.NoError(t, w.Cmd.Process.Signal(syscall.SIGTERM))
+	assert.Equal(t, 0, w.ExitCode(t, waitFor))
 
 	var everything strings.Builder
 	everything.WriteString(w.Output())
