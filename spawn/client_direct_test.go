@@ -55,10 +55,19 @@ func TestDirectEventStreamsStallAndCancel(t *testing.T) {
 	rec := newRecorder()
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
+	streams := len(requestsTo(srv, http.MethodGet, "/events"))
 	go func() {
 		select {
 		case <-rec.runID:
-			time.Sleep(50 * time.Millisecond)
+			// Cancel once the held run's event stream is open (bounded).
+			deadline := time.Now().Add(10 * time.Second)
+			for len(requestsTo(srv, http.MethodGet, "/events")) <= streams && time.Now().Before(deadline) {
+				select {
+				case <-ctx.Done():
+					return
+				case <-time.After(5 * time.Millisecond):
+				}
+			}
 			cancel()
 		case <-ctx.Done():
 		}
@@ -88,7 +97,18 @@ func heldReadLoops(t *testing.T, direct bool, n int) int {
 		}()
 	}
 	require.Eventually(t, func() bool { return srv.ActiveRuns() == n }, 10*time.Second, 10*time.Millisecond)
-	time.Sleep(200 * time.Millisecond) // let the last streams open
+	// Every held run's event stream open, and the connection readers
+	// settled: those of the surplus pool connections the start-up calls
+	// used exit a moment after the pool closes them. Settled is the same
+	// count at two ticks in a row.
+	require.Eventually(t, func() bool { return len(requestsTo(srv, http.MethodGet, "/events")) >= n }, 10*time.Second, 10*time.Millisecond)
+	prev := -1
+	require.Eventually(t, func() bool {
+		cur := readLoops()
+		settled := cur == prev
+		prev = cur
+		return settled
+	}, 10*time.Second, 50*time.Millisecond)
 	got := countReadLoops(t) - before
 	cancel()
 	for range n {
@@ -98,9 +118,34 @@ func heldReadLoops(t *testing.T, direct bool, n int) int {
 	return got
 }
 
+// blockedIn reports whether a goroutine whose stack holds fn is blocked
+// (not running or runnable).
+func blockedIn(fn string) bool {
+	var sb strings.Builder
+	if err := pprof.Lookup("goroutine").WriteTo(&sb, 2); err != nil {
+		return false
+	}
+	for _, g := range strings.Split(sb.String(), "\n\n") {
+		header, _, _ := strings.Cut(g, "\n")
+		if strings.Contains(g, fn) && !strings.Contains(header, "[running") && !strings.Contains(header, "[runnable") {
+			return true
+		}
+	}
+	return false
+}
+
 func countReadLoops(t *testing.T) int {
 	var sb strings.Builder
 	require.NoError(t, pprof.Lookup("goroutine").WriteTo(&sb, 2))
+	return strings.Count(sb.String(), "net/http.(*persistConn).readLoop(")
+}
+
+// readLoops is countReadLoops for a wait condition (-1 if the dump fails).
+func readLoops() int {
+	var sb strings.Builder
+	if pprof.Lookup("goroutine").WriteTo(&sb, 2) != nil {
+		return -1
+	}
 	return strings.Count(sb.String(), "net/http.(*persistConn).readLoop(")
 }
 
@@ -136,7 +181,8 @@ func TestDirectEventStreamsCloseUnblocksNext(t *testing.T) {
 				_, err := s.Next()
 				next <- err
 			}()
-			time.Sleep(50 * time.Millisecond)
+			// Close while Next is blocked reading the idle stream.
+			require.Eventually(t, func() bool { return blockedIn("spawn.(*EventStream).Next(") }, 5*time.Second, time.Millisecond)
 			closed := make(chan struct{})
 			go func() {
 				_ = s.Close()

@@ -343,7 +343,7 @@ func TestRunIDJumpReconnectsAndReplays(t *testing.T) {
 		once.Do(func() {
 			deadline := time.Now().Add(10 * time.Second)
 			for time.Now().Before(deadline) && srv.ActiveRuns() > 0 {
-				time.Sleep(5 * time.Millisecond)
+				time.Sleep(5 * time.Millisecond) // deliberately slows this consumer; bounded by the loop
 			}
 		})
 	}

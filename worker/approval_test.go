@@ -3,6 +3,7 @@ package worker_test
 import (
 	"context"
 	"encoding/json"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -36,36 +37,41 @@ func pausingJob(id string) schemas.Job {
 func (h *harness) approval(jobID string) schemas.ApprovalRequest {
 	h.t.Helper()
 	var req schemas.ApprovalRequest
-	eventually(h.t, func() bool {
-		msgs := h.all(h.qcfg.ApprovalsStream(), h.qcfg.ApprovalSubject(jobID))
-		if len(msgs) == 0 {
-			return false
+	eventuallyWithT(h.t, func(c *assert.CollectT) {
+		reqs, err := tryDecodeAll[schemas.ApprovalRequest](h, h.qcfg.ApprovalsStream(), h.qcfg.ApprovalSubject(jobID))
+		if assert.NoError(c, err) && assert.NotEmpty(c, reqs) {
+			req = reqs[len(reqs)-1]
 		}
-		require.NoError(h.t, json.Unmarshal(msgs[len(msgs)-1].Data, &req))
-		return true
 	}, "approval request for %s", jobID)
 	return req
 }
 
 func (h *harness) decide(d schemas.Decision) {
 	h.t.Helper()
+	require.NoError(h.t, h.tryDecide(d))
+}
+
+// tryDecide is decide for another goroutine: it fails no test.
+func (h *harness) tryDecide(d schemas.Decision) error {
 	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
 	defer cancel()
-	require.NoError(h.t, h.client.Decide(ctx, d))
+	return h.client.Decide(ctx, d)
 }
 
 // decisionErrors waits for n decision_error events on the job.
 func (h *harness) decisionErrors(jobID string, n int) []schemas.Event {
 	h.t.Helper()
 	var errs []schemas.Event
-	eventually(h.t, func() bool {
+	eventuallyWithT(h.t, func(c *assert.CollectT) {
 		errs = errs[:0]
-		for _, e := range h.events(jobID) {
+		evs, err := h.tryEvents(jobID)
+		assert.NoError(c, err)
+		for _, e := range evs {
 			if e.Type == schemas.EventDecisionError {
 				errs = append(errs, e)
 			}
 		}
-		return len(errs) >= n
+		assert.GreaterOrEqual(c, len(errs), n)
 	}, "%d decision errors on %s", n, jobID)
 	return errs
 }
@@ -180,7 +186,7 @@ func TestRacingDecisionsExactlyOneWins(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			h.decide(schemas.Decision{ApprovalID: req.ApprovalID, JobID: "race-1", All: all, DecidedBy: all})
+			assert.NoError(t, h.tryDecide(schemas.Decision{ApprovalID: req.ApprovalID, JobID: "race-1", All: all, DecidedBy: all}))
 		}()
 	}
 	wg.Wait()
@@ -243,13 +249,10 @@ func TestCancelRunningAndPausedJobs(t *testing.T) {
 	nc := h.js.Conn()
 
 	h.submit(job("cancel-run", "#sim text going\n#sim hang"))
-	eventually(t, func() bool {
-		for _, e := range h.events("cancel-run") {
-			if e.Type == schemas.EventText {
-				return true
-			}
-		}
-		return false
+	eventuallyWithT(t, func(c *assert.CollectT) {
+		evs, err := h.tryEvents("cancel-run")
+		assert.NoError(c, err)
+		assert.True(c, slices.ContainsFunc(evs, func(e schemas.Event) bool { return e.Type == schemas.EventText }))
 	}, "run going, its text streamed")
 	r := h.cancelJob(nc, "cancel-run")
 	require.Nil(t, r.Error)
@@ -280,9 +283,13 @@ func TestLiveEventsInOrder(t *testing.T) {
 	h.submit(job("live-1", "#sim text Looking around.\n#sim tool stakpak__view {\"path\":\"/\"}\n#sim text All good."))
 	require.Equal(t, schemas.StatusCompleted, h.final("live-1").Status)
 	var evs []schemas.Event
-	eventually(t, func() bool {
-		evs = h.events("live-1")
-		return len(evs) > 0 && evs[len(evs)-1].Type == schemas.EventStatus && evs[len(evs)-1].Status == "completed"
+	eventuallyWithT(t, func(c *assert.CollectT) {
+		var err error
+		evs, err = h.tryEvents("live-1")
+		if assert.NoError(c, err) && assert.NotEmpty(c, evs) {
+			last := evs[len(evs)-1]
+			assert.True(c, last.Type == schemas.EventStatus && last.Status == "completed", "last event %+v", last)
+		}
 	}, "final status event")
 	var types []string
 	var text strings.Builder

@@ -2,10 +2,7 @@ package worker_test
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"strings"
 	"sync/atomic"
@@ -13,9 +10,11 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/jetpilot-dev/jetpilot/internal/testnats"
+	"github.com/jetpilot-dev/jetpilot/internal/testsupport"
 	"github.com/jetpilot-dev/jetpilot/queue"
 	"github.com/jetpilot-dev/jetpilot/schemas"
 	"github.com/jetpilot-dev/jetpilot/spawn"
@@ -146,45 +145,49 @@ func (h *harness) result(jobID string) schemas.Result {
 // final waits for the job's final result, skipping paused ones.
 func (h *harness) final(jobID string) schemas.Result {
 	h.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
-	defer cancel()
-	res, err := h.client.WaitResult(ctx, jobID)
+	res, err := h.tryFinal(jobID)
 	require.NoError(h.t, err, "wait for final result of %s", jobID)
 	return res
 }
 
-// all reads every message on subject (a stream's whole content for it).
-func (h *harness) all(stream, subject string) []jetstream.RawStreamMsg {
-	h.t.Helper()
+// tryFinal is final for another goroutine: it fails no test.
+func (h *harness) tryFinal(jobID string) (schemas.Result, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
 	defer cancel()
-	s, err := h.js.Stream(ctx, stream)
-	require.NoError(h.t, err)
-	info, err := s.Info(ctx)
-	require.NoError(h.t, err)
-	var out []jetstream.RawStreamMsg
-	for seq := info.State.FirstSeq; seq <= info.State.LastSeq && info.State.Msgs > 0; seq++ {
-		m, err := s.GetMsg(ctx, seq)
-		if errors.Is(err, jetstream.ErrMsgNotFound) {
-			continue
-		}
-		require.NoError(h.t, err)
-		if subject == "" || m.Subject == subject {
-			out = append(out, *m)
-		}
-	}
-	return out
+	return h.client.WaitResult(ctx, jobID)
 }
 
-// decodeAll decodes every message on subject of stream.
+// tryAll reads every message on subject of stream ("" = all) as of now.
+// It fails no test, so it is safe inside a wait condition.
+func (h *harness) tryAll(stream, subject string) ([]jetstream.Msg, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	return testsupport.ReadStream(ctx, h.js, stream, subject)
+}
+
+// all is tryAll on the test goroutine: an error fails the test.
+func (h *harness) all(stream, subject string) []jetstream.Msg {
+	h.t.Helper()
+	msgs, err := h.tryAll(stream, subject)
+	require.NoError(h.t, err)
+	return msgs
+}
+
+// tryDecodeAll decodes every message on subject of stream; like tryAll it
+// fails no test.
+func tryDecodeAll[T any](h *harness, stream, subject string) ([]T, error) {
+	msgs, err := h.tryAll(stream, subject)
+	if err != nil {
+		return nil, err
+	}
+	return testsupport.DecodeJSON[T](msgs)
+}
+
+// decodeAll is tryDecodeAll on the test goroutine.
 func decodeAll[T any](h *harness, stream, subject string) []T {
 	h.t.Helper()
-	var out []T
-	for _, m := range h.all(stream, subject) {
-		var v T
-		require.NoError(h.t, json.Unmarshal(m.Data, &v))
-		out = append(out, v)
-	}
+	out, err := tryDecodeAll[T](h, stream, subject)
+	require.NoError(h.t, err)
 	return out
 }
 
@@ -203,26 +206,28 @@ func (h *harness) events(jobID string) []schemas.Event {
 	return decodeAll[schemas.Event](h, h.qcfg.EventsStream(), h.qcfg.EventSubject(jobID))
 }
 
-// eventually waits for cond with the harness deadline.
+// tryEvents is events for a wait condition: it fails no test.
+func (h *harness) tryEvents(jobID string) ([]schemas.Event, error) {
+	return tryDecodeAll[schemas.Event](h, h.qcfg.EventsStream(), h.qcfg.EventSubject(jobID))
+}
+
+// eventually waits for cond with the harness deadline. cond runs on
+// another goroutine: it must not call require or t.Fatal (use the try
+// helpers, or eventuallyWithT).
 func eventually(t *testing.T, cond func() bool, msg string, args ...any) {
 	t.Helper()
 	require.Eventually(t, cond, waitFor, 10*time.Millisecond, fmt.Sprintf(msg, args...))
 }
 
+// eventuallyWithT waits until one run of check records no failure on c,
+// with the harness deadline; the last run's failures are reported.
+func eventuallyWithT(t *testing.T, check func(c *assert.CollectT), msg string, args ...any) {
+	t.Helper()
+	require.EventuallyWithT(t, check, waitFor, 10*time.Millisecond, fmt.Sprintf(msg, args...))
+}
+
 // testLogger keeps worker logs out of the test output unless -v.
-func testLogger(t *testing.T) *slog.Logger {
-	if testing.Verbose() {
-		return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	}
-	return slog.New(slog.NewTextHandler(io.Discard, nil))
-}
-
-type testWriter struct{ t *testing.T }
-
-func (w testWriter) Write(p []byte) (int, error) {
-	w.t.Log(string(p))
-	return len(p), nil
-}
+func testLogger(t *testing.T) *slog.Logger { return testsupport.Logger(t, slog.LevelDebug) }
 
 // countRequests counts the simulator's requests whose path ends with suffix.
 func countRequests(h *harness, suffix string) int {

@@ -6,7 +6,6 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"strings"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -20,12 +19,20 @@ import (
 
 func get(t *testing.T, url string) (int, string) {
 	t.Helper()
-	resp, err := http.Get(url)
+	code, body, err := tryGet(url)
 	require.NoError(t, err)
+	return code, body
+}
+
+// tryGet is get for a wait condition: it fails no test.
+func tryGet(url string) (int, string, error) {
+	resp, err := http.Get(url)
+	if err != nil {
+		return 0, "", err
+	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
-	require.NoError(t, err)
-	return resp.StatusCode, string(b)
+	return resp.StatusCode, string(b), err
 }
 
 func TestMetricsAndReadiness(t *testing.T) {
@@ -52,9 +59,10 @@ func TestMetricsAndReadiness(t *testing.T) {
 	require.Equal(t, schemas.StatusFailed, h.final("metrics-2").Status)
 
 	// Metrics are counted once a job is settled, just after its result lands.
-	eventually(t, func() bool {
-		_, body := get(t, srv.URL+"/metrics")
-		return strings.Contains(body, "jetpilot_jobs_in_flight 0")
+	eventuallyWithT(t, func(c *assert.CollectT) {
+		_, body, err := tryGet(srv.URL + "/metrics")
+		assert.NoError(c, err)
+		assert.Contains(c, body, "jetpilot_jobs_in_flight 0")
 	}, "in-flight gauge back to 0 once both jobs are acked")
 	code, body := get(t, srv.URL+"/metrics")
 	require.Equal(t, http.StatusOK, code)

@@ -136,8 +136,10 @@ func TestInvalidJobGetsExactlyOneRejectedResult(t *testing.T) {
 	require.Len(t, h.dead("bad-1"), 1)
 
 	// The garbage has no id: it gets a result under a made-up one, and a dead letter.
-	eventually(t, func() bool {
-		return len(h.all(h.qcfg.DeadStream(), "")) == 2
+	eventuallyWithT(t, func(c *assert.CollectT) {
+		msgs, err := h.tryAll(h.qcfg.DeadStream(), "")
+		assert.NoError(c, err)
+		assert.Len(c, msgs, 2)
 	}, "two dead letters")
 	// Nothing is redelivered: wait past AckWait, then count again.
 	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
@@ -326,7 +328,8 @@ func TestProfilesLimitWhatAWorkerTakes(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			res := h.final("prof-" + p)
+			res, err := h.tryFinal("prof-" + p)
+			assert.NoError(t, err, "wait for final result of prof-%s", p)
 			assert.Equal(t, p, res.Worker)
 		}()
 	}

@@ -799,9 +799,10 @@ func TestPeriodicCheckpoint(t *testing.T) {
 	st := c.subscribe(sid, 0)
 	c.send(sid, "#sim text checking\n#sim tool deploy {}")
 	st.until("waiting_for_tool_approval")
-	require.Eventually(t, func() bool {
-		_, b, _ := c.do("GET", "/v1/sessions/"+sid+"/messages", nil, nil)
-		return strings.Contains(string(b), `{"arguments":{},"id":"call_1","name":"deploy","type":"tool_call"}`)
+	require.EventuallyWithT(t, func(ct *assert.CollectT) {
+		_, b, _, err := c.try("GET", "/v1/sessions/"+sid+"/messages", nil, nil)
+		assert.NoError(ct, err)
+		assert.Contains(ct, string(b), `{"arguments":{},"id":"call_1","name":"deploy","type":"tool_call"}`)
 	}, waitFor, 5*time.Millisecond)
 	require.Equal(t, stateRunning, s.RunState(sid))
 }

@@ -218,9 +218,10 @@ func TestIdempotencyKeysExpire(t *testing.T) {
 	st, _, _ := c.do("POST", "/v1/sessions", map[string]any{"title": "a"}, key)
 	require.Equal(t, http.StatusCreated, st)
 	// Once the key has expired, another body under it is a new request.
-	require.Eventually(t, func() bool {
-		st, _, _ := c.do("POST", "/v1/sessions", map[string]any{"title": "b"}, key)
-		return st == http.StatusCreated
+	require.EventuallyWithT(t, func(ct *assert.CollectT) {
+		st, _, _, err := c.try("POST", "/v1/sessions", map[string]any{"title": "b"}, key)
+		assert.NoError(ct, err)
+		assert.Equal(ct, http.StatusCreated, st)
 	}, waitFor, 10*time.Millisecond)
 	require.Equal(t, 2, s.SessionCount())
 }
