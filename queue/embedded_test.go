@@ -1,9 +1,7 @@
 package queue_test
 
 import (
-	"bytes"
 	"log/slog"
-	"sync"
 	"testing"
 
 	"github.com/nats-io/nats.go"
@@ -11,28 +9,12 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/jetpilot-dev/jetpilot/internal/testsupport"
 	"github.com/jetpilot-dev/jetpilot/queue"
 )
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 func TestStartEmbedded(t *testing.T) {
-	var logs syncBuffer
+	var logs testsupport.SyncBuffer
 	s, err := queue.StartEmbedded(queue.EmbeddedOptions{
 		Dir:        t.TempDir(),
 		Port:       -1,

@@ -10,16 +10,12 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/jetpilot-dev/jetpilot/internal/testnats"
+	"github.com/jetpilot-dev/jetpilot/internal/testsupport"
 	"github.com/jetpilot-dev/jetpilot/queue"
 )
 
 // testCtx is bounded so a hung test fails instead of hanging the suite.
-func testCtx(t *testing.T) context.Context {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	t.Cleanup(cancel)
-	return ctx
-}
+func testCtx(t *testing.T) context.Context { return testsupport.Context(t, 20*time.Second) }
 
 type env struct {
 	ctx context.Context

@@ -4,9 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
-	"net"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"strings"
 	"sync"
@@ -16,6 +14,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/jetpilot-dev/jetpilot/internal/testsupport"
 	"github.com/jetpilot-dev/jetpilot/schemas"
 	"github.com/jetpilot-dev/jetpilot/spawn/agentsim"
 	"github.com/jetpilot-dev/jetpilot/spawn/agentsim/agentsimtest"
@@ -34,14 +33,7 @@ func newTestClient(t *testing.T, base, token string) *Client {
 // rawServer serves h on 127.0.0.1.
 func rawServer(t *testing.T, h http.HandlerFunc) string {
 	t.Helper()
-	ts := httptest.NewUnstartedServer(h)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	_ = ts.Listener.Close()
-	ts.Listener = ln
-	ts.Start()
-	t.Cleanup(ts.Close)
-	return ts.URL
+	return testsupport.LocalServer(t, h, nil).URL
 }
 
 func TestNewClientBadInput(t *testing.T) {
@@ -118,7 +110,7 @@ func TestClientTokenNeverInErrors(t *testing.T) {
 
 	// Run errors and logs neither.
 	srv.SetDown(false)
-	logs := &syncBuffer{}
+	logs := &testsupport.SyncBuffer{}
 	r := NewRunner(c, RunnerOptions{Logger: slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
 	_, err = r.Run(t.Context(), Spec{Job: schemas.Job{ID: "j", Prompt: "p"}})
 	require.Error(t, err)

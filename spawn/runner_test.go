@@ -16,6 +16,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/jetpilot-dev/jetpilot/internal/testsupport"
 	"github.com/jetpilot-dev/jetpilot/schemas"
 	"github.com/jetpilot-dev/jetpilot/spawn/agentsim"
 	"github.com/jetpilot-dev/jetpilot/spawn/agentsim/agentsimtest"
@@ -409,7 +410,7 @@ func TestRunReconnectsAfterDrop(t *testing.T) {
 func TestRunReconnectsAfterStall(t *testing.T) {
 	opts := testRunnerOptions()
 	opts.StallTimeout = 300 * time.Millisecond
-	logs := &syncBuffer{}
+	logs := &testsupport.SyncBuffer{}
 	opts.Logger = slog.New(slog.NewTextHandler(logs, nil))
 	srv, _, r := newSimRunner(t, agentsim.Options{}, opts)
 	text := "stalled streams are noticed and replaced"
@@ -419,23 +420,6 @@ func TestRunReconnectsAfterStall(t *testing.T) {
 	assert.Equal(t, text, res.Stdout)
 	assert.GreaterOrEqual(t, len(requestsTo(srv, http.MethodGet, "/events")), 2)
 	assert.Contains(t, logs.String(), "event stream stalled")
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 func TestRunGapRebuildsFromMessages(t *testing.T) {

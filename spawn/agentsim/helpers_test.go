@@ -7,9 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
-	"net"
 	"net/http"
-	"net/http/httptest"
 	"strconv"
 	"strings"
 	"testing"
@@ -17,6 +15,8 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/stretchr/testify/require"
+
+	"github.com/jetpilot-dev/jetpilot/internal/testsupport"
 )
 
 const waitFor = 5 * time.Second
@@ -26,20 +26,7 @@ const waitFor = 5 * time.Second
 func newTestServer(t testing.TB, opts Options) (*Server, string) {
 	t.Helper()
 	s := New(opts)
-	ts := httptest.NewUnstartedServer(s)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		s.Close()
-		t.Fatalf("agentsim: listen on 127.0.0.1: %v", err)
-	}
-	_ = ts.Listener.Close()
-	ts.Listener = ln
-	ts.Start()
-	t.Cleanup(func() {
-		s.Close() // ends streams, so ts.Close does not wait on them
-		ts.Close()
-	})
-	return s, ts.URL
+	return s, testsupport.LocalServer(t, s, s.Close).URL
 }
 
 // client is a minimal test client of the simulator.

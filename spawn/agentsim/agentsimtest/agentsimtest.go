@@ -7,10 +7,9 @@
 package agentsimtest
 
 import (
-	"net"
-	"net/http/httptest"
 	"testing"
 
+	"github.com/jetpilot-dev/jetpilot/internal/testsupport"
 	"github.com/jetpilot-dev/jetpilot/spawn/agentsim"
 )
 
@@ -19,18 +18,6 @@ import (
 func New(t testing.TB, opts agentsim.Options) (*agentsim.Server, string) {
 	t.Helper()
 	s := agentsim.New(opts)
-	ts := httptest.NewUnstartedServer(s)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		s.Close()
-		t.Fatalf("agentsimtest: listen on 127.0.0.1: %v", err)
-	}
-	_ = ts.Listener.Close()
-	ts.Listener = ln
-	ts.Start()
-	t.Cleanup(func() {
-		s.Close() // ends streams, so ts.Close does not wait on them
-		ts.Close()
-	})
-	return s, ts.URL
+	// s.Close first ends the streams, so the server's Close does not wait on them.
+	return s, testsupport.LocalServer(t, s, s.Close).URL
 }
