@@ -27,6 +27,7 @@ func result(jobID string, s schemas.Status, stdout string) schemas.Result {
 }
 
 func TestSubmitDuplicateIsDropped(t *testing.T) {
+	t.Parallel()
 	e := setupEnv(t, queue.Config{})
 	c := queue.NewClient(e.js, e.cfg)
 
@@ -56,6 +57,7 @@ func TestSubmitDuplicateIsDropped(t *testing.T) {
 }
 
 func TestSubmitInvalidJob(t *testing.T) {
+	t.Parallel()
 	e := setupEnv(t, queue.Config{})
 	c := queue.NewClient(e.js, e.cfg)
 
@@ -74,6 +76,7 @@ func TestSubmitInvalidJob(t *testing.T) {
 }
 
 func TestSubmitWithoutStreams(t *testing.T) {
+	t.Parallel()
 	e := setupEnv(t, queue.Config{})
 	c := queue.NewClient(e.js, queue.Config{Prefix: "other"})
 	_, err := c.Submit(e.ctx, validJob("j"))
@@ -82,6 +85,7 @@ func TestSubmitWithoutStreams(t *testing.T) {
 }
 
 func TestDuplicateResultDropped(t *testing.T) {
+	t.Parallel()
 	e := setupEnv(t, queue.Config{})
 	r := result("j1", schemas.StatusCompleted, "hi")
 	ack, err := queue.PublishResult(e.ctx, e.js, e.cfg, r, 0)
@@ -109,6 +113,7 @@ func TestDuplicateResultDropped(t *testing.T) {
 }
 
 func TestWaitResultBeforeAndAfter(t *testing.T) {
+	t.Parallel()
 	e := setupEnv(t, queue.Config{})
 	c := queue.NewClient(e.js, e.cfg)
 
@@ -153,6 +158,7 @@ func TestWaitResultBeforeAndAfter(t *testing.T) {
 }
 
 func TestWaitResultHonoursContext(t *testing.T) {
+	t.Parallel()
 	e := setupEnv(t, queue.Config{})
 	c := queue.NewClient(e.js, e.cfg)
 	ctx, cancel := context.WithTimeout(e.ctx, 300*time.Millisecond)
@@ -165,6 +171,7 @@ func TestWaitResultHonoursContext(t *testing.T) {
 }
 
 func TestWaitNextWalksPhases(t *testing.T) {
+	t.Parallel()
 	e := setupEnv(t, queue.Config{})
 	c := queue.NewClient(e.js, e.cfg)
 	_, err := queue.PublishResult(e.ctx, e.js, e.cfg, result("p", schemas.StatusPaused, "phase0"), 0)
@@ -187,6 +194,7 @@ func TestWaitNextWalksPhases(t *testing.T) {
 }
 
 func TestResultsWithoutFollowTerminates(t *testing.T) {
+	t.Parallel()
 	e := setupEnv(t, queue.Config{})
 	c := queue.NewClient(e.js, e.cfg)
 
@@ -226,6 +234,7 @@ func TestResultsWithoutFollowTerminates(t *testing.T) {
 }
 
 func TestResultsFollow(t *testing.T) {
+	t.Parallel()
 	e := setupEnv(t, queue.Config{})
 	c := queue.NewClient(e.js, e.cfg)
 	_, err := queue.PublishResult(e.ctx, e.js, e.cfg, result("a", schemas.StatusCompleted, ""), 0)
@@ -255,6 +264,7 @@ func TestResultsFollow(t *testing.T) {
 }
 
 func TestApprovalsEventsDeadAndDecisions(t *testing.T) {
+	t.Parallel()
 	e := setupEnv(t, queue.Config{})
 	c := queue.NewClient(e.js, e.cfg)
 
@@ -317,6 +327,7 @@ func TestApprovalsEventsDeadAndDecisions(t *testing.T) {
 }
 
 func TestCancel(t *testing.T) {
+	t.Parallel()
 	e := setupEnv(t, queue.Config{})
 	c := queue.NewClient(e.js, e.cfg)
 	_, err := c.Cancel(e.ctx, "j1")
@@ -334,6 +345,7 @@ func TestCancel(t *testing.T) {
 }
 
 func TestResultsWithoutFollowStopsOnBusyStream(t *testing.T) {
+	t.Parallel()
 	e := setupEnv(t, queue.Config{})
 	c := queue.NewClient(e.js, e.cfg)
 	for i := range 3 {
@@ -359,6 +371,7 @@ func TestResultsWithoutFollowStopsOnBusyStream(t *testing.T) {
 }
 
 func TestClientWithBadConfig(t *testing.T) {
+	t.Parallel()
 	e := setupEnv(t, queue.Config{})
 	c := queue.NewClient(e.js, queue.Config{Prefix: "bad prefix"})
 	_, err := c.Submit(e.ctx, validJob("x"))

@@ -12,6 +12,7 @@ import (
 )
 
 func TestConfigDefaults(t *testing.T) {
+	t.Parallel()
 	cfg := queue.Config{}.WithDefaults()
 	assert.Equal(t, "jetpilot", cfg.Prefix)
 	assert.Equal(t, 1, cfg.Replicas)
@@ -28,6 +29,7 @@ func TestConfigDefaults(t *testing.T) {
 }
 
 func TestConfigNames(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		prefix, upper string
 	}{
@@ -59,6 +61,7 @@ func TestConfigNames(t *testing.T) {
 }
 
 func TestSubjectOfDottedJobIDs(t *testing.T) {
+	t.Parallel()
 	cfg := queue.Config{}
 	// Dots inside an id are kept: external consumers subscribe to the id.
 	assert.Equal(t, "jetpilot.results.a.b", cfg.ResultSubject("a.b"))
@@ -68,6 +71,7 @@ func TestSubjectOfDottedJobIDs(t *testing.T) {
 }
 
 func TestValidateNames(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		name   string
 		err    error

@@ -14,6 +14,7 @@ import (
 )
 
 func TestStartEmbedded(t *testing.T) {
+	t.Parallel()
 	var logs testsupport.SyncBuffer
 	s, err := queue.StartEmbedded(queue.EmbeddedOptions{
 		Dir:        t.TempDir(),
@@ -40,6 +41,7 @@ func TestStartEmbedded(t *testing.T) {
 }
 
 func TestStartEmbeddedBadOptions(t *testing.T) {
+	t.Parallel()
 	_, err := queue.StartEmbedded(queue.EmbeddedOptions{})
 	require.ErrorContains(t, err, "Dir) is required")
 	_, err = queue.StartEmbedded(queue.EmbeddedOptions{Dir: t.TempDir(), Port: 70000})

@@ -11,6 +11,7 @@ import (
 )
 
 func TestRunKeyRoundTrip(t *testing.T) {
+	t.Parallel()
 	for _, id := range []string{"a", "build:42", "a.b", ".lead", "trail.", "a..b", "x:y:z.-_", "ABC-def_09"} {
 		key, err := queue.RunKey(id)
 		require.NoError(t, err, id)
@@ -34,6 +35,7 @@ func TestRunKeyRoundTrip(t *testing.T) {
 }
 
 func TestRunStore(t *testing.T) {
+	t.Parallel()
 	e := setupEnv(t, queue.Config{})
 	rs, err := queue.NewRunStore(e.ctx, e.js, e.cfg)
 	require.NoError(t, err)
@@ -160,6 +162,7 @@ func TestRunTransitions(t *testing.T) {
 }
 
 func TestRunStoreNeedsSetup(t *testing.T) {
+	t.Parallel()
 	e := setupEnv(t, queue.Config{})
 	_, err := queue.NewRunStore(e.ctx, e.js, queue.Config{Prefix: "nosuch"})
 	require.ErrorContains(t, err, "nosuch_runs")

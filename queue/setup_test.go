@@ -15,6 +15,7 @@ import (
 )
 
 func TestSetupStreamsMatchDesign(t *testing.T) {
+	t.Parallel()
 	e := setupEnv(t, queue.Config{})
 	// Twice: idempotent.
 	require.NoError(t, queue.Setup(e.ctx, e.js, queue.Config{}))
@@ -62,6 +63,7 @@ func TestSetupStreamsMatchDesign(t *testing.T) {
 }
 
 func TestSetupUpdatesSettings(t *testing.T) {
+	t.Parallel()
 	e := setupEnv(t, queue.Config{})
 	cfg := queue.Config{ResultsMaxAge: 48 * time.Hour, EventsMaxAge: 10 * time.Minute}
 	require.NoError(t, queue.Setup(e.ctx, e.js, cfg))
@@ -76,6 +78,7 @@ func TestSetupUpdatesSettings(t *testing.T) {
 }
 
 func TestSetupRejectsBadConfig(t *testing.T) {
+	t.Parallel()
 	_, _, js := testnats.Start(t)
 	err := queue.Setup(testCtx(t), js, queue.Config{Prefix: "has space"})
 	require.Error(t, err)
@@ -83,6 +86,7 @@ func TestSetupRejectsBadConfig(t *testing.T) {
 }
 
 func TestPrefixChangesEveryName(t *testing.T) {
+	t.Parallel()
 	cfg := queue.Config{Prefix: "acme"}
 	e := setupEnv(t, cfg)
 	for _, name := range []string{"ACME_JOBS", "ACME_RESULTS", "ACME_APPROVALS", "ACME_DECISIONS", "ACME_EVENTS", "ACME_DEAD"} {
@@ -113,6 +117,7 @@ func TestPrefixChangesEveryName(t *testing.T) {
 }
 
 func TestWorkerConsumerConfig(t *testing.T) {
+	t.Parallel()
 	e := setupEnv(t, queue.Config{})
 	cons, err := e.cfg.EnsureWorkerConsumer(e.ctx, e.js, nil)
 	require.NoError(t, err)
@@ -142,6 +147,7 @@ func TestWorkerConsumerConfig(t *testing.T) {
 }
 
 func TestProfileConsumers(t *testing.T) {
+	t.Parallel()
 	e := setupEnv(t, queue.Config{})
 	cons, err := e.cfg.EnsureWorkerConsumer(e.ctx, e.js, []string{"gpu", "cpu", "gpu"})
 	require.NoError(t, err)
@@ -178,6 +184,7 @@ func TestProfileConsumers(t *testing.T) {
 }
 
 func TestProfileConsumersAfterCatchAll(t *testing.T) {
+	t.Parallel()
 	e := setupEnv(t, queue.Config{})
 	_, err := e.cfg.EnsureWorkerConsumer(e.ctx, e.js, nil)
 	require.NoError(t, err)

@@ -15,6 +15,7 @@ func decision(extra string) string {
 }
 
 func TestDecodeDecisionValid(t *testing.T) {
+	t.Parallel()
 	cases := []struct {
 		name string
 		doc  string
@@ -42,6 +43,7 @@ func TestDecodeDecisionValid(t *testing.T) {
 }
 
 func TestDecodeDecisionInvalid(t *testing.T) {
+	t.Parallel()
 	cases := []struct {
 		name, doc, field, reason string
 		n                        int // problems in all; 0 means 1
@@ -96,6 +98,7 @@ func TestDecodeDecisionInvalid(t *testing.T) {
 }
 
 func TestDecodeDecisionPartial(t *testing.T) {
+	t.Parallel()
 	d, err := DecodeDecision([]byte(`{"approval_id":"a1","job_id":"j1","all":"maybe"}`))
 	require.Error(t, err)
 	assert.Equal(t, Decision{ApprovalID: "a1", JobID: "j1"}, d, "ids survive so the error event can name the approval")

@@ -191,6 +191,7 @@ func TestJobFastPathDifferential(t *testing.T) {
 // TestJobFastPathTakesCommonJobs: the ordinary valid jobs do not pay for
 // full validation, and the doubtful ones go to it.
 func TestJobFastPathTakesCommonJobs(t *testing.T) {
+	t.Parallel()
 	for _, file := range []string{"examples/job-full.json", "examples/job-minimal.json"} {
 		data, err := os.ReadFile(file)
 		require.NoError(t, err)

@@ -332,6 +332,7 @@ func assertJobRoundTrips(t *testing.T, j Job) {
 }
 
 func TestJobIDOf(t *testing.T) {
+	t.Parallel()
 	cases := []struct{ doc, want string }{
 		{`{"id":"a1","prompt":"p"}`, "a1"},
 		{`{"prompt":"p","nested":{"id":"inner"},"list":[{"id":"x"}],"id":"outer"}`, "outer"},
@@ -355,6 +356,7 @@ func TestJobIDOf(t *testing.T) {
 }
 
 func TestValidJobID(t *testing.T) {
+	t.Parallel()
 	assert.True(t, ValidJobID("a"))
 	assert.True(t, ValidJobID("AZaz09._:-"))
 	assert.True(t, ValidJobID(strings.Repeat("x", 128)))
@@ -364,6 +366,7 @@ func TestValidJobID(t *testing.T) {
 }
 
 func TestValidationErrorDefaults(t *testing.T) {
+	t.Parallel()
 	// The worker builds its own for problems only it can see.
 	verr := &ValidationError{Problems: []FieldError{{Field: "profile", Reason: "wrong subject"}}}
 	assert.Equal(t, "invalid job: profile: wrong subject", verr.Error())

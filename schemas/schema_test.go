@@ -16,6 +16,7 @@ import (
 )
 
 func TestSchemasCompile(t *testing.T) {
+	t.Parallel()
 	for _, name := range Names() {
 		s, err := schemaFor(name)
 		require.NoError(t, err, name)
@@ -34,6 +35,7 @@ func TestSchemasCompile(t *testing.T) {
 }
 
 func TestSchemaNames(t *testing.T) {
+	t.Parallel()
 	for _, name := range []string{"job", "jetpilot.job.v1", "job.v1.json", JobSchemaID} {
 		_, err := schemaFor(name)
 		require.NoError(t, err, name)
@@ -50,6 +52,7 @@ func TestSchemaNames(t *testing.T) {
 }
 
 func TestValidateInputs(t *testing.T) {
+	t.Parallel()
 	ok := `{"id":"j","prompt":"p"}`
 	require.NoError(t, Validate("job", []byte(ok)))
 	require.NoError(t, Validate("job", json.RawMessage(ok)))
@@ -107,6 +110,7 @@ func readExamples(t *testing.T) map[string][]byte {
 }
 
 func TestExamplesValidate(t *testing.T) {
+	t.Parallel()
 	for name, data := range readExamples(t) {
 		t.Run(name, func(t *testing.T) {
 			require.NoError(t, Validate(exampleSchema(name), data))
@@ -117,6 +121,7 @@ func TestExamplesValidate(t *testing.T) {
 // TestExamplesRoundTrip decodes every example into its Go type and
 // marshals it back: nothing the example says may be lost on the way.
 func TestExamplesRoundTrip(t *testing.T) {
+	t.Parallel()
 	for name, data := range readExamples(t) {
 		t.Run(name, func(t *testing.T) {
 			var v any
@@ -252,6 +257,7 @@ func fullValues() map[string][]any {
 // TestFullValuesAreFull fails when a Go type gains a field fullValues does
 // not set, so TestGoTypesMatchSchemas keeps covering every field.
 func TestFullValuesAreFull(t *testing.T) {
+	t.Parallel()
 	for name, values := range fullValues() {
 		set := map[string]bool{}
 		for _, v := range values {
@@ -317,6 +323,7 @@ func collectSetFields(v reflect.Value, prefix string, set map[string]bool) {
 // its schema accepts, every key it writes is declared by the schema, and
 // every property the schema declares is written by the type.
 func TestGoTypesMatchSchemas(t *testing.T) {
+	t.Parallel()
 	for name, values := range fullValues() {
 		t.Run(name, func(t *testing.T) {
 			s, err := schemaFor(name)
@@ -402,6 +409,7 @@ func declaredProps(root, node map[string]any, path string, out map[string]bool, 
 }
 
 func TestDeadLetterSetJob(t *testing.T) {
+	t.Parallel()
 	cases := []struct {
 		name, in string
 		job      string
@@ -427,6 +435,7 @@ func TestDeadLetterSetJob(t *testing.T) {
 }
 
 func TestEventTypesMatchSchema(t *testing.T) {
+	t.Parallel()
 	s, err := schemaFor("event")
 	require.NoError(t, err)
 	enum := s.doc.(map[string]any)["properties"].(map[string]any)["type"].(map[string]any)["enum"].([]any)

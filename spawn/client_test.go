@@ -37,6 +37,7 @@ func rawServer(t *testing.T, h http.HandlerFunc) string {
 }
 
 func TestNewClientBadInput(t *testing.T) {
+	t.Parallel()
 	for _, base := range []string{"", "  ", "ftp://x", "http://", "http://user:pw@127.0.0.1:1", "://bad"} {
 		_, err := NewClient(ClientOptions{BaseURL: base})
 		assert.Error(t, err, base)
@@ -55,6 +56,7 @@ func TestNewClientBadInput(t *testing.T) {
 }
 
 func TestClientAuthHeader(t *testing.T) {
+	t.Parallel()
 	var mu sync.Mutex
 	var seen []http.Header
 	base := rawServer(t, func(w http.ResponseWriter, r *http.Request) {
@@ -80,6 +82,7 @@ func TestClientAuthHeader(t *testing.T) {
 }
 
 func TestClientTokenNeverInErrors(t *testing.T) {
+	t.Parallel()
 	const secret = "very-secret-token-123"
 	srv, base := agentsimtest.New(t, agentsim.Options{Token: "the-right-one"})
 	c := newTestClient(t, base, secret)
@@ -120,6 +123,7 @@ func TestClientTokenNeverInErrors(t *testing.T) {
 }
 
 func TestClientErrorCodes(t *testing.T) {
+	t.Parallel()
 	srv, base := agentsimtest.New(t, agentsim.Options{Token: "tok"})
 	c := newTestClient(t, base, "tok")
 	ctx := t.Context()
@@ -219,6 +223,7 @@ func TestClientErrorCodes(t *testing.T) {
 }
 
 func TestClientTransientClassification(t *testing.T) {
+	t.Parallel()
 	status := func(code int, body string) string {
 		return rawServer(t, func(w http.ResponseWriter, r *http.Request) {
 			w.WriteHeader(code)
@@ -283,6 +288,7 @@ func TestClientTransientClassification(t *testing.T) {
 }
 
 func TestClientMessagesContentForms(t *testing.T) {
+	t.Parallel()
 	base := rawServer(t, func(w http.ResponseWriter, r *http.Request) {
 		assert.Equal(t, "/v1/sessions/s%2F1/messages", r.URL.EscapedPath())
 		assert.Equal(t, "5", r.URL.Query().Get("limit"))
@@ -304,6 +310,7 @@ func TestClientMessagesContentForms(t *testing.T) {
 }
 
 func TestClientEventsRejectsNonSSE(t *testing.T) {
+	t.Parallel()
 	base := rawServer(t, func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = w.Write([]byte(`{}`))
@@ -313,6 +320,7 @@ func TestClientEventsRejectsNonSSE(t *testing.T) {
 }
 
 func TestClientEventsLastEventIDHeader(t *testing.T) {
+	t.Parallel()
 	got := make(chan string, 2)
 	base := rawServer(t, func(w http.ResponseWriter, r *http.Request) {
 		v, ok := r.Header["Last-Event-Id"]
@@ -342,6 +350,7 @@ func TestClientEventsLastEventIDHeader(t *testing.T) {
 // Request bodies are measured as sent: < > & are not escaped to six bytes
 // each, so a prompt of shell redirects stays its own size.
 func TestClientDoesNotEscapeHTML(t *testing.T) {
+	t.Parallel()
 	srv, base := agentsimtest.New(t, agentsim.Options{})
 	c := newTestClient(t, base, "")
 	sess, err := c.CreateSession(t.Context(), CreateSessionRequest{Title: "<&>"}, "")

@@ -11,6 +11,7 @@ import (
 )
 
 func TestEventStreamDecodes(t *testing.T) {
+	t.Parallel()
 	in := "" +
 		": keepalive\n\n" +
 		"id: 1\nevent: run_started\ndata: {\"id\":1,\"session_id\":\"s\",\"run_id\":\"r\",\"timestamp\":\"2025-01-02T03:04:05Z\",\"event\":{\"RunStarted\":{\"run_id\":\"r\"}}}\n\n" +
@@ -74,6 +75,7 @@ func TestEventStreamDecodes(t *testing.T) {
 }
 
 func TestEventStreamActivity(t *testing.T) {
+	t.Parallel()
 	var calls int
 	s := NewEventStream(io.NopCloser(strings.NewReader(": keepalive\n\n")), StreamOptions{OnActivity: func() { calls++ }})
 	_, err := s.Next()
@@ -82,6 +84,7 @@ func TestEventStreamActivity(t *testing.T) {
 }
 
 func TestEventStreamOversizeKeepsGoing(t *testing.T) {
+	t.Parallel()
 	in := "id: 1\nevent: text_delta\ndata: {\"id\":1,\"event\":{\"TextDelta\":{\"run_id\":\"r\",\"delta\":\"" + strings.Repeat("a", 2000) + "\"}}}\n\n" +
 		"id: 2\nevent: text_delta\ndata: {\"id\":2,\"event\":{\"TextDelta\":{\"run_id\":\"r\",\"delta\":\"b\"}}}\n\n"
 	s := NewEventStream(io.NopCloser(strings.NewReader(in)), StreamOptions{MaxFrameBytes: 512})

@@ -9,6 +9,7 @@ import (
 )
 
 func TestBareToolName(t *testing.T) {
+	t.Parallel()
 	for in, want := range map[string]string{
 		"stakpak__run_command": "run_command",
 		"run_command":          "run_command",
@@ -23,6 +24,7 @@ func TestBareToolName(t *testing.T) {
 }
 
 func TestPolicy(t *testing.T) {
+	t.Parallel()
 	aa := func(mode string, tools ...string) *schemas.Overrides {
 		return &schemas.Overrides{AutoApprove: &schemas.AutoApprove{Mode: mode, Tools: tools}}
 	}

@@ -43,6 +43,7 @@ func frameStrings(fs []Frame) []string {
 }
 
 func TestSSESpecCases(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name string
 		in   string
@@ -79,6 +80,7 @@ func TestSSESpecCases(t *testing.T) {
 }
 
 func TestSSECommentsReported(t *testing.T) {
+	t.Parallel()
 	var comments []string
 	_, _, err := readAll(t, strings.NewReader(": keepalive\n\n:x\n\n: a\r\n\r\n"), SSEOptions{
 		OnComment: func(c string) { comments = append(comments, c) },
@@ -88,6 +90,7 @@ func TestSSECommentsReported(t *testing.T) {
 }
 
 func TestSSEHasID(t *testing.T) {
+	t.Parallel()
 	frames, _, err := readAll(t, strings.NewReader("id: 1\ndata: a\n\ndata: b\n\n"), SSEOptions{})
 	require.ErrorIs(t, err, io.EOF)
 	require.Len(t, frames, 2)
@@ -106,6 +109,7 @@ const sseSample = ": keepalive\n\n" +
 	"id: 4\nevent: last\ndata: ✓✓\n\n"
 
 func TestSSESplitAtEveryOffset(t *testing.T) {
+	t.Parallel()
 	want, _, err := readAll(t, strings.NewReader(sseSample), SSEOptions{})
 	require.ErrorIs(t, err, io.EOF)
 	require.Len(t, want, 4)
@@ -153,6 +157,7 @@ func (c *chunkReader) Read(p []byte) (int, error) {
 }
 
 func TestSSECRLFSplitBetweenCRAndLF(t *testing.T) {
+	t.Parallel()
 	r := &chunkReader{chunks: [][]byte{[]byte("data: a\r"), []byte("\ndata: b\r"), []byte("\n\r"), []byte("\n")}}
 	frames, _, err := readAll(t, r, SSEOptions{})
 	require.ErrorIs(t, err, io.EOF)
@@ -160,6 +165,7 @@ func TestSSECRLFSplitBetweenCRAndLF(t *testing.T) {
 }
 
 func TestSSEFrameCap(t *testing.T) {
+	t.Parallel()
 	big := strings.Repeat("x", 5000)
 	in := "id: 1\nevent: small\ndata: ok\n\n" +
 		"id: 2\nevent: huge\ndata: " + big + "\ndata: more\n\n" +
@@ -179,6 +185,7 @@ func TestSSEFrameCap(t *testing.T) {
 }
 
 func TestSSEFrameCapManySmallLines(t *testing.T) {
+	t.Parallel()
 	// Many data lines, each small, adding up past the cap.
 	in := strings.Repeat("data: 0123456789\n", 200) + "\ndata: next\n\n"
 	frames, skipped, err := readAll(t, strings.NewReader(in), SSEOptions{MaxFrameBytes: 1000})
@@ -203,6 +210,7 @@ func (e *endlessReader) Read(p []byte) (int, error) {
 }
 
 func TestSSEEndlessLineIsAnErrorNotMemory(t *testing.T) {
+	t.Parallel()
 	sr := NewSSEReader(io.MultiReader(strings.NewReader("data: "), &endlessReader{n: 4 << 20}), SSEOptions{MaxFrameBytes: 64 << 10})
 	_, err := sr.Next()
 	require.ErrorIs(t, err, ErrFrameTooLarge)
@@ -213,6 +221,7 @@ func TestSSEEndlessLineIsAnErrorNotMemory(t *testing.T) {
 }
 
 func TestSSEReadErrorPropagates(t *testing.T) {
+	t.Parallel()
 	boom := errors.New("connection reset by peer")
 	r := &chunkReader{chunks: [][]byte{[]byte("data: a\n\ndata: partial")}, err: boom}
 	sr := NewSSEReader(r, SSEOptions{})
@@ -224,6 +233,7 @@ func TestSSEReadErrorPropagates(t *testing.T) {
 }
 
 func TestSSENoProgressReader(t *testing.T) {
+	t.Parallel()
 	sr := NewSSEReader(zeroReader{}, SSEOptions{})
 	_, err := sr.Next()
 	require.ErrorIs(t, err, io.ErrNoProgress)

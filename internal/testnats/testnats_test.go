@@ -13,6 +13,7 @@ import (
 )
 
 func TestStart(t *testing.T) {
+	t.Parallel()
 	s, nc, js := testnats.Start(t)
 	assert.Regexp(t, `^nats://127\.0\.0\.1:\d+$`, testnats.URL(s))
 	assert.True(t, nc.IsConnected())
@@ -23,6 +24,7 @@ func TestStart(t *testing.T) {
 }
 
 func TestRestartKeepsData(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
