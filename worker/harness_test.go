@@ -165,14 +165,6 @@ func (h *harness) tryAll(stream, subject string) ([]jetstream.Msg, error) {
 	return testsupport.ReadStream(ctx, h.js, stream, subject)
 }
 
-// all is tryAll on the test goroutine: an error fails the test.
-func (h *harness) all(stream, subject string) []jetstream.Msg {
-	h.t.Helper()
-	msgs, err := h.tryAll(stream, subject)
-	require.NoError(h.t, err)
-	return msgs
-}
-
 // tryDecodeAll decodes every message on subject of stream; like tryAll it
 // fails no test.
 func tryDecodeAll[T any](h *harness, stream, subject string) ([]T, error) {
