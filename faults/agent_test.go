@@ -464,7 +464,7 @@ func TestCancelPausedAndThinkingRuns(t *testing.T) {
 		if assert.NoError(t, err, "cancel %s", id) {
 			// The first answer wins: the holder's "cancelling", or another
 			// worker's "cancel_requested" (recorded for the holder).
-			assert.Regexp(t, `"status":"(cancelling|cancel_requested)"`, string(reply), "cancel %s", id)
+			assert.Regexp(t, `"outcome":"(cancelling|cancel_requested)"`, string(reply), "cancel %s", id)
 		}
 	})
 	// The paused runs: cancel each with the CLI once its pause is out.

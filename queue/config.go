@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/jetpilot-dev/jetpilot/schemas"
 )
 
 // Config names every JetStream object jetpilot uses and holds their limits.
@@ -156,38 +158,24 @@ func (cfg Config) Validate() error {
 // ValidatePrefix checks that prefix can start subjects, stream names, the
 // bucket name and consumer names: 1-64 letters, digits, '_' or '-'.
 func ValidatePrefix(prefix string) error {
-	if err := checkName(prefix, 64, false); err != nil {
+	if err := checkName(prefix, 64); err != nil {
 		return fmt.Errorf("prefix %q: %w", prefix, err)
 	}
 	return nil
 }
 
 // ValidateProfile checks that profile is one NATS subject token that can
-// also end a consumer name: 1-64 letters, digits, '_' or '-' (no spaces,
-// dots or wildcards).
-func ValidateProfile(profile string) error {
-	if err := checkName(profile, 64, false); err != nil {
-		return fmt.Errorf("profile %q: %w", profile, err)
-	}
-	return nil
-}
+// also end a consumer name; the rule is schemas.ValidateProfile's.
+func ValidateProfile(profile string) error { return schemas.ValidateProfile(profile) }
 
-// ValidateJobID checks a job id as DESIGN.md defines it: 1-128 characters
-// of A-Za-z0-9._:- . Everything that puts a job id on a subject or in the
-// KV store checks it first, so a bad id is a clear error, not a malformed
-// subject.
-func ValidateJobID(id string) error {
-	if err := checkName(id, 128, true); err != nil {
-		return fmt.Errorf("job id %q: %w", id, err)
-	}
-	return nil
-}
+// ValidateJobID checks a job id as DESIGN.md defines it (the rule is
+// schemas.ValidateJobID's). Everything that puts a job id on a subject or in
+// the KV store checks it first, so a bad id is a clear error, not a
+// malformed subject.
+func ValidateJobID(id string) error { return schemas.ValidateJobID(id) }
 
-func checkName(s string, maxLen int, jobID bool) error {
-	allowed := "letters, digits, '_' or '-'"
-	if jobID {
-		allowed = "A-Za-z0-9._:-"
-	}
+func checkName(s string, maxLen int) error {
+	const allowed = "letters, digits, '_' or '-'"
 	if s == "" {
 		return errors.New("must not be empty")
 	}
@@ -198,7 +186,6 @@ func checkName(s string, maxLen int, jobID bool) error {
 		c := s[i]
 		switch {
 		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '_', c == '-':
-		case jobID && (c == '.' || c == ':'):
 		default:
 			what := fmt.Sprintf("%q", c)
 			switch c {
