@@ -158,7 +158,7 @@ func (cfg Config) Validate() error {
 // ValidatePrefix checks that prefix can start subjects, stream names, the
 // bucket name and consumer names: 1-64 letters, digits, '_' or '-'.
 func ValidatePrefix(prefix string) error {
-	if err := checkName(prefix, 64); err != nil {
+	if err := schemas.CheckName(prefix, 64); err != nil {
 		return fmt.Errorf("prefix %q: %w", prefix, err)
 	}
 	return nil
@@ -173,34 +173,6 @@ func ValidateProfile(profile string) error { return schemas.ValidateProfile(prof
 // the KV store checks it first, so a bad id is a clear error, not a
 // malformed subject.
 func ValidateJobID(id string) error { return schemas.ValidateJobID(id) }
-
-func checkName(s string, maxLen int) error {
-	const allowed = "letters, digits, '_' or '-'"
-	if s == "" {
-		return errors.New("must not be empty")
-	}
-	if len(s) > maxLen {
-		return fmt.Errorf("must be at most %d characters of %s (got %d)", maxLen, allowed, len(s))
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch {
-		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '_', c == '-':
-		default:
-			what := fmt.Sprintf("%q", c)
-			switch c {
-			case ' ', '\t', '\n', '\r':
-				what = "whitespace"
-			case '.':
-				what = "a dot"
-			case '*', '>':
-				what = fmt.Sprintf("the wildcard %q", c)
-			}
-			return fmt.Errorf("contains %s at byte %d; only %s are allowed", what, i, allowed)
-		}
-	}
-	return nil
-}
 
 // subjectID turns a job id into the subject tokens that end its subjects.
 // A valid job id is used as is, except that an empty dot-separated part

@@ -74,6 +74,12 @@ func badByte(s string, jobID bool) int {
 	return -1
 }
 
+// CheckName checks that s is 1 to maxLen letters, digits, '_' or '-' (a
+// profile's characters): one NATS subject token that can also be part of a
+// stream, bucket or consumer name. The error says what is wrong, without
+// naming s, for the caller to prefix.
+func CheckName(s string, maxLen int) error { return checkToken(s, maxLen, false) }
+
 func checkToken(s string, maxLen int, jobID bool) error {
 	allowed := profileChars
 	if jobID {

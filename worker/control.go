@@ -49,16 +49,6 @@ func (w *Worker) publishControl(ctx context.Context, jobID, approvalID, kind str
 	return nil
 }
 
-// handleControl takes one control message from delivery to settling.
-func (w *Worker) handleControl(ctx context.Context, msg jetstream.Msg) {
-	p, o := w.fetchControl(ctx, msg)
-	defer w.beats.hold(msg, p.log)()
-	if o == nil {
-		o = w.execute(ctx, p)
-	}
-	w.settle(ctx, p, *o)
-}
-
 // fetchControl reads a control message and the job's run record, and
 // returns the phase, and the outcome unless the message resumes the run.
 func (w *Worker) fetchControl(ctx context.Context, msg jetstream.Msg) (*phase, *outcome) {

@@ -29,16 +29,6 @@ func resumeHint(approvalID, jobID string) string {
 	return fmt.Sprintf("jetpilot approve %s --job %s --allow", approvalID, jobID)
 }
 
-// handleDecision takes one human decision from delivery to settling.
-func (w *Worker) handleDecision(ctx context.Context, msg jetstream.Msg) {
-	p, o := w.fetchDecision(ctx, msg)
-	defer w.beats.hold(msg, p.log)()
-	if o == nil {
-		o = w.execute(ctx, p)
-	}
-	w.settle(ctx, p, *o)
-}
-
 // fetchDecision decodes a decision and checks it against the job's run
 // record. It returns the phase, and the outcome unless the decision resumes
 // the run (then the phase is executed).

@@ -18,13 +18,13 @@ import (
 
 // A message's life in the worker is fetch → execute → settle:
 //
-//   - fetch (pull, in worker.go) hands each message to a handler: handle for
-//     a job, handleDecision for a human's decision, handleControl for a
-//     worker's own control message;
-//   - the handler reads what the message and the run record say, and either
-//     knows the outcome at once (an invalid job, a redelivery of a settled
-//     one, a refused decision) or executes the phase (execute: run or
-//     re-attach, follow to the next pause or the end);
+//   - fetch: the pull loops (worker.go) hand each message to its fetcher —
+//     fetchJob for a job, fetchDecision (decide.go) for a human's decision,
+//     fetchControl (control.go) for a worker's own control message — which
+//     reads what the message and the run record say, and either knows the
+//     outcome at once (an invalid job, a redelivery of a settled one, a
+//     refused decision) or returns the phase to execute;
+//   - execute: run or re-attach, and follow to the next pause or the end;
 //   - settle (settle.go) turns the outcome into the record transition, the
 //     result, the dead letter and the message action.
 
@@ -59,14 +59,22 @@ func deliveryOf(msg jetstream.Msg) (attempt int, meta *jetstream.MsgMetadata) {
 	return attempt, nil
 }
 
-// handle takes one job message from delivery to settling.
-func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) {
-	p, o := w.fetchJob(ctx, msg)
-	defer w.beats.hold(msg, p.log)()
-	if o == nil {
-		o = w.execute(ctx, p)
+// fetcher reads one message and what is recorded of its job: the phase,
+// and the outcome when it is known without executing the phase.
+type fetcher func(ctx context.Context, msg jetstream.Msg) (*phase, *outcome)
+
+// serve takes each message of one kind from delivery to settling: fetch,
+// execute (unless the outcome is already known), settle. The message is
+// held (heartbeats) until it is settled.
+func (w *Worker) serve(fetch fetcher) func(context.Context, jetstream.Msg) {
+	return func(ctx context.Context, msg jetstream.Msg) {
+		p, o := fetch(ctx, msg)
+		defer w.beats.hold(msg, p.log)()
+		if o == nil {
+			o = w.execute(ctx, p)
+		}
+		w.settle(ctx, p, *o)
 	}
-	w.settle(ctx, p, *o)
 }
 
 // fetchJob decodes a job message and reads its run record. It returns the

@@ -165,10 +165,10 @@ func (w *Worker) Run(ctx context.Context) error {
 	// of theirs must not hold a job slot, and resuming a paused run must not
 	// wait behind new jobs.
 	resume := make(chan struct{}, w.opts.Concurrency)
-	pulls := []source{{deciders, resume, w.handleDecision}, {controllers, resume, w.handleControl}}
+	pulls := []source{{deciders, resume, w.serve(w.fetchDecision)}, {controllers, resume, w.serve(w.fetchControl)}}
 	for _, c := range consumers {
 		w.noteConsumer(c)
-		pulls = append(pulls, source{c, w.slots, w.handle})
+		pulls = append(pulls, source{c, w.slots, w.serve(w.fetchJob)})
 	}
 	for _, p := range pulls {
 		loops.Add(1)
@@ -180,24 +180,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	w.log.Info("worker started", "concurrency", w.opts.Concurrency, "consumers", len(consumers))
 	loops.Wait()
 
-	idle := make(chan struct{})
-	go func() {
-		jobs.Wait()
-		close(idle)
-	}()
-	running := w.running()
-	if running > 0 {
-		w.log.Info("shutting down: waiting for running jobs", "running", running, "grace", w.opts.ShutdownGrace)
-	}
-	grace := time.NewTimer(w.opts.ShutdownGrace)
-	defer grace.Stop()
-	select {
-	case <-idle:
-	case <-grace.C:
-		w.log.Warn("shutdown grace over: handing running jobs back", "running", w.running(), "mode", w.opts.ShutdownMode)
-		cancelJobs()
-		<-idle
-	}
+	w.drain(&jobs, cancelJobs)
 	w.log.Info("worker stopped")
 	return nil
 }
@@ -282,6 +265,29 @@ func (w *Worker) pull(ctx, jobCtx context.Context, c jetstream.Consumer, slots c
 			continue
 		}
 		retry = 0
+	}
+}
+
+// drain waits for the jobs in hand to finish within ShutdownGrace, then
+// cancels their context (they are handed back, see ShutdownMode) and waits
+// for them to be settled.
+func (w *Worker) drain(jobs *sync.WaitGroup, cancelJobs context.CancelFunc) {
+	idle := make(chan struct{})
+	go func() {
+		jobs.Wait()
+		close(idle)
+	}()
+	if running := w.running(); running > 0 {
+		w.log.Info("shutting down: waiting for running jobs", "running", running, "grace", w.opts.ShutdownGrace)
+	}
+	grace := time.NewTimer(w.opts.ShutdownGrace)
+	defer grace.Stop()
+	select {
+	case <-idle:
+	case <-grace.C:
+		w.log.Warn("shutdown grace over: handing running jobs back", "running", w.running(), "mode", w.opts.ShutdownMode)
+		cancelJobs()
+		<-idle
 	}
 }
 
