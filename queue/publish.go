@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
@@ -51,7 +50,11 @@ func PublishResult(ctx context.Context, js jetstream.JetStream, cfg Config, res 
 	if phase < 0 {
 		return nil, fmt.Errorf("publish result for job %s: phase must not be negative, got %d", res.JobID, phase)
 	}
-	ack, err := publishJSON(ctx, js, cfg.ResultsStream(), cfg.ResultSubject(res.JobID), ResultMsgID(res.JobID, phase), res)
+	data, err := FitResult(res, PayloadLimit(js))
+	if err != nil {
+		return nil, fmt.Errorf("publish result for job %s: encode: %w", res.JobID, err)
+	}
+	ack, err := publishData(ctx, js, cfg.ResultsStream(), cfg.ResultSubject(res.JobID), ResultMsgID(res.JobID, phase), data)
 	if err != nil {
 		return nil, fmt.Errorf("publish result for job %s phase %d: %w", res.JobID, phase, err)
 	}
@@ -67,7 +70,11 @@ func PublishApproval(ctx context.Context, js jetstream.JetStream, cfg Config, re
 	if req.ApprovalID == "" {
 		return nil, fmt.Errorf("publish approval for job %s: approval id is empty", req.JobID)
 	}
-	ack, err := publishJSON(ctx, js, cfg.ApprovalsStream(), cfg.ApprovalSubject(req.JobID), req.ApprovalID, req)
+	data, err := FitApproval(req, PayloadLimit(js))
+	if err != nil {
+		return nil, fmt.Errorf("publish approval %s: %w", req.ApprovalID, err)
+	}
+	ack, err := publishData(ctx, js, cfg.ApprovalsStream(), cfg.ApprovalSubject(req.JobID), req.ApprovalID, data)
 	if err != nil {
 		return nil, fmt.Errorf("publish approval %s for job %s: %w", req.ApprovalID, req.JobID, err)
 	}
@@ -116,7 +123,11 @@ func PublishDead(ctx context.Context, js jetstream.JetStream, cfg Config, dl sch
 		}
 		subjectID = dl.JobID
 	}
-	ack, err := publishJSON(ctx, js, cfg.DeadStream(), cfg.DeadSubject(subjectID), DeadMsgID(dl), dl)
+	data, err := FitDead(dl, PayloadLimit(js))
+	if err != nil {
+		return nil, fmt.Errorf("publish dead letter for job %q: encode: %w", dl.JobID, err)
+	}
+	ack, err := publishData(ctx, js, cfg.DeadStream(), cfg.DeadSubject(subjectID), DeadMsgID(dl), data)
 	if err != nil {
 		return nil, fmt.Errorf("publish dead letter for job %q: %w", dl.JobID, err)
 	}
@@ -127,12 +138,18 @@ func PublishDead(ctx context.Context, js jetstream.JetStream, cfg Config, dl sch
 // missing or misconfigured stream is an error rather than a lost message.
 // msgID "" publishes without a Nats-Msg-Id.
 func publishJSON(ctx context.Context, js jetstream.JetStream, stream, subject, msgID string, v any) (*jetstream.PubAck, error) {
-	data, err := json.Marshal(v)
+	data, err := Encode(v)
 	if err != nil {
 		return nil, fmt.Errorf("marshal: %w", err)
 	}
+	if limit := PayloadLimit(js); len(data) > limit {
+		return nil, fmt.Errorf("%w: %d bytes encoded, over the %d a message may hold", ErrTooLarge, len(data), limit)
+	}
 	return publishData(ctx, js, stream, subject, msgID, data)
 }
+
+// ErrTooLarge: a message does not fit the connection's MaxPayload.
+var ErrTooLarge = errors.New("message too large")
 
 func publishData(ctx context.Context, js jetstream.JetStream, stream, subject, msgID string, data []byte) (*jetstream.PubAck, error) {
 	opts := []jetstream.PublishOpt{jetstream.WithExpectStream(stream)}

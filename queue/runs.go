@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/jetpilot-dev/jetpilot/schemas"
@@ -71,6 +72,9 @@ type RunRecord struct {
 	// (agent server down or refusing the token): it is retried until
 	// the worker's start budget, counted from then, is spent.
 	StartFailedAt time.Time `json:"start_failed_at,omitzero"`
+	// SettleFailures counts the phase outcomes that could not be published;
+	// at the worker's MaxDeliver the job ends with a minimal result.
+	SettleFailures int `json:"settle_failures,omitempty"`
 	// ToolCalls counts the calls settled in earlier phases.
 	ToolCalls schemas.ToolCallCounts `json:"tool_calls"`
 	// CancelRequested asks the worker that re-attaches to cancel the run:
@@ -93,7 +97,11 @@ var (
 // RunStore keeps RunRecords in the "<prefix>_runs" KV bucket, keyed by
 // RunKey(job id). Safe for concurrent use.
 type RunStore struct {
-	kv jetstream.KeyValue
+	kv     jetstream.KeyValue
+	js     jetstream.JetStream
+	bucket string
+	limit  int           // encoded bytes a record may take (the connection's MaxPayload)
+	ttl    time.Duration // how long a settled record is kept
 }
 
 // NewRunStore binds to the runs bucket, which Setup creates.
@@ -105,7 +113,8 @@ func NewRunStore(ctx context.Context, js jetstream.JetStream, cfg Config) (*RunS
 	if err != nil {
 		return nil, fmt.Errorf("open run store (KV bucket %s; has `jetpilot setup` run?): %w", cfg.RunsBucket(), err)
 	}
-	return &RunStore{kv: kv}, nil
+	cfg = cfg.WithDefaults()
+	return &RunStore{kv: kv, js: js, bucket: cfg.RunsBucket(), limit: PayloadLimit(js), ttl: cfg.ResultsMaxAge}, nil
 }
 
 // RunKey is the KV key of a job's run. Job ids may hold ':' (not a KV key
@@ -194,7 +203,7 @@ func (s *RunStore) Get(ctx context.Context, jobID string) (RunRecord, uint64, er
 // create records a new run; ErrRunExists if the job already has one. This
 // is the claim that makes an agent run start at most once per job.
 func (s *RunStore) create(ctx context.Context, rec RunRecord) (uint64, error) {
-	key, data, err := encodeRun(rec)
+	key, data, err := s.encodeRun(rec)
 	if err != nil {
 		return 0, fmt.Errorf("create run: %w", err)
 	}
@@ -211,7 +220,7 @@ func (s *RunStore) create(ctx context.Context, rec RunRecord) (uint64, error) {
 // update replaces the run if its revision is still expectedRev
 // (compare-and-set); ErrRevisionMismatch otherwise.
 func (s *RunStore) update(ctx context.Context, rec RunRecord, expectedRev uint64) (uint64, error) {
-	key, data, err := encodeRun(rec)
+	key, data, err := s.encodeRun(rec)
 	if err != nil {
 		return 0, fmt.Errorf("update run: %w", err)
 	}
@@ -225,7 +234,7 @@ func (s *RunStore) update(ctx context.Context, rec RunRecord, expectedRev uint64
 	return rev, nil
 }
 
-func encodeRun(rec RunRecord) (string, []byte, error) {
+func (s *RunStore) encodeRun(rec RunRecord) (string, []byte, error) {
 	key, err := RunKey(rec.JobID)
 	if err != nil {
 		return "", nil, err
@@ -236,9 +245,32 @@ func encodeRun(rec RunRecord) (string, []byte, error) {
 		return "", nil, fmt.Errorf("job %s: state must be starting, running, paused or done, got %q", rec.JobID, rec.State)
 	}
 	rec.UpdatedAt = time.Now().UTC()
-	data, err := json.Marshal(rec)
+	data, err := fitRecord(rec, s.limit)
 	if err != nil {
-		return "", nil, fmt.Errorf("job %s: marshal run record: %w", rec.JobID, err)
+		return "", nil, fmt.Errorf("job %s: encode run record: %w", rec.JobID, err)
 	}
 	return key, data, nil
+}
+
+// finishWithTTL writes a settled record so that it expires after s.ttl: a
+// publish to the bucket's subject for the key with a per-message TTL and a
+// check that the key is still at expectedRev (what Update does), since
+// nats.go's KV takes a TTL only on Create, and a delete then create would
+// let a crash in between start a second run. The bucket needs
+// LimitMarkerTTL (Setup sets it).
+func (s *RunStore) finishWithTTL(ctx context.Context, rec RunRecord, expectedRev uint64) (uint64, error) {
+	key, data, err := s.encodeRun(rec)
+	if err != nil {
+		return 0, fmt.Errorf("finish run: %w", err)
+	}
+	msg := &nats.Msg{Subject: "$KV." + s.bucket + "." + key, Data: data}
+	ack, err := s.js.PublishMsg(ctx, msg, jetstream.WithExpectLastSequencePerSubject(expectedRev), jetstream.WithMsgTTL(s.ttl))
+	if err != nil {
+		var apiErr *jetstream.APIError
+		if errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence {
+			return 0, fmt.Errorf("finish run of job %s at revision %d: %w", rec.JobID, expectedRev, ErrRevisionMismatch)
+		}
+		return 0, fmt.Errorf("finish run of job %s: %w", rec.JobID, err)
+	}
+	return ack.Sequence, nil
 }

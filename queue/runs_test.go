@@ -1,8 +1,10 @@
 package queue_test
 
 import (
+	"errors"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -166,4 +168,32 @@ func TestRunStoreNeedsSetup(t *testing.T) {
 	e := setupEnv(t, queue.Config{})
 	_, err := queue.NewRunStore(e.ctx, e.js, queue.Config{Prefix: "nosuch"})
 	require.ErrorContains(t, err, "nosuch_runs")
+}
+
+// A settled record expires with the results (a per-message TTL on its
+// last write, checked against the revision like any update), so the runs
+// bucket does not keep one record per job forever.
+func TestSettledRunRecordExpires(t *testing.T) {
+	e := setupEnv(t, queue.Config{ResultsMaxAge: 2 * time.Second})
+	rs, err := queue.NewRunStore(e.ctx, e.js, queue.Config{ResultsMaxAge: 2 * time.Second})
+	require.NoError(t, err)
+	run := queue.NewRun(queue.RunRecord{JobID: "ttl-1", Owner: "w", SessionID: "s"})
+	require.NoError(t, rs.Transition(e.ctx, run, queue.TransStarted))
+	stale := *run
+	require.NoError(t, rs.Transition(e.ctx, run, queue.TransProgress))
+	// The finish is a compare-and-set too.
+	require.ErrorIs(t, rs.Transition(e.ctx, &stale, queue.TransFinish), queue.ErrRevisionMismatch)
+	require.NoError(t, rs.Transition(e.ctx, run, queue.TransFinish))
+	got, err := rs.GetRun(e.ctx, "ttl-1")
+	require.NoError(t, err)
+	assert.Equal(t, queue.RunDone, got.Stored)
+	require.Eventually(t, func() bool {
+		_, _, err := rs.Get(e.ctx, "ttl-1")
+		return errors.Is(err, queue.ErrRunNotFound)
+	}, 20*time.Second, 50*time.Millisecond, "the settled record expires")
+	// A running record does not.
+	live := queue.NewRun(queue.RunRecord{JobID: "ttl-2", Owner: "w"})
+	require.NoError(t, rs.Transition(e.ctx, live, queue.TransStarted))
+	_, _, err = rs.Get(e.ctx, "ttl-2")
+	require.NoError(t, err)
 }

@@ -72,8 +72,11 @@ func (cfg Config) RunsBucketConfig() jetstream.KeyValueConfig {
 		Bucket:      cfg.RunsBucket(),
 		Description: "jetpilot runs: job id -> session, run, event cursor, state, owner",
 		History:     1,
-		Storage:     cfg.Storage,
-		Replicas:    cfg.Replicas,
+		// Settled records are written with a per-message TTL (the results
+		// retention); the markers of expired keys are kept this long.
+		LimitMarkerTTL: time.Hour,
+		Storage:        cfg.Storage,
+		Replicas:       cfg.Replicas,
 	}
 }
 

@@ -156,9 +156,14 @@ func (s *RunStore) Transition(ctx context.Context, run *Run, t Transition) error
 	rec := run.Record
 	rec.State = to
 	var rev uint64
-	if run.Rev == 0 {
+	switch {
+	case run.Rev == 0:
 		rev, err = s.create(ctx, rec)
-	} else {
+	case to == RunDone && s.ttl > 0:
+		// A settled record expires: nothing needs it once the job's
+		// result is out of the results stream.
+		rev, err = s.finishWithTTL(ctx, rec, run.Rev)
+	default:
 		rev, err = s.update(ctx, rec, run.Rev)
 	}
 	if err != nil {

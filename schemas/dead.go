@@ -2,8 +2,8 @@ package schemas
 
 import (
 	"bytes"
+	"encoding/base64"
 	"encoding/json"
-	"strings"
 	"time"
 	"unicode/utf8"
 )
@@ -31,20 +31,49 @@ type DeadLetter struct {
 	DeadAt  time.Time    `json:"dead_at"`
 	// Job is the message as received, when it was a JSON object.
 	Job json.RawMessage `json:"job,omitempty"`
-	// Raw is the message as received, when it was not a JSON object.
-	// Bytes that are not UTF-8 are replaced by U+FFFD.
-	Raw      string            `json:"raw,omitempty"`
-	Metadata map[string]string `json:"metadata,omitempty"`
+	// Raw is the message as received, when it was UTF-8 text but not a
+	// JSON object.
+	Raw string `json:"raw,omitempty"`
+	// RawBase64 is the message as received when it was not UTF-8 (or, with
+	// JobTruncated, the start of it), standard base64.
+	RawBase64 string `json:"raw_base64,omitempty"`
+	// JobTruncated: the message as received did not fit; it cannot be
+	// requeued.
+	JobTruncated bool              `json:"job_truncated,omitempty"`
+	Metadata     map[string]string `json:"metadata,omitempty"`
 }
 
-// SetJob stores the message as received: in Job when data is one valid JSON
-// object in valid UTF-8, else in Raw. It keeps the dead letter publishable whatever data is.
+// SetJob stores the message exactly as received: in Job when data is one
+// valid JSON object, in Raw when it is other UTF-8 text, else in RawBase64.
 func (d *DeadLetter) SetJob(data []byte) {
-	d.Job, d.Raw = nil, ""
+	d.Job, d.Raw, d.RawBase64 = nil, "", ""
 	trimmed := bytes.TrimSpace(data)
-	if len(trimmed) > 0 && trimmed[0] == '{' && utf8.Valid(trimmed) && json.Valid(trimmed) {
+	switch {
+	case len(trimmed) > 0 && trimmed[0] == '{' && utf8.Valid(trimmed) && json.Valid(trimmed):
 		d.Job = json.RawMessage(bytes.Clone(trimmed))
-		return
+	case utf8.Valid(data):
+		d.Raw = string(data)
+	default:
+		d.SetRawBase64(data)
 	}
-	d.Raw = strings.ToValidUTF8(string(data), "\uFFFD")
+}
+
+// SetRawBase64 stores data as RawBase64.
+func (d *DeadLetter) SetRawBase64(data []byte) {
+	d.RawBase64 = base64.StdEncoding.EncodeToString(data)
+}
+
+// Received is the message as received, from whichever field holds it
+// (the start of it when JobTruncated).
+func (d *DeadLetter) Received() []byte {
+	switch {
+	case len(d.Job) > 0:
+		return d.Job
+	case d.RawBase64 != "":
+		b, err := base64.StdEncoding.DecodeString(d.RawBase64)
+		if err == nil {
+			return b
+		}
+	}
+	return []byte(d.Raw)
 }

@@ -211,6 +211,9 @@ type ToolCall struct {
 	ID        string          `json:"id"`
 	Name      string          `json:"name"`
 	Arguments json.RawMessage `json:"arguments,omitempty"`
+	// ArgumentsTruncated: Arguments were shortened to fit a message; the
+	// call can only be denied.
+	ArgumentsTruncated bool `json:"arguments_truncated,omitempty"`
 }
 
 // Error is the machine-readable error of a failed or rejected job.

@@ -38,6 +38,11 @@ type RunnerOptions struct {
 	// CancelTimeout bounds the cancel request sent when a phase times out
 	// (its caller's context is spent by then). Default 10s.
 	CancelTimeout time.Duration
+	// MaxTextBytes is how much of the agent's text a phase keeps: the last
+	// MaxTextBytes bytes (the end, where the conclusion is), so a run's
+	// memory is bounded whatever the server streams. Default
+	// DefaultMaxTextBytes.
+	MaxTextBytes int
 	// CancelGrace is how long the runner follows a run after it sent a
 	// cancel (on Control.Cancel or when the phase times out) for the server
 	// to confirm the run's end. The real server may never end a run it was
@@ -88,6 +93,9 @@ func (o *RunnerOptions) setDefaults() {
 	if o.CancelTimeout <= 0 {
 		o.CancelTimeout = 10 * time.Second
 	}
+	if o.MaxTextBytes <= 0 {
+		o.MaxTextBytes = DefaultMaxTextBytes
+	}
 	if o.CancelGrace <= 0 {
 		o.CancelGrace = 30 * time.Second
 	}
@@ -104,6 +112,10 @@ func (o *RunnerOptions) setDefaults() {
 		o.Logger = slog.Default()
 	}
 }
+
+// DefaultMaxTextBytes is how much of the agent's text a phase keeps; a
+// result carries at most as much.
+const DefaultMaxTextBytes = 256 << 10
 
 // Runner runs job phases on one agent server. It is safe for concurrent use;
 // each Run is independent.

@@ -59,28 +59,37 @@ const (
 	maxMessagePages = 1000
 )
 
-// assistantText is the text of the session's assistant messages, in order.
-// A jetpilot session holds one job's run, so that is the run's text.
-func (st *runState) assistantText(ctx context.Context) (string, error) {
-	var sb strings.Builder
+// assistantText is the text of the session's assistant messages, in order:
+// the last MaxTextBytes of it, and how many bytes it had in all. A jetpilot
+// session holds one job's run, so that is the run's text. Bounded: at most
+// maxMessagePages pages, and maxRebuildBytes of text read.
+func (st *runState) assistantText(ctx context.Context) (string, int64, error) {
+	text := newTailText(st.opts.MaxTextBytes)
 	offset := 0
 	for range maxMessagePages {
 		page, err := st.messages(ctx, messagePageSize, offset)
 		if err != nil {
-			return "", fmt.Errorf("list messages: %w", err)
+			return "", 0, fmt.Errorf("list messages: %w", err)
 		}
 		for _, m := range page.Messages {
 			if m.Role == "assistant" {
-				sb.WriteString(m.Content)
+				text.WriteString(m.Content)
 			}
 		}
 		offset += len(page.Messages)
 		if len(page.Messages) == 0 || offset >= page.Total {
-			return sb.String(), nil
+			break
+		}
+		if text.Total() > maxRebuildBytes {
+			st.warn(fmt.Sprintf("stopped reading the session's messages after %d bytes of text", text.Total()))
+			break
 		}
 	}
-	return sb.String(), nil
+	return text.String(), text.Total(), nil
 }
+
+// maxRebuildBytes bounds the text read from a session's messages.
+const maxRebuildBytes = 64 << 20
 
 // follow reads the run's events until it ends or pauses, reconnecting a
 // dropped or stalled stream from the last event processed.
@@ -364,6 +373,13 @@ func (st *runState) proposed(ctx context.Context, calls []ToolCallProposal) (sch
 		case VerdictReject:
 			decisions[call.ID] = schemas.ToolDecision{Action: schemas.ActionReject, Content: RejectContent(call.Name)}
 		case VerdictAsk:
+			if len(pending) >= MaxPendingCalls {
+				// A human could not review them, nor would they fit an
+				// approval request: the agent learns why.
+				decisions[call.ID] = schemas.ToolDecision{Action: schemas.ActionReject,
+					Content: fmt.Sprintf("Too many tool calls in one proposal for a human to review (at most %d); propose fewer at a time", MaxPendingCalls)}
+				continue
+			}
 			pending = append(pending, schemas.ToolCall{ID: call.ID, Name: call.Name, Arguments: call.Arguments})
 		}
 	}
@@ -382,6 +398,10 @@ func (st *runState) proposed(ctx context.Context, calls []ToolCallProposal) (sch
 	}
 	return schemas.Result{}, false, nil
 }
+
+// MaxPendingCalls caps the calls of one proposal left for a human; the rest
+// are rejected with the reason.
+const MaxPendingCalls = 128
 
 // decide sends decisions on one batch in one request, with an
 // Idempotency-Key derived from the job and the batch, skipping calls this

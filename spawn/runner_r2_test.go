@@ -373,3 +373,50 @@ func TestRunDecisionAnswerLostIsReplayed(t *testing.T) {
 	assert.Equal(t, reqs[0].Header.Get("Idempotency-Key"), reqs[1].Header.Get("Idempotency-Key"))
 	assert.Equal(t, 1, srv.RunsStarted())
 }
+
+// The agent's text is kept as a bounded tail while it streams, whatever the
+// server sends; the result says how much was dropped.
+func TestRunKeepsABoundedTailOfTheText(t *testing.T) {
+	opts := testRunnerOptions()
+	opts.MaxTextBytes = 64 << 10
+	_, _, r := newSimRunner(t, agentsim.Options{}, opts)
+	res, err := r.Run(t.Context(), Spec{Job: schemas.Job{ID: "big-text", Prompt: "#sim bigtext 1000000\n#sim text THE END"}})
+	require.NoError(t, err)
+	assert.Equal(t, schemas.StatusCompleted, res.Status, "%+v %v", res.Error, res.Warnings)
+	assert.LessOrEqual(t, len(res.Stdout), 64<<10)
+	assert.True(t, strings.HasSuffix(res.Stdout, "THE END"))
+	assert.Contains(t, strings.Join(res.Warnings, "\n"), "were dropped")
+}
+
+// More calls in one proposal than a human can review: the rest are
+// rejected with the reason, the first MaxPendingCalls wait.
+func TestRunCapsPendingCalls(t *testing.T) {
+	_, _, r := newSimRunner(t, agentsim.Options{}, fastRunnerOptions())
+	var b strings.Builder
+	for i := range MaxPendingCalls + 5 {
+		fmt.Fprintf(&b, "#sim tool t%d {}\n", i)
+	}
+	res, err := r.Run(t.Context(), Spec{Job: schemas.Job{ID: "many-calls", Prompt: b.String(), PauseOnApproval: true}})
+	require.NoError(t, err)
+	require.Equal(t, schemas.StatusPaused, res.Status)
+	assert.Len(t, res.PauseReason.PendingToolCalls, MaxPendingCalls)
+	assert.Len(t, res.Held, 5)
+	for _, d := range res.Held {
+		assert.Contains(t, d.Content, "Too many tool calls")
+	}
+}
+
+func TestTailText(t *testing.T) {
+	t.Parallel()
+	tt := newTailText(10)
+	for range 100 {
+		tt.WriteString("abc")
+	}
+	tt.WriteString("é!")
+	assert.LessOrEqual(t, len(tt.String()), 10)
+	assert.True(t, strings.HasSuffix(tt.String(), "é!"))
+	assert.EqualValues(t, 303, tt.Total())
+	assert.EqualValues(t, 303-len(tt.String()), tt.Dropped())
+	tt.WriteString(strings.Repeat("x", 50))
+	assert.Equal(t, strings.Repeat("x", 10), tt.String())
+}

@@ -48,23 +48,24 @@ type runState struct {
 	cutMu       sync.Mutex  // guards cut, called from Control's goroutine
 	cut         context.CancelCauseFunc
 
-	stdout     strings.Builder
-	turns      int
-	turnUsage  schemas.Usage
-	sawUsage   bool
-	final      *RunCompleted
-	tools      schemas.ToolCallCounts
-	decided    []string // tool call ids decided (see Cursor.Decided)
-	held       map[string]schemas.ToolDecision
-	warnings   []string
-	rebuild    bool     // the streamed text may be incomplete: rebuild it from messages
-	wholeText  bool     // stdout was rebuilt from the session's messages: the run's whole text
-	lostWhy    []string // why events were lost
-	ended      bool     // following a run known to have ended: decide nothing
-	runAt      time.Time
-	lastReport Cursor
-	reportedAt time.Time
-	reported   bool
+	stdout       *tailText
+	turns        int
+	turnUsage    schemas.Usage
+	sawUsage     bool
+	final        *RunCompleted
+	tools        schemas.ToolCallCounts
+	decided      []string // tool call ids decided (see Cursor.Decided)
+	held         map[string]schemas.ToolDecision
+	warnings     []string
+	rebuild      bool     // the streamed text may be incomplete: rebuild it from messages
+	wholeText    bool     // stdout was rebuilt from the session's messages: the run's whole text
+	rebuiltTotal int64    // bytes of text the session's messages had
+	lostWhy      []string // why events were lost
+	ended        bool     // following a run known to have ended: decide nothing
+	runAt        time.Time
+	lastReport   Cursor
+	reportedAt   time.Time
+	reported     bool
 
 	// Cancelling: a cancel was sent (Control or timeout); proposals are not
 	// decided but answered with another wake-up, and the grace timer cuts
@@ -88,6 +89,7 @@ func newRunState(r *Runner, spec Spec) *runState {
 		policy:  NewPolicy(spec.WorkerAllowed, spec.Job),
 		started: time.Now().UTC(),
 		runAt:   spec.RunStartedAt,
+		stdout:  newTailText(r.opts.MaxTextBytes),
 	}
 	if spec.Resume != nil {
 		st.decided = slices.Clone(spec.Resume.Decided)
@@ -491,14 +493,14 @@ func (st *runState) finalize(ctx context.Context, res schemas.Result) schemas.Re
 		// Bounded: the phase is over, a slow server must not hold the result.
 		rctx, cancel := context.WithTimeout(ctx, st.opts.SettleWait+st.opts.CancelTimeout)
 		settled := st.awaitSettled(rctx)
-		text, err := st.assistantText(rctx)
+		text, total, err := st.assistantText(rctx)
 		cancel()
 		switch {
 		case err != nil:
 			st.warn(fmt.Sprintf("could not rebuild the agent's text from the session's messages: %v", err))
 		case text == res.Stdout:
-			st.wholeText = true
-		case len(text) < len(res.Stdout):
+			st.wholeText, st.rebuiltTotal = true, total
+		case total < st.stdout.Total():
 			// The messages have less than was streamed (a checkpoint not yet
 			// written): keep the longer text.
 			if st.rebuild {
@@ -506,7 +508,7 @@ func (st *runState) finalize(ctx context.Context, res schemas.Result) schemas.Re
 			}
 		case text != res.Stdout:
 			res.Stdout = text
-			st.wholeText = true
+			st.wholeText, st.rebuiltTotal = true, total
 			if st.rebuild {
 				st.warn(fmt.Sprintf("events were lost (%s); the agent's text was rebuilt from the session's messages", strings.Join(st.lostWhy, ", ")))
 			}
@@ -514,6 +516,13 @@ func (st *runState) finalize(ctx context.Context, res schemas.Result) schemas.Re
 		if !settled {
 			st.warn(fmt.Sprintf("the session was still running %s after the run ended; its messages may miss the final turn", st.opts.SettleWait))
 		}
+	}
+	all := st.stdout.Total()
+	if st.wholeText {
+		all = max(all, st.rebuiltTotal)
+	}
+	if kept := int64(len(res.Stdout)); all > kept {
+		st.warn(fmt.Sprintf("stdout keeps the last %d bytes of the agent's text; the first %d were dropped (the session's messages have the whole text)", kept, all-kept))
 	}
 	res.Warnings = slices.Clone(st.warnings)
 	res.FinishedAt = time.Now().UTC()

@@ -86,6 +86,9 @@ func (w *Worker) fetchJob(ctx context.Context, msg jetstream.Msg) (*phase, *outc
 	if err == nil {
 		err = w.checkProfile(msg.Subject(), job)
 	}
+	if err == nil {
+		err = checkMetadata(job)
+	}
 	if err != nil {
 		job.ID = w.rejectedJobID(msg)
 		p := &phase{msg: msg, raw: msg.Data(), job: schemas.Job{ID: job.ID, Metadata: job.Metadata}, attempt: attempt, start: start,
@@ -296,6 +299,27 @@ func (w *Worker) timeout(job schemas.Job) time.Duration {
 		return w.opts.MaxTimeout
 	}
 	return d
+}
+
+// MaxMetadataBytes caps a job's metadata, encoded: it is echoed on every
+// result, approval and dead letter, so a large one would crowd the agent's
+// text out of them.
+const MaxMetadataBytes = 16 << 10
+
+// checkMetadata refuses a job whose metadata is over MaxMetadataBytes
+// encoded.
+func checkMetadata(job schemas.Job) error {
+	if len(job.Metadata) == 0 {
+		return nil
+	}
+	data, err := queue.Encode(job.Metadata)
+	if err != nil || len(data) <= MaxMetadataBytes {
+		return err
+	}
+	return &schemas.ValidationError{Problems: []schemas.FieldError{{
+		Field:  "metadata",
+		Reason: fmt.Sprintf("%d bytes encoded, over the limit of %d", len(data), MaxMetadataBytes),
+	}}}
 }
 
 // checkProfile refuses a job whose body names another profile than the

@@ -4,12 +4,10 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"fmt"
 	"log/slog"
 	"strconv"
 	"time"
-	"unicode/utf8"
 
 	"github.com/jetpilot-dev/jetpilot/queue"
 	"github.com/jetpilot-dev/jetpilot/schemas"
@@ -35,7 +33,7 @@ func (w *Worker) pause(ctx context.Context, p *phase, res *schemas.Result) error
 	var pending []schemas.ToolCall
 	if res.PauseReason != nil {
 		for i := range res.PauseReason.PendingToolCalls {
-			capArguments(&res.PauseReason.PendingToolCalls[i])
+			queue.CapArguments(&res.PauseReason.PendingToolCalls[i], queue.MaxArgumentBytes)
 		}
 		pending = res.PauseReason.PendingToolCalls
 	}
@@ -63,25 +61,6 @@ func (w *Worker) pause(ctx context.Context, p *phase, res *schemas.Result) error
 		return w.publishControl(ctx, rec.JobID, rec.ApprovalID, schemas.ControlCancel)
 	}
 	return nil
-}
-
-// maxArgumentBytes caps a pending call's arguments as they are recorded and
-// published: a paused result, an approval request and the run record must
-// each fit a NATS message whatever the agent proposed.
-const maxArgumentBytes = 16 << 10
-
-// capArguments replaces arguments over maxArgumentBytes by a JSON string
-// holding their start and a note.
-func capArguments(c *schemas.ToolCall) {
-	if len(c.Arguments) <= maxArgumentBytes {
-		return
-	}
-	head := string(c.Arguments[:maxArgumentBytes])
-	for len(head) > 0 && !utf8.ValidString(head) {
-		head = head[:len(head)-1]
-	}
-	note, _ := json.Marshal(fmt.Sprintf("%s… [truncated by jetpilot: %d bytes of arguments]", head, len(c.Arguments)))
-	c.Arguments = note
 }
 
 // publishPause publishes the paused result and the approval request of the

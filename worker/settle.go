@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/cenkalti/backoff/v5"
@@ -117,7 +116,13 @@ func (w *Worker) settle(ctx context.Context, p *phase, o outcome) {
 		w.ack(p)
 	case outRepublish:
 		if err := w.publishPause(ctx, &p.run.Record, w.pausedResult(&p.run.Record), p.log); err != nil {
+			if p.attempt >= w.opts.MaxDeliver {
+				// Nobody can be asked: end the job (its run is cancelled).
+				w.settleFail(ctx, p, "unsettled", fmt.Errorf("the pause could not be published after %d deliveries: %w", p.attempt, err))
+				return
+			}
 			p.log.Error("republish pause; it will be redelivered", "err", err)
+			w.nak(p, w.backoff(p.attempt), nil)
 			return
 		}
 		w.ack(p)
@@ -177,7 +182,7 @@ func (w *Worker) mergeEarlierPhases(p *phase, res *schemas.Result, whole bool) {
 func (w *Worker) settlePaused(ctx context.Context, p *phase, res schemas.Result, whole bool) {
 	w.mergeEarlierPhases(p, &res, whole)
 	if err := w.pause(ctx, p, &res); err != nil {
-		p.log.Error("publish pause; it will be redelivered", "err", err)
+		w.unsettled(ctx, p, res, fmt.Errorf("publish pause: %w", err))
 		return
 	}
 	if p.events != nil {
@@ -195,15 +200,8 @@ func (w *Worker) settlePaused(ctx context.Context, p *phase, res schemas.Result,
 // when it may not, the message is left to be redelivered and finished again
 // under the same message ids.
 func (w *Worker) finish(ctx context.Context, p *phase, res schemas.Result) bool {
-	if res.Status == schemas.StatusFailed || res.Status == schemas.StatusRejected {
-		if err := w.deadLetter(ctx, p, res.Error, res.Stderr); err != nil {
-			p.log.Error("dead-letter job; it will be redelivered", "err", err, "status", res.Status)
-			return false
-		}
-		res.DeadLettered = true
-	}
-	if _, err := queue.PublishResult(ctx, w.js, w.qcfg, res, p.run.Record.Phase); err != nil {
-		p.log.Error("publish result; it will be redelivered", "err", err, "status", res.Status)
+	if err := w.publishFinal(ctx, p, res); err != nil {
+		w.unsettled(ctx, p, res, err)
 		return false
 	}
 	if p.run.Rev != 0 {
@@ -213,6 +211,62 @@ func (w *Worker) finish(ctx context.Context, p *phase, res schemas.Result) bool 
 	}
 	w.m.Jobs.WithLabelValues(string(res.Status)).Inc()
 	return true
+}
+
+// publishFinal publishes a final result, the job on dead first when it
+// failed or was rejected.
+func (w *Worker) publishFinal(ctx context.Context, p *phase, res schemas.Result) error {
+	if res.Status == schemas.StatusFailed || res.Status == schemas.StatusRejected {
+		if err := w.deadLetter(ctx, p, res.Error, res.Stderr); err != nil {
+			return fmt.Errorf("dead-letter job: %w", err)
+		}
+		res.DeadLettered = true
+	}
+	if _, err := queue.PublishResult(ctx, w.js, w.qcfg, res, p.run.Record.Phase); err != nil {
+		return fmt.Errorf("publish %s result: %w", res.Status, err)
+	}
+	return nil
+}
+
+// unsettled handles a phase whose outcome could not be published: the
+// message is handed back to be settled again (its run re-attached, never
+// started twice), and the failure counted in the run record (or, for a job
+// with none, by its deliveries). After MaxDeliver such failures the job
+// ends with a minimal failed result and dead letter, which always fit: no
+// message is settled forever.
+func (w *Worker) unsettled(ctx context.Context, p *phase, res schemas.Result, cause error) {
+	rec := &p.run.Record
+	failures := p.attempt
+	if p.run.Stored == queue.RunRunning {
+		rec.SettleFailures++
+		failures = rec.SettleFailures
+		if err := w.record(ctx, p, queue.TransProgress); err != nil {
+			p.log.Warn("record a failure to settle", "err", err)
+		}
+	}
+	if failures < w.opts.MaxDeliver {
+		p.log.Error("could not settle; it will be redelivered", "err", cause, "status", res.Status, "failures", failures)
+		w.nak(p, w.backoff(failures), nil)
+		return
+	}
+	min := queue.MinimalResult(res)
+	min.SetStatus(schemas.StatusFailed)
+	min.Error = &schemas.Error{Code: "unsettled", Message: queue.CapError(fmt.Sprintf("the job's %s outcome could not be published after %d tries: %v", res.Status, failures, cause))}
+	min.Stderr = min.Error.Message
+	p.raw = nil // the dead letter then carries the job as recorded, which fits
+	if err := w.publishFinal(ctx, p, min); err != nil {
+		p.log.Error("could not settle even a minimal result; it will be redelivered", "err", err)
+		w.nak(p, w.backoff(failures), nil)
+		return
+	}
+	if p.run.Rev != 0 {
+		if err := w.record(ctx, p, queue.TransFinish); err != nil {
+			p.log.Warn("record run done", "err", err)
+		}
+	}
+	w.m.Jobs.WithLabelValues(string(min.Status)).Inc()
+	p.log.Error("job failed: its outcome could not be published", "err", cause, "failures", failures)
+	w.term(p, "unsettled")
 }
 
 // settleFail ends a job with a failed result and a dead letter. A run still
@@ -307,12 +361,6 @@ func (w *Worker) settleRefuse(ctx context.Context, p *phase, e *schemas.Error) {
 	w.term(p, e.Code)
 }
 
-// Caps on the job a dead letter carries; see deadLetter.
-const (
-	maxDeadJobBytes = 768 << 10
-	maxDeadRawBytes = 128 << 10
-)
-
 // deadLetter publishes the phase's job with why it died: the job message as
 // received when the phase has it, else the job as recorded.
 func (w *Worker) deadLetter(ctx context.Context, p *phase, e *schemas.Error, message string) error {
@@ -331,15 +379,8 @@ func (w *Worker) deadLetter(ctx context.Context, p *phase, e *schemas.Error, mes
 	if raw == nil {
 		raw, _ = json.Marshal(p.job)
 	}
+	// Exactly as received; queue.PublishDead fits it to a message.
 	dl.SetJob(raw)
-	// The dead letter must fit a NATS message or the job could never be
-	// settled: a JSON job is embedded as is up to maxDeadJobBytes; other
-	// bytes are escaped (up to six times longer), so they are kept shorter.
-	if len(dl.Job) > maxDeadJobBytes || len(dl.Raw) > maxDeadRawBytes {
-		keep := min(len(raw), maxDeadRawBytes)
-		dl.Job, dl.Raw = nil, strings.ToValidUTF8(string(raw[:keep]), "\uFFFD")
-		dl.Error += fmt.Sprintf(" (the job as received was %d bytes; raw keeps its first %d)", len(raw), keep)
-	}
 	if _, err := queue.PublishDead(ctx, w.js, w.qcfg, dl); err != nil {
 		return err
 	}

@@ -363,7 +363,8 @@ func TestHugeUnparseableJobStillGetsItsAnswer(t *testing.T) {
 	assert.Equal(t, schemas.StatusRejected, res.Status)
 	dead := h.dead(id)
 	require.Len(t, dead, 1)
-	assert.Contains(t, dead[0].Error, "the job as received was 300000 bytes")
+	assert.Equal(t, raw, dead[0].Received(), "exactly as received: base64 is smaller than its JSON escaping")
+	assert.False(t, dead[0].JobTruncated)
 	assert.Len(t, h.results(id), 1)
 }
 
