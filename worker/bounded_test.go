@@ -1,0 +1,72 @@
+package worker_test
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/jetpilot-dev/jetpilot/queue"
+	"github.com/jetpilot-dev/jetpilot/schemas"
+	"github.com/jetpilot-dev/jetpilot/worker"
+)
+
+// Poison jobs: valid jobs whose outcome, encoded, would not fit a NATS
+// message get exactly one answer, on the first delivery.
+func TestPoisonJobsSettleOnce(t *testing.T) {
+	h := newHarness(t, queue.Config{})
+	h.startWorker(worker.Options{})
+
+	// Metadata full of characters JSON could escape: refused, field by field.
+	md := job("poison-md", "#sim text hi")
+	md.Metadata = map[string]string{"blob": strings.Repeat("<", 200<<10)}
+	data, err := queue.Encode(md) // as a careful producer encodes it: ~200 KB
+	require.NoError(t, err)
+	_, err = h.js.Publish(t.Context(), h.qcfg.JobSubject("default"), data)
+	require.NoError(t, err)
+	res := h.final("poison-md")
+	assert.Equal(t, schemas.StatusRejected, res.Status)
+	require.NotNil(t, res.Error)
+	require.NotEmpty(t, res.Error.Fields)
+	assert.True(t, strings.HasPrefix(res.Error.Fields[0].Field, "metadata"), res.Error.Fields[0].Field)
+	assert.Equal(t, 1, res.Attempt)
+
+	// 256 KiB of agent text full of '<', and metadata near the cap.
+	text := job("poison-text", "#sim bigtext 300000\n#sim text <<<<the end>>>>")
+	text.Metadata = map[string]string{"thread": strings.Repeat("<", 4<<10)}
+	h.submit(text)
+	res = h.final("poison-text")
+	assert.Equal(t, schemas.StatusCompleted, res.Status)
+	assert.True(t, strings.HasSuffix(res.Stdout, "<<<<the end>>>>"))
+	assert.Equal(t, 1, res.Attempt)
+
+	// A hundred pending calls with big arguments: one pause, one approval.
+	var b strings.Builder
+	for i := range 100 {
+		fmt.Fprintf(&b, "#sim tool run_command {\"command\":\"%s\"}\n", strings.Repeat("<", 10_000)+fmt.Sprint(i))
+	}
+	calls := job("poison-calls", b.String())
+	calls.PauseOnApproval = true
+	data, err = queue.Encode(calls)
+	require.NoError(t, err)
+	_, err = h.js.Publish(t.Context(), h.qcfg.JobSubject("default"), data)
+	require.NoError(t, err)
+	paused := h.result("poison-calls")
+	assert.Equal(t, schemas.StatusPaused, paused.Status)
+	req := h.approval("poison-calls")
+	require.Len(t, req.PendingToolCalls, 100)
+	truncated := 0
+	for _, c := range req.PendingToolCalls {
+		if c.ArgumentsTruncated {
+			truncated++
+		}
+	}
+	// Unescaped, a megabyte of '<' is a megabyte: it fits whole (escaped,
+	// it was six and was redelivered forever).
+	assert.Zero(t, truncated)
+	assert.Contains(t, string(req.PendingToolCalls[0].Arguments), strings.Repeat("<", 10_000))
+	assert.Equal(t, 1, paused.Attempt)
+	assert.Equal(t, 2, h.sim.RunsStarted(), "one run each for the jobs that ran")
+}
