@@ -31,7 +31,10 @@ type env struct {
 }
 
 func startEnv(dir string) (*env, error) {
-	srv, err := queue.StartEmbedded(queue.EmbeddedOptions{Dir: dir, Port: -1, ServerName: "jetpilot-bench"})
+	// Lazy fsync (nats-server's default, every 2 minutes), set explicitly:
+	// the figures in BENCHMARKS.md were measured so and stay comparable
+	// run to run; what sync always costs is BenchmarkPublishSync in queue.
+	srv, err := queue.StartEmbedded(queue.EmbeddedOptions{Dir: dir, Port: -1, ServerName: "jetpilot-bench", Sync: queue.SyncLazy})
 	if err != nil {
 		return nil, fmt.Errorf("start NATS: %w", err)
 	}
