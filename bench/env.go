@@ -31,7 +31,10 @@ type env struct {
 }
 
 func startEnv(dir string) (*env, error) {
-	srv, err := queue.StartEmbedded(queue.EmbeddedOptions{Dir: dir, Port: -1, ServerName: "jetpilot-bench"})
+	// Lazy fsync (nats-server's default, every 2 minutes), set explicitly:
+	// the figures in BENCHMARKS.md were measured so and stay comparable
+	// run to run; what sync always costs is BenchmarkPublishSync in queue.
+	srv, err := queue.StartEmbedded(queue.EmbeddedOptions{Dir: dir, Port: -1, ServerName: "jetpilot-bench", Sync: queue.SyncLazy})
 	if err != nil {
 		return nil, fmt.Errorf("start NATS: %w", err)
 	}
@@ -71,9 +74,16 @@ func (e *env) connect(name string) (*nats.Conn, jetstream.JetStream, error) {
 // streams folder when its last stream is deleted, racing a stream being
 // created at that moment ("could not create storage directory").
 func (e *env) newQueue(ctx context.Context, name string, maxAckPending int) (queue.Config, func(), error) {
+	// JetStream reserves every stream's max bytes up front, and every run
+	// makes a fresh queue on the same server: with the production defaults
+	// (4.4 GiB a queue) a whole `make bench` would outgrow a modest disk's
+	// reservation. A run stores a few MiB per stream.
+	const mb = benchStreamMaxBytes
 	cfg := queue.Config{
 		Prefix:        fmt.Sprintf("b%d_%s", e.seq.Add(1), name),
 		MaxAckPending: maxAckPending,
+		JobsMaxBytes:  mb, ResultsMaxBytes: mb, ApprovalsMaxBytes: mb, DecisionsMaxBytes: mb,
+		ControlMaxBytes: mb, EventsMaxBytes: mb, DeadMaxBytes: mb,
 	}.WithDefaults()
 	if err := queue.Setup(ctx, e.js, cfg); err != nil {
 		return cfg, nil, fmt.Errorf("set up streams for %s: %w", name, err)
@@ -94,6 +104,9 @@ func (e *env) newQueue(ctx context.Context, name string, maxAckPending int) (que
 	}
 	return cfg, cleanup, nil
 }
+
+// benchStreamMaxBytes bounds each stream of a bench queue.
+const benchStreamMaxBytes int64 = 128 << 20
 
 // jobID names job i of a scenario run.
 func jobID(tag string, i int) string { return tag + "-" + strconv.Itoa(i) }

@@ -68,6 +68,52 @@ type Config struct {
 	// MaxAckPending caps jobs handed out but not yet acked, across all
 	// workers sharing a consumer. Default 1000.
 	MaxAckPending int
+
+	// Storage limits: the most bytes each stream holds (JetStream
+	// MaxBytes). Zero takes the default constant below; -1 is unlimited
+	// (only for a deployment that bounds storage some other way, such as a
+	// JetStream account limit). The defaults are sized for a small
+	// deployment on one modest disk (4.4 GiB in all), so a flood of jobs
+	// or a runaway agent fills a stream, not the disk that every stream
+	// and the runs bucket share. JetStream reserves each stream's MaxBytes
+	// up front: a server with less JetStream storage than their sum
+	// refuses `jetpilot setup` ("insufficient storage resources"), so lower
+	// them there.
+	//
+	// What happens when a stream is full depends on whether losing its
+	// oldest message loses work (see StreamConfigs): JOBS, DECISIONS and
+	// CONTROL refuse the new message (DiscardNew), so the producer gets an
+	// error instead of a job, a human's answer or an expiry timer vanishing;
+	// RESULTS, APPROVALS, EVENTS and DEAD drop their oldest messages
+	// (DiscardOld), as they already do at their max age: they are records
+	// for readers, and a worker must never be stopped from finishing a job
+	// because old records have not aged out yet.
+
+	// JobsMaxBytes bounds JOBS. Default 1 GiB: a million 1 KiB jobs
+	// waiting, far more than a small fleet works through before someone
+	// notices; beyond it, submitting fails with an error naming the stream.
+	JobsMaxBytes int64
+	// ResultsMaxBytes bounds RESULTS. Default 1 GiB: a result carries at
+	// most 256 KiB of agent text, typically a few KiB, so this keeps the
+	// 7 days of results of a busy small deployment.
+	ResultsMaxBytes int64
+	// ApprovalsMaxBytes bounds APPROVALS. Default 256 MiB: a request is a
+	// few KiB and humans answer few of them per job.
+	ApprovalsMaxBytes int64
+	// DecisionsMaxBytes bounds DECISIONS. Default 64 MiB: decisions are
+	// small and consumed as soon as a worker is free; a full stream means
+	// nobody is consuming, and the human's publish fails visibly.
+	DecisionsMaxBytes int64
+	// ControlMaxBytes bounds CONTROL. Default 64 MiB: one small expiry
+	// timer per paused run, plus cancels, is tens of thousands of pauses.
+	ControlMaxBytes int64
+	// EventsMaxBytes bounds EVENTS. Default 1 GiB: live events are the
+	// bulkiest traffic (coalesced text, tool results) and only an hour of
+	// them is kept anyway; the oldest go first.
+	EventsMaxBytes int64
+	// DeadMaxBytes bounds DEAD. Default 1 GiB: a dead letter holds the job
+	// as received (at most a NATS message), and 30 days of them are kept.
+	DeadMaxBytes int64
 }
 
 // Defaults of Config.
@@ -83,7 +129,18 @@ const (
 	DefaultAckWait             = 30 * time.Second
 	DefaultMaxDeliver          = 5
 	DefaultMaxAckPending       = 1000
+
+	DefaultJobsMaxBytes      int64 = 1 << 30
+	DefaultResultsMaxBytes   int64 = 1 << 30
+	DefaultApprovalsMaxBytes int64 = 256 << 20
+	DefaultDecisionsMaxBytes int64 = 64 << 20
+	DefaultControlMaxBytes   int64 = 64 << 20
+	DefaultEventsMaxBytes    int64 = 1 << 30
+	DefaultDeadMaxBytes      int64 = 1 << 30
 )
+
+// UnlimitedBytes as a stream's max bytes leaves it unbounded by size.
+const UnlimitedBytes int64 = -1
 
 // WithDefaults returns cfg with every zero field set to its default.
 func (cfg Config) WithDefaults() Config {
@@ -111,7 +168,32 @@ func (cfg Config) WithDefaults() Config {
 	if cfg.MaxAckPending == 0 {
 		cfg.MaxAckPending = DefaultMaxAckPending
 	}
+	for _, b := range cfg.maxBytes() {
+		if *b.v == 0 {
+			*b.v = b.def
+		}
+	}
 	return cfg
+}
+
+// maxBytesLimit is one stream's max bytes field, for defaults and checks.
+type maxBytesLimit struct {
+	name string
+	v    *int64
+	def  int64
+}
+
+// maxBytes lists the max bytes fields of cfg (pointers into cfg).
+func (cfg *Config) maxBytes() []maxBytesLimit {
+	return []maxBytesLimit{
+		{"jobs max bytes", &cfg.JobsMaxBytes, DefaultJobsMaxBytes},
+		{"results max bytes", &cfg.ResultsMaxBytes, DefaultResultsMaxBytes},
+		{"approvals max bytes", &cfg.ApprovalsMaxBytes, DefaultApprovalsMaxBytes},
+		{"decisions max bytes", &cfg.DecisionsMaxBytes, DefaultDecisionsMaxBytes},
+		{"control max bytes", &cfg.ControlMaxBytes, DefaultControlMaxBytes},
+		{"events max bytes", &cfg.EventsMaxBytes, DefaultEventsMaxBytes},
+		{"dead max bytes", &cfg.DeadMaxBytes, DefaultDeadMaxBytes},
+	}
 }
 
 // Validate reports every problem with cfg (after defaults) in one error.
@@ -148,6 +230,11 @@ func (cfg Config) Validate() error {
 	}
 	if cfg.MaxAckPending < 1 {
 		errs = append(errs, fmt.Errorf("max ack pending: must be at least 1, got %d", cfg.MaxAckPending))
+	}
+	for _, b := range cfg.maxBytes() {
+		if *b.v < UnlimitedBytes {
+			errs = append(errs, fmt.Errorf("%s: must be positive, or -1 for unlimited, got %d", b.name, *b.v))
+		}
 	}
 	if len(errs) > 0 {
 		return fmt.Errorf("invalid queue config: %w", errors.Join(errs...))

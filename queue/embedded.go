@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -30,6 +31,89 @@ type EmbeddedOptions struct {
 	// ReadyTimeout bounds the wait for the server to accept connections.
 	// Default 10s.
 	ReadyTimeout time.Duration
+	// Sync is when JetStream writes reach the disk (nats-server's
+	// sync_interval). Default SyncAlways: every write is fsynced before it
+	// is acknowledged, so an acknowledged job survives a power failure.
+	// SyncLazy is nats-server's own default (an fsync every 2 minutes),
+	// faster but an acknowledged write can be lost on power failure.
+	Sync SyncMode
+}
+
+// SyncMode is how an embedded server flushes JetStream writes to disk.
+// Build one with SyncAlways, SyncLazy or SyncEvery, or parse one with
+// ParseSyncMode. The zero value is SyncAlways.
+type SyncMode struct {
+	lazy     bool
+	interval time.Duration // lazy: the fsync interval; 0 means nats-server's default
+}
+
+// NatsDefaultSyncInterval is nats-server's default fsync interval of
+// JetStream file stores (sync_interval), used when none is configured.
+const NatsDefaultSyncInterval = 2 * time.Minute
+
+var (
+	// SyncAlways fsyncs every JetStream write before acknowledging it
+	// (sync_interval: always).
+	SyncAlways = SyncMode{}
+	// SyncLazy is nats-server's default: JetStream writes are fsynced in
+	// the background every NatsDefaultSyncInterval.
+	SyncLazy = SyncMode{lazy: true}
+)
+
+// SyncEvery fsyncs JetStream writes in the background every d.
+func SyncEvery(d time.Duration) SyncMode { return SyncMode{lazy: true, interval: d} }
+
+// Always reports whether every write is fsynced.
+func (m SyncMode) Always() bool { return !m.lazy }
+
+// Interval is the background fsync interval of a lazy mode (0 for SyncAlways).
+func (m SyncMode) Interval() time.Duration {
+	if !m.lazy {
+		return 0
+	}
+	if m.interval == 0 {
+		return NatsDefaultSyncInterval
+	}
+	return m.interval
+}
+
+// String is the mode as ParseSyncMode reads it: "always", "default" or
+// the interval.
+func (m SyncMode) String() string {
+	switch {
+	case !m.lazy:
+		return "always"
+	case m.interval == 0:
+		return "default"
+	default:
+		return m.interval.String()
+	}
+}
+
+// ParseSyncMode reads "always", "default" (nats-server's: every 2
+// minutes) or a positive duration such as "10s".
+func ParseSyncMode(s string) (SyncMode, error) {
+	switch strings.ToLower(strings.TrimSpace(s)) {
+	case "always", "":
+		return SyncAlways, nil
+	case "default", "lazy":
+		return SyncLazy, nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil || d <= 0 {
+		return SyncMode{}, fmt.Errorf("sync mode %q: want always, default or a positive duration such as 10s", s)
+	}
+	return SyncEvery(d), nil
+}
+
+// apply sets the server options for m.
+func (m SyncMode) apply(o *server.Options) {
+	o.SyncAlways = m.Always()
+	o.SyncInterval = m.Interval()
+	if m.Always() {
+		// The background flush still runs; keep nats-server's interval.
+		o.SyncInterval = NatsDefaultSyncInterval
+	}
 }
 
 // StartEmbedded starts a nats-server with JetStream in this process and
@@ -61,6 +145,7 @@ func StartEmbedded(opts EmbeddedOptions) (*server.Server, error) {
 		NoSigs:     true,
 		NoLog:      opts.Logger == nil,
 	}
+	opts.Sync.apply(sopts)
 	s, err := server.NewServer(sopts)
 	if err != nil {
 		return nil, fmt.Errorf("start embedded nats: %w", err)

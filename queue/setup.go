@@ -13,6 +13,16 @@ import (
 // StreamConfigs returns the configuration of the seven streams, in the order
 // JOBS, RESULTS, APPROVALS, DECISIONS, EVENTS, DEAD, CONTROL, as DESIGN.md
 // ("Subjects and streams") fixes them.
+//
+// Every stream is bounded by size (Config's *MaxBytes). The work queues,
+// JOBS, DECISIONS and CONTROL, are DiscardNew: each message in them is work
+// nobody has done yet (a job, a human's answer, an approval timer), so when
+// one is full JetStream refuses the publish and the producer gets an error
+// (see IsStreamFull) instead of an older message vanishing. RESULTS,
+// APPROVALS, EVENTS and DEAD are DiscardOld: they are records kept for a
+// while for readers, already dropped oldest-first at their max age; a full
+// one drops its oldest records sooner, so a worker can always publish the
+// result of the job it just finished.
 func (cfg Config) StreamConfigs() []jetstream.StreamConfig {
 	cfg = cfg.WithDefaults()
 	base := func(name, subject, what string) jetstream.StreamConfig {
@@ -32,20 +42,26 @@ func (cfg Config) StreamConfigs() []jetstream.StreamConfig {
 	jobs := base(cfg.JobsStream(), cfg.JobsWildcard(), "spawn jobs; Nats-Msg-Id = job id")
 	jobs.Retention = jetstream.WorkQueuePolicy
 	jobs.Duplicates = cfg.JobsDuplicateWindow
+	jobs.MaxBytes = cfg.JobsMaxBytes
+	jobs.Discard = jetstream.DiscardNew
 
 	results := base(cfg.ResultsStream(), cfg.ResultsWildcard(), "final and paused results; Nats-Msg-Id = <job_id>:<phase>")
 	results.MaxAge = cfg.ResultsMaxAge
 	results.Duplicates = window(cfg.ResultsMaxAge)
+	results.MaxBytes = cfg.ResultsMaxBytes
 
 	approvals := base(cfg.ApprovalsStream(), cfg.ApprovalsWildcard(), "approval requests; Nats-Msg-Id = approval id")
 	approvals.MaxAge = cfg.ApprovalsMaxAge
 	approvals.Duplicates = window(cfg.ApprovalsMaxAge)
+	approvals.MaxBytes = cfg.ApprovalsMaxBytes
 
 	decisions := base(cfg.DecisionsStream(), cfg.DecisionsWildcard(), "answers to approval requests")
 	decisions.Retention = jetstream.WorkQueuePolicy
 	// A decision nobody consumes is stale once its approval has expired.
 	decisions.MaxAge = cfg.ApprovalsMaxAge
 	decisions.Duplicates = window(cfg.ApprovalsMaxAge)
+	decisions.MaxBytes = cfg.DecisionsMaxBytes
+	decisions.Discard = jetstream.DiscardNew
 
 	control := base(cfg.ControlStream(), cfg.ControlWildcard(), "workers' control messages: approval expiry timers, cancels of paused jobs; Nats-Msg-Id = <kind>:<approval_id>")
 	control.Retention = jetstream.WorkQueuePolicy
@@ -54,13 +70,17 @@ func (cfg Config) StreamConfigs() []jetstream.StreamConfig {
 	// ack must be dropped, however late.
 	control.MaxAge = cfg.ApprovalsMaxAge
 	control.Duplicates = window(cfg.ApprovalsMaxAge)
+	control.MaxBytes = cfg.ControlMaxBytes
+	control.Discard = jetstream.DiscardNew
 
 	events := base(cfg.EventsStream(), cfg.EventsWildcard(), "live progress events")
 	events.MaxAge = cfg.EventsMaxAge
+	events.MaxBytes = cfg.EventsMaxBytes
 
 	dead := base(cfg.DeadStream(), cfg.DeadWildcard(), "dead letters: the job as received and why it died")
 	dead.MaxAge = cfg.DeadMaxAge
 	dead.Duplicates = window(cfg.DeadMaxAge)
+	dead.MaxBytes = cfg.DeadMaxBytes
 
 	return []jetstream.StreamConfig{jobs, results, approvals, decisions, events, dead, control}
 }
@@ -82,7 +102,7 @@ func (cfg Config) RunsBucketConfig() jetstream.KeyValueConfig {
 
 // Setup creates or updates the seven streams and the runs KV bucket. It is
 // idempotent: running it again is harmless and applies changed limits
-// (max ages, windows, replicas). Changing a stream's retention is refused by
+// (max ages, max bytes, discard policies, windows, replicas). Changing a stream's retention is refused by
 // JetStream and reported.
 func Setup(ctx context.Context, js jetstream.JetStream, cfg Config) error {
 	if err := cfg.Validate(); err != nil {
@@ -257,4 +277,31 @@ func (cfg Config) ensureResumers(ctx context.Context, js jetstream.JetStream, st
 		return nil, fmt.Errorf("ensure consumer %s on stream %s: %w", durable, stream, err)
 	}
 	return c, nil
+}
+
+// errCodeStreamStoreFailed is the JetStream error code of a message a
+// stream refused to store; a full DiscardNew stream answers with it and the
+// description "maximum bytes exceeded" (or "maximum messages exceeded").
+const errCodeStreamStoreFailed = 10077
+
+// IsStreamFull reports whether err is JetStream refusing a publish because
+// the stream is full: one of the DiscardNew streams (JOBS, DECISIONS,
+// CONTROL) has reached its max bytes.
+func IsStreamFull(err error) bool {
+	var apiErr *jetstream.APIError
+	if !errors.As(err, &apiErr) || apiErr.ErrorCode != errCodeStreamStoreFailed {
+		return false
+	}
+	d := apiErr.Description
+	return strings.Contains(d, "maximum bytes exceeded") || strings.Contains(d, "maximum messages exceeded")
+}
+
+// ExplainStreamFull wraps err, when it is IsStreamFull, with the name of the
+// full stream and what to do; any other error is returned as is.
+func ExplainStreamFull(stream string, err error) error {
+	if !IsStreamFull(err) {
+		return err
+	}
+	return fmt.Errorf("stream %s is full (its max bytes is reached; nothing was stored): wait for workers to take messages off it, "+
+		"or raise the limit with `jetpilot setup`: %w", stream, err)
 }

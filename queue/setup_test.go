@@ -2,7 +2,10 @@ package queue_test
 
 import (
 	"errors"
+	"fmt"
+	"io"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -200,4 +203,98 @@ func TestProfileConsumersAfterCatchAll(t *testing.T) {
 		names = append(names, n)
 	}
 	assert.True(t, slices.Equal([]string{"jetpilot-workers"}, names), "nothing half-created: %v", names)
+}
+
+func TestSetupAppliesLimits(t *testing.T) {
+	t.Parallel()
+	e := setupEnv(t, queue.Config{})
+	want := map[string]struct {
+		maxBytes int64
+		discard  jetstream.DiscardPolicy
+	}{
+		"JETPILOT_JOBS":      {1 << 30, jetstream.DiscardNew},
+		"JETPILOT_RESULTS":   {1 << 30, jetstream.DiscardOld},
+		"JETPILOT_APPROVALS": {256 << 20, jetstream.DiscardOld},
+		"JETPILOT_DECISIONS": {64 << 20, jetstream.DiscardNew},
+		"JETPILOT_CONTROL":   {64 << 20, jetstream.DiscardNew},
+		"JETPILOT_EVENTS":    {1 << 30, jetstream.DiscardOld},
+		"JETPILOT_DEAD":      {1 << 30, jetstream.DiscardOld},
+	}
+	check := func(overrides map[string]int64) {
+		t.Helper()
+		for name, w := range want {
+			s, err := e.js.Stream(e.ctx, name)
+			require.NoError(t, err, name)
+			sc := s.CachedInfo().Config
+			mb := w.maxBytes
+			if o, ok := overrides[name]; ok {
+				mb = o
+			}
+			assert.Equal(t, mb, sc.MaxBytes, name)
+			assert.Equal(t, w.discard, sc.Discard, name)
+		}
+	}
+	check(nil)
+
+	// Again with the same config: nothing changes.
+	require.NoError(t, queue.Setup(e.ctx, e.js, queue.Config{}))
+	check(nil)
+
+	// Changed limits are applied, twice over harmlessly; -1 is unlimited.
+	cfg := queue.Config{JobsMaxBytes: 8 << 20, EventsMaxBytes: queue.UnlimitedBytes}
+	for range 2 {
+		require.NoError(t, queue.Setup(e.ctx, e.js, cfg))
+		check(map[string]int64{"JETPILOT_JOBS": 8 << 20, "JETPILOT_EVENTS": -1})
+	}
+	// And back to the defaults.
+	require.NoError(t, queue.Setup(e.ctx, e.js, queue.Config{}))
+	check(nil)
+}
+
+func TestSetupRejectsBadLimits(t *testing.T) {
+	t.Parallel()
+	err := queue.Config{JobsMaxBytes: -2, DeadMaxBytes: -5}.Validate()
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "jobs max bytes: must be positive, or -1 for unlimited, got -2")
+	assert.Contains(t, err.Error(), "dead max bytes: must be positive, or -1 for unlimited, got -5")
+}
+
+func TestFullJobsStreamRefusesSubmit(t *testing.T) {
+	t.Parallel()
+	const limit = 64 << 10
+	e := setupEnv(t, queue.Config{JobsMaxBytes: limit})
+	c := queue.NewClient(e.js, e.cfg)
+	job := validJob("fill-0")
+	job.Prompt = strings.Repeat("x", 4<<10)
+	var err error
+	submitted := 0
+	// Bounded: 64 KiB holds fewer than 16 jobs of 4 KiB.
+	for i := range 64 {
+		job.ID = fmt.Sprintf("fill-%d", i)
+		if _, err = c.Submit(e.ctx, job); err != nil {
+			break
+		}
+		submitted++
+	}
+	require.Error(t, err, "a full JOBS stream must refuse the publish")
+	assert.Positive(t, submitted)
+	assert.Less(t, submitted, 16)
+	assert.True(t, queue.IsStreamFull(err), "%v", err)
+	assert.Contains(t, err.Error(), fmt.Sprintf("submit job %q", job.ID))
+	assert.Contains(t, err.Error(), "maximum bytes exceeded")
+	explained := queue.ExplainStreamFull(e.cfg.JobsStream(), err)
+	assert.Contains(t, explained.Error(), "stream JETPILOT_JOBS is full")
+	assert.ErrorIs(t, explained, err)
+
+	// Nothing old was dropped to make room: every accepted job is there.
+	s, err := e.js.Stream(e.ctx, e.cfg.JobsStream())
+	require.NoError(t, err)
+	info, err := s.Info(e.ctx)
+	require.NoError(t, err)
+	assert.EqualValues(t, submitted, info.State.Msgs)
+	assert.EqualValues(t, 1, info.State.FirstSeq)
+
+	// Other errors are not "full".
+	assert.False(t, queue.IsStreamFull(errors.New("maximum bytes exceeded")))
+	assert.Equal(t, io.EOF, queue.ExplainStreamFull("X", io.EOF))
 }

@@ -19,14 +19,21 @@ const (
 	textFlushBytes = 1024
 )
 
-// liveEvents publishes one job's live progress on jetpilot.events.<job_id>.
+// liveEvents publishes one job's live progress on jetpilot.events.<job_id>,
+// for one phase (a phase's events come from one liveEvents).
 // Events are best effort: they are published asynchronously and never slow
 // down or fail the run; the Result is the record.
+//
+// Every event carries the job id; the job's metadata rides only on the
+// first event this publisher emits (the phase's opening event: its
+// announce, or the first progress event), so a reader joining a phase
+// learns it once and a chatty run does not repeat it on every event.
 type liveEvents struct {
 	js      jetstream.JetStream
 	subject string
 	jobID   string
 	md      map[string]string
+	mdSent  bool // the metadata has been published on an event
 
 	mu        sync.Mutex
 	seq       uint64
@@ -78,7 +85,10 @@ func (l *liveEvents) flushLocked() {
 func (l *liveEvents) publishLocked(ev schemas.Event) {
 	l.seq++
 	ev.Schema = schemas.EventSchemaID
-	ev.JobID, ev.Seq, ev.Metadata = l.jobID, l.seq, l.md
+	ev.JobID, ev.Seq, ev.Metadata = l.jobID, l.seq, nil
+	if !l.mdSent {
+		ev.Metadata, l.mdSent = l.md, true
+	}
 	if ev.At.IsZero() {
 		ev.At = time.Now().UTC()
 	}

@@ -30,6 +30,7 @@ func newDevCmd(g *globalFlags) *cobra.Command {
 	var dir string
 	var natsPort int
 	var demo, keep bool
+	var syncMode string
 	cmd := &cobra.Command{
 		Use:   "dev",
 		Short: "Everything on one machine: embedded JetStream, a worker, and the agent simulator",
@@ -56,7 +57,11 @@ a demo job, prints its result and exits with the job's exit code.`,
 			if err != nil {
 				return fmt.Errorf("store dir: %w", err)
 			}
-			ns, err := queue.StartEmbedded(queue.EmbeddedOptions{Dir: storeDir, Port: natsPort, ServerName: "jetpilot-dev"})
+			sync, err := queue.ParseSyncMode(syncMode)
+			if err != nil {
+				return usageError("--sync: %w", err)
+			}
+			ns, err := queue.StartEmbedded(queue.EmbeddedOptions{Dir: storeDir, Port: natsPort, ServerName: "jetpilot-dev", Sync: sync})
 			if err != nil {
 				return fmt.Errorf("start embedded NATS (try --nats-port -1 for a random port): %w", err)
 			}
@@ -65,7 +70,7 @@ a demo job, prints its result and exits with the job's exit code.`,
 				ns.WaitForShutdown()
 			}()
 			g.natsURL = ns.ClientURL()
-			fmt.Fprintf(out, "NATS (JetStream, data in %s): %s\n", storeDir, g.natsURL)
+			fmt.Fprintf(out, "NATS (JetStream, data in %s, fsync %s): %s\n", storeDir, syncDescription(sync), g.natsURL)
 
 			if !cmd.Flags().Changed("agent-url") {
 				url, stop, err := startSimulator(ctx, log)
@@ -139,7 +144,17 @@ a demo job, prints its result and exits with the job's exit code.`,
 	cmd.Flags().IntVar(&natsPort, "nats-port", 4222, "embedded NATS port (-1: a random free port)")
 	cmd.Flags().BoolVar(&demo, "demo", false, "submit a demo job, print its result, and exit")
 	cmd.Flags().BoolVar(&keep, "keep-serving", false, "with --demo: keep serving after the demo job")
+	cmd.Flags().StringVar(&syncMode, "sync", "always", "when the embedded server fsyncs JetStream writes: always (every write, before its ack), "+
+		"default (nats-server's: every 2m; faster, but acknowledged writes can be lost on power failure) or an interval such as 10s")
 	return cmd
+}
+
+// syncDescription says what a sync mode means for an acknowledged write.
+func syncDescription(m queue.SyncMode) string {
+	if m.Always() {
+		return "every write"
+	}
+	return "every " + m.Interval().String() + ": acknowledged writes can be lost on power failure"
 }
 
 // startSimulator serves the agent simulator on a free loopback port.

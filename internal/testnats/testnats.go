@@ -35,6 +35,12 @@ func StartServer(t testing.TB, dir string) *server.Server {
 		StoreDir:  dir,
 		NoSigs:    true,
 		NoLog:     true,
+		// Lazy fsync, nats-server's default, set explicitly: tests do not
+		// survive power failures, and fsyncing every write would slow the
+		// suite (and CI) by an order of magnitude. `jetpilot dev` syncs
+		// every write (queue.SyncAlways).
+		SyncAlways:   false,
+		SyncInterval: 2 * time.Minute,
 	})
 	if err != nil {
 		t.Fatalf("testnats: new server: %v", err)
