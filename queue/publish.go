@@ -161,7 +161,7 @@ func publishData(ctx context.Context, js jetstream.JetStream, stream, subject, m
 		if errors.Is(err, jetstream.ErrNoStreamResponse) {
 			return nil, fmt.Errorf("publish to %s: no stream answered (has `jetpilot setup` created stream %s?): %w", subject, stream, err)
 		}
-		return nil, fmt.Errorf("publish to %s: %w", subject, err)
+		return nil, fmt.Errorf("publish to %s: %w", subject, ExplainStreamFull(stream, err))
 	}
 	return ack, nil
 }

@@ -120,6 +120,34 @@ func Setup(ctx context.Context, js jetstream.JetStream, cfg Config) error {
 	return nil
 }
 
+// EnsureStreams creates the streams and the runs bucket that do not exist
+// yet, and leaves the ones that do as they are: what a worker does at start,
+// so that it never puts back the defaults over limits an operator set with
+// `jetpilot setup`.
+func EnsureStreams(ctx context.Context, js jetstream.JetStream, cfg Config) error {
+	if err := cfg.Validate(); err != nil {
+		return fmt.Errorf("ensure streams: %w", err)
+	}
+	for _, sc := range cfg.StreamConfigs() {
+		_, err := js.Stream(ctx, sc.Name)
+		if errors.Is(err, jetstream.ErrStreamNotFound) {
+			_, err = js.CreateStream(ctx, sc)
+		}
+		if err != nil {
+			return fmt.Errorf("ensure stream %s: %w", sc.Name, err)
+		}
+	}
+	kvc := cfg.RunsBucketConfig()
+	_, err := js.KeyValue(ctx, kvc.Bucket)
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		_, err = js.CreateKeyValue(ctx, kvc)
+	}
+	if err != nil {
+		return fmt.Errorf("ensure KV bucket %s: %w", kvc.Bucket, err)
+	}
+	return nil
+}
+
 // WorkerConsumerConfig is the consumer config of the catch-all worker
 // consumer (no profile) or of one profile's consumer.
 func (cfg Config) WorkerConsumerConfig(profile string) jetstream.ConsumerConfig {

@@ -67,7 +67,9 @@ func (p *permissionErrors) explain(err error) error {
 // NATS user may not manage streams (least privilege) works with streams an
 // admin created with `jetpilot setup`: they only have to exist.
 func setupOrCheck(ctx context.Context, js jetstream.JetStream, qcfg queue.Config, perms *permissionErrors, log *slog.Logger) error {
-	err := queue.Setup(ctx, js, qcfg)
+	// Create what is missing, change nothing that exists: the limits are
+	// `jetpilot setup`'s to set.
+	err := queue.EnsureStreams(ctx, js, qcfg)
 	if err == nil {
 		return nil
 	}
