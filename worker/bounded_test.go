@@ -70,3 +70,26 @@ func TestPoisonJobsSettleOnce(t *testing.T) {
 	assert.Equal(t, 1, paused.Attempt)
 	assert.Equal(t, 2, h.sim.RunsStarted(), "one run each for the jobs that ran")
 }
+
+// At the fleet-wide cap on paused runs, a new pause rejects its calls (the
+// agent learns why) instead of holding another session.
+func TestMaxPausedRejectsAtTheCap(t *testing.T) {
+	h := newHarness(t, queue.Config{})
+	h.startWorker(worker.Options{MaxPaused: 1})
+	first := job("cap-1", "#sim tool run_command {}\n#sim text never")
+	first.PauseOnApproval = true
+	h.submit(first)
+	assert.Equal(t, schemas.StatusPaused, h.result("cap-1").Status)
+	h.approval("cap-1")
+
+	second := job("cap-2", "#sim text asking\n#sim tool run_command {}\n#sim text went on")
+	second.PauseOnApproval = true
+	h.submit(second)
+	res := h.final("cap-2")
+	assert.Equal(t, schemas.StatusCompleted, res.Status)
+	assert.Equal(t, 1, res.ToolCalls.Rejected)
+	assert.Contains(t, strings.Join(res.Warnings, "\n"), "paused_cap")
+	assert.Contains(t, res.Stdout, "asking")
+	assert.Contains(t, res.Stdout, "went on")
+	assert.Len(t, h.results("cap-2"), 1, "never paused")
+}

@@ -45,6 +45,7 @@ type phase struct {
 	cancel     bool                            // cancel the run before following
 	announce   *schemas.Event                  // live event published as the phase starts
 	approvalID string                          // the approval a decision or control message names
+	capped     bool                            // a pause was turned into rejections at the paused-run cap
 
 	// Set by execute.
 	events *liveEvents
@@ -139,6 +140,63 @@ func (w *Worker) fetchJob(ctx context.Context, msg jetstream.Msg) (*phase, *outc
 	return p, nil
 }
 
+// maxCappedPauses bounds the pauses one message turns into rejections at
+// the paused-run cap before it pauses anyway.
+const maxCappedPauses = 8
+
+// atPausedCap reports whether MaxPaused runs already wait for a human,
+// fleet-wide: each paused run keeps one expiry timer on CONTROL, so the
+// stream's message count is the number (cancels of paused jobs add a few
+// for an instant). One stream-info request per pause, nothing scanned; two
+// workers pausing at once may pass the cap by one each.
+func (w *Worker) atPausedCap(ctx context.Context) bool {
+	if w.opts.MaxPaused <= 0 {
+		return false
+	}
+	ictx, cancel := context.WithTimeout(ctx, settleTimeout)
+	defer cancel()
+	st, err := w.js.Stream(ictx, w.qcfg.ControlStream())
+	if err != nil {
+		w.log.Warn("count paused runs; pausing regardless", "err", err)
+		return false
+	}
+	return st.CachedInfo().State.Msgs >= uint64(w.opts.MaxPaused)
+}
+
+// carryPhase keeps what a phase did when the run goes on within the same
+// message (its text and counts join the earlier phases').
+func (w *Worker) carryPhase(p *phase, out spawn.Outcome, capped bool) {
+	rec := &p.run.Record
+	if out.WholeText {
+		rec.Stdout = out.Stdout
+	} else {
+		rec.Stdout += out.Stdout
+	}
+	rec.Stdout, _ = cutHeadBytes(rec.Stdout, w.opts.MaxOutputBytes)
+	rec.ToolCalls.Accepted += out.ToolCalls.Accepted
+	rec.ToolCalls.Rejected += out.ToolCalls.Rejected
+	rec.Held = out.Held
+	p.capped = p.capped || capped
+}
+
+func cutHeadBytes(s string, max int) (string, int) {
+	n := truncateHead(&s, max)
+	return s, n
+}
+
+// pausedCapRejections rejects every call a pause waits on, with the reason.
+func pausedCapRejections(pr *schemas.PauseReason, cap int) map[string]schemas.ToolDecision {
+	out := map[string]schemas.ToolDecision{}
+	if pr == nil {
+		return out
+	}
+	for _, c := range pr.PendingToolCalls {
+		out[c.ID] = schemas.ToolDecision{Action: schemas.ActionReject,
+			Content: fmt.Sprintf("Rejected without review: %d runs are already waiting for a human (paused_cap); try something that needs no approval, or later", cap)}
+	}
+	return out
+}
+
 // cancelledBeforeStart is the result of a job cancelled while its run
 // could not be started yet.
 func (w *Worker) cancelledBeforeStart(p *phase) schemas.Result {
@@ -180,6 +238,20 @@ func (w *Worker) execute(ctx context.Context, p *phase) *outcome {
 	}
 
 	out, err := w.runner.Run(ctx, w.spec(ctx, p, lost))
+	for range maxCappedPauses {
+		if err != nil || out.Status != schemas.StatusPaused || !w.atPausedCap(ctx) {
+			break
+		}
+		// Too many runs wait for a human fleet-wide: this pause's calls are
+		// rejected (the agent learns why) and the run goes on.
+		w.carryPhase(p, out, true)
+		p.decisions = pausedCapRejections(out.PauseReason, w.opts.MaxPaused)
+		p.log.Warn("paused-run cap reached: rejecting the calls instead of pausing", "max_paused", w.opts.MaxPaused)
+		out, err = w.runner.Run(ctx, w.spec(ctx, p, lost))
+	}
+	if p.capped {
+		out.Warnings = append(out.Warnings, fmt.Sprintf("paused_cap: %d runs were waiting for a human (the cap), so calls that needed approval were rejected", w.opts.MaxPaused))
+	}
 	p.active.settling.Store(true)
 	if cause := context.Cause(ctx); errors.Is(cause, errLostJob) {
 		return &outcome{kind: outLost, err: cause}

@@ -66,6 +66,10 @@ type Options struct {
 	// ApprovalTimeout is how long a paused run waits for a decision before
 	// OnApprovalExpiry applies. Default 1h.
 	ApprovalTimeout time.Duration
+	// MaxPaused caps the runs waiting for a human fleet-wide: at the cap a
+	// new pause rejects its calls (the agent is told why, the result says
+	// paused_cap) instead of holding another agent session. 0: no cap.
+	MaxPaused int
 	// OnApprovalExpiry is what happens when an approval expires undecided.
 	// Default ExpireReject.
 	OnApprovalExpiry ExpiryAction

@@ -37,6 +37,7 @@ type workerFlags struct {
 	shutdownGrace   time.Duration
 	shutdownMode    string
 	approvalTimeout time.Duration
+	maxPaused       int
 	onExpiry        string
 	metricsAddr     string
 	// Runner tuning, for tests and operators chasing a slow server; not in
@@ -59,6 +60,7 @@ func (f *workerFlags) register(fs *pflag.FlagSet) {
 	fs.DurationVar(&f.shutdownGrace, "shutdown-grace", 30*time.Second, "how long running jobs may go on after SIGTERM")
 	fs.StringVar(&f.shutdownMode, "shutdown-mode", string(worker.ShutdownHandoff), "after the grace period: handoff (leave runs going, another worker re-attaches) or cancel")
 	fs.DurationVar(&f.approvalTimeout, "approval-timeout", time.Hour, "how long a paused run waits for a decision")
+	fs.IntVar(&f.maxPaused, "max-paused", 0, "cap on runs waiting for a human fleet-wide; at the cap a new pause rejects its calls (0: no cap)")
 	fs.StringVar(&f.onExpiry, "on-approval-expiry", string(worker.ExpireReject), "when an approval expires: reject the pending calls, or cancel the run")
 	fs.StringVar(&f.metricsAddr, "metrics-addr", "", "serve /metrics, /healthz and /readyz on this address (e.g. 127.0.0.1:9090)")
 	fs.DurationVar(&f.livenessInterval, "liveness-interval", 0, "ask the agent server whether a run is alive after it sent no event for this long: a run that dies without an event ends run_lost within about this bound (default 20s)")
@@ -128,6 +130,7 @@ func runWorker(ctx context.Context, g *globalFlags, f *workerFlags, nc *nats.Con
 		ShutdownGrace:    f.shutdownGrace,
 		ShutdownMode:     worker.ShutdownMode(f.shutdownMode),
 		ApprovalTimeout:  f.approvalTimeout,
+		MaxPaused:        f.maxPaused,
 		OnApprovalExpiry: worker.ExpiryAction(f.onExpiry),
 		Logger:           log,
 		Metrics:          metrics,
