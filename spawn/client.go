@@ -74,7 +74,7 @@ const maxErrorBody = 64 << 10
 
 // maxJSONBody bounds how much of a JSON answer is read (message lists can be
 // large, but not unbounded).
-const maxJSONBody = 64 << 20
+const maxJSONBody = 16 << 20
 
 // NewClient returns a client for opts.BaseURL.
 func NewClient(opts ClientOptions) (*Client, error) {
@@ -618,8 +618,14 @@ func (c *Client) doJSON(ctx context.Context, op, method, path string, in any, id
 		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxErrorBody))
 		return nil
 	}
-	dec := json.NewDecoder(io.LimitReader(resp.Body, maxJSONBody))
+	lr := &io.LimitedReader{R: resp.Body, N: maxJSONBody}
+	dec := json.NewDecoder(lr)
 	if err := dec.Decode(out); err != nil {
+		if lr.N <= 0 {
+			// Not a broken connection: the answer is larger than the
+			// client reads. Asking again gets the same answer.
+			return fmt.Errorf("agent server: %s: answer larger than %d bytes", op, maxJSONBody)
+		}
 		if ctx.Err() == nil && (rctx.Err() != nil || errors.Is(err, io.ErrUnexpectedEOF) || IsTransient(err)) {
 			// The connection broke while reading the answer.
 			return markTransient(fmt.Errorf("agent server: %s: read answer: %w", op, err))

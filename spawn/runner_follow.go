@@ -55,7 +55,7 @@ func (st *runState) messages(ctx context.Context, limit, offset int) (MessagePag
 
 // maxMessagePages bounds the paging through a session's messages.
 const (
-	messagePageSize = 100
+	messagePageSize = 20
 	maxMessagePages = 1000
 )
 
