@@ -93,13 +93,14 @@ func NewClient(opts ClientOptions) (*Client, error) {
 	}
 	u, err := url.Parse(base)
 	if err != nil {
-		return nil, fmt.Errorf("spawn: new client: BaseURL: %w", err)
+		// Not the url.Error: it quotes the text, which may hold a password.
+		return nil, errors.New("spawn: new client: BaseURL does not parse")
 	}
 	if u.Scheme != "http" && u.Scheme != "https" {
-		return nil, fmt.Errorf("spawn: new client: BaseURL %q: scheme must be http or https", base)
+		return nil, fmt.Errorf("spawn: new client: BaseURL %q: scheme must be http or https", u.Redacted())
 	}
 	if u.Host == "" {
-		return nil, fmt.Errorf("spawn: new client: BaseURL %q has no host", base)
+		return nil, fmt.Errorf("spawn: new client: BaseURL %q has no host", u.Redacted())
 	}
 	if u.User != nil {
 		return nil, errors.New("spawn: new client: BaseURL must not carry credentials; use Token")
