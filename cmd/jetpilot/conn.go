@@ -129,7 +129,10 @@ func (g *globalFlags) connect(ctx context.Context, name string, log *slog.Logger
 	}
 	nc, err := nats.Connect(g.natsURL, opts...)
 	if err != nil {
-		return nil, nil, fmt.Errorf("connect to NATS at %s: %s", redactURL(g.natsURL), scrubURLSecrets(err.Error(), g.natsURL))
+		if clean := scrubURLSecrets(err.Error(), g.natsURL); clean != err.Error() {
+			return nil, nil, fmt.Errorf("connect to NATS at %s: %s", redactURL(g.natsURL), clean)
+		}
+		return nil, nil, fmt.Errorf("connect to NATS at %s: %w", redactURL(g.natsURL), err)
 	}
 	js, err := jetstream.New(nc)
 	if err != nil {
