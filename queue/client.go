@@ -38,6 +38,10 @@ type SubmitAck struct {
 	// Duplicate is true when JetStream already had a job with this id within
 	// the duplicate window and dropped this one: the job runs once.
 	Duplicate bool
+	// Digest is schemas.JobDigest of the bytes published. A worker's result
+	// for this job carries the same job_digest; a result with another one
+	// is of another job that had the same id.
+	Digest string
 }
 
 // Submit validates job against the job schema (every problem is reported,
@@ -78,7 +82,7 @@ func (c *Client) SubmitRaw(ctx context.Context, profile, id string, data []byte)
 	if err != nil {
 		return SubmitAck{}, fmt.Errorf("submit job %q: %w", id, err)
 	}
-	return SubmitAck{Stream: ack.Stream, Seq: ack.Sequence, Duplicate: ack.Duplicate}, nil
+	return SubmitAck{Stream: ack.Stream, Seq: ack.Sequence, Duplicate: ack.Duplicate, Digest: schemas.JobDigest(data)}, nil
 }
 
 // WaitResult waits for the job's final result: it reads the job's results

@@ -75,6 +75,9 @@ func TestDecodeDecisionInvalid(t *testing.T) {
 		{"unknown field in a decision", decision(`"decisions":{"c1":{"action":"accept","reason":"ok"}}`), "decisions/c1", `unknown field "reason"`, 0},
 		{"decided_by number", decision(`"all":"allow","decided_by":7`), "decided_by", "must be a string (got a number)", 0},
 		{"schema id wrong", decision(`"all":"allow","schema":"jetpilot.job.v1"`), "schema", `must be "jetpilot.decision.v1" (got "jetpilot.job.v1")`, 0},
+		{"duplicate all", decision(`"all":"deny","all":"allow"`), "", `duplicate key "all"`, 0},
+		{"duplicate tool call id", decision(`"decisions":{"c1":{"action":"reject"},"c1":{"action":"accept"}}`), "decisions", `duplicate key "c1"`, 0},
+		{"duplicate action", decision(`"decisions":{"c1":{"action":"reject","action":"accept"}}`), "decisions/c1", `duplicate key "action"`, 0},
 		{"tool call id with slash", decision(`"decisions":{"a/b":{"action":"nope"}}`), "decisions/a~1b/action", `(got "nope")`, 0},
 	}
 	for _, tc := range cases {

@@ -19,7 +19,7 @@ import (
 // TestJobFastPathDifferential hold it to that.
 //
 // What it refuses to decide, leaving it to the full path:
-//   - duplicate members anywhere (the full path keeps the last one);
+//   - duplicate members anywhere (the full path rejects them);
 //   - member names with escapes, in another case, or unknown;
 //   - null, and any value of a type the schema does not allow;
 //   - numbers other than max_turns written as a plain integer 1-256

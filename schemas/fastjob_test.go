@@ -207,7 +207,7 @@ func TestJobFastPathTakesCommonJobs(t *testing.T) {
 		assert.True(t, ok, "%.200s", doc)
 	}
 	for _, doc := range []string{
-		`{"id":"bad id","id":"good","prompt":"p"}`, job(`"overrides":{"max_turns":1.0}`), `{"i\u0064":"j1","prompt":"p"}`,
+		job(`"overrides":{"max_turns":1.0}`), `{"i\u0064":"j1","prompt":"p"}`,
 		job(`"workdir":"` + strings.Repeat("é", 2049) + `"`),
 	} {
 		_, ok := fastDecodeJob([]byte(doc))

@@ -57,7 +57,15 @@ func TestDecodeJobInvalid(t *testing.T) {
 		{"id with subject wildcard", `{"id":"a*","prompt":"p"}`, "id", `'*' is not allowed`, 0},
 		{"id empty", `{"id":"","prompt":"p"}`, "id", "(got an empty string)", 0},
 		{"id number", `{"id":42,"prompt":"p"}`, "id", "must be 1-128 characters of A-Za-z0-9._:- (got a number)", 0},
-		{"id duplicated, last invalid", `{"id":"ok","id":"not ok","prompt":"p"}`, "id", `(got "not ok"`, 0},
+		{"id duplicated, last invalid", `{"id":"ok","id":"not ok","prompt":"p"}`, "id", `(got "not ok"`, 2},
+		{"duplicate id", `{"id":"bad id","id":"good","prompt":"p"}`, "", `duplicate key "id"`, 0},
+		{"duplicate prompt", `{"id":"j1","prompt":"look","prompt":"rm -rf /"}`, "", `duplicate key "prompt"`, 0},
+		{"duplicate key spelt with an escape", `{"id":"j1","prompt":"a","\u0070rompt":"b"}`, "", `duplicate key "prompt"`, 0},
+		{"duplicate metadata key", job(`"metadata":{"a":"1","b":"2","a":"3"}`), "metadata", `duplicate key "a"`, 0},
+		{"duplicate key in an override", job(`"overrides":{"model":"a","model":"b"}`), "overrides", `duplicate key "model"`, 0},
+		{"duplicate key in a context item", job(`"caller_context":[{"name":"a","content":"x"},{"name":"b","content":"y","name":"c"}]`),
+			"caller_context/1", `duplicate key "name"`, 0},
+		{"duplicate key inside an unknown field", job(`"x":{"k":[{"q":1,"q":2}]}`), "x/k/0", `duplicate key "q"`, 2},
 		{"prompt empty", `{"id":"j1","prompt":""}`, "prompt", "must not be empty", 0},
 		{"prompt blank", `{"id":"j1","prompt":" \n\t "}`, "prompt", "must not be only whitespace", 0},
 		{"prompt over 1 MiB", `{"id":"j1","prompt":"` + strings.Repeat("a", MaxPromptBytes+1) + `"}`, "prompt",
@@ -276,7 +284,8 @@ func TestDecodeJobValid(t *testing.T) {
 		{"unicode prompt", `{"id":"j1","prompt":"Résumé 🚀 \u2028 <b>"}`, func(t *testing.T, j Job) {
 			assert.Equal(t, "Résumé 🚀 \u2028 <b>", j.Prompt)
 		}},
-		{"duplicate id, last wins", `{"id":"bad id","id":"good","prompt":"p"}`, func(t *testing.T, j Job) { assert.Equal(t, "good", j.ID) }},
+		{"same key in different objects", job(`"metadata":{"model":"a"},"overrides":{"model":"b"},"caller_context":[{"name":"n","content":"c"},{"name":"n","content":"c"}]`),
+			func(t *testing.T, j Job) { assert.Equal(t, "b", j.Overrides.Model) }},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -435,4 +444,32 @@ func TestDecodeJobDeterministic(t *testing.T) {
 		_, err := DecodeJob(doc)
 		require.Equal(t, first, err)
 	}
+}
+
+// TestDuplicateKeysNeverFast: a job with a member given twice, at any
+// depth, is refused by the fast path and rejected by the full one.
+func TestDuplicateKeysNeverFast(t *testing.T) {
+	for _, doc := range []string{
+		`{"id":"bad id","id":"good","prompt":"p"}`,
+		job(`"metadata":{"a":"1","a":"2"}`),
+		job(`"metadata":{"a":"1","\u0061":"2"}`),
+		job(`"overrides":{"max_turns":3,"max_turns":4}`),
+		job(`"caller_context":[{"name":"n","content":"c","content":"d"}]`),
+	} {
+		_, ok := fastDecodeJob([]byte(doc))
+		assert.False(t, ok, doc)
+		_, err := DecodeJob([]byte(doc))
+		var verr *ValidationError
+		require.ErrorAs(t, err, &verr, doc)
+		assert.Contains(t, verr.Error(), "duplicate key", doc)
+		require.ErrorAs(t, Validate(SchemaJob, []byte(doc)), &verr, doc)
+	}
+}
+
+func TestJobDigest(t *testing.T) {
+	t.Parallel()
+	// sha256("abc"), the FIPS 180-2 test vector.
+	assert.Equal(t, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad", JobDigest([]byte("abc")))
+	assert.NotEqual(t, JobDigest([]byte(`{"id":"a","prompt":"p"}`)), JobDigest([]byte(`{"id":"a", "prompt":"p"}`)),
+		"the digest is of the bytes, not of the parsed job")
 }

@@ -8,6 +8,7 @@ import (
 	"io"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 )
 
 // parseJSON decodes one JSON value with numbers kept as json.Number (what
@@ -110,4 +111,90 @@ func absurdNumber(n string) bool {
 	}
 	exp, err := strconv.Atoi(strings.TrimPrefix(n[i+1:], "+"))
 	return err != nil || exp > maxNumberExponent || exp < -maxNumberExponent
+}
+
+// duplicateKeys finds every member name that appears more than once in the
+// same object, anywhere in data, which must be valid JSON (parseJSON
+// accepted it). encoding/json keeps the last of them without a word, so a
+// reviewer reading the first would see another job than the worker runs.
+// Names are compared decoded, as encoding/json compares them. Each problem
+// is on the object's path and names the key.
+func duplicateKeys(data []byte) []FieldError {
+	type frame struct {
+		obj   bool
+		path  string
+		keys  map[string]struct{}
+		key   string // the member being read (objects)
+		index int    // the element being read (arrays)
+	}
+	var (
+		stack     []frame // at most encoding/json's nesting limit deep
+		out       []FieldError
+		expectKey bool
+	)
+	childPath := func() string {
+		if len(stack) == 0 {
+			return ""
+		}
+		top := &stack[len(stack)-1]
+		if top.obj {
+			return join(top.path, top.key)
+		}
+		return join(top.path, strconv.Itoa(top.index))
+	}
+	// Every iteration moves i forward; a string is skipped whole.
+	for i := 0; i < len(data); i++ {
+		switch data[i] {
+		case '{':
+			stack = append(stack, frame{obj: true, path: childPath()})
+			expectKey = true
+		case '[':
+			stack = append(stack, frame{path: childPath()})
+			expectKey = false
+		case '}', ']':
+			if len(stack) > 0 {
+				stack = stack[:len(stack)-1]
+			}
+			expectKey = false
+		case ',':
+			if len(stack) > 0 {
+				if top := &stack[len(stack)-1]; top.obj {
+					expectKey = true
+				} else {
+					top.index++
+				}
+			}
+		case '"':
+			j, escaped, high := i+1, false, false
+			for ; j < len(data) && data[j] != '"'; j++ {
+				switch {
+				case data[j] == '\\':
+					escaped = true
+					j++
+				case data[j] >= 0x80:
+					high = true
+				}
+			}
+			if expectKey && len(stack) > 0 && j < len(data) {
+				raw := data[i+1 : j]
+				key := string(raw)
+				if escaped || (high && !utf8.Valid(raw)) {
+					_ = json.Unmarshal(data[i:j+1], &key)
+				}
+				top := &stack[len(stack)-1]
+				if _, dup := top.keys[key]; dup {
+					out = append(out, FieldError{Field: top.path, Reason: "duplicate key " + quote(key)})
+				} else {
+					if top.keys == nil {
+						top.keys = make(map[string]struct{})
+					}
+					top.keys[key] = struct{}{}
+				}
+				top.key = key
+				expectKey = false
+			}
+			i = j
+		}
+	}
+	return out
 }

@@ -143,7 +143,7 @@ func SchemaJSON(name string) ([]byte, error) {
 // JSON text as []byte or json.RawMessage.
 //
 // Jobs and decisions also get the checks JSON Schema cannot express (byte
-// sizes, durations, totals), exactly as DecodeJob and DecodeDecision apply
+// sizes, durations, totals, member names given twice in one object), exactly as DecodeJob and DecodeDecision apply
 // them. A document that breaks the rules yields a *ValidationError naming
 // every problem; other errors (unknown schema, unmarshallable value) are
 // plain errors.
@@ -183,6 +183,9 @@ func (s *compiledSchema) check(data []byte) (any, []FieldError) {
 	switch s.name {
 	case SchemaJob:
 		problems = append(problems, jobGoChecks(v, problems)...)
+		problems = append(problems, duplicateKeys(data)...)
+	case SchemaDecision:
+		problems = append(problems, duplicateKeys(data)...)
 	}
 	return v, problems
 }

@@ -221,7 +221,7 @@ func fullValues() map[string][]any {
 			Metadata: md,
 		}},
 		"result": {Result{
-			Schema: ResultSchemaID, JobID: "job-1", Status: StatusPaused, ExitCode: StatusPaused.ExitCode(),
+			Schema: ResultSchemaID, JobID: "job-1", JobDigest: JobDigest([]byte(`{"id":"job-1","prompt":"p"}`)), Status: StatusPaused, ExitCode: StatusPaused.ExitCode(),
 			SessionID: "s", RunID: "r", CheckpointID: "c", TimedOut: false, Paused: true,
 			PauseReason: &PauseReason{Type: PauseToolApproval, PendingToolCalls: calls},
 			ResumeHint:  "jetpilot approve a --allow", Stdout: "out", Stderr: "err",

@@ -156,8 +156,12 @@ func (s Status) ExitCode() *int {
 // Result is what happened to a job: its final outcome, or a pause.
 // Published on jetpilot.results.<job_id> with Nats-Msg-Id = <job_id>:<phase>.
 type Result struct {
-	Schema       string            `json:"schema,omitempty"`
-	JobID        string            `json:"job_id"`
+	Schema string `json:"schema,omitempty"`
+	JobID  string `json:"job_id"`
+	// JobDigest is JobDigest of the job message's payload as received, so
+	// a producer can tell its own job's result from that of another job
+	// that came with the same id. Empty from older workers.
+	JobDigest    string            `json:"job_digest,omitempty"`
 	Status       Status            `json:"status"`
 	ExitCode     *int              `json:"exit_code"`
 	SessionID    string            `json:"session_id,omitempty"`

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -38,8 +39,14 @@ type ClientOptions struct {
 	TokenFile string
 	// HTTPClient defaults to a client with dial, TLS and response-header
 	// timeouts but no overall Timeout, because the event stream is
-	// long-lived.
+	// long-lived. Whichever client is used, redirects are never followed
+	// (the client works on a copy whose CheckRedirect refuses them): a 3xx
+	// answer is a *RedirectError.
 	HTTPClient *http.Client
+	// TLSConfig, when set, is the default client's TLS configuration for
+	// an https BaseURL (a private CA, a client certificate). Ignored when
+	// HTTPClient is set.
+	TLSConfig *tls.Config
 	// DirectEventStreams reads each event stream of a plain-http server
 	// reached without a proxy over a connection of its own, read by the
 	// goroutine that follows the run, instead of through HTTPClient: one
@@ -47,7 +54,8 @@ type ClientOptions struct {
 	// per stream (see directSSE). The other calls are unchanged, but as the
 	// streams no longer take pooled connections, those calls find more idle
 	// ones (and net/http replays an Idempotency-Key request whose reused
-	// connection broke). Ignored when HTTPClient is set.
+	// connection broke). Ignored when HTTPClient is set, and for an https
+	// BaseURL, whose streams go through net/http.
 	DirectEventStreams bool
 	// UserAgent defaults to "jetpilot".
 	UserAgent string
@@ -61,6 +69,7 @@ type ClientOptions struct {
 type Client struct {
 	base       string
 	token      atomic.Pointer[string]
+	prevToken  atomic.Pointer[string] // the token before the last reload, scrubbed from errors too
 	tokenFile  string
 	tokenMu    sync.Mutex // serialises reads of tokenFile
 	hc         *http.Client
@@ -84,13 +93,14 @@ func NewClient(opts ClientOptions) (*Client, error) {
 	}
 	u, err := url.Parse(base)
 	if err != nil {
-		return nil, fmt.Errorf("spawn: new client: BaseURL: %w", err)
+		// Not the url.Error: it quotes the text, which may hold a password.
+		return nil, errors.New("spawn: new client: BaseURL does not parse")
 	}
 	if u.Scheme != "http" && u.Scheme != "https" {
-		return nil, fmt.Errorf("spawn: new client: BaseURL %q: scheme must be http or https", base)
+		return nil, fmt.Errorf("spawn: new client: BaseURL %q: scheme must be http or https", u.Redacted())
 	}
 	if u.Host == "" {
-		return nil, fmt.Errorf("spawn: new client: BaseURL %q has no host", base)
+		return nil, fmt.Errorf("spawn: new client: BaseURL %q has no host", u.Redacted())
 	}
 	if u.User != nil {
 		return nil, errors.New("spawn: new client: BaseURL must not carry credentials; use Token")
@@ -112,11 +122,15 @@ func NewClient(opts ClientOptions) (*Client, error) {
 		}
 	}
 	if c.hc == nil {
-		c.hc = defaultHTTPClient()
+		c.hc = defaultHTTPClient(opts.TLSConfig)
 		if opts.DirectEventStreams && u.Scheme == "http" {
 			c.direct = newDirectSSE(c.hc.Transport.(*http.Transport))
 		}
+	} else {
+		hc := *c.hc
+		c.hc = &hc
 	}
+	c.hc.CheckRedirect = refuseRedirect
 	if c.userAgent == "" {
 		c.userAgent = "jetpilot"
 	}
@@ -137,10 +151,20 @@ const (
 	transportWriteBufferSize = 1 << 10
 )
 
-func defaultHTTPClient() *http.Client {
+// refuseRedirect is every client's CheckRedirect: the 3xx answer itself
+// comes back, and the caller turns it into a *RedirectError. Following it
+// would send the token on (net/http keeps Authorization for the same host
+// on any port).
+func refuseRedirect(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+
+func defaultHTTPClient(tlsConfig *tls.Config) *http.Client {
+	if tlsConfig != nil {
+		tlsConfig = tlsConfig.Clone()
+	}
 	return &http.Client{
 		Transport: &http.Transport{
-			Proxy: http.ProxyFromEnvironment,
+			TLSClientConfig: tlsConfig,
+			Proxy:           http.ProxyFromEnvironment,
 			DialContext: (&net.Dialer{
 				Timeout:   10 * time.Second,
 				KeepAlive: 30 * time.Second,
@@ -167,8 +191,9 @@ func defaultHTTPClient() *http.Client {
 // Accept-Encoding: gzip it adds on its own (event streams are not
 // compressed). The dial, proxy and header-timeout settings are the
 // transport's; whenever they call for more than a plain TCP connection (a
-// proxy), do answers (nil, nil) and the caller uses the http.Client, as it
-// does for a redirect.
+// proxy), do answers (nil, nil) and the caller uses the http.Client. A
+// redirect is returned like any answer, never followed: the caller refuses
+// it.
 type directSSE struct {
 	dial          func(ctx context.Context, network, addr string) (net.Conn, error)
 	proxy         func(*http.Request) (*url.URL, error)
@@ -241,12 +266,6 @@ func (d *directSSE) do(req *http.Request) (*http.Response, error) {
 		}
 		break
 	}
-	if resp.StatusCode >= 300 && resp.StatusCode < 400 && resp.Header.Get("Location") != "" {
-		// A redirect: let net/http follow it as it always did.
-		stop()
-		_ = conn.Close()
-		return nil, nil
-	}
 	_ = conn.SetDeadline(time.Time{})
 	resp.Body = &directBody{ReadCloser: resp.Body, conn: conn, stop: stop}
 	return resp, nil
@@ -285,9 +304,11 @@ func (c *Client) ReloadToken() (changed bool, err error) {
 	if strings.ContainsAny(tok, "\r\n") {
 		return false, fmt.Errorf("agent token file %s: token contains a line break", c.tokenFile)
 	}
-	if old := c.token.Load(); old != nil && *old == tok {
+	old := c.token.Load()
+	if old != nil && *old == tok {
 		return false, nil
 	}
+	c.prevToken.Store(old)
 	c.token.Store(&tok)
 	return true, nil
 }
@@ -488,6 +509,11 @@ type StreamOptions struct {
 
 // OpenEvents is Events with more options.
 func (c *Client) OpenEvents(ctx context.Context, sessionID string, opts StreamOptions) (*EventStream, error) {
+	s, err := c.openEvents(ctx, sessionID, opts)
+	return s, c.scrubErr(err)
+}
+
+func (c *Client) openEvents(ctx context.Context, sessionID string, opts StreamOptions) (*EventStream, error) {
 	p, err := sessionPath(sessionID, "events")
 	if err != nil {
 		return nil, fmt.Errorf("events: %w", err)
@@ -518,17 +544,21 @@ func (c *Client) OpenEvents(ctx context.Context, sessionID string, opts StreamOp
 		if resp.StatusCode == http.StatusOK {
 			break
 		}
+		if isRedirect(resp.StatusCode) {
+			resp.Body.Close()
+			return nil, redirectError("events", resp)
+		}
 		if try == 0 && c.retryAfter401(resp.StatusCode) {
 			resp.Body.Close()
 			continue
 		}
 		defer resp.Body.Close()
-		return nil, readAPIError("events", resp)
+		return nil, c.readAPIError("events", resp)
 	}
 	ct := resp.Header.Get("Content-Type")
 	if !strings.HasPrefix(strings.ToLower(ct), "text/event-stream") {
 		resp.Body.Close()
-		return nil, fmt.Errorf("agent server: events: unexpected content type %q", ct)
+		return nil, fmt.Errorf("agent server: events: unexpected content type %q", capText(ct, maxErrorFieldBytes))
 	}
 	if direct {
 		// A chunked body keeps its *Response (for trailers) for the whole
@@ -575,8 +605,12 @@ func (c *Client) newRequest(ctx context.Context, method, path string, body []byt
 }
 
 // doJSON sends one request and decodes a 2xx JSON answer into out (nil:
-// discard it).
+// discard it). Its error is scrubbed of credentials.
 func (c *Client) doJSON(ctx context.Context, op, method, path string, in any, idempotencyKey string, out any) error {
+	return c.scrubErr(c.doJSONRaw(ctx, op, method, path, in, idempotencyKey, out))
+}
+
+func (c *Client) doJSONRaw(ctx context.Context, op, method, path string, in any, idempotencyKey string, out any) error {
 	var body []byte
 	if in != nil {
 		var err error
@@ -603,6 +637,11 @@ func (c *Client) doJSON(ctx context.Context, op, method, path string, in any, id
 			}
 			return c.transportError(op, ctx, err)
 		}
+		if isRedirect(resp.StatusCode) {
+			_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxErrorBody))
+			resp.Body.Close()
+			return redirectError(op, resp)
+		}
 		if try > 0 || !c.retryAfter401(resp.StatusCode) {
 			break
 		}
@@ -612,7 +651,7 @@ func (c *Client) doJSON(ctx context.Context, op, method, path string, in any, id
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
-		return readAPIError(op, resp)
+		return c.readAPIError(op, resp)
 	}
 	if out == nil {
 		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxErrorBody))
@@ -662,9 +701,27 @@ func (c *Client) transportError(op string, ctx context.Context, err error) error
 	return fmt.Errorf("agent server: %s: %w", op, err)
 }
 
+// tokens are the credentials scrubbed from error texts: the token and the
+// one it replaced (a request may have gone out with that one).
+func (c *Client) tokens() []string {
+	out := make([]string, 0, 2)
+	for _, p := range []*string{c.token.Load(), c.prevToken.Load()} {
+		if p != nil && *p != "" {
+			out = append(out, *p)
+		}
+	}
+	return out
+}
+
+// scrubErr is err with the client's tokens and any "Bearer <credential>"
+// scrubbed from its text.
+func (c *Client) scrubErr(err error) error { return scrubError(err, c.tokens()...) }
+
 // readAPIError turns a non-2xx answer into an *APIError, from the JSON body
-// when it has one, else from the status text.
-func readAPIError(op string, resp *http.Response) error {
+// when it has one, else from the status text. The server's texts are
+// scrubbed of credentials (a server or proxy may echo the Authorization
+// header) and capped.
+func (c *Client) readAPIError(op string, resp *http.Response) error {
 	b, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
 	ae := &APIError{Op: op, StatusCode: resp.StatusCode}
 	var body struct {
@@ -684,5 +741,9 @@ func readAPIError(op string, resp *http.Response) error {
 	if ae.Code == "" {
 		ae.Code = "http_" + strconv.Itoa(resp.StatusCode)
 	}
+	toks := c.tokens()
+	ae.Message = capText(scrubSecrets(ae.Message, toks...), MaxErrorMessageBytes)
+	ae.Code = capText(scrubSecrets(ae.Code, toks...), maxErrorFieldBytes)
+	ae.RequestID = capText(scrubSecrets(ae.RequestID, toks...), maxErrorFieldBytes)
 	return ae
 }

@@ -7,7 +7,12 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
+	"regexp"
+	"strconv"
+	"strings"
 	"syscall"
+	"unicode/utf8"
 )
 
 // Error codes the agent server uses in error bodies (AGENT_SERVER_API.md).
@@ -31,8 +36,10 @@ const (
 
 // APIError is an HTTP error answer from the agent server.
 //
-// It never carries request headers, so the bearer token cannot leak through
-// it.
+// It never carries request headers, and its texts are scrubbed of the
+// bearer token and of anything written "Bearer <credential>" (a server or
+// proxy that echoes the Authorization header back), so the token cannot
+// leak through it. Message is at most MaxErrorMessageBytes.
 type APIError struct {
 	// Op names the client call, for example "create session".
 	Op string
@@ -153,3 +160,113 @@ func (e *CursorError) Error() string {
 }
 
 func (e *CursorError) Unwrap() error { return e.Err }
+
+// MaxErrorMessageBytes caps APIError.Message: a longer message from the
+// server is cut, and the cut says how much was dropped.
+const MaxErrorMessageBytes = 2 << 10
+
+// maxErrorFieldBytes caps APIError.Code and RequestID, which are short
+// words from an honest server.
+const maxErrorFieldBytes = 128
+
+// redacted stands in for a scrubbed credential.
+const redacted = "[REDACTED]"
+
+// bearerRE finds "Bearer <credential>" in any case, the way an echoed
+// Authorization header reads.
+var bearerRE = regexp.MustCompile(`(?i)(bearer)(\s+|%20|\+)[^\s"'\\,;&<>]+`)
+
+// scrubSecrets removes every occurrence of the given tokens (empty ones are
+// skipped) and every "Bearer <credential>" from s.
+func scrubSecrets(s string, tokens ...string) string {
+	for _, tok := range tokens {
+		if tok != "" {
+			s = strings.ReplaceAll(s, tok, redacted)
+		}
+	}
+	if strings.Contains(strings.ToLower(s), "bearer") {
+		s = bearerRE.ReplaceAllString(s, "${1}${2}"+redacted)
+	}
+	return s
+}
+
+// capText cuts s to at most n bytes on a character boundary, noting the
+// cut.
+func capText(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	cut := n
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "… (" + strconv.Itoa(len(s)-cut) + " more bytes cut)"
+}
+
+// scrubbedError is an error whose text had a credential in it: Error is the
+// scrubbed text, and Unwrap keeps the original for errors.Is and As (so
+// IsTransient still sees a dropped connection).
+type scrubbedError struct {
+	msg string
+	err error
+}
+
+func (e *scrubbedError) Error() string { return e.msg }
+func (e *scrubbedError) Unwrap() error { return e.err }
+
+// scrubError returns err itself when its text holds no credential, else
+// err with the credentials scrubbed from its text.
+func scrubError(err error, tokens ...string) error {
+	if err == nil {
+		return nil
+	}
+	msg := err.Error()
+	if clean := scrubSecrets(msg, tokens...); clean != msg {
+		return &scrubbedError{msg: clean, err: err}
+	}
+	return err
+}
+
+// RedirectError is a 3xx answer from the agent server. Its API has no
+// redirects, and following one would send the bearer token wherever the
+// answer points (net/http keeps the Authorization header on a redirect to
+// the same host, even on another port), so the client never follows it.
+type RedirectError struct {
+	// Op names the client call, for example "create session".
+	Op string
+	// StatusCode is the HTTP status.
+	StatusCode int
+	// Location is the host (and port) the answer pointed to, without any
+	// credentials, path or query; "" when it gave none or it did not parse.
+	Location string
+}
+
+func (e *RedirectError) Error() string {
+	to := "no Location"
+	if e.Location != "" {
+		to = "Location host " + e.Location
+	}
+	return fmt.Sprintf("agent server: %s: answered %d %s (%s): redirects are refused, the agent server's API has none; check --agent-url",
+		e.Op, e.StatusCode, http.StatusText(e.StatusCode), to)
+}
+
+// redirectError builds the RedirectError for a 3xx answer to req.
+func redirectError(op string, resp *http.Response) *RedirectError {
+	e := &RedirectError{Op: op, StatusCode: resp.StatusCode}
+	if loc := resp.Header.Get("Location"); loc != "" {
+		var u *url.URL
+		var err error
+		if resp.Request != nil && resp.Request.URL != nil {
+			u, err = resp.Request.URL.Parse(loc)
+		} else {
+			u, err = url.Parse(loc)
+		}
+		if err == nil {
+			e.Location = capText(u.Host, maxErrorFieldBytes)
+		}
+	}
+	return e
+}
+
+// isRedirect reports whether status is a 3xx.
+func isRedirect(status int) bool { return status >= 300 && status < 400 }

@@ -10,7 +10,8 @@ import (
 )
 
 // newLogger fans logs out to readable text on stderr and, with --log-json,
-// JSON lines in a file for a log shipper. The returned closer closes the file.
+// JSON lines in a file for a log shipper (created mode 0600: logs name
+// jobs, sessions and hosts). The returned closer closes the file.
 func (g *globalFlags) newLogger(stderr io.Writer) (*slog.Logger, func() error, error) {
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(g.logLevel)); err != nil {
@@ -20,7 +21,7 @@ func (g *globalFlags) newLogger(stderr io.Writer) (*slog.Logger, func() error, e
 	handlers := []slog.Handler{slog.NewTextHandler(stderr, opts)}
 	closer := func() error { return nil }
 	if g.logJSON != "" {
-		f, err := os.OpenFile(g.logJSON, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+		f, err := os.OpenFile(g.logJSON, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 		if err != nil {
 			return nil, nil, fmt.Errorf("open --log-json file: %w", err)
 		}

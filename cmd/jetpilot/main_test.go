@@ -264,6 +264,9 @@ func TestSecretsStayOutOfOutput(t *testing.T) {
 		}
 	}
 	assert.NotContains(t, everything.String(), token)
+	st, err := os.Stat(logFile)
+	require.NoError(t, err)
+	assert.Equal(t, os.FileMode(0o600), st.Mode().Perm(), "the --log-json file is readable by its owner only")
 	sc := bufio.NewScanner(strings.NewReader(string(logs)))
 	lines := 0
 	for sc.Scan() {
@@ -271,4 +274,119 @@ func TestSecretsStayOutOfOutput(t *testing.T) {
 		require.True(t, json.Valid(sc.Bytes()), "JSON log line: %s", sc.Text())
 	}
 	assert.Positive(t, lines)
+}
+
+// TestSubmitDuplicateAndDigest: submit --wait refuses to wait for a job id
+// that was already submitted unless --attach is given, and reports a result
+// whose job_digest is not that of the job it published as someone else's.
+func TestSubmitDuplicateAndDigest(t *testing.T) {
+	s, _, js := testnats.Start(t)
+	_, simURL := agentsimtest.New(t, agentsim.Options{})
+	url := testnats.URL(s)
+	w := start(t, nil, "worker", "--nats", url, "--agent-url", simURL)
+	require.Eventually(t, func() bool { return strings.Contains(w.Output(), "worker started") }, waitFor, 20*time.Millisecond)
+
+	out, code := run(t, "", "submit", "--nats", url, "--id", "dup-1", "--prompt", "#sim text first", "--wait")
+	require.Equal(t, 0, code, out)
+	stdout, stderr, code, err := tryRun(nil, "", "submit", "--nats", url, "--id", "dup-1", "--prompt", "#sim text second", "--wait")
+	require.NoError(t, err)
+	assert.Equal(t, 2, code, stdout)
+	assert.Contains(t, stderr, "already submitted")
+	assert.Contains(t, stderr, "--attach")
+	out, code = run(t, "", "submit", "--nats", url, "--id", "dup-1", "--prompt", "#sim text second", "--wait", "--attach")
+	assert.Equal(t, 0, code, out)
+	assert.Contains(t, out, "first", "--attach waits for the job that was submitted first")
+	_, code = run(t, "", "submit", "--nats", url, "--id", "dup-1", "--prompt", "#sim text third")
+	assert.Equal(t, 0, code, "without --wait a duplicate is only noted")
+
+	// A result of another job with the id "dup-2" is already in the stream
+	// (say, from before the duplicate window): its digest gives it away.
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	now := time.Now().UTC()
+	other := schemas.Result{JobID: "dup-2", JobDigest: schemas.JobDigest([]byte(`{"id":"dup-2","prompt":"not yours"}`)),
+		Stdout: "not yours", Attempt: 1, StartedAt: now, FinishedAt: now}
+	other.SetStatus(schemas.StatusCompleted)
+	data, err := json.Marshal(other)
+	require.NoError(t, err)
+	_, err = js.Publish(ctx, "jetpilot.results.dup-2", data)
+	require.NoError(t, err)
+	stdout, stderr, code, err = tryRun(nil, "", "submit", "--nats", url, "--id", "dup-2", "--prompt", "#sim text mine", "--wait")
+	require.NoError(t, err)
+	assert.Equal(t, 2, code, stdout)
+	assert.Contains(t, stderr, "someone else's job")
+
+	// A result without a digest (an older worker) is accepted.
+	legacy := other
+	legacy.JobID, legacy.JobDigest = "dup-3", ""
+	data, err = json.Marshal(legacy)
+	require.NoError(t, err)
+	_, err = js.Publish(ctx, "jetpilot.results.dup-3", data)
+	require.NoError(t, err)
+	out, code = run(t, "", "submit", "--nats", url, "--id", "dup-3", "--prompt", "#sim text mine", "--wait")
+	assert.Equal(t, 0, code, out)
+}
+
+// TestNATSURLsRedacted: no password of a NATS URL list, and no text of a
+// URL that does not parse, is ever printed; secrets can come from files.
+func TestNATSURLsRedacted(t *testing.T) {
+	t.Parallel()
+	const pw1, pw2, tok = "pw-one-5e1f", "pw-two-77ab", "tok-in-url-9c3d"
+	list := "nats://u:" + pw1 + "@127.0.0.1:1, nats://u:" + pw2 + "@127.0.0.1:2,nats://" + tok + "@127.0.0.1:3"
+	stdout, stderr, code, err := tryRun(nil, "", "results", "--nats", list)
+	require.NoError(t, err)
+	assert.NotEqual(t, 0, code)
+	for _, secret := range []string{pw1, pw2, tok} {
+		assert.NotContains(t, stdout+stderr, secret)
+	}
+	assert.Contains(t, stderr, "127.0.0.1:2", "every URL is shown, redacted")
+
+	const broken = "nats://u:pw-broken-31@[::1"
+	stdout, stderr, code, err = tryRun(nil, "", "results", "--nats", "nats://127.0.0.1:1,"+broken)
+	require.NoError(t, err)
+	assert.Equal(t, 2, code, stderr)
+	assert.Contains(t, stderr, "URL 2 of 2 does not parse")
+	assert.NotContains(t, stdout+stderr, "pw-broken-31")
+
+	// --password-file and --token-file (and their JETPILOT_ forms) read the
+	// secret from a file; a missing file is an error that shows no secret.
+	s, _, _ := testnats.Start(t)
+	dir := t.TempDir()
+	pwFile := filepath.Join(dir, "pw")
+	require.NoError(t, os.WriteFile(pwFile, []byte(pw1+"\n"), 0o600))
+	_, stderr, code, err = tryRun(nil, "", "setup", "--nats", testnats.URL(s), "--user", "u", "--password-file", pwFile)
+	require.NoError(t, err)
+	assert.Equal(t, 0, code, stderr)
+	_, stderr, code, err = tryRun([]string{"JETPILOT_TOKEN_FILE=" + filepath.Join(dir, "missing")}, "", "results", "--nats", testnats.URL(s))
+	require.NoError(t, err)
+	assert.NotEqual(t, 0, code)
+	assert.Contains(t, stderr, "--token-file")
+	_, stderr, code, err = tryRun(nil, "", "results", "--nats", testnats.URL(s), "--password", "x", "--password-file", pwFile)
+	require.NoError(t, err)
+	assert.Equal(t, 2, code, stderr)
+	assert.NotContains(t, stderr, pw1)
+}
+
+// TestAgentTLSFlags: the agent TLS flags want an https URL and a key with
+// the certificate, and plain http to a host that is not loopback is
+// warned about.
+func TestAgentTLSFlags(t *testing.T) {
+	t.Parallel()
+	s, _, _ := testnats.Start(t)
+	dir := t.TempDir()
+	ca := filepath.Join(dir, "ca.pem")
+	require.NoError(t, os.WriteFile(ca, []byte("not a certificate"), 0o600))
+	_, stderr, code, err := tryRun(nil, "", "worker", "--nats", testnats.URL(s), "--agent-url", "http://127.0.0.1:1", "--agent-tlsca", ca)
+	require.NoError(t, err)
+	assert.Equal(t, 2, code, stderr)
+	assert.Contains(t, stderr, "no PEM certificate")
+	_, stderr, code, err = tryRun(nil, "", "worker", "--nats", testnats.URL(s), "--agent-url", "https://127.0.0.1:1", "--agent-tlscert", ca)
+	require.NoError(t, err)
+	assert.Equal(t, 2, code, stderr)
+	assert.Contains(t, stderr, "together")
+
+	// 192.0.2.0/24 is TEST-NET-1: nothing answers, and nothing is dialled
+	// before the warning.
+	w := start(t, nil, "worker", "--nats", testnats.URL(s), "--agent-url", "http://192.0.2.1:4096")
+	require.Eventually(t, func() bool { return strings.Contains(w.Output(), "plain http") }, waitFor, 20*time.Millisecond)
 }

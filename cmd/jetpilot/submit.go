@@ -29,6 +29,7 @@ type submitFlags struct {
 	allowedTools    []string
 	metadata        []string
 	wait            bool
+	attach          bool
 	asJSON          bool
 }
 
@@ -40,7 +41,11 @@ func newSubmitCmd(g *globalFlags) *cobra.Command {
 		Long: `Publish a spawn job. With --prompt the job is built from flags; without it,
 a whole job document (jetpilot.job.v1) is read from stdin. The job is validated
 before it is published. With --wait, waits for the job's first result and exits
-0 completed, 1 failed or cancelled, 2 rejected, 10 paused, 124 timed out.`,
+0 completed, 1 failed or cancelled, 2 rejected, 10 paused, 124 timed out.
+With --wait, a job id that was already submitted (within the 24h duplicate
+window) exits 2 unless --attach is given, which waits for that earlier job's
+result; a result whose job_digest shows it is of another job with the same id
+also exits 2.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			job, err := f.job(cmd.InOrStdin())
@@ -77,12 +82,23 @@ func (f *submitFlags) submit(ctx context.Context, cmd *cobra.Command, client *qu
 		fmt.Fprintln(out, job.ID)
 		return nil
 	}
+	if ack.Duplicate && !f.attach {
+		return &exitError{code: exitUsage, err: fmt.Errorf(
+			"job %s was already submitted (JetStream dropped this copy as a duplicate id): not waiting for a job that may not be this one; "+
+				"give --attach to wait for that job's result, or a new --id", job.ID)}
+	}
 	res, _, err := client.WaitNext(ctx, job.ID, 0)
 	if err != nil {
 		if errors.Is(err, context.Canceled) {
 			return &exitError{code: exitFailed, err: fmt.Errorf("stopped waiting for job %s; its result will still be published", job.ID)}
 		}
 		return fmt.Errorf("wait for result of job %s: %w", job.ID, err)
+	}
+	// A result without a digest comes from an older worker: accept it.
+	if !ack.Duplicate && res.JobDigest != "" && res.JobDigest != ack.Digest {
+		return &exitError{code: exitUsage, err: fmt.Errorf(
+			"the result found for job %s is someone else's job: its job_digest %s is not that of the job this submit published (%s); "+
+				"another job used the same id; submit with a new --id", job.ID, res.JobDigest, ack.Digest)}
 	}
 	if err := printResult(out, res, f.asJSON); err != nil {
 		return err
@@ -102,6 +118,7 @@ func (f *submitFlags) register(cmd *cobra.Command) {
 	fl.StringSliceVar(&f.allowedTools, "allowed-tools", nil, "tools the job may run unattended (narrows the worker's list)")
 	fl.StringArrayVar(&f.metadata, "metadata", nil, "k=v metadata echoed on every message about the job (repeatable)")
 	fl.BoolVar(&f.wait, "wait", false, "wait for the result and exit with its code")
+	fl.BoolVar(&f.attach, "attach", false, "with --wait: when the id was already submitted, wait for that job's result instead of exiting 2")
 	fl.BoolVar(&f.asJSON, "json", false, "print the result document as JSON")
 }
 

@@ -2,11 +2,14 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"strings"
 	"time"
@@ -26,6 +29,9 @@ import (
 type workerFlags struct {
 	agentURL        string
 	agentTokenFile  string
+	agentTLSCA      string
+	agentTLSCert    string
+	agentTLSKey     string
 	name            string
 	concurrency     int
 	profiles        []string
@@ -49,6 +55,9 @@ type workerFlags struct {
 func (f *workerFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.agentURL, "agent-url", "http://127.0.0.1:4096", "agent server base URL")
 	fs.StringVar(&f.agentTokenFile, "agent-token-file", "", "file holding the agent server's bearer token, re-read when the server refuses it or the file changes (or env JETPILOT_AGENT_TOKEN)")
+	fs.StringVar(&f.agentTLSCA, "agent-tlsca", "", "CA certificate file the agent server's TLS certificate must chain to (https --agent-url)")
+	fs.StringVar(&f.agentTLSCert, "agent-tlscert", "", "TLS client certificate file for the agent server")
+	fs.StringVar(&f.agentTLSKey, "agent-tlskey", "", "TLS client key file for the agent server")
 	fs.StringVar(&f.name, "name", "", "worker name in results and logs (default <hostname>-<pid>)")
 	fs.IntVar(&f.concurrency, "concurrency", 8, "jobs run at once")
 	fs.StringSliceVar(&f.profiles, "profiles", nil, "only take jobs of these profiles (default: all)")
@@ -70,9 +79,30 @@ func (f *workerFlags) register(fs *pflag.FlagSet) {
 // agentClient connects to the agent server with the token from
 // --agent-token-file (re-read whenever the server refuses it: the real server
 // makes a new token on every start) or JETPILOT_AGENT_TOKEN. The token is
-// never logged or printed.
-func (f *workerFlags) agentClient() (*spawn.Client, error) {
+// never logged or printed. With --agent-tlsca/--agent-tlscert/--agent-tlskey
+// the client uses that TLS configuration (and net/http for event streams);
+// plain http to a host that is not loopback is logged as a warning, as the
+// token then crosses the network in the clear.
+func (f *workerFlags) agentClient(log *slog.Logger) (*spawn.Client, error) {
 	opts := spawn.ClientOptions{BaseURL: f.agentURL, DirectEventStreams: true}
+	u, err := url.Parse(strings.TrimSpace(f.agentURL))
+	if err != nil {
+		return nil, usageError("--agent-url does not parse")
+	}
+	tlsCfg, err := f.agentTLS()
+	if err != nil {
+		return nil, err
+	}
+	if tlsCfg != nil {
+		if u.Scheme != "https" {
+			return nil, usageError("--agent-tlsca, --agent-tlscert and --agent-tlskey need an https --agent-url")
+		}
+		opts.TLSConfig = tlsCfg
+	}
+	if u.Scheme == "http" && !loopbackHost(u.Hostname()) {
+		log.Warn("the agent server is reached over plain http on a host that is not loopback: its bearer token and every prompt cross the network unencrypted; use an https --agent-url",
+			"agent_host", u.Host)
+	}
 	if f.agentTokenFile != "" {
 		opts.TokenFile = f.agentTokenFile
 	} else {
@@ -83,6 +113,46 @@ func (f *workerFlags) agentClient() (*spawn.Client, error) {
 		return nil, fmt.Errorf("agent client: %w", err)
 	}
 	return c, nil
+}
+
+// agentTLS builds the agent client's TLS configuration from the
+// --agent-tls* flags; nil when none is given.
+func (f *workerFlags) agentTLS() (*tls.Config, error) {
+	if f.agentTLSCA == "" && f.agentTLSCert == "" && f.agentTLSKey == "" {
+		return nil, nil
+	}
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
+	if f.agentTLSCA != "" {
+		pem, err := os.ReadFile(f.agentTLSCA)
+		if err != nil {
+			return nil, fmt.Errorf("read --agent-tlsca: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, usageError("--agent-tlsca %s: no PEM certificate in it", f.agentTLSCA)
+		}
+		cfg.RootCAs = pool
+	}
+	if (f.agentTLSCert == "") != (f.agentTLSKey == "") {
+		return nil, usageError("give --agent-tlscert and --agent-tlskey together")
+	}
+	if f.agentTLSCert != "" {
+		cert, err := tls.LoadX509KeyPair(f.agentTLSCert, f.agentTLSKey)
+		if err != nil {
+			return nil, fmt.Errorf("load --agent-tlscert/--agent-tlskey: %w", err)
+		}
+		cfg.Certificates = []tls.Certificate{cert}
+	}
+	return cfg, nil
+}
+
+// loopbackHost reports whether host is localhost or a loopback address.
+func loopbackHost(host string) bool {
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 func newWorkerCmd(g *globalFlags) *cobra.Command {
@@ -112,7 +182,7 @@ func runWorker(ctx context.Context, g *globalFlags, f *workerFlags, nc *nats.Con
 	if err := checkPublish(ctx, js, qcfg, g.perms); err != nil {
 		return err
 	}
-	client, err := f.agentClient()
+	client, err := f.agentClient(log)
 	if err != nil {
 		return err
 	}
