@@ -181,7 +181,7 @@ func MinimalResult(res schemas.Result) schemas.Result {
 		Schema: res.Schema, JobID: res.JobID, SessionID: res.SessionID, RunID: res.RunID,
 		Attempt: res.Attempt, Worker: res.Worker, StartedAt: res.StartedAt, FinishedAt: res.FinishedAt,
 		DurationMS: res.DurationMS, DeadLettered: res.DeadLettered, ToolCalls: res.ToolCalls,
-		StopReason: res.StopReason, Usage: res.Usage, TotalTurns: res.TotalTurns,
+		StopReason: res.StopReason, Usage: res.Usage, TotalTurns: res.TotalTurns, JobDigest: res.JobDigest,
 		Warnings: []string{"the result did not fit a message and was cut to its minimum; the session has the agent's text"},
 	}
 	m.SetStatus(res.Status)

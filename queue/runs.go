@@ -72,6 +72,9 @@ type RunRecord struct {
 	// (agent server down or refusing the token): it is retried until
 	// the worker's start budget, counted from then, is spent.
 	StartFailedAt time.Time `json:"start_failed_at,omitzero"`
+	// JobDigest is the job message's schemas.JobDigest, for the results of
+	// later phases (carried by decisions, not by the job message).
+	JobDigest string `json:"job_digest,omitempty"`
 	// SettleFailures counts the phase outcomes that could not be published;
 	// at the worker's MaxDeliver the job ends with a minimal result.
 	SettleFailures int `json:"settle_failures,omitempty"`

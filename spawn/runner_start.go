@@ -141,6 +141,9 @@ func (st *runState) reportCursor(force bool) {
 }
 
 func (st *runState) warn(msg string) {
+	// Warnings quote what the server sent (event names, errors): never a
+	// credential.
+	msg = scrubSecrets(msg, st.c.tokens()...)
 	if !slices.Contains(st.warnings, msg) {
 		st.warnings = append(st.warnings, msg)
 		st.log.Warn(msg, "session_id", st.sessionID, "run_id", st.runID)
@@ -475,6 +478,7 @@ func toUsage(u TokenUsage) *schemas.Usage {
 }
 
 func (st *runState) failed(code, msg string) schemas.Result {
+	msg = scrubSecrets(msg, st.c.tokens()...)
 	res := st.result(schemas.StatusFailed)
 	res.Stderr = msg
 	res.Error = &schemas.Error{Code: code, Message: msg}

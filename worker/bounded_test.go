@@ -93,3 +93,23 @@ func TestMaxPausedRejectsAtTheCap(t *testing.T) {
 	assert.Contains(t, res.Stdout, "went on")
 	assert.Len(t, h.results("cap-2"), 1, "never paused")
 }
+
+// Every result of a job, pauses and later phases included, carries the
+// digest of the job message as received.
+func TestResultsCarryTheJobDigest(t *testing.T) {
+	h := newHarness(t, queue.Config{})
+	h.startWorker(worker.Options{})
+	j := pausingJob("digest-1")
+	data, err := queue.Encode(j)
+	require.NoError(t, err)
+	_, err = h.js.Publish(t.Context(), h.qcfg.JobSubject("default"), data)
+	require.NoError(t, err)
+	want := schemas.JobDigest(data)
+	paused := h.result("digest-1")
+	assert.Equal(t, want, paused.JobDigest)
+	req := h.approval("digest-1")
+	h.decide(schemas.Decision{ApprovalID: req.ApprovalID, JobID: "digest-1", All: schemas.DecideAllow})
+	final := h.final("digest-1")
+	assert.Equal(t, schemas.StatusCompleted, final.Status)
+	assert.Equal(t, want, final.JobDigest)
+}

@@ -121,6 +121,7 @@ func (w *Worker) fetchJob(ctx context.Context, msg jetstream.Msg) (*phase, *outc
 		// after the duplicate window: this is a new job, whose record
 		// replaces it.
 		p.run = &queue.Run{Record: w.newRecord(job, start), Rev: run.Rev, Stored: run.Stored}
+		p.run.Record.JobDigest = schemas.JobDigest(msg.Data())
 		return p, nil
 	case run.Stored == queue.RunDone:
 		// The outcome was published and recorded; only the ack was lost.
@@ -137,6 +138,7 @@ func (w *Worker) fetchJob(ctx context.Context, msg jetstream.Msg) (*phase, *outc
 		return p, nil
 	}
 	p.run = queue.NewRun(w.newRecord(job, start))
+	p.run.Record.JobDigest = schemas.JobDigest(msg.Data())
 	return p, nil
 }
 
@@ -208,6 +210,16 @@ func (w *Worker) cancelledBeforeStart(p *phase) schemas.Result {
 
 func (w *Worker) newRecord(job schemas.Job, start time.Time) queue.RunRecord {
 	return queue.RunRecord{JobID: job.ID, StartedAt: start, Deadline: start.Add(w.timeout(job)), Job: withoutPrompt(job)}
+}
+
+// jobDigest is the digest of the job message the phase's job came in: a
+// producer waiting for its result tells its own job from another's with
+// the same id by it.
+func (p *phase) jobDigest() string {
+	if p.raw != nil {
+		return schemas.JobDigest(p.raw)
+	}
+	return p.run.Record.JobDigest
 }
 
 // execute runs or re-attaches to the phase's run and follows it to its next
@@ -415,7 +427,7 @@ func (w *Worker) pausedResult(rec *queue.RunRecord) schemas.Result {
 	res.SessionID, res.RunID, res.Stdout = rec.SessionID, rec.RunID, rec.Stdout
 	res.PauseReason = &schemas.PauseReason{Type: schemas.PauseToolApproval, PendingToolCalls: rec.Pending}
 	res.ResumeHint = resumeHint(rec.ApprovalID, rec.JobID)
-	res.ToolCalls = rec.ToolCalls
+	res.ToolCalls, res.JobDigest = rec.ToolCalls, rec.JobDigest
 	return res
 }
 

@@ -52,6 +52,7 @@ func (w *Worker) pause(ctx context.Context, p *phase, res *schemas.Result) error
 	if err := w.record(ctx, p, queue.TransPause); err != nil {
 		return fmt.Errorf("record pause: %w", err)
 	}
+	res.JobDigest = p.jobDigest()
 	if err := w.publishPause(ctx, rec, *res, p.log); err != nil {
 		return err
 	}

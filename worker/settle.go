@@ -216,6 +216,7 @@ func (w *Worker) finish(ctx context.Context, p *phase, res schemas.Result) bool 
 // publishFinal publishes a final result, the job on dead first when it
 // failed or was rejected.
 func (w *Worker) publishFinal(ctx context.Context, p *phase, res schemas.Result) error {
+	res.JobDigest = p.jobDigest()
 	if res.Status == schemas.StatusFailed || res.Status == schemas.StatusRejected {
 		if err := w.deadLetter(ctx, p, res.Error, res.Stderr); err != nil {
 			return fmt.Errorf("dead-letter job: %w", err)
