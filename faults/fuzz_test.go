@@ -50,7 +50,22 @@ type mutant struct {
 	body    []byte
 	tag     string // "[id]" in the prompt of a job that may run, else ""
 	seq     uint64 // stream sequence, from the publish ack
+	// knownBug: a decision whose decision_error event is too large to
+	// publish (see knownUnfittedEvent).
+	knownBug bool
 }
+
+// knownUnfittedEvent: worker/settle.go settleRefuse publishes the
+// decision_error event with queue.PublishEvent, which does not fit its
+// message to the limit (publishJSON: ErrTooLarge), and the event echoes the
+// decision's approval_id whole, however long and invalid. A decision with a
+// readable job_id and an approval_id of just under 1 MiB, or of ~350 KB of
+// invalid UTF-8 (each byte becomes a 3-byte U+FFFD), is terminated with
+// only the "decision refused" and "publish decision error event" log lines:
+// no answer on the job's events subject. Set to false once settleRefuse
+// fits (or caps the approval id of) its event: the test then requires the
+// events.
+const knownUnfittedEvent = true
 
 // fuzzGen makes mutants, deterministically from its seed.
 type fuzzGen struct {
@@ -403,6 +418,12 @@ var decisionKinds = []struct {
 		full := fmt.Sprintf(`{"approval_id":%s,"job_id":%s,"all":"allow","decided_by":"fuzz"}`, js(apr), js(id))
 		return full[:g.between(1, len(full)-1)], id
 	}},
+	{"approval_id past the event limit", func(g *fuzzGen, id, apr string) (string, string) {
+		if g.r.IntN(2) == 0 {
+			return fmt.Sprintf(`{"job_id":%s,"all":"allow","approval_id":"%s"}`, js(id), strings.Repeat("x", g.limit-100)), id
+		}
+		return fmt.Sprintf(`{"job_id":%s,"all":"allow","approval_id":"%s"}`, js(id), strings.Repeat("\xff", g.between(360_000, 400_000))), id
+	}},
 	{"byte flips", func(g *fuzzGen, id, apr string) (string, string) {
 		b := []byte(fmt.Sprintf(`{"approval_id":%s,"job_id":%s,"all":"allow","decided_by":"fuzz"}`, js(apr), js(id)))
 		for range g.between(1, 4) {
@@ -423,7 +444,7 @@ func (g *fuzzGen) decision(n int) mutant {
 	if len(body) > g.limit {
 		body = body[:g.limit]
 	}
-	return mutant{n: n, kind: k.name, subject: "jetpilot.decisions." + subjectJob, body: []byte(body)}
+	return mutant{n: n, kind: k.name, subject: "jetpilot.decisions." + subjectJob, body: []byte(body), knownBug: k.name == "approval_id past the event limit"}
 }
 
 // decisionTarget is the job a refused decision's decision_error event goes
@@ -585,8 +606,17 @@ func TestHostileInput(t *testing.T) {
 		byID[id] = expect{m, valid, prompt}
 	}
 	wantRefused := map[string]int{} // decision_error events, by job; "" = log only
+	wantKnown := map[string]int{}   // the same, for decisions knownUnfittedEvent cannot answer
 	for _, m := range decisions {
+		if m.knownBug {
+			wantKnown[decisionTarget(m.body)]++
+			continue
+		}
 		wantRefused[decisionTarget(m.body)]++
+	}
+	for target := range wantKnown {
+		require.NotEmpty(t, target)
+		require.NotContains(t, wantRefused, target, "the known-bug decisions name jobs of their own")
 	}
 
 	decided := e.decideAll(t, pausedIDs)
@@ -728,8 +758,27 @@ func TestHostileInput(t *testing.T) {
 			t.Errorf("job %q: %d decision_error events for %d mutated decisions naming it", target, gotEvents[target], n)
 		}
 	}
+	knownUnanswered := 0
+	for target, n := range wantKnown {
+		assert.Equal(t, n, logRefused[target], "decisions refused (log) for job %q", target)
+		if !knownUnfittedEvent {
+			wantRefused[target] = n
+			answered += min(n, gotEvents[target])
+			if gotEvents[target] != n {
+				unanswered += max(0, n-gotEvents[target])
+				t.Errorf("job %q: %d decision_error events for %d mutated decisions naming it", target, gotEvents[target], n)
+			}
+			continue
+		}
+		assert.LessOrEqual(t, gotEvents[target], n, "job %q: decision_error events", target)
+		answered += gotEvents[target]
+		knownUnanswered += n - gotEvents[target]
+	}
+	if knownUnanswered > 0 {
+		t.Logf("KNOWN BUG (knownUnfittedEvent): %d decisions with an approval_id past the event limit got no decision_error event, only the log line", knownUnanswered)
+	}
 	for target, n := range gotEvents {
-		if _, ok := wantRefused[target]; !ok {
+		if _, ok := wantRefused[target]; !ok && wantKnown[target] == 0 {
 			t.Errorf("job %q: %d decision_error events no mutated decision asked for", target, n)
 		}
 	}
@@ -762,11 +811,15 @@ func TestHostileInput(t *testing.T) {
 		assert.NotContains(t, w.Output(), "panic:", "worker output")
 	}
 
+	knownNote := ""
+	if knownUnanswered > 0 {
+		knownNote = fmt.Sprintf(" + %d answered only by the log line (known bug: decision_error event too large, approval_id of ~1 MiB or of invalid UTF-8)", knownUnanswered)
+	}
 	f.Scenario, f.Elapsed = "13. hostile input", elapsed
 	f.Hung = f.Lost
 	f.Load = fmt.Sprintf("%d real jobs (text, tools, %d paused and allowed), 2 worker processes x 8, --max-deliver %d", nReal, nPaused, maxDeliver)
-	f.Faults = fmt.Sprintf("%d mutated jobs (%d kinds, seed %d): %d rejected, %d still valid (%d completed, %d failed by the agent server); %d mutated decisions (%d kinds): %d answered (%d by a decision_error event, %d naming no readable job by the log line), %d unanswered; max attempt %d, %d redeliveries; %d real jobs completed with their text",
-		len(jobs), len(jobKinds), seed, rejected, ran, validDone, validFailed, len(decisions), len(decisionKinds), answered, answered-min(noJob, logRefused[""]), min(noJob, logRefused[""]), unanswered, maxAttempt, redelivered, realDone)
+	f.Faults = fmt.Sprintf("%d mutated jobs (%d kinds, seed %d): %d rejected, %d still valid (%d completed, %d failed by the agent server); %d mutated decisions (%d kinds): %d answered (%d by a decision_error event, %d naming no readable job by the log line), %d unanswered%s; max attempt %d, %d redeliveries; %d real jobs completed with their text",
+		len(jobs), len(jobKinds), seed, rejected, ran, validDone, validFailed, len(decisions), len(decisionKinds), answered, answered-min(noJob, logRefused[""]), min(noJob, logRefused[""]), unanswered, knownNote, maxAttempt, redelivered, realDone)
 	f.Command = "go test -race -run TestHostileInput -v ./faults/"
 	if f.MinRuns > f.MaxRuns {
 		f.MinRuns = f.MaxRuns
