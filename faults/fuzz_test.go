@@ -815,7 +815,7 @@ func TestHostileInput(t *testing.T) {
 	if knownUnanswered > 0 {
 		knownNote = fmt.Sprintf(" + %d answered only by the log line (known bug: decision_error event too large, approval_id of ~1 MiB or of invalid UTF-8)", knownUnanswered)
 	}
-	f.Scenario, f.Elapsed = "13. hostile input", elapsed
+	f.Scenario, f.Elapsed = "14. hostile input", elapsed
 	f.Hung = f.Lost
 	f.Load = fmt.Sprintf("%d real jobs (text, tools, %d paused and allowed), 2 worker processes x 8, --max-deliver %d", nReal, nPaused, maxDeliver)
 	f.Faults = fmt.Sprintf("%d mutated jobs (%d kinds, seed %d): %d rejected, %d still valid (%d completed, %d failed by the agent server); %d mutated decisions (%d kinds): %d answered (%d by a decision_error event, %d naming no readable job by the log line), %d unanswered%s; max attempt %d, %d redeliveries; %d real jobs completed with their text",
