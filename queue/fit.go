@@ -291,3 +291,49 @@ func fitRecord(rec RunRecord, limit int) ([]byte, error) {
 	}
 	return nil, fmt.Errorf("run record of job %s is %d bytes encoded, over the %d a message may hold", rec.JobID, len(data), limit)
 }
+
+// FitEvent encodes ev to at most limit bytes: its text (keeping the end),
+// the error's message and fields, the tool's arguments and result, then
+// metadata. Ids a hostile message supplied (an approval id) are the
+// caller's to cap (CapID).
+func FitEvent(ev schemas.Event, limit int) ([]byte, error) {
+	if ev.Error != nil {
+		e := *ev.Error
+		e.Message = CapError(e.Message)
+		ev.Error = &e
+	}
+	data, err := Encode(ev)
+	if err != nil || len(data) <= limit {
+		return data, err
+	}
+	if over := len(data) - limit; ev.Text != "" {
+		ev.Text, _ = cutHead(ev.Text, len(ev.Text)-over-256)
+	}
+	if ev.Error != nil {
+		ev.Error.Message, _ = cutTail(ev.Error.Message, 1<<10)
+		ev.Error.Fields = nil
+	}
+	if ev.Tool != nil {
+		t := *ev.Tool
+		t.Result, _ = cutTail(t.Result, 1<<10)
+		if len(t.Arguments) > 256 {
+			t.Arguments = nil
+		}
+		ev.Tool = &t
+	}
+	ev.Metadata = nil
+	if data, err = Encode(ev); err != nil || len(data) <= limit {
+		return data, err
+	}
+	return nil, fmt.Errorf("%w: %s event of job %s is %d bytes encoded, over the %d a message may hold", ErrTooLarge, ev.Type, ev.JobID, len(data), limit)
+}
+
+// CapID shortens an identifier a message supplied (an approval id, a tool
+// call id) for quoting it back in an event or a log line.
+func CapID(id string) string {
+	if len(id) <= 256 {
+		return id
+	}
+	head, dropped := cutTail(id, 256)
+	return fmt.Sprintf("%s… [%d more bytes]", head, dropped)
+}

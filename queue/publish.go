@@ -22,9 +22,13 @@ func ResultMsgID(jobID string, phase int) string {
 }
 
 // DeadMsgID is the Nats-Msg-Id of a dead letter: "<job_id>:dead", or, when
-// the job id could not be read, "raw:" and the SHA-256 of the message as
-// received, so the same unreadable message dead-letters once.
+// the job id could not be read (it is "" or Unreadable), "raw:" and the
+// SHA-256 of the message as received, so the same unreadable message
+// dead-letters once and never clashes with a real job's dead letter.
 func DeadMsgID(dl schemas.DeadLetter) string {
+	if dl.Unreadable && dl.JobID != "" {
+		return "~" + dl.JobID + ":dead" // '~' is in no job id
+	}
 	if dl.JobID != "" {
 		return dl.JobID + ":dead"
 	}
@@ -50,13 +54,24 @@ func PublishResult(ctx context.Context, js jetstream.JetStream, cfg Config, res 
 	if phase < 0 {
 		return nil, fmt.Errorf("publish result for job %s: phase must not be negative, got %d", res.JobID, phase)
 	}
+	return PublishResultAs(ctx, js, cfg, res, ResultMsgID(res.JobID, phase))
+}
+
+// PublishResultAs is PublishResult with the Nats-Msg-Id msgID: for the
+// result of a message whose job id could not be read (named after its
+// stream sequence), so it can never be taken for a duplicate of a real
+// job's result under the same name.
+func PublishResultAs(ctx context.Context, js jetstream.JetStream, cfg Config, res schemas.Result, msgID string) (*jetstream.PubAck, error) {
+	if err := ValidateJobID(res.JobID); err != nil {
+		return nil, fmt.Errorf("publish result: %w", err)
+	}
 	data, err := FitResult(res, PayloadLimit(js))
 	if err != nil {
 		return nil, fmt.Errorf("publish result for job %s: encode: %w", res.JobID, err)
 	}
-	ack, err := publishData(ctx, js, cfg.ResultsStream(), cfg.ResultSubject(res.JobID), ResultMsgID(res.JobID, phase), data)
+	ack, err := publishData(ctx, js, cfg.ResultsStream(), cfg.ResultSubject(res.JobID), msgID, data)
 	if err != nil {
-		return nil, fmt.Errorf("publish result for job %s phase %d: %w", res.JobID, phase, err)
+		return nil, fmt.Errorf("publish result for job %s (%s): %w", res.JobID, msgID, err)
 	}
 	return ack, nil
 }
@@ -105,7 +120,11 @@ func PublishEvent(ctx context.Context, js jetstream.JetStream, cfg Config, ev sc
 	if err := ValidateJobID(ev.JobID); err != nil {
 		return nil, fmt.Errorf("publish event: %w", err)
 	}
-	ack, err := publishJSON(ctx, js, cfg.EventsStream(), cfg.EventSubject(ev.JobID), "", ev)
+	data, err := FitEvent(ev, PayloadLimit(js))
+	if err != nil {
+		return nil, fmt.Errorf("publish %s event %d for job %s: %w", ev.Type, ev.Seq, ev.JobID, err)
+	}
+	ack, err := publishData(ctx, js, cfg.EventsStream(), cfg.EventSubject(ev.JobID), "", data)
 	if err != nil {
 		return nil, fmt.Errorf("publish %s event %d for job %s: %w", ev.Type, ev.Seq, ev.JobID, err)
 	}

@@ -37,6 +37,9 @@ type DeadLetter struct {
 	// RawBase64 is the message as received when it was not UTF-8 (or, with
 	// JobTruncated, the start of it), standard base64.
 	RawBase64 string `json:"raw_base64,omitempty"`
+	// Unreadable: the job's id could not be read; JobID is the name the
+	// worker gave it (from the stream sequence).
+	Unreadable bool `json:"unreadable,omitempty"`
 	// JobTruncated: the message as received did not fit; it cannot be
 	// requeued.
 	JobTruncated bool              `json:"job_truncated,omitempty"`

@@ -251,7 +251,7 @@ func fullValues() map[string][]any {
 			DeadLetter{Schema: DeadSchemaID, JobID: "", Reason: "invalid_job", Error: "bad", Fields: fields, Attempt: 1,
 				Worker: "w", DeadAt: at, Raw: "not json", Metadata: md},
 			DeadLetter{Schema: DeadSchemaID, JobID: "", Reason: "invalid_job", Error: "bad", Fields: fields, Attempt: 1,
-				Worker: "w", DeadAt: at, RawBase64: "/w==", JobTruncated: true, Metadata: md},
+				Worker: "w", DeadAt: at, RawBase64: "/w==", JobTruncated: true, Unreadable: true, Metadata: md},
 		},
 	}
 }

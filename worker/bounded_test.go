@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -112,4 +113,24 @@ func TestResultsCarryTheJobDigest(t *testing.T) {
 	final := h.final("digest-1")
 	assert.Equal(t, schemas.StatusCompleted, final.Status)
 	assert.Equal(t, want, final.JobDigest)
+}
+
+// An unreadable message is named after its stream sequence; a real job
+// that happens to have that name still gets its own result and dead letter.
+func TestUnreadableJobNameIsNotADuplicate(t *testing.T) {
+	h := newHarness(t, queue.Config{})
+	h.startWorker(worker.Options{})
+	ack, err := h.js.Publish(t.Context(), h.qcfg.JobSubject("default"), []byte("garbage"))
+	require.NoError(t, err)
+	name := fmt.Sprintf("invalid-%d", ack.Sequence)
+	rejected := h.final(name)
+	assert.Equal(t, schemas.StatusRejected, rejected.Status)
+
+	h.submit(job(name, "#sim text a real job"))
+	require.Eventually(t, func() bool { return len(h.results(name)) == 2 }, waitFor, 20*time.Millisecond, "both results kept")
+	var statuses []schemas.Status
+	for _, r := range h.results(name) {
+		statuses = append(statuses, r.Status)
+	}
+	assert.ElementsMatch(t, []schemas.Status{schemas.StatusRejected, schemas.StatusCompleted}, statuses)
 }

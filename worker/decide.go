@@ -50,7 +50,7 @@ func (w *Worker) fetchDecision(ctx context.Context, msg jetstream.Msg) (*phase, 
 		return p, &o
 	}
 	p.job.ID = d.JobID
-	p.log = w.log.With("job_id", d.JobID, "approval_id", d.ApprovalID, "attempt", attempt)
+	p.log = w.log.With("job_id", d.JobID, "approval_id", queue.CapID(d.ApprovalID), "attempt", attempt)
 	run, err := w.runs.GetRun(ctx, d.JobID)
 	if errors.Is(err, queue.ErrRunNotFound) {
 		o := refuse(&schemas.Error{Code: "unknown_job", Message: fmt.Sprintf("no run is recorded for job %q", d.JobID)})

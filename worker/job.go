@@ -46,6 +46,7 @@ type phase struct {
 	announce   *schemas.Event                  // live event published as the phase starts
 	approvalID string                          // the approval a decision or control message names
 	capped     bool                            // a pause was turned into rejections at the paused-run cap
+	unreadable bool                            // the job's id could not be read: job.ID was made up
 
 	// Set by execute.
 	events *liveEvents
@@ -91,9 +92,10 @@ func (w *Worker) fetchJob(ctx context.Context, msg jetstream.Msg) (*phase, *outc
 		err = checkMetadata(job)
 	}
 	if err != nil {
-		job.ID = w.rejectedJobID(msg)
+		var unreadable bool
+		job.ID, unreadable = w.rejectedJobID(msg)
 		p := &phase{msg: msg, raw: msg.Data(), job: schemas.Job{ID: job.ID, Metadata: job.Metadata}, attempt: attempt, start: start,
-			run: queue.NewRun(queue.RunRecord{JobID: job.ID}), log: w.log.With("job_id", job.ID, "attempt", attempt)}
+			run: queue.NewRun(queue.RunRecord{JobID: job.ID}), log: w.log.With("job_id", job.ID, "attempt", attempt), unreadable: unreadable}
 		return p, &outcome{kind: outReject, err: err}
 	}
 	log := w.log.With("job_id", job.ID, "attempt", attempt)
@@ -433,16 +435,19 @@ func (w *Worker) pausedResult(rec *queue.RunRecord) schemas.Result {
 
 // rejectedJobID names a job that could not be decoded: its id if readable,
 // else its Nats-Msg-Id if that is a valid id, else one made from the stream
-// sequence, so even garbage gets exactly one result someone can find.
-func (w *Worker) rejectedJobID(msg jetstream.Msg) string {
+// sequence (unreadable), so even garbage gets exactly one result someone
+// can find. An unreadable message's result and dead letter carry message
+// ids of their own, so a real job with the same name is not taken for a
+// duplicate of it.
+func (w *Worker) rejectedJobID(msg jetstream.Msg) (id string, unreadable bool) {
 	if id := schemas.JobIDOf(msg.Data()); id != "" {
-		return id
+		return id, false
 	}
 	if id := msg.Headers().Get("Nats-Msg-Id"); id != "" && queue.ValidateJobID(id) == nil {
-		return id
+		return id, false
 	}
 	if meta, err := msg.Metadata(); err == nil {
-		return fmt.Sprintf("invalid-%d", meta.Sequence.Stream)
+		return fmt.Sprintf("invalid-%d", meta.Sequence.Stream), true
 	}
-	return "invalid-unknown"
+	return "invalid-unknown", true
 }

@@ -223,7 +223,14 @@ func (w *Worker) publishFinal(ctx context.Context, p *phase, res schemas.Result)
 		}
 		res.DeadLettered = true
 	}
-	if _, err := queue.PublishResult(ctx, w.js, w.qcfg, res, p.run.Record.Phase); err != nil {
+	msgID := queue.ResultMsgID(res.JobID, p.run.Record.Phase)
+	if p.unreadable {
+		// '~' is in no job id, so no real job's "<job_id>:<phase>" can be
+		// this; the stream sequence is the message's own (a redelivery
+		// republishes under the same id).
+		msgID = "~" + res.JobID
+	}
+	if _, err := queue.PublishResultAs(ctx, w.js, w.qcfg, res, msgID); err != nil {
 		return fmt.Errorf("publish %s result: %w", res.Status, err)
 	}
 	return nil
@@ -351,7 +358,8 @@ func (w *Worker) settleHandBack(ctx context.Context, p *phase) {
 // settleRefuse answers a decision that changes nothing: an error event on
 // the job's events subject and a log line; the message is not redelivered.
 func (w *Worker) settleRefuse(ctx context.Context, p *phase, e *schemas.Error) {
-	jobID, approvalID := p.job.ID, p.approvalID
+	// The approval id is what the decision said: quoted back capped.
+	jobID, approvalID := p.job.ID, queue.CapID(p.approvalID)
 	w.log.Warn("decision refused", "job_id", jobID, "approval_id", approvalID, "code", e.Code, "reason", e.Message)
 	if jobID != "" && queue.ValidateJobID(jobID) == nil {
 		ev := schemas.Event{Schema: schemas.EventSchemaID, JobID: jobID, Type: schemas.EventDecisionError, At: time.Now().UTC(), ApprovalID: approvalID, Error: e}
@@ -375,6 +383,8 @@ func (w *Worker) deadLetter(ctx context.Context, p *phase, e *schemas.Error, mes
 		Worker:   w.opts.Name,
 		DeadAt:   time.Now().UTC(),
 		Metadata: p.job.Metadata,
+		// A made-up name: the dead letter's id comes from the bytes.
+		Unreadable: p.unreadable,
 	}
 	raw := p.raw
 	if raw == nil {
