@@ -540,6 +540,9 @@ func (st *runState) finishEnded(ctx context.Context, gs *SessionState) (schemas.
 	return st.snapshot(ctx, gs), nil
 }
 
+// firstReplayFrameWait is how long a replay waits for its first frame.
+const firstReplayFrameWait = 5 * time.Second
+
 // replayOpens bounds the streams opened to read an ended run's replay (a
 // cut stream is reopened from the last event read; a gap is followed by one
 // replay from the ring's oldest event).
@@ -575,7 +578,9 @@ func (st *runState) readReplay(ctx context.Context) (res schemas.Result, done, a
 	if at > 0 {
 		st.lastID--
 	}
-	err := st.openReplay(ctx, st.opts.EndedReplayWait)
+	// The first frame may be slow to come (a server serialising a huge
+	// event): wait for it longer than for the ones after it.
+	err := st.openReplay(ctx, max(st.opts.EndedReplayWait, firstReplayFrameWait))
 	st.lastID = max(st.lastID, at)
 	if err != nil {
 		return schemas.Result{}, false, false
@@ -585,6 +590,15 @@ func (st *runState) readReplay(ctx context.Context) (res schemas.Result, done, a
 		if err != nil {
 			var big *FrameTooLargeError
 			if errors.As(err, &big) {
+				// A frame over the cap is an event of the ring too, and the
+				// rest of it is still to be read past: give that the stall
+				// timeout, not the replay's quiet time. Its id is the last
+				// one read (this frame's, or the one before when its id line
+				// comes after the cut).
+				st.streamTimer.Reset(st.opts.StallTimeout)
+				if id, perr := strconv.ParseUint(big.ID, 10, 64); perr == nil && at > 0 && (id == at || id+1 == at) {
+					st.ringReached = true
+				}
 				_, _, _ = st.onOversize(ctx, big)
 				continue
 			}
