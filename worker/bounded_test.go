@@ -134,3 +134,22 @@ func TestUnreadableJobNameIsNotADuplicate(t *testing.T) {
 	}
 	assert.ElementsMatch(t, []schemas.Status{schemas.StatusRejected, schemas.StatusCompleted}, statuses)
 }
+
+// A call whose arguments were shortened to fit a message can only be denied.
+func TestTruncatedArgumentsCanOnlyBeDenied(t *testing.T) {
+	h := newHarness(t, queue.Config{})
+	h.startWorker(worker.Options{})
+	j := job("trunc-1", "#sim tool run_command {\"command\":\""+strings.Repeat("a", 20<<10)+"\"}\n#sim text done")
+	j.PauseOnApproval = true
+	h.submit(j)
+	req := h.approval("trunc-1")
+	require.Len(t, req.PendingToolCalls, 1)
+	require.True(t, req.PendingToolCalls[0].ArgumentsTruncated)
+	h.decide(schemas.Decision{ApprovalID: req.ApprovalID, JobID: "trunc-1", All: schemas.DecideAllow})
+	errs := h.decisionErrors("trunc-1", 1)
+	assert.Equal(t, "invalid_decision", errs[0].Error.Code)
+	h.decide(schemas.Decision{ApprovalID: req.ApprovalID, JobID: "trunc-1", All: schemas.DecideDeny})
+	res := h.final("trunc-1")
+	assert.Equal(t, schemas.StatusCompleted, res.Status)
+	assert.Equal(t, 1, res.ToolCalls.Rejected)
+}

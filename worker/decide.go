@@ -139,6 +139,9 @@ func checkDecision(rec queue.RunRecord, d schemas.Decision, now time.Time) *sche
 	if !rec.ApprovalExpiresAt.IsZero() && now.After(rec.ApprovalExpiresAt) {
 		return &schemas.Error{Code: "approval_expired", Message: fmt.Sprintf("approval %s expired at %s", d.ApprovalID, rec.ApprovalExpiresAt.Format(time.RFC3339))}
 	}
+	if e := truncatedAccepted(rec.Pending, d); e != nil {
+		return e
+	}
 	if d.All != "" {
 		return nil
 	}
@@ -173,6 +176,30 @@ func checkDecision(rec queue.RunRecord, d schemas.Decision, now time.Time) *sche
 		return &schemas.Error{Code: "invalid_decision", Message: strings.Join(msgs, "; "), Fields: fields}
 	}
 	return nil
+}
+
+// truncatedAccepted refuses a decision that would run a call whose
+// arguments were shortened to fit a message: nobody saw what it would do,
+// so it can only be denied.
+func truncatedAccepted(pending []schemas.ToolCall, d schemas.Decision) *schemas.Error {
+	var fields []schemas.FieldError
+	for _, c := range pending {
+		if !c.ArgumentsTruncated {
+			continue
+		}
+		accept := d.All == schemas.DecideAllow
+		if td, ok := d.Decisions[c.ID]; ok && td.Action != schemas.ActionReject {
+			accept = true
+		}
+		if accept {
+			fields = append(fields, schemas.FieldError{Field: "decisions/" + c.ID,
+				Reason: "its arguments were shortened to fit a message; it can only be denied"})
+		}
+	}
+	if len(fields) == 0 {
+		return nil
+	}
+	return &schemas.Error{Code: "invalid_decision", Message: fmt.Sprintf("%d pending calls have shortened arguments and can only be denied", len(fields)), Fields: fields}
 }
 
 func stateWord(s queue.RunState) string {
