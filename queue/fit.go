@@ -1,8 +1,6 @@
 package queue
 
 import (
-	"bytes"
-	"encoding/json"
 	"fmt"
 	"unicode/utf8"
 
@@ -40,16 +38,8 @@ const (
 	headerRoom = 1 << 10
 )
 
-// Encode is v as JSON without HTML escaping.
-func Encode(v any) ([]byte, error) {
-	var b bytes.Buffer
-	enc := json.NewEncoder(&b)
-	enc.SetEscapeHTML(false)
-	if err := enc.Encode(v); err != nil {
-		return nil, err
-	}
-	return bytes.TrimSuffix(b.Bytes(), []byte("\n")), nil
-}
+// Encode is v as JSON without HTML escaping (schemas.Encode).
+func Encode(v any) ([]byte, error) { return schemas.Encode(v) }
 
 // PayloadLimit is the largest message body js's connection may publish,
 // less room for headers.

@@ -614,7 +614,7 @@ func (c *Client) doJSONRaw(ctx context.Context, op, method, path string, in any,
 	var body []byte
 	if in != nil {
 		var err error
-		if body, err = encodeBody(in); err != nil {
+		if body, err = schemas.Encode(in); err != nil {
 			return fmt.Errorf("%s: encode request: %w", op, err)
 		}
 	}
@@ -675,19 +675,6 @@ func (c *Client) doJSONRaw(ctx context.Context, op, method, path string, in any,
 }
 
 var errRequestTimeout = errors.New("request timed out")
-
-// encodeBody is v as JSON without HTML escaping: json.Marshal writes each
-// <, > and & as six bytes, so a prompt full of them (shell redirects, HTML)
-// would grow up to six times and could pass the server's 2 MB body cap.
-func encodeBody(v any) ([]byte, error) {
-	var b bytes.Buffer
-	enc := json.NewEncoder(&b)
-	enc.SetEscapeHTML(false)
-	if err := enc.Encode(v); err != nil {
-		return nil, err
-	}
-	return bytes.TrimSuffix(b.Bytes(), []byte("\n")), nil
-}
 
 // transportError wraps a failure to get any answer. Connection failures are
 // marked transient; the caller's own cancellation is not.
