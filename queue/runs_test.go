@@ -140,7 +140,7 @@ func TestRunTransitions(t *testing.T) {
 		queue.TransProgress:      {queue.RunRunning: queue.RunRunning},
 		queue.TransPause:         {queue.RunRunning: queue.RunPaused},
 		queue.TransResume:        {queue.RunPaused: queue.RunRunning},
-		queue.TransFinish:        {queue.RunStarting: queue.RunDone, queue.RunRunning: queue.RunDone},
+		queue.TransFinish:        {queue.RunStarting: queue.RunDone, queue.RunRunning: queue.RunDone, queue.RunPaused: queue.RunDone},
 		queue.TransRequestCancel: {queue.RunStarting: queue.RunStarting, queue.RunRunning: queue.RunRunning},
 	}
 	for tr, from := range legal {

@@ -18,6 +18,9 @@ import (
 //	     │                   finish
 //	     ╰──────finish──────▶ done ──(same id, new job)──▶ starting / running
 //
+// (finish also leaves paused: a pause that could not be published ends the
+// job for good.)
+//
 // request_cancel keeps the state and sets CancelRequested: it is the one
 // change a worker makes to a run it does not hold.
 type RunState string
@@ -77,7 +80,7 @@ var transitions = map[Transition]struct {
 	TransProgress:      {[]RunState{RunRunning}, RunRunning},
 	TransPause:         {[]RunState{RunRunning}, RunPaused},
 	TransResume:        {[]RunState{RunPaused}, RunRunning},
-	TransFinish:        {[]RunState{RunStarting, RunRunning}, RunDone},
+	TransFinish:        {[]RunState{RunStarting, RunRunning, RunPaused}, RunDone},
 	TransRequestCancel: {[]RunState{RunStarting, RunRunning}, ""},
 }
 

@@ -684,6 +684,9 @@ func (st *runState) snapshot(ctx context.Context, gs *SessionState) schemas.Resu
 	}
 	st.warn("the run's final event was no longer kept by the agent server; the session says it ended normally " +
 		"(stop reason, usage and turns may be missing)")
+	if st.cancelling {
+		return st.result(schemas.StatusCancelled) // it ended after our cancel
+	}
 	return st.result(schemas.StatusCompleted)
 }
 

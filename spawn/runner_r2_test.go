@@ -420,3 +420,23 @@ func TestTailText(t *testing.T) {
 	tt.WriteString(strings.Repeat("x", 50))
 	assert.Equal(t, strings.Repeat("x", 10), tt.String())
 }
+
+// A re-attach whose cursor is already past a proposal nobody decided (the
+// worker died between recording the cursor and recording the pause) asks
+// the server for the pending calls instead of waiting on a quiet stream.
+func TestRunReattachPastAnUndecidedProposalPausesAgain(t *testing.T) {
+	_, _, r := newSimRunner(t, agentsim.Options{KeepAlive: time.Second}, fastRunnerOptions())
+	job := schemas.Job{ID: "reattach-pending", Prompt: "#sim tool run_command {}\n#sim text done", PauseOnApproval: true}
+	rec := newRecorder()
+	res, err := r.Run(t.Context(), rec.attach(Spec{Job: job}))
+	require.NoError(t, err)
+	require.Equal(t, schemas.StatusPaused, res.Status)
+	cur := rec.lastCursor()
+	start := time.Now()
+	res2, err := r.Run(t.Context(), Spec{Job: job, Resume: &cur, Timeout: 30 * time.Second})
+	require.NoError(t, err)
+	assert.Equal(t, schemas.StatusPaused, res2.Status)
+	require.NotNil(t, res2.PauseReason)
+	assert.Equal(t, res.PauseReason.PendingToolCalls[0].ID, res2.PauseReason.PendingToolCalls[0].ID)
+	assert.Less(t, time.Since(start), 20*time.Second, "not held until the timeout")
+}

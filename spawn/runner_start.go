@@ -297,6 +297,14 @@ func (st *runState) resume(ctx context.Context) (schemas.Result, error) {
 			if err := st.decide(ctx, st.spec.Decisions); err != nil {
 				return schemas.Result{}, fmt.Errorf("resume: %w", err)
 			}
+		} else if !st.spec.Control.Requested() {
+			// The cursor may be past a proposal that was never paused or
+			// decided (a crash between recording the cursor and the
+			// pause): the replay would not show it again, and the run
+			// would wait for decisions nobody sends. Ask the server.
+			if res, done, err := st.reconcile(ctx); err != nil || done {
+				return res, err
+			}
 		}
 		return st.follow(ctx)
 	}

@@ -47,6 +47,7 @@ type phase struct {
 	approvalID string                          // the approval a decision or control message names
 	capped     bool                            // a pause was turned into rejections at the paused-run cap
 	unreadable bool                            // the job's id could not be read: job.ID was made up
+	finalPhase bool                            // the final result of a paused job took a phase of its own
 
 	// Set by execute.
 	events *liveEvents
@@ -118,7 +119,7 @@ func (w *Worker) fetchJob(ctx context.Context, msg jetstream.Msg) (*phase, *outc
 		// could orphan a run. Try again later.
 		p.run = queue.NewRun(queue.RunRecord{JobID: job.ID})
 		return p, &outcome{kind: outRetry, err: fmt.Errorf("read run record: %w", err)}
-	case run.Stored == queue.RunDone && attempt == 1:
+	case run.Stored == queue.RunDone && isNewJob(run.Record, msg, attempt):
 		// A record left by an earlier job with the same id, submitted again
 		// after the duplicate window: this is a new job, whose record
 		// replaces it.
@@ -210,6 +211,16 @@ func (w *Worker) cancelledBeforeStart(p *phase) schemas.Result {
 	return res
 }
 
+// isNewJob tells a settled record left by an earlier job with the same id
+// (submitted again after the duplicate window) from this job's own: by the
+// job message's digest when the record has one, else by a first delivery.
+func isNewJob(rec queue.RunRecord, msg jetstream.Msg, attempt int) bool {
+	if rec.JobDigest != "" {
+		return rec.JobDigest != schemas.JobDigest(msg.Data())
+	}
+	return attempt == 1
+}
+
 func (w *Worker) newRecord(job schemas.Job, start time.Time) queue.RunRecord {
 	return queue.RunRecord{JobID: job.ID, StartedAt: start, Deadline: start.Add(w.timeout(job)), Job: withoutPrompt(job)}
 }
@@ -267,6 +278,11 @@ func (w *Worker) execute(ctx context.Context, p *phase) *outcome {
 		out.Warnings = append(out.Warnings, fmt.Sprintf("paused_cap: %d runs were waiting for a human (the cap), so calls that needed approval were rejected", w.opts.MaxPaused))
 	}
 	p.active.settling.Store(true)
+	if err == nil && out.Status == schemas.StatusPaused && p.active.ctl.Requested() {
+		// A cancel came while the phase was pausing: the pause carries
+		// it on (pause publishes the cancel control message).
+		rec.CancelRequested = true
+	}
 	if cause := context.Cause(ctx); errors.Is(cause, errLostJob) {
 		return &outcome{kind: outLost, err: cause}
 	} else if cause != nil && !errors.Is(cause, context.Canceled) {

@@ -115,7 +115,12 @@ func (w *Worker) settle(ctx context.Context, p *phase, o outcome) {
 		p.log.Info("already settled, acking redelivery")
 		w.ack(p)
 	case outRepublish:
-		if err := w.publishPause(ctx, &p.run.Record, w.pausedResult(&p.run.Record), p.log); err != nil {
+		err := w.publishPause(ctx, &p.run.Record, w.pausedResult(&p.run.Record), p.log)
+		if err == nil && p.run.Record.CancelRequested {
+			// A cancel came while the run was pausing: send it on now.
+			err = w.publishControl(ctx, p.run.Record.JobID, p.run.Record.ApprovalID, schemas.ControlCancel)
+		}
+		if err != nil {
 			if p.attempt >= w.opts.MaxDeliver {
 				// Nobody can be asked: end the job (its run is cancelled).
 				w.settleFail(ctx, p, "unsettled", fmt.Errorf("the pause could not be published after %d deliveries: %w", p.attempt, err))
@@ -217,6 +222,13 @@ func (w *Worker) finish(ctx context.Context, p *phase, res schemas.Result) bool 
 // failed or was rejected.
 func (w *Worker) publishFinal(ctx context.Context, p *phase, res schemas.Result) error {
 	res.JobDigest = p.jobDigest()
+	if p.run.Stored == queue.RunPaused && !p.finalPhase {
+		// A paused job that ends for good: its final result is a phase
+		// of its own, or it would share the paused result's message id
+		// and be dropped as a duplicate.
+		p.run.Record.Phase++
+		p.finalPhase = true
+	}
 	if res.Status == schemas.StatusFailed || res.Status == schemas.StatusRejected {
 		if err := w.deadLetter(ctx, p, res.Error, res.Stderr); err != nil {
 			return fmt.Errorf("dead-letter job: %w", err)
@@ -262,6 +274,12 @@ func (w *Worker) unsettled(ctx context.Context, p *phase, res schemas.Result, ca
 	min.Error = &schemas.Error{Code: "unsettled", Message: queue.CapError(fmt.Sprintf("the job's %s outcome could not be published after %d tries: %v", res.Status, failures, cause))}
 	min.Stderr = min.Error.Message
 	p.raw = nil // the dead letter then carries the job as recorded, which fits
+	if rec.RunID != "" {
+		// The job ends here: nobody will follow its run again.
+		if err := w.runner.CancelRun(ctx, spawn.Cursor{SessionID: rec.SessionID, RunID: rec.RunID}); err != nil {
+			p.log.Warn("cancel abandoned run", "err", err)
+		}
+	}
 	if err := w.publishFinal(ctx, p, min); err != nil {
 		p.log.Error("could not settle even a minimal result; it will be redelivered", "err", err)
 		w.nak(p, w.backoff(failures), nil)
@@ -327,10 +345,12 @@ func (w *Worker) settleRetryStart(ctx context.Context, p *phase, cause error) {
 	rec := &p.run.Record
 	if rec.StartFailedAt.IsZero() {
 		rec.StartFailedAt = time.Now().UTC()
-		if p.run.Stored != queue.RunRunning {
-			if err := w.record(ctx, p, queue.TransStartFailed); err != nil {
-				p.log.Warn("record the failed start; the start budget counts from the next one", "err", err)
-			}
+		t := queue.TransStartFailed
+		if p.run.Stored == queue.RunRunning {
+			t = queue.TransProgress // the session exists; the send failed
+		}
+		if err := w.record(ctx, p, t); err != nil {
+			p.log.Warn("record the failed start; the start budget counts from the next one", "err", err)
 		}
 	}
 	if spent := time.Since(rec.StartFailedAt); spent >= w.opts.StartBudget {
