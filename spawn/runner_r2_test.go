@@ -341,10 +341,9 @@ func TestRunIDJumpReconnectsAndReplays(t *testing.T) {
 			return
 		}
 		once.Do(func() {
-			deadline := time.Now().Add(10 * time.Second)
-			for time.Now().Before(deadline) && srv.ActiveRuns() > 0 {
-				time.Sleep(5 * time.Millisecond) // deliberately slows this consumer; bounded by the loop
-			}
+			// OnEvent runs on the test goroutine (inside r.Run).
+			assert.Eventually(t, func() bool { return srv.ActiveRuns() == 0 }, 10*time.Second, 5*time.Millisecond,
+				"the server finished the run while this subscriber waited")
 		})
 	}
 	res, err := r.Run(t.Context(), Spec{Job: schemas.Job{ID: "lagging", Prompt: "#sim text-stream " + text}, OnEvent: slow})

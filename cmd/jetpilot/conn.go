@@ -30,13 +30,13 @@ type globalFlags struct {
 	// secret needs to be on the command line.
 	passwordFile string
 	tokenFile    string
-	tlsCert  string
-	tlsKey   string
-	tlsCA    string
-	prefix   string
-	replicas int
-	logJSON  string
-	logLevel string
+	tlsCert      string
+	tlsKey       string
+	tlsCA        string
+	prefix       string
+	replicas     int
+	logJSON      string
+	logLevel     string
 
 	// perms records the permission violations NATS reports on the
 	// connection connect opens, to explain requests that time out.
