@@ -51,8 +51,11 @@ func PayloadLimit(js jetstream.JetStream) int {
 	return max(mp-headerRoom, 4<<10)
 }
 
-// cutHead keeps the last max bytes of s, on a UTF-8 boundary; it reports
-// how many bytes it dropped.
+// KeepTail keeps the last max bytes of s, on a UTF-8 boundary (the end of
+// an agent's text is where its conclusion is); it reports how many bytes it
+// dropped.
+func KeepTail(s string, max int) (string, int) { return cutHead(s, max) }
+
 func cutHead(s string, max int) (string, int) {
 	if max < 0 {
 		max = 0
@@ -103,6 +106,16 @@ func CapArguments(c *schemas.ToolCall, max int) {
 	c.ArgumentsTruncated = true
 }
 
+// cappedCalls is a copy of calls with every call's arguments capped at max.
+func cappedCalls(calls []schemas.ToolCall, max int) []schemas.ToolCall {
+	out := make([]schemas.ToolCall, len(calls))
+	copy(out, calls)
+	for i := range out {
+		CapArguments(&out[i], max)
+	}
+	return out
+}
+
 // FitResult encodes res to at most limit bytes, shrinking it in the
 // documented order; the returned bytes always fit (the last resort is a
 // minimal result).
@@ -139,13 +152,8 @@ func FitResult(res schemas.Result, limit int) ([]byte, error) {
 	}
 	// 3. Pending calls' arguments.
 	if res.PauseReason != nil && len(res.PauseReason.PendingToolCalls) > 0 {
-		calls := make([]schemas.ToolCall, len(res.PauseReason.PendingToolCalls))
-		copy(calls, res.PauseReason.PendingToolCalls)
-		for i := range calls {
-			CapArguments(&calls[i], 256)
-		}
 		pr := *res.PauseReason
-		pr.PendingToolCalls = calls
+		pr.PendingToolCalls = cappedCalls(pr.PendingToolCalls, 256)
 		res.PauseReason = &pr
 		res.Warnings = append(res.Warnings, "pending calls' arguments cut to fit a message (those calls can only be denied)")
 		if data, err = Encode(res); err != nil || len(data) <= limit {
@@ -201,12 +209,7 @@ func FitApproval(req schemas.ApprovalRequest, limit int) ([]byte, error) {
 	if err != nil || len(data) <= limit {
 		return data, err
 	}
-	calls := make([]schemas.ToolCall, len(req.PendingToolCalls))
-	copy(calls, req.PendingToolCalls)
-	for i := range calls {
-		CapArguments(&calls[i], 256)
-	}
-	req.PendingToolCalls = calls
+	req.PendingToolCalls = cappedCalls(req.PendingToolCalls, 256)
 	if data, err = Encode(req); err != nil || len(data) <= limit {
 		return data, err
 	}
@@ -268,14 +271,8 @@ func fitRecord(rec RunRecord, limit int) ([]byte, error) {
 		}
 		rec.Stdout = ""
 	}
-	for _, list := range []*[]schemas.ToolCall{&rec.Pending, &rec.DecidedPending} {
-		calls := make([]schemas.ToolCall, len(*list))
-		copy(calls, *list)
-		for i := range calls {
-			CapArguments(&calls[i], 256)
-		}
-		*list = calls
-	}
+	rec.Pending = cappedCalls(rec.Pending, 256)
+	rec.DecidedPending = cappedCalls(rec.DecidedPending, 256)
 	if data, err = Encode(rec); err != nil || len(data) <= limit {
 		return data, err
 	}

@@ -45,12 +45,6 @@ func DeadMsgID(dl schemas.DeadLetter) string {
 // ResultMsgID(res.JobID, phase) and waits for the stream's ack. A duplicate
 // is not an error: the returned PubAck says Duplicate.
 func PublishResult(ctx context.Context, js jetstream.JetStream, cfg Config, res schemas.Result, phase int) (*jetstream.PubAck, error) {
-	if err := ValidateJobID(res.JobID); err != nil {
-		return nil, fmt.Errorf("publish result: %w", err)
-	}
-	if res.Status == "" {
-		return nil, fmt.Errorf("publish result for job %s: status is empty", res.JobID)
-	}
 	if phase < 0 {
 		return nil, fmt.Errorf("publish result for job %s: phase must not be negative, got %d", res.JobID, phase)
 	}
@@ -64,6 +58,9 @@ func PublishResult(ctx context.Context, js jetstream.JetStream, cfg Config, res 
 func PublishResultAs(ctx context.Context, js jetstream.JetStream, cfg Config, res schemas.Result, msgID string) (*jetstream.PubAck, error) {
 	if err := ValidateJobID(res.JobID); err != nil {
 		return nil, fmt.Errorf("publish result: %w", err)
+	}
+	if res.Status == "" {
+		return nil, fmt.Errorf("publish result for job %s: status is empty", res.JobID)
 	}
 	data, err := FitResult(res, PayloadLimit(js))
 	if err != nil {

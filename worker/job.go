@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"maps"
 	"time"
-	"unicode/utf8"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -177,16 +176,11 @@ func (w *Worker) carryPhase(p *phase, out spawn.Outcome, capped bool) {
 	} else {
 		rec.Stdout += out.Stdout
 	}
-	rec.Stdout, _ = cutHeadBytes(rec.Stdout, w.opts.MaxOutputBytes)
+	rec.Stdout, _ = queue.KeepTail(rec.Stdout, w.opts.MaxOutputBytes)
 	rec.ToolCalls.Accepted += out.ToolCalls.Accepted
 	rec.ToolCalls.Rejected += out.ToolCalls.Rejected
 	rec.Held = out.Held
 	p.capped = p.capped || capped
-}
-
-func cutHeadBytes(s string, max int) (string, int) {
-	n := truncateHead(&s, max)
-	return s, n
 }
 
 // pausedCapRejections rejects every call a pause waits on, with the reason.
@@ -370,20 +364,6 @@ func (w *Worker) spec(ctx context.Context, p *phase, lost context.CancelCauseFun
 		spec.Timeout = time.Millisecond
 	}
 	return spec
-}
-
-// truncateHead drops the start of *s so it is at most max bytes, on a UTF-8
-// boundary, and returns how many bytes it dropped.
-func truncateHead(s *string, max int) int {
-	if len(*s) <= max {
-		return 0
-	}
-	cut := len(*s) - max
-	for cut < len(*s) && !utf8.RuneStart((*s)[cut]) {
-		cut++
-	}
-	*s = (*s)[cut:]
-	return cut
 }
 
 // withoutPrompt is the job as kept in the runs bucket: everything a later

@@ -173,7 +173,8 @@ func (w *Worker) mergeEarlierPhases(p *phase, res *schemas.Result, whole bool) {
 	if !whole {
 		res.Stdout = rec.Stdout + res.Stdout
 	}
-	if cut := truncateHead(&res.Stdout, w.opts.MaxOutputBytes); cut > 0 {
+	var cut int
+	if res.Stdout, cut = queue.KeepTail(res.Stdout, w.opts.MaxOutputBytes); cut > 0 {
 		res.Warnings = append(res.Warnings, fmt.Sprintf("stdout truncated: the first %d bytes were dropped to keep the result under %d bytes; the session's messages have the whole text", cut, w.opts.MaxOutputBytes))
 	}
 	res.ToolCalls.Accepted += rec.ToolCalls.Accepted
