@@ -56,16 +56,25 @@ func (d decisionIn) canonical() map[string]any {
 	return map[string]any{"action": d.action, "content": d.content}
 }
 
+// runRequest reads what the decision and cancel routes start with: the
+// path's session id and the body's run_id, in the order the framework
+// rejects them.
+func runRequest(r *http.Request) (sid string, o obj, runID string, pe *plainError) {
+	if sid, pe = pathUUID(r, "id"); pe != nil {
+		return "", nil, "", pe
+	}
+	if o, pe = decodeBody(r); pe != nil {
+		return "", nil, "", pe
+	}
+	id, pe := o.uuidStr("", "run_id", true)
+	if pe != nil {
+		return "", nil, "", pe
+	}
+	return sid, o, *id, nil
+}
+
 func (s *Server) handleDecisions(r *http.Request) (int, any) {
-	sid, pe := pathUUID(r, "id")
-	if pe != nil {
-		return rejected(pe)
-	}
-	o, pe := decodeBody(r)
-	if pe != nil {
-		return rejected(pe)
-	}
-	runID, pe := o.uuidStr("", "run_id", true)
+	sid, o, runID, pe := runRequest(r)
 	if pe != nil {
 		return rejected(pe)
 	}
@@ -92,22 +101,14 @@ func (s *Server) handleDecisions(r *http.Request) (int, any) {
 		in[id] = di
 		canonDec[id] = di.canonical()
 	}
-	canon := canonical(map[string]any{"run_id": *runID, "decisions": canonDec})
+	canon := canonical(map[string]any{"run_id": runID, "decisions": canonDec})
 	// Both /tools/decisions and its /tools/resolve alias store under the
 	// decisions path, as the real handler does.
-	return s.decide(r, sid, "/v1/sessions/"+sid+"/tools/decisions", canon, *runID, in)
+	return s.decide(r, sid, "/v1/sessions/"+sid+"/tools/decisions", canon, runID, in)
 }
 
 func (s *Server) handleDecision(r *http.Request) (int, any) {
-	sid, pe := pathUUID(r, "id")
-	if pe != nil {
-		return rejected(pe)
-	}
-	o, pe := decodeBody(r)
-	if pe != nil {
-		return rejected(pe)
-	}
-	runID, pe := o.uuidStr("", "run_id", true)
+	sid, o, runID, pe := runRequest(r)
 	if pe != nil {
 		return rejected(pe)
 	}
@@ -117,8 +118,8 @@ func (s *Server) handleDecision(r *http.Request) (int, any) {
 	}
 	call := r.PathValue("call")
 	canon := di.canonical()
-	canon["run_id"] = *runID
-	return s.decide(r, sid, "/v1/sessions/"+sid+"/tools/"+call+"/decision", canonical(canon), *runID, map[string]decisionIn{call: di})
+	canon["run_id"] = runID
+	return s.decide(r, sid, "/v1/sessions/"+sid+"/tools/"+call+"/decision", canonical(canon), runID, map[string]decisionIn{call: di})
 }
 
 // decide queues decisions for the active run. "accepted" means queued:
@@ -192,25 +193,17 @@ func (s *Server) handlePending(r *http.Request) (int, any) {
 // handleCancel sets the run's cancellation flag. It ends nothing by
 // itself: see run.go for where the loop looks at it.
 func (s *Server) handleCancel(r *http.Request) (int, any) {
-	sid, pe := pathUUID(r, "id")
+	sid, _, runID, pe := runRequest(r)
 	if pe != nil {
 		return rejected(pe)
 	}
-	o, pe := decodeBody(r)
-	if pe != nil {
-		return rejected(pe)
-	}
-	runID, pe := o.uuidStr("", "run_id", true)
-	if pe != nil {
-		return rejected(pe)
-	}
-	im, done, status, body := s.idemLookup(r, "/v1/sessions/"+sid+"/cancel", canonical(map[string]any{"run_id": *runID}))
+	im, done, status, body := s.idemLookup(r, "/v1/sessions/"+sid+"/cancel", canonical(map[string]any{"run_id": runID}))
 	if done {
 		return status, body
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	run, e := s.activeRunLocked(s.sessions[sid], *runID)
+	run, e := s.activeRunLocked(s.sessions[sid], runID)
 	if e != nil {
 		return fail(e)
 	}
