@@ -33,10 +33,12 @@ const (
 	SchemaControl     = "control"
 	SchemaCancel      = "cancel"
 	SchemaCancelReply = "cancel_reply"
+	// The operator's policy document (package policy).
+	SchemaPolicy = "policy"
 )
 
 var schemaNames = []string{SchemaJob, SchemaResult, SchemaApproval, SchemaDecision, SchemaEvent, SchemaDead,
-	SchemaControl, SchemaCancel, SchemaCancelReply}
+	SchemaControl, SchemaCancel, SchemaCancelReply, SchemaPolicy}
 
 // Names lists the embedded schemas by kind name.
 func Names() []string { return slices.Clone(schemaNames) }
@@ -184,7 +186,7 @@ func (s *compiledSchema) check(data []byte) (any, []FieldError) {
 	case SchemaJob:
 		problems = append(problems, jobGoChecks(v, problems)...)
 		problems = append(problems, duplicateKeys(data)...)
-	case SchemaDecision:
+	case SchemaDecision, SchemaPolicy:
 		problems = append(problems, duplicateKeys(data)...)
 	}
 	return v, problems

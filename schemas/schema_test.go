@@ -41,7 +41,7 @@ func TestSchemaNames(t *testing.T) {
 		require.NoError(t, err, name)
 	}
 	_, err := schemaFor("jobs")
-	require.ErrorContains(t, err, `unknown schema "jobs" (known: job, result, approval, decision, event, dead, control, cancel, cancel_reply)`)
+	require.ErrorContains(t, err, `unknown schema "jobs" (known: job, result, approval, decision, event, dead, control, cancel, cancel_reply, policy)`)
 	_, err = SchemaJSON("nope")
 	require.ErrorContains(t, err, `unknown schema "nope"`)
 
