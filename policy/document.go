@@ -211,6 +211,10 @@ func Compile(doc Document) (*Policy, error) {
 			if r.Action != Allow {
 				flags = "(?s)"
 			}
+			if _, err := regexp.Compile(pat); err != nil {
+				bad(f+"/match/args/"+field, "not an RE2 pattern: %v", err)
+				continue
+			}
 			re, err := regexp.Compile(flags + `^(?:` + pat + `)$`)
 			if err != nil {
 				bad(f+"/match/args/"+field, "not an RE2 pattern: %v", err)

@@ -191,39 +191,108 @@ type parsedArgs struct {
 	bad  bool
 }
 
-// parseArgs reads the top-level fields of a call's arguments. A duplicate
-// key makes the whole object untrustworthy: the agent server may read the
-// other copy.
+// parseArgs reads the top-level string fields of a call's arguments. A
+// duplicate key makes the whole object untrustworthy: the agent server may
+// read the other copy. It scans instead of decoding, so a large argument
+// (a file's content) costs one validity pass and no copies of what no rule
+// reads.
 func parseArgs(raw json.RawMessage) *parsedArgs {
-	pa := &parsedArgs{}
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
-		pa.bad = true
+	pa := &parsedArgs{bad: true}
+	if !json.Valid(raw) {
 		return pa
 	}
-	pa.strs = map[string]string{}
-	seen := map[string]bool{}
-	for dec.More() {
-		tok, err := dec.Token()
-		key, ok := tok.(string)
-		if err != nil || !ok || seen[key] {
-			pa.bad = true
+	i := skipSpace(raw, 0)
+	if i >= len(raw) || raw[i] != '{' {
+		return pa
+	}
+	pa.strs = make(map[string]string, 4)
+	var keys []string
+	i = skipSpace(raw, i+1)
+	for i < len(raw) && raw[i] != '}' {
+		end := stringEnd(raw, i)
+		key, ok := unquote(raw[i:end])
+		if !ok || slices.Contains(keys, key) {
 			return pa
 		}
-		seen[key] = true
-		var v json.RawMessage
-		if err := dec.Decode(&v); err != nil {
-			pa.bad = true
-			return pa
-		}
-		if len(v) > 0 && v[0] == '"' {
-			var s string
-			if json.Unmarshal(v, &s) == nil {
+		keys = append(keys, key)
+		i = skipSpace(raw, skipSpace(raw, end)+1) // past ':'
+		vend := valueEnd(raw, i)
+		if raw[i] == '"' {
+			if s, ok := unquote(raw[i:vend]); ok {
 				pa.strs[key] = s
 			}
 		}
+		i = skipSpace(raw, vend)
+		if i < len(raw) && raw[i] == ',' {
+			i = skipSpace(raw, i+1)
+		}
 	}
+	pa.bad = false
 	return pa
+}
+
+func skipSpace(b []byte, i int) int {
+	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r') {
+		i++
+	}
+	return i
+}
+
+// stringEnd is the index just past the JSON string starting at b[i] (valid
+// JSON assumed).
+func stringEnd(b []byte, i int) int {
+	for j := i + 1; j < len(b); j++ {
+		switch b[j] {
+		case '\\':
+			j++
+		case '"':
+			return j + 1
+		}
+	}
+	return len(b)
+}
+
+// valueEnd is the index just past the JSON value starting at b[i] (valid
+// JSON assumed).
+func valueEnd(b []byte, i int) int {
+	if b[i] == '"' {
+		return stringEnd(b, i)
+	}
+	depth := 0
+	for j := i; j < len(b); j++ {
+		switch b[j] {
+		case '"':
+			j = stringEnd(b, j) - 1
+		case '{', '[':
+			depth++
+		case '}', ']':
+			if depth == 0 {
+				return j
+			}
+			depth--
+			if depth == 0 {
+				return j + 1
+			}
+		case ',':
+			if depth == 0 {
+				return j
+			}
+		}
+	}
+	return len(b)
+}
+
+// unquote decodes a JSON string literal, without a copy through the
+// decoder when it has no escapes.
+func unquote(lit []byte) (string, bool) {
+	if len(lit) < 2 {
+		return "", false
+	}
+	if bytes.IndexByte(lit, '\\') < 0 {
+		return string(lit[1 : len(lit)-1]), true
+	}
+	var s string
+	return s, json.Unmarshal(lit, &s) == nil
 }
 
 // argsMatch: every pattern must match its whole field. A missing,
