@@ -78,8 +78,13 @@ type RunRecord struct {
 	// SettleFailures counts the phase outcomes that could not be published;
 	// at the worker's MaxDeliver the job ends with a minimal result.
 	SettleFailures int `json:"settle_failures,omitempty"`
-	// ToolCalls counts the calls settled in earlier phases.
-	ToolCalls schemas.ToolCallCounts `json:"tool_calls"`
+	// ToolCalls counts the calls settled in earlier phases, and ToolRules
+	// the calls each policy rule decided in them.
+	ToolCalls schemas.ToolCallCounts        `json:"tool_calls"`
+	ToolRules map[string]schemas.RuleCounts `json:"tool_rules,omitempty"`
+	// UsedTokens is what the job's earlier phases used, counted against
+	// the policy's jobs.max_tokens.
+	UsedTokens int64 `json:"used_tokens,omitempty"`
 	// CancelRequested asks the worker that re-attaches to cancel the run:
 	// set by a cancel request while the holding worker may be gone.
 	CancelRequested bool `json:"cancel_requested,omitempty"`

@@ -19,6 +19,10 @@ const (
 	EventToolCompleted EventType = "tool_completed"
 	// EventToolRejected: a tool call was rejected (Tool.Reason).
 	EventToolRejected EventType = "tool_rejected"
+	// EventToolDecided: the operator's policy decided a proposed call:
+	// Tool.Verdict (accept, reject or ask: left for a human), Tool.Rule
+	// that decided, PolicyVersion.
+	EventToolDecided EventType = "tool_decided"
 	// EventTurnStarted and EventTurnCompleted frame one agent turn (Turn).
 	EventTurnStarted   EventType = "turn_started"
 	EventTurnCompleted EventType = "turn_completed"
@@ -40,7 +44,7 @@ const (
 
 // EventTypes lists every EventType the v1 schema knows, in schema order.
 var EventTypes = []EventType{
-	EventText, EventToolStarted, EventToolCompleted, EventToolRejected,
+	EventText, EventToolStarted, EventToolCompleted, EventToolRejected, EventToolDecided,
 	EventTurnStarted, EventTurnCompleted, EventRetry, EventStatus,
 	EventApprovalRequested, EventApprovalDecided, EventApprovalExpired,
 	EventDecisionError, EventWarning,
@@ -65,6 +69,8 @@ type Event struct {
 	ApprovalID string            `json:"approval_id,omitempty"`
 	Error      *Error            `json:"error,omitempty"`
 	Metadata   map[string]string `json:"metadata,omitempty"`
+	// PolicyVersion is the policy version that decided (tool_decided).
+	PolicyVersion uint64 `json:"policy_version,omitempty"`
 }
 
 // EventTool is the tool call an Event is about.
@@ -75,6 +81,10 @@ type EventTool struct {
 	// Result is the tool's output (tool_completed).
 	Result  string `json:"result,omitempty"`
 	IsError bool   `json:"is_error,omitempty"`
-	// Reason says why the call was rejected (tool_rejected).
+	// Reason says why the call was rejected (tool_rejected, tool_decided).
 	Reason string `json:"reason,omitempty"`
+	// Verdict and Rule: what the policy did with the call and which rule
+	// decided (tool_decided).
+	Verdict string `json:"verdict,omitempty"`
+	Rule    string `json:"rule,omitempty"`
 }

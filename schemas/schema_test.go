@@ -208,7 +208,7 @@ func assertSubset(t *testing.T, path string, want, got any) {
 func fullValues() map[string][]any {
 	at := time.Date(2025, 4, 5, 14, 2, 11, 204_000_000, time.UTC)
 	md := map[string]string{"channel": "C1"}
-	calls := []ToolCall{{ID: "call_1", Name: "stakpak__run_command", Arguments: json.RawMessage(`{"command":"ls"}`), ArgumentsTruncated: true}}
+	calls := []ToolCall{{ID: "call_1", Name: "stakpak__run_command", Arguments: json.RawMessage(`{"command":"ls"}`), ArgumentsTruncated: true, Rule: "prod-change"}}
 	fields := []FieldError{{Field: "prompt", Reason: "is required"}}
 	return map[string][]any{
 		"job": {Job{
@@ -229,11 +229,12 @@ func fullValues() map[string][]any {
 			TotalTurns: 2, StopReason: "completed", ToolCalls: ToolCallCounts{Accepted: 1, Rejected: 1}, Attempt: 1,
 			Worker: "w", StartedAt: at, FinishedAt: at.Add(time.Second), DurationMS: 1000, DeadLettered: true,
 			Metadata: md, Warnings: []string{"gap"},
+			ToolRules: map[string]RuleCounts{"read-only": {Accepted: 2, Rejected: 1, Asked: 1}}, PolicyVersion: 4,
 		}},
 		"approval": {ApprovalRequest{
 			Schema: ApprovalSchemaID, ApprovalID: "job-1:1", JobID: "job-1", SessionID: "s", RunID: "r",
 			PendingToolCalls: calls, AutoResolved: 1, RequestedAt: at, ExpiresAt: at.Add(time.Hour),
-			Metadata: md, ResumeHint: "jetpilot approve job-1:1 --allow",
+			Metadata: md, ResumeHint: "jetpilot approve job-1:1 --allow", PolicyVersion: 4,
 		}},
 		"decision": {
 			Decision{Schema: DecisionSchemaID, ApprovalID: "job-1:1", JobID: "job-1", All: DecideAllow, DecidedBy: "me"},
@@ -242,8 +243,9 @@ func fullValues() map[string][]any {
 		},
 		"event": {Event{
 			Schema: EventSchemaID, JobID: "job-1", Seq: 7, Type: EventToolCompleted, At: at, RunID: "r", SessionID: "s",
-			Text: "t", Tool: &EventTool{ID: "call_1", Name: "view", Arguments: json.RawMessage(`{"path":"/"}`), Result: "ok", IsError: true, Reason: "why"},
-			Turn: 3, Status: "running", ApprovalID: "job-1:1", Error: &Error{Code: "c", Message: "m", Fields: fields}, Metadata: md,
+			Text: "t", Tool: &EventTool{ID: "call_1", Name: "view", Arguments: json.RawMessage(`{"path":"/"}`), Result: "ok", IsError: true, Reason: "why",
+				Verdict: "ask", Rule: "prod-change"},
+			Turn: 3, Status: "running", ApprovalID: "job-1:1", Error: &Error{Code: "c", Message: "m", Fields: fields}, Metadata: md, PolicyVersion: 4,
 		}},
 		"dead": {
 			DeadLetter{Schema: DeadSchemaID, JobID: "job-1", Reason: "invalid_job", Error: "bad", Fields: fields, Attempt: 1,

@@ -178,6 +178,11 @@ type Result struct {
 	TotalTurns   int               `json:"total_turns,omitempty"`
 	StopReason   string            `json:"stop_reason,omitempty"`
 	ToolCalls    ToolCallCounts    `json:"tool_calls"`
+	// ToolRules counts, per policy rule, the calls it decided.
+	ToolRules map[string]RuleCounts `json:"tool_rules,omitempty"`
+	// PolicyVersion is the policy version (KV revision) the job ran under
+	// last; 0 for a worker's flags or built-in policy.
+	PolicyVersion uint64 `json:"policy_version,omitempty"`
 	Attempt      int               `json:"attempt"`
 	Worker       string            `json:"worker,omitempty"`
 	StartedAt    time.Time         `json:"started_at"`
@@ -196,6 +201,14 @@ func (r *Result) SetStatus(s Status) {
 	r.ExitCode = s.ExitCode()
 	r.TimedOut = s == StatusTimedOut
 	r.Paused = s == StatusPaused
+}
+
+// RuleCounts is what one policy rule did: calls run unattended, refused,
+// and left for a human.
+type RuleCounts struct {
+	Accepted int `json:"accepted,omitempty"`
+	Rejected int `json:"rejected,omitempty"`
+	Asked    int `json:"asked,omitempty"`
 }
 
 // PauseReason says why a run paused.
@@ -218,6 +231,8 @@ type ToolCall struct {
 	// ArgumentsTruncated: Arguments were shortened to fit a message; the
 	// call can only be denied.
 	ArgumentsTruncated bool `json:"arguments_truncated,omitempty"`
+	// Rule is the policy rule that left the call for a human.
+	Rule string `json:"rule,omitempty"`
 }
 
 // Error is the machine-readable error of a failed or rejected job.
@@ -268,6 +283,8 @@ type ApprovalRequest struct {
 	ExpiresAt        time.Time         `json:"expires_at"`
 	Metadata         map[string]string `json:"metadata,omitempty"`
 	ResumeHint       string            `json:"resume_hint,omitempty"`
+	// PolicyVersion is the policy version that asked for the approval.
+	PolicyVersion uint64 `json:"policy_version,omitempty"`
 }
 
 // Decision answers an ApprovalRequest: either All, or one entry per tool call.

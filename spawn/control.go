@@ -83,6 +83,9 @@ type Outcome struct {
 	// the session's messages); otherwise it is this phase's text only, and
 	// the caller puts the earlier phases' text before it.
 	WholeText bool
+	// UsedTokens is what the job has used so far, its earlier phases
+	// (Spec.UsedTokens) included: a later phase's Spec.UsedTokens.
+	UsedTokens int64
 }
 
 // maxDecidedIDs bounds the tool call ids a Cursor carries. Only the calls of

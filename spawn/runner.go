@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jetpilot-dev/jetpilot/policy"
 	"github.com/jetpilot-dev/jetpilot/schemas"
 )
 
@@ -155,8 +156,18 @@ type Spec struct {
 	// Timeout is the whole-phase timeout; 0 = none. When it elapses the run
 	// is cancelled on the server and the Result is timed_out.
 	Timeout time.Duration
-	// WorkerAllowed is the worker's --allowed-tools (empty: every tool).
-	WorkerAllowed []string
+	// Policy returns the operator's policy in force. It is read at each
+	// tool decision and each usage report, so a new version reaches a run
+	// already going. nil: policy.Default().
+	Policy func() *policy.Policy
+	// UsedTokens is what the job's earlier phases used, counted against
+	// the policy's jobs.max_tokens with this phase's usage.
+	UsedTokens int64
+	// OnDecision, if set, is called for every call the policy decides in
+	// this phase, before the decision is sent (or the call left for a
+	// human), so the caller can say which rule decided. Called from Run's
+	// goroutine.
+	OnDecision func(call schemas.ToolCall, d policy.Decision)
 	// Resume follows an existing session/run (re-attach after a crash or a
 	// redelivery, or continue after a pause was decided) instead of starting
 	// one. A cursor with only SessionID starts the run if the session never

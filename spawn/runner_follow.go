@@ -13,6 +13,7 @@ import (
 
 	"github.com/cenkalti/backoff/v5"
 
+	"github.com/jetpilot-dev/jetpilot/policy"
 	"github.com/jetpilot-dev/jetpilot/schemas"
 )
 
@@ -312,6 +313,7 @@ func (st *runState) process(ctx context.Context, ev Event) (schemas.Result, bool
 			st.turnUsage.PromptTokens += u.PromptTokens
 			st.turnUsage.CompletionTokens += u.CompletionTokens
 			st.turnUsage.TotalTokens += u.TotalTokens
+			st.checkBudget(ctx)
 		}
 	case EventToolCallsProposed:
 		if st.ended {
@@ -363,24 +365,33 @@ func (st *runState) process(ctx context.Context, ev Event) (schemas.Result, bool
 func (st *runState) proposed(ctx context.Context, calls []ToolCallProposal) (schemas.Result, bool, error) {
 	decisions := map[string]schemas.ToolDecision{}
 	var pending []schemas.ToolCall
+	// The policy in force now: a new version reaches a run already going
+	// at its next proposal.
+	pol := st.policy()
 	for _, call := range calls {
 		if call.ID == "" || st.isDecided(call.ID) {
 			continue
 		}
-		switch st.policy.Verdict(call.Name) {
-		case VerdictAccept:
+		tc := schemas.ToolCall{ID: call.ID, Name: call.Name, Arguments: call.Arguments}
+		d := pol.Decide(st.narrow, policy.Call{Name: call.Name, Arguments: call.Arguments})
+		if d.Kind == policy.Ask && len(pending) >= MaxPendingCalls {
+			// A human could not review them, nor would they fit an
+			// approval request: the agent learns why.
+			d = policy.Decision{Kind: policy.Reject, Verdict: d.Verdict,
+				Content: fmt.Sprintf("Too many tool calls in one proposal for a human to review (at most %d); propose fewer at a time", MaxPendingCalls)}
+		}
+		st.countRule(d)
+		if st.spec.OnDecision != nil {
+			st.spec.OnDecision(tc, d)
+		}
+		switch d.Kind {
+		case policy.Accept:
 			decisions[call.ID] = schemas.ToolDecision{Action: schemas.ActionAccept}
-		case VerdictReject:
-			decisions[call.ID] = schemas.ToolDecision{Action: schemas.ActionReject, Content: RejectContent(call.Name)}
-		case VerdictAsk:
-			if len(pending) >= MaxPendingCalls {
-				// A human could not review them, nor would they fit an
-				// approval request: the agent learns why.
-				decisions[call.ID] = schemas.ToolDecision{Action: schemas.ActionReject,
-					Content: fmt.Sprintf("Too many tool calls in one proposal for a human to review (at most %d); propose fewer at a time", MaxPendingCalls)}
-				continue
-			}
-			pending = append(pending, schemas.ToolCall{ID: call.ID, Name: call.Name, Arguments: call.Arguments})
+		case policy.Reject:
+			decisions[call.ID] = schemas.ToolDecision{Action: schemas.ActionReject, Content: d.Content}
+		case policy.Ask:
+			tc.Rule = d.Verdict.Rule
+			pending = append(pending, tc)
 		}
 	}
 	if len(pending) > 0 {

@@ -17,6 +17,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/jetpilot-dev/jetpilot/policy"
 	"github.com/jetpilot-dev/jetpilot/schemas"
 	"github.com/jetpilot-dev/jetpilot/spawn/agentsim"
 	"github.com/jetpilot-dev/jetpilot/spawn/agentsim/agentsimtest"
@@ -262,8 +263,8 @@ func TestRunPolicyRejectionReachesTheModel(t *testing.T) {
 	srv, _, r := newSimRunner(t, agentsim.Options{}, fastRunnerOptions())
 	rec := newRecorder()
 	res, err := r.Run(t.Context(), rec.attach(Spec{
-		Job:           schemas.Job{ID: "reject-why", Prompt: "#sim tool run_command {}\n#sim text ok"},
-		WorkerAllowed: []string{"view"},
+		Job:    schemas.Job{ID: "reject-why", Prompt: "#sim tool run_command {}\n#sim text ok"},
+		Policy: allowOnly(t, "view"),
 	}))
 	require.NoError(t, err)
 	assert.Equal(t, schemas.ToolCallCounts{Rejected: 1}, res.ToolCalls)
@@ -277,7 +278,7 @@ func TestRunPolicyRejectionReachesTheModel(t *testing.T) {
 			require.NoError(t, json.Unmarshal(p.Result, &result))
 		}
 	}
-	assert.Equal(t, RejectContent("run_command"), result)
+	assert.Equal(t, policy.RejectContent("run_command"), result)
 	got := srv.Decisions(res.SessionID)
 	require.Len(t, got, 1)
 	assert.Equal(t, "custom_result", got[0]["call_1"].Action)

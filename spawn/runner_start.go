@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/jetpilot-dev/jetpilot/policy"
 	"github.com/jetpilot-dev/jetpilot/schemas"
 )
 
@@ -23,7 +24,7 @@ type runState struct {
 	c      *Client
 	opts   *RunnerOptions
 	spec   Spec
-	policy Policy
+	narrow policy.Narrowing
 	log    *slog.Logger
 
 	started   time.Time
@@ -54,7 +55,11 @@ type runState struct {
 	sawUsage     bool
 	final        *RunCompleted
 	tools        schemas.ToolCallCounts
-	decided      []string // tool call ids decided (see Cursor.Decided)
+	byRule       map[string]schemas.RuleCounts // calls each rule decided in this phase
+	policyAt     uint64                        // the policy version of the last decision
+	overBudget   bool                          // usage passed jobs.max_tokens: the run is being cancelled
+	budget       int64                         // the max_tokens that was passed
+	decided      []string                      // tool call ids decided (see Cursor.Decided)
 	held         map[string]schemas.ToolDecision
 	warnings     []string
 	rebuild      bool     // the streamed text may be incomplete: rebuild it from messages
@@ -86,7 +91,7 @@ func newRunState(r *Runner, spec Spec) *runState {
 		c:       r.c,
 		opts:    &r.opts,
 		spec:    spec,
-		policy:  NewPolicy(spec.WorkerAllowed, spec.Job),
+		narrow:  policy.NarrowingOf(spec.Job),
 		started: time.Now().UTC(),
 		runAt:   spec.RunStartedAt,
 		stdout:  newTailText(r.opts.MaxTextBytes),
@@ -106,7 +111,7 @@ func (st *runState) isDecided(id string) bool { return slices.Contains(st.decide
 
 // outcome wraps a finalized Result with the verdicts held for a pause.
 func (st *runState) outcome(res schemas.Result) Outcome {
-	o := Outcome{Result: res, WholeText: st.startID == 0 || st.wholeText}
+	o := Outcome{Result: res, WholeText: st.startID == 0 || st.wholeText, UsedTokens: st.usedTokens()}
 	if res.Status == schemas.StatusPaused && len(st.held) > 0 {
 		o.Held = st.held
 	}
@@ -449,16 +454,18 @@ func (st *runState) closeStream() {
 func (st *runState) result(status schemas.Status) schemas.Result {
 	job := st.spec.Job
 	res := schemas.Result{
-		JobID:      job.ID,
-		SessionID:  st.sessionID,
-		RunID:      st.runID,
-		Stdout:     st.stdout.String(),
-		ToolCalls:  st.tools,
-		Attempt:    st.spec.Attempt,
-		Worker:     st.opts.Worker,
-		StartedAt:  st.started,
-		Metadata:   maps.Clone(job.Metadata),
-		TotalTurns: st.turns,
+		JobID:         job.ID,
+		SessionID:     st.sessionID,
+		RunID:         st.runID,
+		Stdout:        st.stdout.String(),
+		ToolCalls:     st.tools,
+		ToolRules:     maps.Clone(st.byRule),
+		PolicyVersion: st.policyAt,
+		Attempt:       st.spec.Attempt,
+		Worker:        st.opts.Worker,
+		StartedAt:     st.started,
+		Metadata:      maps.Clone(job.Metadata),
+		TotalTurns:    st.turns,
 	}
 	if st.sawUsage {
 		u := st.turnUsage
@@ -485,6 +492,76 @@ func toUsage(u TokenUsage) *schemas.Usage {
 	return out
 }
 
+// policy is the operator's policy in force.
+func (st *runState) policy() *policy.Policy {
+	if st.spec.Policy != nil {
+		if p := st.spec.Policy(); p != nil {
+			return p
+		}
+	}
+	return policy.Default()
+}
+
+// countRule counts a policy decision under the rule that made it.
+func (st *runState) countRule(d policy.Decision) {
+	if st.byRule == nil {
+		st.byRule = map[string]schemas.RuleCounts{}
+	}
+	c := st.byRule[d.Verdict.Rule]
+	switch d.Kind {
+	case policy.Accept:
+		c.Accepted++
+	case policy.Reject:
+		c.Rejected++
+	case policy.Ask:
+		c.Asked++
+	}
+	st.byRule[d.Verdict.Rule] = c
+	st.policyAt = d.Verdict.Version
+}
+
+// CodeBudgetExceeded is the error code of a job whose token usage passed
+// the policy's jobs.max_tokens.
+const CodeBudgetExceeded = "budget_exceeded"
+
+// usedTokens is what the job has used: its earlier phases' and this one's
+// turns, or the run's total when the server reported it (the run spans
+// the job's phases).
+func (st *runState) usedTokens() int64 {
+	n := st.spec.UsedTokens + int64(st.turnUsage.TotalTokens)
+	if f := st.final; f != nil {
+		n = max(n, int64(toUsage(f.TotalUsage).TotalTokens))
+	}
+	return n
+}
+
+// checkBudget cancels the run (with the wake-up a cancel needs) once its
+// usage passes the policy's max_tokens, read live. The run then ends
+// failed with budget_exceeded (budgetResult).
+func (st *runState) checkBudget(ctx context.Context) {
+	if st.overBudget || st.ended {
+		return
+	}
+	limit := st.policy().MaxTokens()
+	if limit <= 0 || st.usedTokens() <= limit {
+		return
+	}
+	st.overBudget, st.budget = true, limit
+	st.log.Warn("token budget exceeded: cancelling the run", "used", st.usedTokens(), "max_tokens", limit)
+	st.beginCancel(ctx)
+}
+
+// budgetResult turns how an over-budget run ended into its failed result,
+// with its usage and its text so far.
+func (st *runState) budgetResult(res schemas.Result) schemas.Result {
+	used := st.usedTokens()
+	res.PauseReason = nil
+	res.SetStatus(schemas.StatusFailed)
+	res.Stderr = fmt.Sprintf("token budget exceeded: the job used %d tokens, over the policy's jobs.max_tokens of %d; the run was cancelled", used, st.budget)
+	res.Error = &schemas.Error{Code: CodeBudgetExceeded, Message: res.Stderr}
+	return res
+}
+
 func (st *runState) failed(code, msg string) schemas.Result {
 	msg = scrubSecrets(msg, st.c.tokens()...)
 	res := st.result(schemas.StatusFailed)
@@ -499,6 +576,9 @@ func (st *runState) failed(code, msg string) schemas.Result {
 // cursor. The rebuild waits for the session to settle first: the server
 // writes the checkpoint the messages are read from after run_completed.
 func (st *runState) finalize(ctx context.Context, res schemas.Result) schemas.Result {
+	if st.overBudget && !st.timedOut && (res.Status.Final() || res.Status == schemas.StatusPaused) {
+		res = st.budgetResult(res)
+	}
 	resumedFinal := st.startID > 0 && res.Status.Final() && res.Status != schemas.StatusTimedOut
 	final := res.Status.Final() && !st.unconfirmedEnd
 	if (st.rebuild || resumedFinal) && final && st.sessionID != "" && ctx.Err() == nil {

@@ -223,8 +223,8 @@ func TestRunToolPolicyRejects(t *testing.T) {
 	srv, _, r := newSimRunner(t, agentsim.Options{}, testRunnerOptions())
 	prompt := "#sim tool stakpak__run_command {\"cmd\":\"ls\"}\n#sim tool stakpak__delete_all {}\n#sim tool view {}\n#sim text done"
 	res, err := r.Run(t.Context(), Spec{
-		Job:           schemas.Job{ID: "tools", Prompt: prompt},
-		WorkerAllowed: []string{"run_command", "stakpak__view", "view"},
+		Job:    schemas.Job{ID: "tools", Prompt: prompt},
+		Policy: allowOnly(t, "run_command", "stakpak__view", "view"),
 	})
 	require.NoError(t, err)
 	assert.Equal(t, schemas.StatusCompleted, res.Status)

@@ -29,12 +29,12 @@ type agentGate struct {
 	open chan struct{} // closed while the gate is open
 }
 
-func newAgentGate(open bool) *agentGate {
-	g := &agentGate{open: make(chan struct{})}
-	if open {
+// newGate makes a gate closed with why, or open when why is nil. The
+// policy gate (watchPolicy) is one too.
+func newGate(why error) *agentGate {
+	g := &agentGate{open: make(chan struct{}), err: why}
+	if why == nil {
 		close(g.open)
-	} else {
-		g.err = errAgentUnknown
 	}
 	return g
 }
@@ -106,3 +106,11 @@ func (w *Worker) watchAgent(ctx context.Context, rr ReadyRunner) {
 // AgentReady is nil while the worker takes jobs, else why it does not: its
 // agent server is unreachable or refuses the token. /readyz reports it.
 func (w *Worker) AgentReady() error { return w.gate.state() }
+
+// closedUnless is why when cond holds, else nil (an open gate).
+func closedUnless(cond bool, why error) error {
+	if cond {
+		return why
+	}
+	return nil
+}

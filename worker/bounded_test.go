@@ -9,6 +9,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/jetpilot-dev/jetpilot/policy"
 	"github.com/jetpilot-dev/jetpilot/queue"
 	"github.com/jetpilot-dev/jetpilot/schemas"
 	"github.com/jetpilot-dev/jetpilot/worker"
@@ -76,7 +77,9 @@ func TestPoisonJobsSettleOnce(t *testing.T) {
 // agent learns why) instead of holding another session.
 func TestMaxPausedRejectsAtTheCap(t *testing.T) {
 	h := newHarness(t, queue.Config{})
-	h.startWorker(worker.Options{MaxPaused: 1})
+	capped, err := policy.Parse([]byte(`{"version":1,"decisions":"unsigned","tools":{"default":"allow"},"jobs":{"max_paused":1}}`))
+	require.NoError(t, err)
+	h.startWorker(worker.Options{Fallback: capped})
 	first := job("cap-1", "#sim tool run_command {}\n#sim text never")
 	first.PauseOnApproval = true
 	h.submit(first)

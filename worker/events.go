@@ -7,6 +7,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/jetpilot-dev/jetpilot/policy"
 	"github.com/jetpilot-dev/jetpilot/schemas"
 	"github.com/jetpilot-dev/jetpilot/spawn"
 )
@@ -41,6 +42,9 @@ type liveEvents struct {
 	runID     string
 	text      []byte
 	timer     *time.Timer
+
+	// tokens counts each turn's usage (usage_report) in the metrics.
+	tokens func(prompt, completion int)
 }
 
 func (w *Worker) newLiveEvents(jobID string, md map[string]string, seq uint64) *liveEvents {
@@ -152,7 +156,21 @@ func (l *liveEvents) agentEvent(e spawn.Event) {
 	case "retry_attempt":
 		l.flushLocked()
 		l.publishLocked(schemas.Event{Type: schemas.EventRetry, Text: p.Reason})
+	case "usage_report":
+		if l.tokens != nil {
+			l.tokens(p.Usage.PromptTokens, p.Usage.CompletionTokens)
+		}
 	}
+}
+
+// decided publishes what the policy did with one proposed call and which
+// rule decided (spawn.Spec.OnDecision).
+func (l *liveEvents) decided(call schemas.ToolCall, d policy.Decision) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.flushLocked()
+	l.publishLocked(schemas.Event{Type: schemas.EventToolDecided, PolicyVersion: d.Verdict.Version,
+		Tool: &schemas.EventTool{ID: call.ID, Name: call.Name, Verdict: d.Kind.String(), Rule: d.Verdict.Rule, Reason: d.Content}})
 }
 
 // agentPayload holds the payload fields of the agent events turned into live events.
@@ -164,6 +182,10 @@ type agentPayload struct {
 	Result     json.RawMessage `json:"result"`
 	IsError    bool            `json:"is_error"`
 	Reason     string          `json:"reason"`
+	Usage      struct {
+		PromptTokens     int `json:"prompt_tokens"`
+		CompletionTokens int `json:"completion_tokens"`
+	} `json:"usage"`
 }
 
 // resultText shows a tool result: a JSON string as its text, anything else as JSON.

@@ -15,6 +15,7 @@ import (
 
 	"github.com/jetpilot-dev/jetpilot/internal/testnats"
 	"github.com/jetpilot-dev/jetpilot/internal/testsupport"
+	"github.com/jetpilot-dev/jetpilot/policy"
 	"github.com/jetpilot-dev/jetpilot/queue"
 	"github.com/jetpilot-dev/jetpilot/schemas"
 	"github.com/jetpilot-dev/jetpilot/spawn"
@@ -98,6 +99,11 @@ func (h *harness) startWorker(opts worker.Options) *runningWorker {
 	}
 	if opts.Logger == nil {
 		opts.Logger = testLogger(h.t)
+	}
+	if opts.Fallback == nil && opts.Policies == nil && len(opts.AllowedTools) == 0 {
+		// Most tests are about the queue, not the policy: every call runs
+		// unless the job narrows it (policy tests set their own).
+		opts.Fallback = policy.Dev()
 	}
 	// The event-stream transport the worker ships with.
 	client, err := spawn.NewClient(spawn.ClientOptions{BaseURL: h.simURL, TokenFile: h.tokenFile, DirectEventStreams: true})

@@ -40,13 +40,14 @@ type phase struct {
 	run     *queue.Run
 	log     *slog.Logger
 
-	decisions  map[string]schemas.ToolDecision // the human's answer, sent with the held verdicts
-	cancel     bool                            // cancel the run before following
-	announce   *schemas.Event                  // live event published as the phase starts
-	approvalID string                          // the approval a decision or control message names
-	capped     bool                            // a pause was turned into rejections at the paused-run cap
-	unreadable bool                            // the job's id could not be read: job.ID was made up
-	finalPhase bool                            // the final result of a paused job took a phase of its own
+	decisions     map[string]schemas.ToolDecision // the human's answer, sent with the held verdicts
+	cancel        bool                            // cancel the run before following
+	announce      *schemas.Event                  // live event published as the phase starts
+	approvalID    string                          // the approval a decision or control message names
+	capped        bool                            // a pause was turned into rejections at the paused-run cap
+	unreadable    bool                            // the job's id could not be read: job.ID was made up
+	policyVersion uint64                          // the policy version that rejected the job
+	finalPhase    bool                            // the final result of a paused job took a phase of its own
 
 	// Set by execute.
 	events *liveEvents
@@ -88,9 +89,6 @@ func (w *Worker) fetchJob(ctx context.Context, msg jetstream.Msg) (*phase, *outc
 	if err == nil {
 		err = w.checkProfile(msg.Subject(), job)
 	}
-	if err == nil {
-		err = checkMetadata(job)
-	}
 	if err != nil {
 		var unreadable bool
 		job.ID, unreadable = w.rejectedJobID(msg)
@@ -122,9 +120,8 @@ func (w *Worker) fetchJob(ctx context.Context, msg jetstream.Msg) (*phase, *outc
 		// A record left by an earlier job with the same id, submitted again
 		// after the duplicate window: this is a new job, whose record
 		// replaces it.
-		p.run = &queue.Run{Record: w.newRecord(job, start), Rev: run.Rev, Stored: run.Stored}
-		p.run.Record.JobDigest = schemas.JobDigest(msg.Data())
-		return p, nil
+		p.run = &queue.Run{Rev: run.Rev, Stored: run.Stored}
+		return p, w.admit(p)
 	case run.Stored == queue.RunDone:
 		// The outcome was published and recorded; only the ack was lost.
 		p.run = run
@@ -139,9 +136,26 @@ func (w *Worker) fetchJob(ctx context.Context, msg jetstream.Msg) (*phase, *outc
 		p.run = run
 		return p, nil
 	}
-	p.run = queue.NewRun(w.newRecord(job, start))
-	p.run.Record.JobDigest = schemas.JobDigest(msg.Data())
-	return p, nil
+	p.run = queue.NewRun(queue.RunRecord{})
+	return p, w.admit(p)
+}
+
+// admit holds a new job to the policy in force before any agent call: a
+// job that asks for more than it allows is rejected, naming each field and
+// the cap; otherwise the policy's values are filled in where the job left
+// them out, and its record is made. A queued job that a policy change made
+// invalid is rejected here, when it starts.
+func (w *Worker) admit(p *phase) *outcome {
+	pol := w.policyInForce()
+	if err := pol.CheckJob(p.job); err != nil {
+		p.run.Record = queue.RunRecord{JobID: p.job.ID, Job: withoutPrompt(p.job)}
+		p.policyVersion = pol.Version
+		return &outcome{kind: outReject, err: err}
+	}
+	p.job = pol.Apply(p.job)
+	p.run.Record = queue.RunRecord{JobID: p.job.ID, StartedAt: p.start, Deadline: p.start.Add(pol.Timeout(p.job)),
+		Job: withoutPrompt(p.job), JobDigest: schemas.JobDigest(p.raw)}
+	return nil
 }
 
 // maxCappedPauses bounds the pauses one message turns into rejections at
@@ -154,9 +168,6 @@ const maxCappedPauses = 8
 // for an instant). One stream-info request per pause, nothing scanned; two
 // workers pausing at once may pass the cap by one each.
 func (w *Worker) atPausedCap(ctx context.Context) bool {
-	if w.opts.MaxPaused <= 0 {
-		return false
-	}
 	ictx, cancel := context.WithTimeout(ctx, settleTimeout)
 	defer cancel()
 	st, err := w.js.Stream(ictx, w.qcfg.ControlStream())
@@ -164,7 +175,7 @@ func (w *Worker) atPausedCap(ctx context.Context) bool {
 		w.log.Warn("count paused runs; pausing regardless", "err", err)
 		return false
 	}
-	return st.CachedInfo().State.Msgs >= uint64(w.opts.MaxPaused)
+	return st.CachedInfo().State.Msgs >= uint64(w.policyInForce().MaxPaused())
 }
 
 // carryPhase keeps what a phase did when the run goes on within the same
@@ -179,6 +190,8 @@ func (w *Worker) carryPhase(p *phase, out spawn.Outcome, capped bool) {
 	rec.Stdout, _ = queue.KeepTail(rec.Stdout, w.opts.MaxOutputBytes)
 	rec.ToolCalls.Accepted += out.ToolCalls.Accepted
 	rec.ToolCalls.Rejected += out.ToolCalls.Rejected
+	rec.ToolRules = addRules(rec.ToolRules, out.ToolRules)
+	rec.UsedTokens = out.UsedTokens
 	rec.Held = out.Held
 	p.capped = p.capped || capped
 }
@@ -215,10 +228,6 @@ func isNewJob(rec queue.RunRecord, msg jetstream.Msg, attempt int) bool {
 	return attempt == 1
 }
 
-func (w *Worker) newRecord(job schemas.Job, start time.Time) queue.RunRecord {
-	return queue.RunRecord{JobID: job.ID, StartedAt: start, Deadline: start.Add(w.timeout(job)), Job: withoutPrompt(job)}
-}
-
 // jobDigest is the digest of the job message the phase's job came in: a
 // producer waiting for its result tells its own job from another's with
 // the same id by it.
@@ -241,6 +250,7 @@ func (w *Worker) execute(ctx context.Context, p *phase) *outcome {
 	rec := &p.run.Record
 	rec.Owner, rec.Attempt = w.opts.Name, p.attempt
 	p.events = w.newLiveEvents(p.job.ID, p.job.Metadata, rec.EventSeq)
+	p.events.tokens = w.tokenCounter(p.job)
 	defer p.events.close()
 	if p.announce != nil {
 		p.events.emit(*p.announce)
@@ -264,12 +274,13 @@ func (w *Worker) execute(ctx context.Context, p *phase) *outcome {
 		// Too many runs wait for a human fleet-wide: this pause's calls are
 		// rejected (the agent learns why) and the run goes on.
 		w.carryPhase(p, out, true)
-		p.decisions = pausedCapRejections(out.PauseReason, w.opts.MaxPaused)
-		p.log.Warn("paused-run cap reached: rejecting the calls instead of pausing", "max_paused", w.opts.MaxPaused)
+		maxPaused := w.policyInForce().MaxPaused()
+		p.decisions = pausedCapRejections(out.PauseReason, maxPaused)
+		p.log.Warn("paused-run cap reached: rejecting the calls instead of pausing", "max_paused", maxPaused)
 		out, err = w.runner.Run(ctx, w.spec(ctx, p, lost))
 	}
 	if p.capped {
-		out.Warnings = append(out.Warnings, fmt.Sprintf("paused_cap: %d runs were waiting for a human (the cap), so calls that needed approval were rejected", w.opts.MaxPaused))
+		out.Warnings = append(out.Warnings, fmt.Sprintf("paused_cap: %d runs were waiting for a human (the cap), so calls that needed approval were rejected", w.policyInForce().MaxPaused()))
 	}
 	p.active.settling.Store(true)
 	if err == nil && out.Status == schemas.StatusPaused && p.active.ctl.Requested() {
@@ -309,6 +320,7 @@ func (w *Worker) execute(ctx context.Context, p *phase) *outcome {
 		return &o
 	}
 	rec.Held = out.Held
+	rec.UsedTokens = out.UsedTokens
 	if out.Status == schemas.StatusPaused {
 		return &outcome{kind: outPaused, res: out.Result, whole: out.WholeText}
 	}
@@ -321,12 +333,14 @@ func (w *Worker) execute(ctx context.Context, p *phase) *outcome {
 func (w *Worker) spec(ctx context.Context, p *phase, lost context.CancelCauseFunc) spawn.Spec {
 	rec := &p.run.Record
 	spec := spawn.Spec{
-		Job:           p.job,
-		Attempt:       p.attempt,
-		Timeout:       time.Until(rec.Deadline),
-		WorkerAllowed: w.opts.AllowedTools,
-		Control:       p.active.ctl,
-		RunStartedAt:  rec.RunStartedAt,
+		Job:          p.job,
+		Attempt:      p.attempt,
+		Timeout:      time.Until(rec.Deadline),
+		Policy:       w.policyInForce,
+		UsedTokens:   rec.UsedTokens,
+		OnDecision:   p.events.decided,
+		Control:      p.active.ctl,
+		RunStartedAt: rec.RunStartedAt,
 		OnCursor: func(c spawn.Cursor) {
 			if rec.SessionID == "" && c.SessionID != "" {
 				p.log = p.log.With("session_id", c.SessionID)
@@ -374,34 +388,20 @@ func withoutPrompt(job schemas.Job) schemas.Job {
 	return job
 }
 
-// timeout is the job's effective timeout: its own, capped by MaxTimeout.
-func (w *Worker) timeout(job schemas.Job) time.Duration {
-	d, err := job.TimeoutDuration()
-	if err != nil || d <= 0 || d > w.opts.MaxTimeout {
-		return w.opts.MaxTimeout
+// addRules adds b's per-rule counts to a's.
+func addRules(a, b map[string]schemas.RuleCounts) map[string]schemas.RuleCounts {
+	if len(b) == 0 {
+		return a
 	}
-	return d
-}
-
-// MaxMetadataBytes caps a job's metadata, encoded: it is echoed on every
-// result, approval and dead letter, so a large one would crowd the agent's
-// text out of them.
-const MaxMetadataBytes = 16 << 10
-
-// checkMetadata refuses a job whose metadata is over MaxMetadataBytes
-// encoded.
-func checkMetadata(job schemas.Job) error {
-	if len(job.Metadata) == 0 {
-		return nil
+	if a == nil {
+		a = make(map[string]schemas.RuleCounts, len(b))
 	}
-	data, err := queue.Encode(job.Metadata)
-	if err != nil || len(data) <= MaxMetadataBytes {
-		return err
+	for rule, c := range b {
+		s := a[rule]
+		s.Accepted, s.Rejected, s.Asked = s.Accepted+c.Accepted, s.Rejected+c.Rejected, s.Asked+c.Asked
+		a[rule] = s
 	}
-	return &schemas.ValidationError{Problems: []schemas.FieldError{{
-		Field:  "metadata",
-		Reason: fmt.Sprintf("%d bytes encoded, over the limit of %d", len(data), MaxMetadataBytes),
-	}}}
+	return a
 }
 
 // checkProfile refuses a job whose body names another profile than the

@@ -2,6 +2,9 @@ package worker
 
 import (
 	"errors"
+	"slices"
+
+	"github.com/jetpilot-dev/jetpilot/schemas"
 
 	"github.com/jetpilot-dev/jetpilot/spawn"
 	"github.com/prometheus/client_golang/prometheus"
@@ -16,6 +19,8 @@ type Metrics struct {
 	DeadLetters     prometheus.Counter
 	SessionDuration *prometheus.HistogramVec
 	AgentErrors     *prometheus.CounterVec
+	Tokens          *prometheus.CounterVec
+	PolicyVersion   prometheus.Gauge
 }
 
 // NewMetrics makes a set of collectors registered nowhere.
@@ -46,12 +51,20 @@ func NewMetrics() *Metrics {
 			Name: "jetpilot_agent_errors_total",
 			Help: "Agent-server errors, by kind: the server's error code, or transport.",
 		}, []string{"kind"}),
+		Tokens: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "jetpilot_tokens_total",
+			Help: "Tokens the agent used, by profile, model (as the policy lists them; \"other\" for any other, \"default\" for the server's) and kind (prompt, completion).",
+		}, []string{"profile", "model", "kind"}),
+		PolicyVersion: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "jetpilot_policy_version",
+			Help: "The policy version this worker applies (the KV revision; 0 for its flags or the built-in policy).",
+		}),
 	}
 }
 
 // Register registers every collector with reg.
 func (m *Metrics) Register(reg prometheus.Registerer) error {
-	for _, c := range []prometheus.Collector{m.Jobs, m.InFlight, m.Retries, m.DeadLetters, m.SessionDuration, m.AgentErrors} {
+	for _, c := range []prometheus.Collector{m.Jobs, m.InFlight, m.Retries, m.DeadLetters, m.SessionDuration, m.AgentErrors, m.Tokens, m.PolicyVersion} {
 		if err := reg.Register(c); err != nil {
 			return err
 		}
@@ -66,4 +79,36 @@ func (m *Metrics) agentError(err error) {
 		kind = apiErr.Code
 	}
 	m.AgentErrors.WithLabelValues(kind).Inc()
+}
+
+// tokenCounter counts a job's token usage by profile and model. The model
+// label is the job's model when the policy lists it, "default" for none
+// (the server's), "other" for any other: a job names its model, and a
+// hostile one must not grow the label set. Profiles are subject tokens a
+// publisher picks too: one the worker was not started for counts as
+// "other".
+func (w *Worker) tokenCounter(job schemas.Job) func(prompt, completion int) {
+	model := job.Model
+	if job.Overrides != nil && job.Overrides.Model != "" {
+		model = job.Overrides.Model
+	}
+	switch {
+	case model == "":
+		model = "default"
+	case !slices.Contains(w.policyInForce().Document().Jobs.Models, model):
+		model = "other"
+	}
+	profile := job.ProfileOrDefault()
+	if len(w.opts.Profiles) > 0 && !slices.Contains(w.opts.Profiles, profile) || len(w.opts.Profiles) == 0 && profile != schemas.DefaultProfile {
+		profile = "other"
+	}
+	prompt, completion := w.m.Tokens.WithLabelValues(profile, model, "prompt"), w.m.Tokens.WithLabelValues(profile, model, "completion")
+	return func(p, c int) {
+		if p > 0 {
+			prompt.Add(float64(p))
+		}
+		if c > 0 {
+			completion.Add(float64(c))
+		}
+	}
 }

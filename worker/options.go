@@ -5,6 +5,8 @@ import (
 	"log/slog"
 	"os"
 	"time"
+
+	"github.com/jetpilot-dev/jetpilot/policy"
 )
 
 // ShutdownMode says what a stopping worker does with runs still going when
@@ -35,12 +37,22 @@ type Options struct {
 	Concurrency int
 	// Profiles limits the worker to these profiles' subjects. Default: every profile.
 	Profiles []string
-	// AllowedTools is the fleet operator's tool allow-list; every job is capped
-	// by it. Default: empty, meaning every tool.
+	// Policies delivers the fleet's stored policy (the KV bucket
+	// jetpilot_policy), which every job and tool call is held to. Until
+	// the first delivery, and while the stored one cannot be read, the
+	// worker takes no work. nil: no stored policy; Fallback applies.
+	Policies PolicyFeed
+	// Fallback is the policy while none is stored. Default: the one
+	// AllowedTools and MaxTimeout stand for when either is set
+	// (policy.FromFlags), else policy.Default(): read-only tools run,
+	// every other call waits for a human.
+	Fallback *policy.Policy
+	// AllowedTools and MaxTimeout are the worker flags' shorthand for a
+	// policy (see Fallback): these tools run unattended and every other
+	// call is refused; job timeouts are capped at MaxTimeout (default
+	// policy.DefaultMaxTimeout).
 	AllowedTools []string
-	// MaxTimeout caps every job's timeout, and is the timeout of a job that sets
-	// none. Default 1h.
-	MaxTimeout time.Duration
+	MaxTimeout   time.Duration
 	// MaxDeliver is how many deliveries a job gets before it is failed and
 	// dead-lettered for a failure that is not the agent server's (agent
 	// outages are bounded by StartBudget and the job's deadline instead).
@@ -66,10 +78,6 @@ type Options struct {
 	// ApprovalTimeout is how long a paused run waits for a decision before
 	// OnApprovalExpiry applies. Default 1h.
 	ApprovalTimeout time.Duration
-	// MaxPaused caps the runs waiting for a human fleet-wide: at the cap a
-	// new pause rejects its calls (the agent is told why, the result says
-	// paused_cap) instead of holding another agent session. 0: no cap.
-	MaxPaused int
 	// OnApprovalExpiry is what happens when an approval expires undecided.
 	// Default ExpireReject.
 	OnApprovalExpiry ExpiryAction
@@ -85,6 +93,8 @@ type Options struct {
 	Logger *slog.Logger
 	// Metrics receives the worker's metrics. Default: a fresh set registered nowhere.
 	Metrics *Metrics
+
+	fallback *policy.Policy // Fallback, or the one its defaults stand for
 }
 
 func (o Options) withDefaults(ackWait time.Duration) (Options, error) {
@@ -101,11 +111,17 @@ func (o Options) withDefaults(ackWait time.Duration) (Options, error) {
 	if o.Concurrency < 0 {
 		return o, fmt.Errorf("concurrency must be at least 1, got %d", o.Concurrency)
 	}
-	if o.MaxTimeout == 0 {
-		o.MaxTimeout = time.Hour
-	}
-	if o.MaxTimeout < 0 {
-		return o, fmt.Errorf("max timeout must be positive, got %s", o.MaxTimeout)
+	switch {
+	case o.Fallback != nil:
+		o.fallback = o.Fallback
+	case len(o.AllowedTools) > 0 || o.MaxTimeout != 0:
+		p, err := policy.FromFlags(o.AllowedTools, o.MaxTimeout)
+		if err != nil {
+			return o, err
+		}
+		o.fallback = p
+	default:
+		o.fallback = policy.Default()
 	}
 	if o.MaxDeliver == 0 {
 		o.MaxDeliver = 5

@@ -48,7 +48,7 @@ func (w *Worker) pause(ctx context.Context, p *phase, res *schemas.Result) error
 	rec.Pending = pending
 	rec.Stdout = res.Stdout
 	rec.AutoResolved = len(rec.Held)
-	rec.ToolCalls = res.ToolCalls
+	rec.ToolCalls, rec.ToolRules = res.ToolCalls, res.ToolRules
 	if err := w.record(ctx, p, queue.TransPause); err != nil {
 		return fmt.Errorf("record pause: %w", err)
 	}
@@ -82,6 +82,7 @@ func (w *Worker) publishPause(ctx context.Context, rec *queue.RunRecord, res sch
 		ExpiresAt:        rec.ApprovalExpiresAt,
 		Metadata:         rec.Job.Metadata,
 		ResumeHint:       res.ResumeHint,
+		PolicyVersion:    res.PolicyVersion,
 	}
 	if _, err := queue.PublishApproval(ctx, w.js, w.qcfg, req); err != nil {
 		return fmt.Errorf("publish approval request: %w", err)

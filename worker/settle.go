@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"time"
 
 	"github.com/cenkalti/backoff/v5"
@@ -179,6 +180,10 @@ func (w *Worker) mergeEarlierPhases(p *phase, res *schemas.Result, whole bool) {
 	}
 	res.ToolCalls.Accepted += rec.ToolCalls.Accepted
 	res.ToolCalls.Rejected += rec.ToolCalls.Rejected
+	res.ToolRules = addRules(maps.Clone(rec.ToolRules), res.ToolRules)
+	if res.PolicyVersion == 0 {
+		res.PolicyVersion = w.policyInForce().Version
+	}
 	if p.events != nil {
 		rec.EventSeq = p.events.Seq()
 	}
@@ -322,6 +327,7 @@ func (w *Worker) settleFail(ctx context.Context, p *phase, code string, cause er
 func (w *Worker) settleReject(ctx context.Context, p *phase, cause error) {
 	res := w.baseResult(p.job.ID, p.attempt, p.start, p.job.Metadata)
 	res.SetStatus(schemas.StatusRejected)
+	res.PolicyVersion = p.policyVersion
 	var ve *schemas.ValidationError
 	if errors.As(cause, &ve) {
 		res.Error = ve.ToError()

@@ -6,10 +6,12 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/jetpilot-dev/jetpilot/policy"
 	"github.com/jetpilot-dev/jetpilot/queue"
 	"github.com/jetpilot-dev/jetpilot/spawn"
 )
@@ -43,6 +45,10 @@ type Worker struct {
 	slots chan struct{} // one token per running job or decision phase
 	beats *heartbeats
 	gate  *agentGate // closed while the agent server cannot take work
+	// polGate is closed while the stored policy is unknown or unreadable;
+	// pol is the stored policy (nil: none is stored, opts.fallback applies).
+	polGate *agentGate
+	pol     atomic.Pointer[policy.Policy]
 
 	activeMu sync.Mutex
 	active   map[string]*activeJob // job id -> the phase this worker follows
@@ -100,7 +106,8 @@ func New(ctx context.Context, js jetstream.JetStream, qcfg queue.Config, runner 
 		m:       opts.Metrics,
 		slots:   make(chan struct{}, opts.Concurrency),
 		beats:   newHeartbeats(opts.Heartbeat),
-		gate:    newAgentGate(!isReadyRunner(runner)),
+		gate:    newGate(closedUnless(isReadyRunner(runner), errAgentUnknown)),
+		polGate: newGate(closedUnless(opts.Policies != nil, errPolicyUnknown)),
 		active:  map[string]*activeJob{},
 		created: map[string]time.Time{},
 	}, nil
@@ -144,6 +151,13 @@ func (w *Worker) Run(ctx context.Context) error {
 	}()
 
 	var jobs, loops sync.WaitGroup
+	if w.opts.Policies != nil {
+		loops.Add(1)
+		go func() {
+			defer loops.Done()
+			w.watchPolicy(ctx, w.opts.Policies)
+		}()
+	}
 	if rr, ok := w.runner.(ReadyRunner); ok {
 		loops.Add(1)
 		go func() {
@@ -206,7 +220,7 @@ func (w *Worker) pull(ctx, jobCtx context.Context, c jetstream.Consumer, slots c
 		return got, batch.Error()
 	}
 	for {
-		if !w.gate.wait(ctx) {
+		if !w.gate.wait(ctx) || !w.polGate.wait(ctx) {
 			return
 		}
 		select {

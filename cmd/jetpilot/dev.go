@@ -12,6 +12,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/jetpilot-dev/jetpilot/policy"
 	"github.com/jetpilot-dev/jetpilot/queue"
 	"github.com/jetpilot-dev/jetpilot/schemas"
 	"github.com/jetpilot-dev/jetpilot/spawn/agentsim"
@@ -95,6 +96,10 @@ a demo job, prints its result and exits with the job's exit code.`,
 			workerDone := make(chan error, 1)
 			if err := queue.Setup(ctx, js, g.queueConfig()); err != nil {
 				return fmt.Errorf("set up streams: %w", err)
+			}
+			if len(wf.allowedTools) == 0 && wf.maxTimeout == 0 {
+				wf.fallback = policy.Dev()
+				fmt.Fprintln(out, "policy: until one is stored (jetpilot policy set FILE), dev runs EVERY tool call unattended and applies unsigned decisions")
 			}
 			go func() { workerDone <- runWorker(workerCtx, g, wf, nc, js, log) }()
 			fmt.Fprintf(out, "worker running; submit jobs with: jetpilot submit --nats %s --prompt '...' --wait\n", g.natsURL)

@@ -21,6 +21,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
+	"github.com/jetpilot-dev/jetpilot/policy"
 	"github.com/jetpilot-dev/jetpilot/spawn"
 	"github.com/jetpilot-dev/jetpilot/worker"
 )
@@ -43,7 +44,9 @@ type workerFlags struct {
 	shutdownGrace   time.Duration
 	shutdownMode    string
 	approvalTimeout time.Duration
-	maxPaused       int
+	// fallback is the policy while none is stored, when the flags name
+	// none (dev's); nil: the built-in one.
+	fallback *policy.Policy
 	onExpiry        string
 	metricsAddr     string
 	// Runner tuning, for tests and operators chasing a slow server; not in
@@ -61,15 +64,14 @@ func (f *workerFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.name, "name", "", "worker name in results and logs (default <hostname>-<pid>)")
 	fs.IntVar(&f.concurrency, "concurrency", 8, "jobs run at once")
 	fs.StringSliceVar(&f.profiles, "profiles", nil, "only take jobs of these profiles (default: all)")
-	fs.StringSliceVar(&f.allowedTools, "allowed-tools", nil, "tools jobs may run unattended (default: all); caps every job's list")
-	fs.DurationVar(&f.maxTimeout, "max-timeout", time.Hour, "cap on a job's timeout, and the timeout of jobs that set none")
+	fs.StringSliceVar(&f.allowedTools, "allowed-tools", nil, "while no policy is stored: only these tools run, every other call is refused (default: read-only tools run, others wait for a human)")
+	fs.DurationVar(&f.maxTimeout, "max-timeout", 0, "while no policy is stored: cap on a job's timeout, and the timeout of jobs that set none (default 1h)")
 	fs.IntVar(&f.maxDeliver, "max-deliver", 5, "deliveries before a job failing for a reason other than the agent server is failed and dead-lettered")
 	fs.DurationVar(&f.startBudget, "start-budget", worker.DefaultStartBudget, "how long a job whose run cannot start (agent server down or refusing the token) is retried, from its first failed start")
 	fs.DurationVar(&f.ackWait, "ack-wait", 30*time.Second, "JetStream AckWait: how fast a dead worker's job comes back")
 	fs.DurationVar(&f.shutdownGrace, "shutdown-grace", 30*time.Second, "how long running jobs may go on after SIGTERM")
 	fs.StringVar(&f.shutdownMode, "shutdown-mode", string(worker.ShutdownHandoff), "after the grace period: handoff (leave runs going, another worker re-attaches) or cancel")
 	fs.DurationVar(&f.approvalTimeout, "approval-timeout", time.Hour, "how long a paused run waits for a decision")
-	fs.IntVar(&f.maxPaused, "max-paused", 0, "cap on runs waiting for a human fleet-wide; at the cap a new pause rejects its calls (0: no cap)")
 	fs.StringVar(&f.onExpiry, "on-approval-expiry", string(worker.ExpireReject), "when an approval expires: reject the pending calls, or cancel the run")
 	fs.StringVar(&f.metricsAddr, "metrics-addr", "", "serve /metrics, /healthz and /readyz on this address (e.g. 127.0.0.1:9090)")
 	fs.DurationVar(&f.livenessInterval, "liveness-interval", 0, "ask the agent server whether a run is alive after it sent no event for this long: a run that dies without an event ends run_lost within about this bound (default 20s)")
@@ -200,7 +202,7 @@ func runWorker(ctx context.Context, g *globalFlags, f *workerFlags, nc *nats.Con
 		ShutdownGrace:    f.shutdownGrace,
 		ShutdownMode:     worker.ShutdownMode(f.shutdownMode),
 		ApprovalTimeout:  f.approvalTimeout,
-		MaxPaused:        f.maxPaused,
+		Fallback:         f.fallbackPolicy(),
 		OnApprovalExpiry: worker.ExpiryAction(f.onExpiry),
 		Logger:           log,
 		Metrics:          metrics,
@@ -258,4 +260,14 @@ func serveOps(ctx context.Context, addr string, h http.Handler, log *slog.Logger
 		_ = srv.Shutdown(shutdownCtx)
 		<-done
 	}, nil
+}
+
+// fallbackPolicy is the policy while none is stored: the one the policy
+// flags stand for when any is given (nil lets the worker build it), else
+// dev's, else nil (the built-in one).
+func (f *workerFlags) fallbackPolicy() *policy.Policy {
+	if len(f.allowedTools) > 0 || f.maxTimeout != 0 {
+		return nil
+	}
+	return f.fallback
 }
