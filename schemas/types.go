@@ -161,35 +161,35 @@ type Result struct {
 	// JobDigest is JobDigest of the job message's payload as received, so
 	// a producer can tell its own job's result from that of another job
 	// that came with the same id. Empty from older workers.
-	JobDigest    string            `json:"job_digest,omitempty"`
-	Status       Status            `json:"status"`
-	ExitCode     *int              `json:"exit_code"`
-	SessionID    string            `json:"session_id,omitempty"`
-	RunID        string            `json:"run_id,omitempty"`
-	CheckpointID string            `json:"checkpoint_id,omitempty"`
-	TimedOut     bool              `json:"timed_out"`
-	Paused       bool              `json:"paused"`
-	PauseReason  *PauseReason      `json:"pause_reason,omitempty"`
-	ResumeHint   string            `json:"resume_hint,omitempty"`
-	Stdout       string            `json:"stdout"`
-	Stderr       string            `json:"stderr,omitempty"`
-	Error        *Error            `json:"error,omitempty"`
-	Usage        *Usage            `json:"usage,omitempty"`
-	TotalTurns   int               `json:"total_turns,omitempty"`
-	StopReason   string            `json:"stop_reason,omitempty"`
-	ToolCalls    ToolCallCounts    `json:"tool_calls"`
+	JobDigest    string         `json:"job_digest,omitempty"`
+	Status       Status         `json:"status"`
+	ExitCode     *int           `json:"exit_code"`
+	SessionID    string         `json:"session_id,omitempty"`
+	RunID        string         `json:"run_id,omitempty"`
+	CheckpointID string         `json:"checkpoint_id,omitempty"`
+	TimedOut     bool           `json:"timed_out"`
+	Paused       bool           `json:"paused"`
+	PauseReason  *PauseReason   `json:"pause_reason,omitempty"`
+	ResumeHint   string         `json:"resume_hint,omitempty"`
+	Stdout       string         `json:"stdout"`
+	Stderr       string         `json:"stderr,omitempty"`
+	Error        *Error         `json:"error,omitempty"`
+	Usage        *Usage         `json:"usage,omitempty"`
+	TotalTurns   int            `json:"total_turns,omitempty"`
+	StopReason   string         `json:"stop_reason,omitempty"`
+	ToolCalls    ToolCallCounts `json:"tool_calls"`
 	// ToolRules counts, per policy rule, the calls it decided.
 	ToolRules map[string]RuleCounts `json:"tool_rules,omitempty"`
 	// PolicyVersion is the policy version (KV revision) the job ran under
 	// last; 0 for a worker's flags or built-in policy.
-	PolicyVersion uint64 `json:"policy_version,omitempty"`
-	Attempt      int               `json:"attempt"`
-	Worker       string            `json:"worker,omitempty"`
-	StartedAt    time.Time         `json:"started_at"`
-	FinishedAt   time.Time         `json:"finished_at"`
-	DurationMS   int64             `json:"duration_ms"`
-	DeadLettered bool              `json:"dead_lettered"`
-	Metadata     map[string]string `json:"metadata,omitempty"`
+	PolicyVersion uint64            `json:"policy_version,omitempty"`
+	Attempt       int               `json:"attempt"`
+	Worker        string            `json:"worker,omitempty"`
+	StartedAt     time.Time         `json:"started_at"`
+	FinishedAt    time.Time         `json:"finished_at"`
+	DurationMS    int64             `json:"duration_ms"`
+	DeadLettered  bool              `json:"dead_lettered"`
+	Metadata      map[string]string `json:"metadata,omitempty"`
 	// Warnings are things the caller should know that did not fail the job,
 	// such as an event stream gap recovered from the session's messages.
 	Warnings []string `json:"warnings,omitempty"`

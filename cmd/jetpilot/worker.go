@@ -46,9 +46,9 @@ type workerFlags struct {
 	approvalTimeout time.Duration
 	// fallback is the policy while none is stored, when the flags name
 	// none (dev's); nil: the built-in one.
-	fallback *policy.Policy
-	onExpiry        string
-	metricsAddr     string
+	fallback    *policy.Policy
+	onExpiry    string
+	metricsAddr string
 	// Runner tuning, for tests and operators chasing a slow server; not in
 	// the README: the defaults suit the real agent server.
 	livenessInterval time.Duration
