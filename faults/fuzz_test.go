@@ -21,10 +21,10 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/jetpilot-dev/jetpilot/internal/testsupport"
+	"github.com/jetpilot-dev/jetpilot/policy"
 	"github.com/jetpilot-dev/jetpilot/queue"
 	"github.com/jetpilot-dev/jetpilot/schemas"
 	"github.com/jetpilot-dev/jetpilot/spawn/agentsim"
-	"github.com/jetpilot-dev/jetpilot/worker"
 )
 
 // fuzzSeed is the seed of TestHostileInput's mutations: JETPILOT_FUZZ_SEED,
@@ -233,7 +233,7 @@ var jobKinds = []struct {
 	}},
 	{"oversized metadata", func(g *fuzzGen, id, tag string) (string, string, string) {
 		// Around the 16 KiB cap: about half fit.
-		total := g.between(worker.MaxMetadataBytes-3000, worker.MaxMetadataBytes+3000)
+		total := g.between(policy.MaxMetadataBytes-3000, policy.MaxMetadataBytes+3000)
 		var kv []string
 		for i := 0; total > 0 && i < 64; i++ {
 			n := min(total, 8000)
@@ -469,7 +469,7 @@ func jobOutcome(m mutant) (id string, valid bool, prompt string) {
 	job, err := schemas.DecodeJob(m.body)
 	if err == nil && m.subject == (queue.Config{}).JobSubject(job.ProfileOrDefault()) {
 		md, merr := queue.Encode(job.Metadata)
-		if len(job.Metadata) == 0 || (merr == nil && len(md) <= worker.MaxMetadataBytes) {
+		if len(job.Metadata) == 0 || (merr == nil && len(md) <= policy.MaxMetadataBytes) {
 			return job.ID, true, job.Prompt
 		}
 	}
