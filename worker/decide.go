@@ -72,7 +72,7 @@ func (w *Worker) fetchDecision(ctx context.Context, msg jetstream.Msg) (*phase, 
 		o := refuse(e)
 		return p, &o
 	}
-	p.decisions = expandDecision(d, run.Record.Pending)
+	p.decisions = w.recheck(expandDecision(d, run.Record.Pending), run.Record.Pending, p.log)
 	if o := w.take(ctx, p, decided); o != nil {
 		return p, o
 	}

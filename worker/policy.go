@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 
 	"github.com/jetpilot-dev/jetpilot/policy"
+	"github.com/jetpilot-dev/jetpilot/schemas"
 )
 
 // PolicyFeed delivers the fleet's stored policy until ctx is done: every
@@ -58,4 +60,23 @@ func (w *Worker) watchPolicy(ctx context.Context, feed PolicyFeed) {
 			w.log.Info("policy applied", "version", now.Version, "source", now.Source)
 		}
 	})
+}
+
+// recheck holds a human's accepts to the policy in force now: a call the
+// policy came to deny while it waited (an incident freeze stored after the
+// pause) is rejected with the rule's reason, whatever the human said.
+func (w *Worker) recheck(decisions map[string]schemas.ToolDecision, pending []schemas.ToolCall, log *slog.Logger) map[string]schemas.ToolDecision {
+	pol := w.policyInForce()
+	for _, c := range pending {
+		d, ok := decisions[c.ID]
+		if !ok || d.Action != schemas.ActionAccept {
+			continue
+		}
+		if v := pol.Evaluate(policy.Call{Name: c.Name, Arguments: c.Arguments}); v.Action == policy.Deny {
+			decisions[c.ID] = schemas.ToolDecision{Action: schemas.ActionReject,
+				Content: v.Reason + " (the policy changed while the call waited for a human)"}
+			log.Warn("a human accepted a call the policy now denies; rejecting it", "tool_call_id", c.ID, "rule", v.Rule, "policy_version", v.Version)
+		}
+	}
+	return decisions
 }

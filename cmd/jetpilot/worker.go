@@ -226,6 +226,9 @@ func runWorker(ctx context.Context, g *globalFlags, f *workerFlags, nc *nats.Con
 			worker.ReadyCheck{Name: "agent_server", Check: func(context.Context) error {
 				return w.AgentReady()
 			}},
+			worker.ReadyCheck{Name: "policy", Check: func(context.Context) error {
+				return w.PolicyReady()
+			}},
 		), log)
 		if err != nil {
 			return err
