@@ -62,7 +62,7 @@ func TestSecretsNeverLeak(t *testing.T) {
 		{ID: "sec-fail", Prompt: "#sim text x\n#sim error kaboom"},
 		{ID: "sec-timeout", Prompt: "#sim hang", Timeout: "1s"},
 		{ID: "sec-pause", Prompt: "#sim tool stakpak__run_command {\"cmd\":\"ls\"}", PauseOnApproval: true},
-		{ID: "sec-blocked", Prompt: "#sim tool stakpak__run_command {}\n#sim text ok", AllowedTools: []string{"view"}},
+		{ID: "sec-blocked", Prompt: "#sim tool stakpak__view {}\n#sim text ok", AllowedTools: []string{"search_docs"}},
 	}
 	for _, j := range jobs {
 		_, err := client.Submit(ctx, j)
