@@ -448,18 +448,11 @@ func (g *fuzzGen) decision(n int) mutant {
 }
 
 // decisionTarget is the job a refused decision's decision_error event goes
-// to, as worker/decide.go reads it (bodyJobID; DecodeDecision's job id is
-// the same for a valid decision): job_id of a body encoding/json can read
-// into a struct, when it is a valid id; "" when there is none, and then
-// only the worker's "decision refused" log line answers it.
-func decisionTarget(body []byte) string {
-	var v struct {
-		JobID string `json:"job_id"`
-	}
-	if json.Unmarshal(body, &v) != nil || !schemas.ValidJobID(v.JobID) {
-		return ""
-	}
-	return v.JobID
+// to: the job of the subject it was published on, whatever its body names
+// (worker/decide.go binds a decision to its subject).
+func decisionTarget(subject string) string {
+	id, _ := (queue.Config{}).JobIDOfSubject("decisions", subject)
+	return id
 }
 
 // jobOutcome is what the worker must make of a mutated job: the id of its
@@ -609,10 +602,10 @@ func TestHostileInput(t *testing.T) {
 	wantKnown := map[string]int{}   // the same, for decisions knownUnfittedEvent cannot answer
 	for _, m := range decisions {
 		if m.knownBug {
-			wantKnown[decisionTarget(m.body)]++
+			wantKnown[decisionTarget(m.subject)]++
 			continue
 		}
-		wantRefused[decisionTarget(m.body)]++
+		wantRefused[decisionTarget(m.subject)]++
 	}
 	for target := range wantKnown {
 		require.NotEmpty(t, target)

@@ -2,7 +2,6 @@ package worker
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"sort"
@@ -37,23 +36,33 @@ func (w *Worker) fetchDecision(ctx context.Context, msg jetstream.Msg) (*phase, 
 	attempt, _ := deliveryOf(msg)
 	d, err := schemas.DecodeDecision(msg.Data())
 	p := &phase{msg: msg, attempt: attempt, start: start, approvalID: d.ApprovalID}
+	subjectJob, _ := w.qcfg.JobIDOfSubject("decisions", msg.Subject())
 	if err != nil {
 		var e *schemas.Error
 		var ve *schemas.ValidationError
 		if errors.As(err, &ve) {
 			e = ve.ToError()
 		} else {
-			e = &schemas.Error{Code: "invalid_decision", Message: err.Error()}
+			e = &schemas.Error{Code: CodeInvalidDecision, Message: err.Error()}
 		}
-		p.job.ID, p.log = bodyJobID(msg.Data()), w.log
+		p.job.ID, p.log = subjectJob, w.log
 		o := refuse(e)
+		return p, &o
+	}
+	if d.JobID != subjectJob {
+		// Bound to its subject: a decision published for one job never
+		// decides another, so permissions per subject protect something.
+		p.job.ID, p.log = subjectJob, w.log.With("job_id", subjectJob)
+		o := refuse(&schemas.Error{Code: CodeSubjectMismatch, Message: fmt.Sprintf(
+			"the decision names job %q but was published on the subject of job %q; publish it on %s",
+			queue.CapID(d.JobID), queue.CapID(subjectJob), w.qcfg.DecisionSubject(d.JobID))})
 		return p, &o
 	}
 	p.job.ID = d.JobID
 	p.log = w.log.With("job_id", d.JobID, "approval_id", queue.CapID(d.ApprovalID), "attempt", attempt)
 	run, err := w.runs.GetRun(ctx, d.JobID)
 	if errors.Is(err, queue.ErrRunNotFound) {
-		o := refuse(&schemas.Error{Code: "unknown_job", Message: fmt.Sprintf("no run is recorded for job %q", d.JobID)})
+		o := refuse(&schemas.Error{Code: CodeUnknownJob, Message: fmt.Sprintf("no run is recorded for job %q", d.JobID)})
 		return p, &o
 	}
 	if err != nil {
@@ -95,7 +104,7 @@ func (w *Worker) take(ctx context.Context, p *phase, decided string) *outcome {
 	rec.ApprovalID = ""
 	if err := w.runs.Transition(ctx, p.run, queue.TransResume); err != nil {
 		if errors.Is(err, queue.ErrRevisionMismatch) {
-			o := refuse(&schemas.Error{Code: "approval_settled", Message: fmt.Sprintf("approval %s was settled by another decision first", approvalID)})
+			o := refuse(&schemas.Error{Code: CodeApprovalSettled, Message: fmt.Sprintf("approval %s was settled by another decision first", approvalID)})
 			return &o
 		}
 		o := retry(outRetry, fmt.Errorf("record decision: %w", err))
@@ -131,13 +140,13 @@ func carryOn(p *phase) *outcome {
 // checkDecision says what is wrong with applying d to rec, or nil.
 func checkDecision(rec queue.RunRecord, d schemas.Decision, now time.Time) *schemas.Error {
 	if rec.State != queue.RunPaused || rec.ApprovalID == "" {
-		return &schemas.Error{Code: "approval_settled", Message: fmt.Sprintf("approval %s is not pending: job %s is %s", d.ApprovalID, d.JobID, stateWord(rec.State))}
+		return &schemas.Error{Code: CodeApprovalSettled, Message: fmt.Sprintf("approval %s is not pending: job %s is %s", d.ApprovalID, d.JobID, stateWord(rec.State))}
 	}
 	if rec.ApprovalID != d.ApprovalID {
-		return &schemas.Error{Code: "approval_mismatch", Message: fmt.Sprintf("approval %s is not the pending one for job %s (%s is)", d.ApprovalID, d.JobID, rec.ApprovalID)}
+		return &schemas.Error{Code: CodeApprovalMismatch, Message: fmt.Sprintf("approval %s is not the pending one for job %s (%s is)", d.ApprovalID, d.JobID, rec.ApprovalID)}
 	}
 	if !rec.ApprovalExpiresAt.IsZero() && now.After(rec.ApprovalExpiresAt) {
-		return &schemas.Error{Code: "approval_expired", Message: fmt.Sprintf("approval %s expired at %s", d.ApprovalID, rec.ApprovalExpiresAt.Format(time.RFC3339))}
+		return &schemas.Error{Code: CodeApprovalExpired, Message: fmt.Sprintf("approval %s expired at %s", d.ApprovalID, rec.ApprovalExpiresAt.Format(time.RFC3339))}
 	}
 	if e := truncatedAccepted(rec.Pending, d); e != nil {
 		return e
@@ -173,7 +182,7 @@ func checkDecision(rec queue.RunRecord, d schemas.Decision, now time.Time) *sche
 		for i, f := range fields {
 			msgs[i] = f.String()
 		}
-		return &schemas.Error{Code: "invalid_decision", Message: strings.Join(msgs, "; "), Fields: fields}
+		return &schemas.Error{Code: CodeInvalidDecision, Message: strings.Join(msgs, "; "), Fields: fields}
 	}
 	return nil
 }
@@ -199,7 +208,7 @@ func truncatedAccepted(pending []schemas.ToolCall, d schemas.Decision) *schemas.
 	if len(fields) == 0 {
 		return nil
 	}
-	return &schemas.Error{Code: "invalid_decision", Message: fmt.Sprintf("%d pending calls have shortened arguments and can only be denied", len(fields)), Fields: fields}
+	return &schemas.Error{Code: CodeInvalidDecision, Message: fmt.Sprintf("%d pending calls have shortened arguments and can only be denied", len(fields)), Fields: fields}
 }
 
 func stateWord(s queue.RunState) string {
@@ -243,14 +252,3 @@ func decisionSummary(d schemas.Decision) string {
 	return fmt.Sprintf("%d per-call decisions%s", len(d.Decisions), by)
 }
 
-// bodyJobID reads job_id from a decisions-stream message that may be
-// invalid otherwise, so its error event can still reach the job's subject.
-func bodyJobID(data []byte) string {
-	var v struct {
-		JobID string `json:"job_id"`
-	}
-	if json.Unmarshal(data, &v) != nil || queue.ValidateJobID(v.JobID) != nil {
-		return ""
-	}
-	return v.JobID
-}

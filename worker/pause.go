@@ -2,23 +2,23 @@ package worker
 
 import (
 	"context"
-	"crypto/sha256"
+	"crypto/rand"
 	"encoding/hex"
 	"fmt"
 	"log/slog"
-	"strconv"
 	"time"
 
 	"github.com/jetpilot-dev/jetpilot/queue"
 	"github.com/jetpilot-dev/jetpilot/schemas"
 )
 
-// approvalID names the approval of one pause of one job. It is derived, not
-// random, so a redelivered job republishes the same approval under the same
-// message id and JetStream drops the copy.
-func approvalID(rec *queue.RunRecord) string {
-	h := sha256.Sum256([]byte(rec.JobID + "\x00" + strconv.Itoa(rec.Phase) + "\x00" + rec.StartedAt.UTC().Format(time.RFC3339Nano)))
-	return "apr_" + hex.EncodeToString(h[:10])
+// newApprovalID names the approval of one pause: random, so nobody can
+// name (or pre-claim) an approval before it exists. It is recorded before
+// the request is published, so a redelivery republishes the same one.
+func newApprovalID() string {
+	var b [12]byte
+	_, _ = rand.Read(b[:]) // never fails (crypto/rand)
+	return "apr_" + hex.EncodeToString(b[:])
 }
 
 // pause records a paused phase and publishes it: the paused result, then the
@@ -28,7 +28,10 @@ func approvalID(rec *queue.RunRecord) string {
 func (w *Worker) pause(ctx context.Context, p *phase, res *schemas.Result) error {
 	rec := &p.run.Record
 	now := time.Now().UTC()
-	id := approvalID(rec)
+	id := rec.ApprovalID
+	if id == "" {
+		id = newApprovalID()
+	}
 	res.ResumeHint = resumeHint(id, rec.JobID)
 	var pending []schemas.ToolCall
 	if res.PauseReason != nil {

@@ -1,0 +1,46 @@
+package worker_test
+
+import (
+	"context"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/jetpilot-dev/jetpilot/queue"
+	"github.com/jetpilot-dev/jetpilot/schemas"
+	"github.com/jetpilot-dev/jetpilot/worker"
+)
+
+// A decision applies only to the job of the subject it was published on:
+// one that names another job is refused on the subject's job, and neither
+// job changes.
+func TestDecisionIsBoundToItsSubject(t *testing.T) {
+	h := newHarness(t, queue.Config{})
+	h.startWorker(worker.Options{})
+	h.submit(pausingJob("bind-a"))
+	h.submit(pausingJob("bind-b"))
+	reqA, reqB := h.approval("bind-a"), h.approval("bind-b")
+	assert.NotEqual(t, reqA.ApprovalID, reqB.ApprovalID)
+
+	// Published where permissions let a publisher reach job a, naming b.
+	data, err := queue.Encode(schemas.Decision{ApprovalID: reqB.ApprovalID, JobID: "bind-b", All: schemas.DecideAllow})
+	require.NoError(t, err)
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	_, err = h.js.Publish(ctx, h.qcfg.DecisionSubject("bind-a"), data)
+	require.NoError(t, err)
+
+	errs := h.decisionErrors("bind-a", 1)
+	require.NotNil(t, errs[0].Error)
+	assert.Equal(t, worker.CodeSubjectMismatch, errs[0].Error.Code)
+	assert.Contains(t, errs[0].Error.Message, `names job "bind-b" but was published on the subject of job "bind-a"`)
+	assert.Len(t, h.results("bind-a"), 1, "a is still paused")
+	assert.Len(t, h.results("bind-b"), 1, "b is still paused")
+
+	// The right subject still works, for each.
+	h.decide(schemas.Decision{ApprovalID: reqB.ApprovalID, JobID: "bind-b", All: schemas.DecideAllow})
+	assert.Equal(t, schemas.StatusCompleted, h.final("bind-b").Status)
+	h.decide(schemas.Decision{ApprovalID: reqA.ApprovalID, JobID: "bind-a", All: schemas.DecideDeny})
+	assert.Equal(t, schemas.StatusCompleted, h.final("bind-a").Status)
+}
