@@ -251,4 +251,3 @@ func decisionSummary(d schemas.Decision) string {
 	}
 	return fmt.Sprintf("%d per-call decisions%s", len(d.Decisions), by)
 }
-
