@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
@@ -180,4 +181,54 @@ func publishData(ctx context.Context, js jetstream.JetStream, stream, subject, m
 		return nil, fmt.Errorf("publish to %s: %w", subject, ExplainStreamFull(stream, err))
 	}
 	return ack, nil
+}
+
+// LastEventSeq is the seq of the last event on the job's events subject and
+// its stream sequence; 0, 0 when there is none (never published, or
+// expired).
+func LastEventSeq(ctx context.Context, js jetstream.JetStream, cfg Config, jobID string) (seq, streamSeq uint64, err error) {
+	st, err := js.Stream(ctx, cfg.EventsStream())
+	if err != nil {
+		return 0, 0, fmt.Errorf("last event of job %s: %w", jobID, err)
+	}
+	m, err := st.GetLastMsgForSubject(ctx, cfg.EventSubject(jobID))
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return 0, 0, nil
+	}
+	if err != nil {
+		return 0, 0, fmt.Errorf("last event of job %s: %w", jobID, err)
+	}
+	var ev struct {
+		Seq uint64 `json:"seq"`
+	}
+	if err := json.Unmarshal(m.Data, &ev); err != nil {
+		return 0, m.Sequence, nil // not ours to read: the next seq starts after the sequence
+	}
+	return ev.Seq, m.Sequence, nil
+}
+
+// PublishEventAfter publishes ev only if the subject's last message is
+// still at stream sequence last (0: the subject has none), so two
+// publishers outside a phase cannot give two events one seq. A rival
+// publish makes it fail with an error IsWrongLastSequence reports.
+func PublishEventAfter(ctx context.Context, js jetstream.JetStream, cfg Config, ev schemas.Event, last uint64) (*jetstream.PubAck, error) {
+	if err := ValidateJobID(ev.JobID); err != nil {
+		return nil, fmt.Errorf("publish event: %w", err)
+	}
+	data, err := FitEvent(ev, PayloadLimit(js))
+	if err != nil {
+		return nil, fmt.Errorf("publish %s event %d for job %s: %w", ev.Type, ev.Seq, ev.JobID, err)
+	}
+	ack, err := js.Publish(ctx, cfg.EventSubject(ev.JobID), data, jetstream.WithExpectLastSequencePerSubject(last))
+	if err != nil {
+		return nil, fmt.Errorf("publish %s event %d for job %s: %w", ev.Type, ev.Seq, ev.JobID, err)
+	}
+	return ack, nil
+}
+
+// IsWrongLastSequence reports whether a publish was refused because the
+// subject's last sequence was not the one expected.
+func IsWrongLastSequence(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence || apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant)
 }

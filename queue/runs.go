@@ -274,8 +274,7 @@ func (s *RunStore) finishWithTTL(ctx context.Context, rec RunRecord, expectedRev
 	msg := &nats.Msg{Subject: "$KV." + s.bucket + "." + key, Data: data}
 	ack, err := s.js.PublishMsg(ctx, msg, jetstream.WithExpectLastSequencePerSubject(expectedRev), jetstream.WithMsgTTL(s.ttl))
 	if err != nil {
-		var apiErr *jetstream.APIError
-		if errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence {
+		if IsWrongLastSequence(err) { // 10071, or 10164 on a replicated bucket
 			return 0, fmt.Errorf("finish run of job %s at revision %d: %w", rec.JobID, expectedRev, ErrRevisionMismatch)
 		}
 		return 0, fmt.Errorf("finish run of job %s: %w", rec.JobID, err)

@@ -49,10 +49,13 @@ type activeJob struct {
 	ctl *spawn.Control
 	// settling: the run is no longer followed; its phase is being settled.
 	settling atomic.Bool
+	// events publishes the phase's live events: others for the job (a
+	// refused decision's) go through it, so seq stays one sequence.
+	events *liveEvents
 }
 
-func (w *Worker) track(jobID string) *activeJob {
-	a := &activeJob{jobID: jobID, ctl: spawn.NewControl()}
+func (w *Worker) track(jobID string, events *liveEvents) *activeJob {
+	a := &activeJob{jobID: jobID, ctl: spawn.NewControl(), events: events}
 	w.activeMu.Lock()
 	w.active[jobID] = a
 	w.activeMu.Unlock()

@@ -1,6 +1,7 @@
 package worker
 
 import (
+	"context"
 	"encoding/json"
 	"sync"
 	"time"
@@ -8,6 +9,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/jetpilot-dev/jetpilot/policy"
+	"github.com/jetpilot-dev/jetpilot/queue"
 	"github.com/jetpilot-dev/jetpilot/schemas"
 	"github.com/jetpilot-dev/jetpilot/spawn"
 )
@@ -195,4 +197,48 @@ func resultText(raw json.RawMessage) string {
 		return s
 	}
 	return string(raw)
+}
+
+// eventSeq is the seq a phase's events continue from: the record's, or the
+// last event on the job's subject when that is later (a refused decision
+// published one while the job was paused, or the previous holder's last
+// ones were not recorded yet). A new job's events start at 1 without a
+// lookup.
+func (w *Worker) eventSeq(ctx context.Context, p *phase) uint64 {
+	seq := p.run.Record.EventSeq
+	if p.run.Stored == "" {
+		return seq
+	}
+	last, _, err := queue.LastEventSeq(ctx, w.js, w.qcfg, p.job.ID)
+	if err != nil {
+		p.log.Debug("read the last event's seq; continuing from the record's", "err", err)
+	}
+	return max(seq, last)
+}
+
+// publishJobEvent publishes one event about a job outside a phase (a
+// refused decision): through the job's phase when this worker follows it,
+// else with the next seq after the subject's last event, published only if
+// that is still the last (bounded retries).
+func (w *Worker) publishJobEvent(ctx context.Context, ev schemas.Event) error {
+	w.activeMu.Lock()
+	a := w.active[ev.JobID]
+	w.activeMu.Unlock()
+	if a != nil && a.events != nil && !a.settling.Load() {
+		a.events.emit(ev)
+		return nil
+	}
+	var err error
+	for range 5 {
+		var last, streamSeq uint64
+		last, streamSeq, err = queue.LastEventSeq(ctx, w.js, w.qcfg, ev.JobID)
+		if err != nil {
+			return err
+		}
+		ev.Seq = last + 1
+		if _, err = queue.PublishEventAfter(ctx, w.js, w.qcfg, ev, streamSeq); err == nil || !queue.IsWrongLastSequence(err) {
+			return err
+		}
+	}
+	return err
 }

@@ -249,13 +249,18 @@ func (w *Worker) execute(ctx context.Context, p *phase) *outcome {
 	defer lost(nil)
 	rec := &p.run.Record
 	rec.Owner, rec.Attempt = w.opts.Name, p.attempt
-	p.events = w.newLiveEvents(p.job.ID, p.job.Metadata, rec.EventSeq)
+	p.events = w.newLiveEvents(p.job.ID, p.job.Metadata, w.eventSeq(ctx, p))
 	p.events.tokens = w.tokenCounter(p.job)
 	defer p.events.close()
-	if p.announce != nil {
+	switch {
+	case p.announce != nil:
 		p.events.emit(*p.announce)
+	case p.run.Stored == queue.RunRunning:
+		// A take-over: the run's events from the cursor on are replayed,
+		// and a bot must tell replayed text from new.
+		p.events.emit(schemas.Event{Type: schemas.EventStatus, Status: "resumed"})
 	}
-	p.active = w.track(p.job.ID)
+	p.active = w.track(p.job.ID, p.events)
 	defer w.untrack(p.job.ID, p.active)
 	if p.cancel || rec.CancelRequested {
 		if rec.SessionID == "" {

@@ -390,7 +390,7 @@ func (w *Worker) settleRefuse(ctx context.Context, p *phase, e *schemas.Error) {
 	w.log.Warn("decision refused", "job_id", jobID, "approval_id", approvalID, "code", e.Code, "reason", e.Message)
 	if jobID != "" && queue.ValidateJobID(jobID) == nil {
 		ev := schemas.Event{Schema: schemas.EventSchemaID, JobID: jobID, Type: schemas.EventDecisionError, At: time.Now().UTC(), ApprovalID: approvalID, Error: e}
-		if _, err := queue.PublishEvent(ctx, w.js, w.qcfg, ev); err != nil {
+		if err := w.publishJobEvent(ctx, ev); err != nil {
 			w.log.Warn("publish decision error event", "job_id", jobID, "err", err)
 		}
 	}

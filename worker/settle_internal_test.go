@@ -50,7 +50,7 @@ func TestRecordMergesACancelRequest(t *testing.T) {
 	w, _ := newTestWorker(t, "holder")
 	ctx := t.Context()
 	p := testPhase(w, queue.NewRun(queue.RunRecord{JobID: "merge-1", Owner: "holder", SessionID: "s"}))
-	p.active = w.track("merge-1")
+	p.active = w.track("merge-1", nil)
 	require.NoError(t, w.record(ctx, p, queue.TransStarted))
 
 	// Another worker answers a cancel request through the record.

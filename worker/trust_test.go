@@ -2,6 +2,7 @@ package worker_test
 
 import (
 	"context"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -43,4 +44,30 @@ func TestDecisionIsBoundToItsSubject(t *testing.T) {
 	assert.Equal(t, schemas.StatusCompleted, h.final("bind-b").Status)
 	h.decide(schemas.Decision{ApprovalID: reqA.ApprovalID, JobID: "bind-a", All: schemas.DecideDeny})
 	assert.Equal(t, schemas.StatusCompleted, h.final("bind-a").Status)
+}
+
+// seq on a job's live events starts at 1 and goes up by one across the
+// pause, a refused decision while paused and the resumed phase.
+func TestEventSeqIsOneSequence(t *testing.T) {
+	h := newHarness(t, queue.Config{})
+	h.startWorker(worker.Options{})
+	h.submit(pausingJob("seq-1"))
+	req := h.approval("seq-1")
+	h.decide(schemas.Decision{ApprovalID: "apr_not_this_one", JobID: "seq-1", All: schemas.DecideAllow})
+	refused := h.decisionErrors("seq-1", 1)
+	assert.NotZero(t, refused[0].Seq, "a refusal has its place in the sequence")
+	h.decide(schemas.Decision{ApprovalID: req.ApprovalID, JobID: "seq-1", All: schemas.DecideAllow})
+	require.Equal(t, schemas.StatusCompleted, h.final("seq-1").Status)
+	eventuallyWithT(t, func(c *assert.CollectT) {
+		evs, err := h.tryEvents("seq-1")
+		if !assert.NoError(c, err) {
+			return
+		}
+		var sawFixed bool
+		for i, ev := range evs {
+			assert.Equal(c, uint64(i+1), ev.Seq, "event %d (%s)", i, ev.Type)
+			sawFixed = sawFixed || strings.Contains(ev.Text, "Fixed.")
+		}
+		assert.True(c, sawFixed, "the resumed phase's text arrived")
+	}, "events 1..n without gaps or repeats")
 }
