@@ -183,3 +183,32 @@ func (p *Policy) ConcurrencyLimit(key string) int {
 
 // Signed reports whether decisions must be signed by an approver.
 func (p *Policy) Signed() bool { return p.doc.Decisions != DecisionsUnsigned }
+
+// ApproverByKey names the approver whose public key is key.
+func (p *Policy) ApproverByKey(key string) (name string, ok bool) {
+	for n, a := range p.doc.Approvers {
+		if a.Key == key {
+			return n, true
+		}
+	}
+	return "", false
+}
+
+// ProducerByKey names the producer whose public key is key.
+func (p *Policy) ProducerByKey(key string) (name string, ok bool) {
+	for n, pr := range p.doc.Producers {
+		if pr.Key == key {
+			return n, true
+		}
+	}
+	return "", false
+}
+
+// ApproverKey is the public key of the named approver.
+func (p *Policy) ApproverKey(name string) (key string, ok bool) {
+	a, ok := p.doc.Approvers[name]
+	return a.Key, ok
+}
+
+// AllApprovers lists every approver by name, sorted.
+func (p *Policy) AllApprovers() []string { return p.eligible(nil) }
