@@ -16,17 +16,17 @@ import (
 // it, so callers set only what they change. Methods take Config by value and
 // apply the defaults themselves.
 type Config struct {
-	// Prefix starts every subject ("<prefix>.jobs.<profile>"), the KV bucket
-	// ("<prefix>_runs") and the durable consumers ("<prefix>-workers"); the
+	// Prefix starts every subject ("<prefix>.jobs.<profile>"), the KV buckets
+	// ("<prefix>_runs", "<prefix>_policy") and the durable consumers ("<prefix>-workers"); the
 	// streams use it upper-cased ("<PREFIX>_JOBS"). Letters, digits, '_' and
 	// '-' only, because it is part of stream and bucket names. Default "jetpilot".
 	Prefix string
 
-	// Replicas is the replica count of every stream and the KV bucket.
+	// Replicas is the replica count of every stream and KV bucket.
 	// Default 1; use 3 on a cluster.
 	Replicas int
 
-	// Storage of every stream and the KV bucket. Default (zero value)
+	// Storage of every stream and KV bucket. Default (zero value)
 	// jetstream.FileStorage, so jobs survive a server restart.
 	Storage jetstream.StorageType
 
@@ -411,6 +411,10 @@ func (cfg Config) DeadStream() string { return cfg.streamName("DEAD") }
 
 // RunsBucket is "<prefix>_runs", the KV bucket of runs.
 func (cfg Config) RunsBucket() string { return cfg.prefix() + "_runs" }
+
+// PolicyBucket is "<prefix>_policy", the KV bucket of the fleet's policy
+// document (see PolicyStore).
+func (cfg Config) PolicyBucket() string { return cfg.prefix() + "_policy" }
 
 // WorkersDurable is "<prefix>-workers", the catch-all worker consumer.
 func (cfg Config) WorkersDurable() string { return cfg.prefix() + "-workers" }

@@ -100,10 +100,11 @@ func (cfg Config) RunsBucketConfig() jetstream.KeyValueConfig {
 	}
 }
 
-// Setup creates or updates the seven streams and the runs KV bucket. It is
-// idempotent: running it again is harmless and applies changed limits
-// (max ages, max bytes, discard policies, windows, replicas). Changing a stream's retention is refused by
-// JetStream and reported.
+// Setup creates or updates the seven streams and the runs and policy KV
+// buckets. It is idempotent: running it again is harmless and applies
+// changed limits (max ages, max bytes, discard policies, windows, replicas).
+// Changing a stream's retention is refused by JetStream and reported. The
+// policy stored in the policy bucket is left as it is.
 func Setup(ctx context.Context, js jetstream.JetStream, cfg Config) error {
 	if err := cfg.Validate(); err != nil {
 		return fmt.Errorf("setup: %w", err)
@@ -113,17 +114,18 @@ func Setup(ctx context.Context, js jetstream.JetStream, cfg Config) error {
 			return fmt.Errorf("setup: create or update stream %s: %w", sc.Name, err)
 		}
 	}
-	kvc := cfg.RunsBucketConfig()
-	if _, err := js.CreateOrUpdateKeyValue(ctx, kvc); err != nil {
-		return fmt.Errorf("setup: create or update KV bucket %s: %w", kvc.Bucket, err)
+	for _, kvc := range []jetstream.KeyValueConfig{cfg.RunsBucketConfig(), cfg.PolicyBucketConfig()} {
+		if _, err := js.CreateOrUpdateKeyValue(ctx, kvc); err != nil {
+			return fmt.Errorf("setup: create or update KV bucket %s: %w", kvc.Bucket, err)
+		}
 	}
 	return nil
 }
 
-// EnsureStreams creates the streams and the runs bucket that do not exist
-// yet, and leaves the ones that do as they are: what a worker does at start,
-// so that it never puts back the defaults over limits an operator set with
-// `jetpilot setup`.
+// EnsureStreams creates the streams and the runs and policy buckets that do
+// not exist yet, and leaves the ones that do as they are: what a worker does
+// at start, so that it never puts back the defaults over limits an operator
+// set with `jetpilot setup`.
 func EnsureStreams(ctx context.Context, js jetstream.JetStream, cfg Config) error {
 	if err := cfg.Validate(); err != nil {
 		return fmt.Errorf("ensure streams: %w", err)
@@ -145,7 +147,7 @@ func EnsureStreams(ctx context.Context, js jetstream.JetStream, cfg Config) erro
 	if err != nil {
 		return fmt.Errorf("ensure KV bucket %s: %w", kvc.Bucket, err)
 	}
-	return nil
+	return EnsurePolicyBucket(ctx, js, cfg)
 }
 
 // WorkerConsumerConfig is the consumer config of the catch-all worker

@@ -102,6 +102,7 @@ func readExamples(t *testing.T) map[string][]byte {
 		"result-rejected.json", "result-timed_out.json", "approval.json", "decision-all.json",
 		"decision-per-call.json", "event-text.json", "dead.json",
 		"control-expiry.json", "cancel.json", "cancel_reply-cancelling.json", "cancel_reply-error.json",
+		"policy-dev.json",
 	}
 	for _, w := range want {
 		require.Contains(t, out, w, "example missing")
@@ -123,6 +124,11 @@ func TestExamplesValidate(t *testing.T) {
 func TestExamplesRoundTrip(t *testing.T) {
 	t.Parallel()
 	for name, data := range readExamples(t) {
+		if exampleSchema(name) == SchemaPolicy {
+			// Its Go type, policy.Document, is in package policy, which
+			// imports this one: policy's TestExamplesParse round-trips it.
+			continue
+		}
 		t.Run(name, func(t *testing.T) {
 			var v any
 			switch exampleSchema(name) {

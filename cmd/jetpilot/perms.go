@@ -95,11 +95,13 @@ func missingStreams(ctx context.Context, js jetstream.JetStream, qcfg queue.Conf
 			return fmt.Errorf("stream %s is not available (%v)", sc.Name, err)
 		}
 	}
-	bucket := qcfg.RunsBucket()
-	kctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	if _, err := js.KeyValue(kctx, bucket); err != nil {
-		return fmt.Errorf("KV bucket %s is not available (%v)", bucket, err)
+	for _, bucket := range []string{qcfg.RunsBucket(), qcfg.PolicyBucket()} {
+		kctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		_, err := js.KeyValue(kctx, bucket)
+		cancel()
+		if err != nil {
+			return fmt.Errorf("KV bucket %s is not available (%v)", bucket, err)
+		}
 	}
 	return nil
 }

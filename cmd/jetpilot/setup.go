@@ -22,8 +22,9 @@ func newSetupCmd(g *globalFlags) *cobra.Command {
 	limits := &setupLimits{}
 	cmd := &cobra.Command{
 		Use:   "setup",
-		Short: "Create or update the streams and the runs bucket (idempotent)",
-		Long: `Creates or updates the streams and the runs KV bucket, applying the limits
+		Short: "Create or update the streams and the runs and policy buckets (idempotent)",
+		Long: `Creates or updates the streams and the runs and policy KV buckets (the
+stored policy itself is left as it is), applying the limits
 given (every run applies them again: a limit not given goes back to its
 default), and prints every limit the server now holds, the replicas, and the
 servers' fsync mode where this NATS user can see it.
@@ -172,15 +173,17 @@ func reportSetup(ctx context.Context, out io.Writer, nc *nats.Conn, js jetstream
 		fmt.Fprintf(out, "stream %s ready: %s\n", sc.Name, describeStream(sc))
 		replicas = sc.Replicas
 	}
-	kv, err := js.KeyValue(ctx, cfg.RunsBucket())
-	if err != nil {
-		return fmt.Errorf("read back KV bucket %s: %w", cfg.RunsBucket(), err)
+	for _, bucket := range []string{cfg.RunsBucket(), cfg.PolicyBucket()} {
+		kv, err := js.KeyValue(ctx, bucket)
+		if err != nil {
+			return fmt.Errorf("read back KV bucket %s: %w", bucket, err)
+		}
+		st, err := kv.Status(ctx)
+		if err != nil {
+			return fmt.Errorf("read back KV bucket %s: %w", bucket, err)
+		}
+		fmt.Fprintf(out, "kv bucket %s ready: %s\n", st.Bucket(), describeBucket(st))
 	}
-	st, err := kv.Status(ctx)
-	if err != nil {
-		return fmt.Errorf("read back KV bucket %s: %w", cfg.RunsBucket(), err)
-	}
-	fmt.Fprintf(out, "kv bucket %s ready: %s\n", st.Bucket(), describeBucket(st))
 
 	if replicas < 3 {
 		fmt.Fprintf(out, "warning: replicas %d: a lost disk or server loses the streams; in production run a 3-node cluster and `jetpilot setup --replicas 3`\n", replicas)

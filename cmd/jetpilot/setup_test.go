@@ -23,6 +23,7 @@ func TestSetupPrintsEveryLimit(t *testing.T) {
 		"stream JETPILOT_EVENTS ready: limits, file storage, max age 1h0m0s, max bytes unlimited, discard old",
 		"stream JETPILOT_DEAD ready: limits, file storage, max age 720h0m0s, max bytes 1GiB, discard old",
 		"kv bucket jetpilot_runs ready: history 1, ttl ",
+		"kv bucket jetpilot_policy ready: history 16, ttl none",
 		"warning: replicas 1: a lost disk or server loses the streams",
 		"fsync: not visible to this NATS user",
 		"acknowledged writes can be lost on power failure",
