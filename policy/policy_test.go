@@ -46,7 +46,7 @@ func mustParse(t testing.TB, doc string) *policy.Policy {
 	return p
 }
 
-func call(name, args string) policy.Call {
+func tcall(name, args string) policy.Call {
 	return policy.Call{Name: name, Arguments: json.RawMessage(args)}
 }
 
@@ -75,14 +75,14 @@ func TestToolRules(t *testing.T) {
 		{"unmatched tool: default", "create", `{"path":"/x"}`, policy.Approve, policy.DefaultRule},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			v := p.Evaluate(call(tc.tool, tc.args))
+			v := p.Evaluate(tcall(tc.tool, tc.args))
 			assert.Equal(t, tc.action, v.Action)
 			assert.Equal(t, tc.rule, v.Rule)
 		})
 	}
-	v := p.Evaluate(call("run_command", `{"command":"rm -rf /"}`))
+	v := p.Evaluate(tcall("run_command", `{"command":"rm -rf /"}`))
 	assert.Equal(t, "Blocked by policy (rule never, tool: run_command): never delete recursively", v.Reason)
-	v = p.Evaluate(call("run_command", `{"command":"terraform apply"}`))
+	v = p.Evaluate(tcall("run_command", `{"command":"terraform apply"}`))
 	assert.Equal(t, []string{"alice", "bob"}, v.Approvers)
 	assert.Equal(t, 2, v.Quorum)
 	assert.False(t, v.RequesterMayApprove)
@@ -91,8 +91,8 @@ func TestToolRules(t *testing.T) {
 func TestDecideNarrowing(t *testing.T) {
 	t.Parallel()
 	p := mustParse(t, production)
-	view, kubectl, rm, helm := call("view", `{}`), call("run_command", `{"command":"kubectl get pods"}`),
-		call("run_command", `{"command":"rm -rf /"}`), call("run_command", `{"command":"helm upgrade x"}`)
+	view, kubectl, rm, helm := tcall("view", `{}`), tcall("run_command", `{"command":"kubectl get pods"}`),
+		tcall("run_command", `{"command":"rm -rf /"}`), tcall("run_command", `{"command":"helm upgrade x"}`)
 
 	plain := policy.Narrowing{}
 	assert.Equal(t, policy.Accept, p.Decide(plain, view).Kind)
@@ -123,28 +123,28 @@ func TestDecideNarrowing(t *testing.T) {
 func TestApproveWithoutApprovers(t *testing.T) {
 	t.Parallel()
 	signed := mustParse(t, `{"version":1,"tools":{"default":"approve"}}`)
-	d := signed.Decide(policy.Narrowing{}, call("stakpak__create", `{}`))
+	d := signed.Decide(policy.Narrowing{}, tcall("stakpak__create", `{}`))
 	assert.Equal(t, policy.Reject, d.Kind)
 	assert.Equal(t, "Blocked by policy (rule default, tool: create): it needs approval, and no approvers are configured for it", d.Content)
 
 	unsigned := mustParse(t, `{"version":1,"tools":{"default":"approve"},"decisions":"unsigned"}`)
-	assert.Equal(t, policy.Ask, unsigned.Decide(policy.Narrowing{}, call("create", `{}`)).Kind)
+	assert.Equal(t, policy.Ask, unsigned.Decide(policy.Narrowing{}, tcall("create", `{}`)).Kind)
 }
 
 func TestBuiltInAndFlags(t *testing.T) {
 	t.Parallel()
 	def := policy.Default()
-	assert.Equal(t, policy.Accept, def.Decide(policy.Narrowing{}, call("stakpak__view", `{}`)).Kind)
-	assert.Equal(t, policy.Ask, def.Decide(policy.Narrowing{}, call("stakpak__run_command", `{}`)).Kind,
+	assert.Equal(t, policy.Accept, def.Decide(policy.Narrowing{}, tcall("stakpak__view", `{}`)).Kind)
+	assert.Equal(t, policy.Ask, def.Decide(policy.Narrowing{}, tcall("stakpak__run_command", `{}`)).Kind,
 		"with neither flags nor a stored policy, every other call waits for a human")
 	assert.Equal(t, policy.DefaultMaxTimeout, def.MaxTimeout())
 
 	flags, err := policy.FromFlags([]string{"view"}, 0)
 	require.NoError(t, err)
-	d := flags.Decide(policy.Narrowing{Pause: true, Lists: [][]string{{"view", "run_command"}}}, call("stakpak__run_command", `{}`))
+	d := flags.Decide(policy.Narrowing{Pause: true, Lists: [][]string{{"view", "run_command"}}}, tcall("stakpak__run_command", `{}`))
 	assert.Equal(t, policy.Reject, d.Kind, "a job's pause_on_approval cannot make a human approve what the worker refuses")
 	assert.Equal(t, "Blocked by profile allowed_tools (tool: run_command)", d.Content)
-	assert.Equal(t, policy.Accept, flags.Decide(policy.Narrowing{}, call("view", `{}`)).Kind)
+	assert.Equal(t, policy.Accept, flags.Decide(policy.Narrowing{}, tcall("view", `{}`)).Kind)
 
 	_, err = policy.FromFlags(nil, -1)
 	require.Error(t, err)
@@ -269,7 +269,7 @@ func TestConcurrencyAndPaused(t *testing.T) {
 func BenchmarkDecide(b *testing.B) {
 	p := mustParse(b, production)
 	n := policy.NarrowingOf(schemas.Job{AllowedTools: []string{"view", "run_command"}})
-	c := call("stakpak__run_command", `{"command":"helm upgrade api ./chart --namespace prod --set image.tag=v1.42.0","timeout":300,"description":"roll out"}`)
+	c := tcall("stakpak__run_command", `{"command":"helm upgrade api ./chart --namespace prod --set image.tag=v1.42.0","timeout":300,"description":"roll out"}`)
 	b.ReportAllocs()
 	for b.Loop() {
 		if p.Decide(n, c).Kind != policy.Ask {

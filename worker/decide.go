@@ -34,6 +34,9 @@ func resumeHint(approvalID, jobID string) string {
 func (w *Worker) fetchDecision(ctx context.Context, msg jetstream.Msg) (*phase, *outcome) {
 	start := time.Now()
 	attempt, _ := deliveryOf(msg)
+	if o := w.policyHold(msg); o != nil {
+		return &phase{msg: msg, attempt: attempt, start: start, log: w.log}, o
+	}
 	d, err := schemas.DecodeDecision(msg.Data())
 	p := &phase{msg: msg, attempt: attempt, start: start, approvalID: d.ApprovalID}
 	subjectJob, _ := w.qcfg.JobIDOfSubject("decisions", msg.Subject())

@@ -85,6 +85,9 @@ func (w *Worker) serve(fetch fetcher) func(context.Context, jetstream.Msg) {
 func (w *Worker) fetchJob(ctx context.Context, msg jetstream.Msg) (*phase, *outcome) {
 	start := time.Now()
 	attempt, meta := deliveryOf(msg)
+	if o := w.policyHold(msg); o != nil {
+		return &phase{msg: msg, attempt: attempt, start: start, log: w.log}, o
+	}
 	job, err := schemas.DecodeJob(msg.Data())
 	if err == nil {
 		err = w.checkProfile(msg.Subject(), job)

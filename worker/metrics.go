@@ -21,6 +21,7 @@ type Metrics struct {
 	AgentErrors     *prometheus.CounterVec
 	Tokens          *prometheus.CounterVec
 	PolicyVersion   prometheus.Gauge
+	PolicyHolds     prometheus.Counter
 }
 
 // NewMetrics makes a set of collectors registered nowhere.
@@ -55,6 +56,10 @@ func NewMetrics() *Metrics {
 			Name: "jetpilot_tokens_total",
 			Help: "Tokens the agent used, by profile, model (as the policy lists them; \"other\" for any other, \"default\" for the server's) and kind (prompt, completion).",
 		}, []string{"profile", "model", "kind"}),
+		PolicyHolds: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "jetpilot_policy_holds_total",
+			Help: "Jobs and decisions handed back because the stored policy could not be read.",
+		}),
 		PolicyVersion: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "jetpilot_policy_version",
 			Help: "The policy version this worker applies (the KV revision; 0 for its flags or the built-in policy).",
@@ -64,7 +69,7 @@ func NewMetrics() *Metrics {
 
 // Register registers every collector with reg.
 func (m *Metrics) Register(reg prometheus.Registerer) error {
-	for _, c := range []prometheus.Collector{m.Jobs, m.InFlight, m.Retries, m.DeadLetters, m.SessionDuration, m.AgentErrors, m.Tokens, m.PolicyVersion} {
+	for _, c := range []prometheus.Collector{m.Jobs, m.InFlight, m.Retries, m.DeadLetters, m.SessionDuration, m.AgentErrors, m.Tokens, m.PolicyVersion, m.PolicyHolds} {
 		if err := reg.Register(c); err != nil {
 			return err
 		}

@@ -5,8 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/jetpilot-dev/jetpilot/policy"
+	"github.com/jetpilot-dev/jetpilot/queue"
 	"github.com/jetpilot-dev/jetpilot/schemas"
 )
 
@@ -79,4 +83,58 @@ func (w *Worker) recheck(decisions map[string]schemas.ToolDecision, pending []sc
 		}
 	}
 	return decisions
+}
+
+// StoredPolicies is the PolicyFeed of the fleet's policy store: every
+// version stored in the KV bucket, (nil, nil) while none is, and an error
+// while the stored one cannot be read or parsed (or the watch is lost; the
+// store then watches again, and the next delivery opens the gate).
+func StoredPolicies(store *queue.PolicyStore) PolicyFeed {
+	return func(ctx context.Context, deliver func(*policy.Policy, error)) {
+		fn := func(p *policy.Policy, err error) {
+			if errors.Is(err, queue.ErrNoPolicy) {
+				deliver(nil, nil)
+				return
+			}
+			deliver(p, err)
+		}
+		for wait := time.Second; ; wait = min(2*wait, 30*time.Second) {
+			pw, err := store.Watch(ctx, fn)
+			if err == nil {
+				select {
+				case <-ctx.Done():
+				case <-pw.Done():
+				}
+				pw.Stop()
+				if ctx.Err() != nil {
+					return
+				}
+				continue
+			}
+			if ctx.Err() != nil {
+				return
+			}
+			deliver(nil, fmt.Errorf("watch the policy bucket: %w", err))
+			if !sleep(ctx, wait) {
+				return
+			}
+		}
+	}
+}
+
+// policyHoldDelay is how long a message fetched while the policy could not
+// be read waits before it is delivered again.
+const policyHoldDelay = time.Second
+
+// policyHold hands back a job or decision fetched while the stored policy
+// cannot be read (a fetch that was waiting when it broke): nothing is
+// decided under a policy the worker does not know.
+func (w *Worker) policyHold(msg jetstream.Msg) *outcome {
+	err := w.polGate.state()
+	if err == nil {
+		return nil
+	}
+	w.m.PolicyHolds.Inc()
+	w.log.Warn("policy unreadable: handing the message back", "subject", msg.Subject(), "err", err)
+	return &outcome{kind: outWait, delay: policyHoldDelay, err: err}
 }

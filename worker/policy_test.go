@@ -1,9 +1,11 @@
 package worker_test
 
 import (
+	"slices"
 	"strings"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -165,4 +167,81 @@ func TestTokenBudgetEndsTheRun(t *testing.T) {
 	assert.Contains(t, res.Stdout, "first turn")
 	assert.NotContains(t, res.Stdout, "third turn", "the run was cancelled before its last turn")
 	eventually(t, func() bool { return countRequests(h, "/cancel") >= 1 }, "the run was cancelled on the agent server")
+}
+
+// storedPolicy starts a worker that watches the harness's policy bucket,
+// with dev's allow-all while none is stored.
+func storedPolicy(t *testing.T, h *harness) (*queue.PolicyStore, *runningWorker, *worker.Metrics) {
+	t.Helper()
+	store, err := queue.NewPolicyStore(t.Context(), h.js, h.qcfg)
+	require.NoError(t, err)
+	m := worker.NewMetrics()
+	rw := h.startWorker(worker.Options{Policies: worker.StoredPolicies(store), Fallback: policy.Dev(), Metrics: m})
+	return store, rw, m
+}
+
+// A new version reaches a run already going, at its next tool decision:
+// one `policy set` freezes run_command fleet-wide.
+func TestLivePolicyChangeReachesARunningRun(t *testing.T) {
+	h := newHarness(t, queue.Config{})
+	store, rw, _ := storedPolicy(t, h)
+	// Two proposals: view, which runs for 3s, then (next turn) run_command.
+	h.submit(job("live-1", "#sim tool-time 3s\n#sim tool stakpak__view {}\n#sim sleep 10ms\n"+
+		`#sim tool stakpak__run_command {"command":"kubectl delete ns prod"}`+"\n#sim text after"))
+	eventually(t, func() bool {
+		evs, err := h.tryEvents("live-1")
+		return err == nil && slices.ContainsFunc(evs, func(e schemas.Event) bool { return e.Type == schemas.EventToolStarted })
+	}, "the first call runs under the allow-all policy")
+
+	set, err := store.Set(t.Context(), []byte(`
+version: 1
+decisions: unsigned
+tools:
+  default: allow
+  rules:
+    - {name: freeze, match: {tools: [run_command]}, action: deny, reason: "incident freeze"}
+`))
+	require.NoError(t, err)
+	eventually(t, func() bool { return rw.w.Policy().Version == set.Version }, "the worker applies version %d", set.Version)
+
+	res := h.final("live-1")
+	require.Equal(t, schemas.StatusCompleted, res.Status, res.Stderr)
+	assert.Equal(t, schemas.ToolCallCounts{Accepted: 1, Rejected: 1}, res.ToolCalls)
+	assert.Equal(t, set.Version, res.PolicyVersion)
+	d := h.sim.Decisions(res.SessionID)
+	require.Len(t, d, 1)
+	assert.Equal(t, "accept", d[0]["call_1"].Action)
+	assert.Equal(t, "Blocked by policy (rule freeze, tool: run_command): incident freeze", d[0]["call_2"].Content)
+}
+
+// A worker that cannot read the stored policy takes no work; it never falls
+// back to a wider one. Once a valid version is stored, the job runs.
+func TestUnreadablePolicyHoldsWork(t *testing.T) {
+	h := newHarness(t, queue.Config{})
+	store, rw, m := storedPolicy(t, h)
+	eventually(t, func() bool { return rw.w.PolicyReady() == nil }, "the worker read the bucket (nothing stored)")
+	kv, err := h.js.KeyValue(t.Context(), store.Bucket())
+	require.NoError(t, err)
+	_, err = kv.Put(t.Context(), queue.PolicyKey, []byte("tools: [not, a, policy"))
+	require.NoError(t, err)
+	eventually(t, func() bool {
+		err := rw.w.PolicyReady()
+		return err != nil && strings.Contains(err.Error(), "read the fleet policy")
+	}, "the worker refuses work")
+
+	h.submit(job("held-1", "#sim text ran"))
+	cons, err := h.js.Consumer(t.Context(), h.qcfg.JobsStream(), h.qcfg.WorkersDurable())
+	require.NoError(t, err)
+	eventually(t, func() bool {
+		// Either no fetch was waiting (the job stays in the stream) or
+		// the one that was handed it back.
+		info, err := cons.Info(t.Context())
+		return err == nil && (info.NumPending == 1 && info.NumAckPending == 0 || testutil.ToFloat64(m.PolicyHolds) >= 1)
+	}, "the job waits, unrun")
+	assert.Zero(t, h.sim.RunsStarted())
+
+	_, err = store.Set(t.Context(), []byte(`{"version":1,"decisions":"unsigned","tools":{"default":"allow"}}`))
+	require.NoError(t, err)
+	assert.Equal(t, schemas.StatusCompleted, h.final("held-1").Status)
+	assert.NoError(t, rw.w.PolicyReady())
 }

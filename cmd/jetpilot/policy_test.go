@@ -121,7 +121,7 @@ jobs: {max_timeout: soon}
 	assert.Equal(t, 2, code)
 	assert.Empty(t, stdout)
 	assert.Equal(t, "jetpilot: invalid policy "+bad+"; nothing was stored:\n"+
-		"  tools/rules/0/match/args/command: not an RE2 pattern: error parsing regexp: missing closing ): `^(?:ls ()$`\n"+
+		"  tools/rules/0/match/args/command: not an RE2 pattern: error parsing regexp: missing closing ): `ls (`\n"+
 		"  tools/rules/1/name: \"a\" is also the name of rule 0; rule names must be unique\n"+
 		"  tools/rules/1/approvers: only an approve rule names approvers (this rule's action is deny)\n"+
 		"  tools/rules/1/approvers/groups/0: no approver is in group \"sre\"\n"+

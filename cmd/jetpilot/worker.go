@@ -22,6 +22,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/jetpilot-dev/jetpilot/policy"
+	"github.com/jetpilot-dev/jetpilot/queue"
 	"github.com/jetpilot-dev/jetpilot/spawn"
 	"github.com/jetpilot-dev/jetpilot/worker"
 )
@@ -188,6 +189,10 @@ func runWorker(ctx context.Context, g *globalFlags, f *workerFlags, nc *nats.Con
 	if err != nil {
 		return err
 	}
+	policies, err := queue.NewPolicyStore(ctx, js, qcfg)
+	if err != nil {
+		return g.perms.explain(fmt.Errorf("open the policy bucket (run jetpilot setup): %w", err))
+	}
 	metrics := worker.NewMetrics()
 	w, err := worker.New(ctx, js, qcfg, spawn.NewRunner(client, spawn.RunnerOptions{
 		Worker: f.name, Logger: log, LivenessInterval: f.livenessInterval, CancelGrace: f.cancelGrace,
@@ -202,6 +207,7 @@ func runWorker(ctx context.Context, g *globalFlags, f *workerFlags, nc *nats.Con
 		ShutdownGrace:    f.shutdownGrace,
 		ShutdownMode:     worker.ShutdownMode(f.shutdownMode),
 		ApprovalTimeout:  f.approvalTimeout,
+		Policies:         worker.StoredPolicies(policies),
 		Fallback:         f.fallbackPolicy(),
 		OnApprovalExpiry: worker.ExpiryAction(f.onExpiry),
 		Logger:           log,
