@@ -90,7 +90,50 @@ type RunRecord struct {
 	CancelRequested bool `json:"cancel_requested,omitempty"`
 	// EventSeq is the seq of the job's last live event.
 	EventSeq uint64 `json:"event_seq,omitempty"`
+
+	// PendingDigest is the pending approval's pending_digest: a decision
+	// must echo it, so it cannot be replayed onto other calls.
+	PendingDigest string `json:"pending_digest,omitempty"`
+	// Need says who may decide the pending approval and how many must.
+	Need *ApprovalNeed `json:"need,omitempty"`
+	// Votes are the approvers' allows on the pending approval so far, one
+	// per approver, until the quorum is met.
+	Votes []Vote `json:"votes,omitempty"`
+	// Requester and RequesterKey name the producer who signed the job
+	// (requested_by, verified against the policy's producers); empty for
+	// an unsigned job.
+	Requester    string `json:"requester,omitempty"`
+	RequesterKey string `json:"requester_key,omitempty"`
+	// Approvals are the job's decided approvals, for its final result
+	// (the newest MaxApprovals).
+	Approvals []schemas.ApprovalOutcome `json:"approvals,omitempty"`
 }
+
+// ApprovalNeed is who may decide a pending approval: an allow needs Quorum
+// distinct approvers from AllowBy (approvers every rule of the pending
+// calls allows), and one deny from DenyBy (any of those rules' approvers)
+// denies. It is fixed when the pause is recorded.
+type ApprovalNeed struct {
+	Rules               []string `json:"rules"`
+	AllowBy             []string `json:"allow_by,omitempty"`
+	DenyBy              []string `json:"deny_by,omitempty"`
+	Quorum              int      `json:"quorum"`
+	RequesterMayApprove bool     `json:"requester_may_approve"`
+	PolicyVersion       uint64   `json:"policy_version,omitempty"`
+}
+
+// Vote is one approver's verified allow on a pending approval.
+type Vote struct {
+	Approver string    `json:"approver"`
+	Key      string    `json:"key"`
+	At       time.Time `json:"at"`
+	// Msg names the decision message (messageKey), so its redelivery is
+	// told from a second vote.
+	Msg string `json:"msg"`
+}
+
+// MaxApprovals bounds the approvals a record (and a final result) lists.
+const MaxApprovals = 32
 
 var (
 	// ErrRunNotFound: no run is recorded for the job.

@@ -67,6 +67,9 @@ const (
 	// TransRequestCancel asks whoever holds (or next takes) the run to
 	// cancel it.
 	TransRequestCancel Transition = "request_cancel"
+	// TransVote records one approver's allow on the pending approval while
+	// the quorum is not met: the run stays paused.
+	TransVote Transition = "vote"
 )
 
 // transitions lists, for each transition, the states it leaves and the
@@ -82,6 +85,7 @@ var transitions = map[Transition]struct {
 	TransResume:        {[]RunState{RunPaused}, RunRunning},
 	TransFinish:        {[]RunState{RunStarting, RunRunning, RunPaused}, RunDone},
 	TransRequestCancel: {[]RunState{RunStarting, RunRunning}, ""},
+	TransVote:          {[]RunState{RunPaused}, ""},
 }
 
 // ErrIllegalTransition: a transition was asked of a state it does not leave.

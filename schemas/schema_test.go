@@ -236,6 +236,8 @@ func fullValues() map[string][]any {
 			Worker: "w", StartedAt: at, FinishedAt: at.Add(time.Second), DurationMS: 1000, DeadLettered: true,
 			Metadata: md, Warnings: []string{"gap"},
 			ToolRules: map[string]RuleCounts{"read-only": {Accepted: 2, Rejected: 1, Asked: 1}}, PolicyVersion: 4,
+			Approvals: []ApprovalOutcome{{ApprovalID: "apr_1", Decision: "allow", Approvers: []ApproverRef{{Name: "alice", Key: "UABC"}},
+				Rules: []string{"prod-change"}, DecidedAt: at}},
 		}},
 		"approval": {ApprovalRequest{
 			Schema: ApprovalSchemaID, ApprovalID: "job-1:1", JobID: "job-1", SessionID: "s", RunID: "r",

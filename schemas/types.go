@@ -182,14 +182,16 @@ type Result struct {
 	ToolRules map[string]RuleCounts `json:"tool_rules,omitempty"`
 	// PolicyVersion is the policy version (KV revision) the job ran under
 	// last; 0 for a worker's flags or built-in policy.
-	PolicyVersion uint64            `json:"policy_version,omitempty"`
-	Attempt       int               `json:"attempt"`
-	Worker        string            `json:"worker,omitempty"`
-	StartedAt     time.Time         `json:"started_at"`
-	FinishedAt    time.Time         `json:"finished_at"`
-	DurationMS    int64             `json:"duration_ms"`
-	DeadLettered  bool              `json:"dead_lettered"`
-	Metadata      map[string]string `json:"metadata,omitempty"`
+	PolicyVersion uint64 `json:"policy_version,omitempty"`
+	// Approvals lists the job's decided approvals (final results).
+	Approvals    []ApprovalOutcome `json:"approvals,omitempty"`
+	Attempt      int               `json:"attempt"`
+	Worker       string            `json:"worker,omitempty"`
+	StartedAt    time.Time         `json:"started_at"`
+	FinishedAt   time.Time         `json:"finished_at"`
+	DurationMS   int64             `json:"duration_ms"`
+	DeadLettered bool              `json:"dead_lettered"`
+	Metadata     map[string]string `json:"metadata,omitempty"`
 	// Warnings are things the caller should know that did not fail the job,
 	// such as an event stream gap recovered from the session's messages.
 	Warnings []string `json:"warnings,omitempty"`

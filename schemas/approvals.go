@@ -1,0 +1,23 @@
+package schemas
+
+import "time"
+
+// ApprovalOutcome is one decided approval of a job, as its final result
+// lists it: who decided (verified approvers under signed decisions, the
+// decided_by text under unsigned ones), under which rules, and when.
+type ApprovalOutcome struct {
+	ApprovalID string `json:"approval_id"`
+	// Decision is "allow", "deny", "mixed" (per-call decisions), "expired"
+	// or "cancelled".
+	Decision  string        `json:"decision"`
+	Approvers []ApproverRef `json:"approvers,omitempty"`
+	Rules     []string      `json:"rules,omitempty"`
+	DecidedAt time.Time     `json:"decided_at"`
+}
+
+// ApproverRef names an approver: their name in the policy and their public
+// key; Key is empty for an unsigned decision, whose Name is its decided_by.
+type ApproverRef struct {
+	Name string `json:"name"`
+	Key  string `json:"key,omitempty"`
+}
