@@ -34,6 +34,13 @@ func (w *Worker) armExpiry(ctx context.Context, rec *queue.RunRecord) error {
 	return w.publishControl(ctx, rec.JobID, rec.ApprovalID, schemas.ControlExpiry)
 }
 
+// publishControl publishes a control message. JetStream drops a copy whose
+// Nats-Msg-Id it has seen within the stream's duplicate window: that is
+// success only when the message stored under the id is this one and still
+// queued (it will act), or the run record shows it applied. Otherwise the id
+// was taken by a message that did nothing (refused, or a different message
+// under the same id), and reporting success would swallow a cancel or a
+// timer: an error.
 func (w *Worker) publishControl(ctx context.Context, jobID, approvalID, kind string) error {
 	c := schemas.Control{Schema: schemas.ControlSchemaID, Kind: kind, JobID: jobID, ApprovalID: approvalID, RequestedAt: time.Now().UTC()}
 	m := nats.NewMsg(w.qcfg.ControlSubject(jobID))
@@ -43,10 +50,48 @@ func (w *Worker) publishControl(ctx context.Context, jobID, approvalID, kind str
 		return fmt.Errorf("encode %s control message: %w", kind, err)
 	}
 	m.Data = data
-	if _, err := w.js.PublishMsg(ctx, m); err != nil {
+	ack, err := w.js.PublishMsg(ctx, m, jetstream.WithExpectStream(w.qcfg.ControlStream()))
+	if err != nil {
 		return fmt.Errorf("publish %s control message for approval %s: %w", kind, approvalID, err)
 	}
+	if ack.Duplicate {
+		if err := w.checkDuplicateControl(ctx, c, ack); err != nil {
+			return fmt.Errorf("publish %s control message for approval %s: %w", kind, approvalID, err)
+		}
+	}
 	return nil
+}
+
+// checkDuplicateControl says whether the control message JetStream already
+// holds under c's id (at ack.Sequence: a duplicate's ack names the original)
+// stands for c: still queued and the same message, or applied to the run.
+func (w *Worker) checkDuplicateControl(ctx context.Context, c schemas.Control, ack *jetstream.PubAck) error {
+	id := c.Kind + ":" + c.ApprovalID
+	st, err := w.js.Stream(ctx, ack.Stream)
+	if err != nil {
+		return fmt.Errorf("dropped as a duplicate of message %d; look it up: %w", ack.Sequence, err)
+	}
+	orig, err := st.GetMsg(ctx, ack.Sequence)
+	switch {
+	case err == nil:
+		queued, derr := schemas.DecodeControl(orig.Data)
+		if derr == nil && orig.Header.Get(nats.MsgIdHdr) == id && orig.Subject == w.qcfg.ControlSubject(c.JobID) &&
+			queued.Kind == c.Kind && queued.JobID == c.JobID && queued.ApprovalID == c.ApprovalID {
+			return nil // the same message, still to be acted on
+		}
+		return fmt.Errorf("dropped as a duplicate of message %d, which is not this %s message (another message took its id %q)", ack.Sequence, c.Kind, id)
+	case !errors.Is(err, jetstream.ErrMsgNotFound):
+		return fmt.Errorf("dropped as a duplicate of message %d; look it up: %w", ack.Sequence, err)
+	}
+	run, err := w.runs.GetRun(ctx, c.JobID)
+	if err != nil {
+		return fmt.Errorf("dropped as a duplicate of message %d, no longer queued; read the run record: %w", ack.Sequence, err)
+	}
+	if run.Record.DecidedApproval == fmt.Sprintf("%s@%s:%d", id, ack.Stream, ack.Sequence) { // as messageKey names it
+		return nil // it applied
+	}
+	return fmt.Errorf("dropped as a duplicate of message %d, which is no longer queued and did not apply to job %s "+
+		"(its id %q was taken by a message that was refused); nothing was done", ack.Sequence, c.JobID, id)
 }
 
 // fetchControl reads a control message and the job's run record, and
@@ -56,7 +101,17 @@ func (w *Worker) fetchControl(ctx context.Context, msg jetstream.Msg) (*phase, *
 	attempt, _ := deliveryOf(msg)
 	p := &phase{msg: msg, attempt: attempt, start: start, log: w.log}
 	c, err := schemas.DecodeControl(msg.Data())
+	if err == nil && c.Kind != schemas.ControlExpiry && c.Kind != schemas.ControlCancel {
+		// The schema lists the kinds; a kind this worker does not know
+		// must never act as one it does (an expiry rejects calls).
+		err = fmt.Errorf("unknown control kind %q", c.Kind)
+	}
+	if err == nil && msg.Subject() != w.qcfg.ControlSubject(c.JobID) {
+		err = fmt.Errorf("the message names job %q but was published on %s", c.JobID, msg.Subject())
+	}
 	if err != nil {
+		// Refused and terminated: it is never redelivered, and changes nothing.
+		w.log.Warn("refused control message", "subject", msg.Subject(), "attempt", attempt, "err", err)
 		o := drop(fmt.Sprintf("invalid control message: %v", err))
 		return p, &o
 	}

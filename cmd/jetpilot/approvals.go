@@ -7,7 +7,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -31,10 +33,48 @@ func withClient(cmd *cobra.Command, g *globalFlags, name string, fn func(ctx con
 	})
 }
 
-func printJSON(w io.Writer, v any) error {
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	return enc.Encode(v)
+func printJSON(w io.Writer, v any) error { return writeJSON(w, v, true) }
+
+// printApproval prints an approval request for a human. Everything in it
+// but the expiry time was written by an agent or a publisher: it is escaped.
+func printApproval(w io.Writer, a schemas.ApprovalRequest) {
+	fmt.Fprintf(w, "approval %s for job %s (expires %s)\n", safeLine(a.ApprovalID), safeLine(a.JobID), a.ExpiresAt.Format(time.RFC3339))
+	for _, t := range a.PendingToolCalls {
+		fmt.Fprintf(w, "  %s %s  [%s]\n", safeLine(t.Name), safeLine(string(t.Arguments)), safeLine(t.ID))
+	}
+	if len(a.Metadata) > 0 {
+		fmt.Fprintf(w, "  metadata: %s\n", metadataLine(a.Metadata))
+	}
+	fmt.Fprintf(w, "  answer: jetpilot approve %s --job %s --allow|--deny\n", safeLine(a.ApprovalID), safeLine(a.JobID))
+}
+
+// metadataLine is a job's metadata as escaped k=v pairs, sorted by key.
+func metadataLine(md map[string]string) string {
+	pairs := make([]string, 0, len(md))
+	for _, k := range slices.Sorted(maps.Keys(md)) {
+		pairs = append(pairs, safeLine(k)+"="+safeLine(md[k]))
+	}
+	return strings.Join(pairs, " ")
+}
+
+// printEvent prints a live event as one line; its text is escaped.
+func printEvent(w io.Writer, e schemas.Event) {
+	fmt.Fprintf(w, "%s #%d %s", e.At.Format("15:04:05.000"), e.Seq, safeLine(string(e.Type)))
+	switch {
+	case e.Text != "":
+		fmt.Fprintf(w, " \"%s\"", safeLine(e.Text))
+	case e.Tool != nil:
+		fmt.Fprintf(w, " %s [%s] %s", safeLine(e.Tool.Name), safeLine(e.Tool.ID), safeLine(e.Tool.Reason))
+	case e.Status != "":
+		fmt.Fprintf(w, " %s", safeLine(e.Status))
+	}
+	if e.ApprovalID != "" {
+		fmt.Fprintf(w, " approval=%s", safeLine(e.ApprovalID))
+	}
+	if e.Error != nil {
+		fmt.Fprintf(w, " error=%s: %s", safeLine(e.Error.Code), safeLine(e.Error.Message))
+	}
+	fmt.Fprintln(w)
 }
 
 func newApprovalsCmd(g *globalFlags) *cobra.Command {
@@ -50,11 +90,7 @@ func newApprovalsCmd(g *globalFlags) *cobra.Command {
 					if asJSON {
 						return printJSON(out, a)
 					}
-					fmt.Fprintf(out, "approval %s for job %s (expires %s)\n", a.ApprovalID, a.JobID, a.ExpiresAt.Format(time.RFC3339))
-					for _, t := range a.PendingToolCalls {
-						fmt.Fprintf(out, "  %s %s  [%s]\n", t.Name, string(t.Arguments), t.ID)
-					}
-					fmt.Fprintf(out, "  answer: jetpilot approve %s --job %s --allow|--deny\n", a.ApprovalID, a.JobID)
+					printApproval(out, a)
 					return nil
 				})
 			})
@@ -113,7 +149,8 @@ func newApproveCmd(g *globalFlags) *cobra.Command {
 				if err := c.Decide(ctx, d); err != nil {
 					return fmt.Errorf("publish decision: %w", err)
 				}
-				fmt.Fprintf(cmd.OutOrStdout(), "decision for approval %s of job %s published; follow it with: jetpilot events %s --follow\n", d.ApprovalID, d.JobID, d.JobID)
+				fmt.Fprintf(cmd.OutOrStdout(), "decision for approval %s of job %s published; follow it with: jetpilot events %s --follow\n",
+					safeLine(d.ApprovalID), safeLine(d.JobID), safeLine(d.JobID))
 				return nil
 			})
 		},
@@ -155,7 +192,7 @@ func newCancelCmd(g *globalFlags) *cobra.Command {
 				if r.Error != nil {
 					return fmt.Errorf("cancel job %s: %s", jobID, r.Error.Message)
 				}
-				fmt.Fprintf(cmd.OutOrStdout(), "job %s: %s (worker %s); its result will say cancelled\n", jobID, r.Outcome, r.Worker)
+				fmt.Fprintf(cmd.OutOrStdout(), "job %s: %s (worker %s); its result will say cancelled\n", jobID, safeLine(r.Outcome), safeLine(r.Worker))
 				return nil
 			})
 		},
@@ -175,24 +212,9 @@ func newEventsCmd(g *globalFlags) *cobra.Command {
 				out := cmd.OutOrStdout()
 				return c.Events(ctx, args[0], follow, func(e schemas.Event) error {
 					if asJSON {
-						return json.NewEncoder(out).Encode(e)
+						return writeJSON(out, e, false)
 					}
-					fmt.Fprintf(out, "%s #%d %s", e.At.Format("15:04:05.000"), e.Seq, e.Type)
-					switch {
-					case e.Text != "":
-						fmt.Fprintf(out, " %q", e.Text)
-					case e.Tool != nil:
-						fmt.Fprintf(out, " %s [%s] %s", e.Tool.Name, e.Tool.ID, e.Tool.Reason)
-					case e.Status != "":
-						fmt.Fprintf(out, " %s", e.Status)
-					}
-					if e.ApprovalID != "" {
-						fmt.Fprintf(out, " approval=%s", e.ApprovalID)
-					}
-					if e.Error != nil {
-						fmt.Fprintf(out, " error=%s: %s", e.Error.Code, e.Error.Message)
-					}
-					fmt.Fprintln(out)
+					printEvent(out, e)
 					return nil
 				})
 			})

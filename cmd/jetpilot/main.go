@@ -56,11 +56,12 @@ func main() {
 	var ee *exitError
 	if errors.As(err, &ee) {
 		if ee.err != nil {
-			fmt.Fprintln(os.Stderr, "jetpilot:", ee.err)
+			fmt.Fprintln(os.Stderr, "jetpilot:", safeBlock(ee.err.Error()))
 		}
 		os.Exit(ee.code)
 	}
-	fmt.Fprintln(os.Stderr, "jetpilot:", err)
+	// An error can quote a worker's answer or a message's text: escaped.
+	fmt.Fprintln(os.Stderr, "jetpilot:", safeBlock(err.Error()))
 	os.Exit(exitFailed)
 }
 

@@ -77,7 +77,7 @@ func (f *submitFlags) submit(ctx context.Context, cmd *cobra.Command, client *qu
 	}
 	if !f.wait {
 		if f.asJSON {
-			return json.NewEncoder(out).Encode(map[string]any{"job_id": job.ID, "stream": ack.Stream, "seq": ack.Seq, "duplicate": ack.Duplicate})
+			return writeJSON(out, map[string]any{"job_id": job.ID, "stream": ack.Stream, "seq": ack.Seq, "duplicate": ack.Duplicate}, false)
 		}
 		fmt.Fprintln(out, job.ID)
 		return nil
@@ -196,13 +196,13 @@ func exitCodeFor(s schemas.Status) int {
 }
 
 // printResult prints a result as its JSON document or as a short summary.
+// Everything a worker copied from the job, the agent or the agent server
+// is escaped; the agent's output keeps its newlines and tabs.
 func printResult(w io.Writer, res schemas.Result, asJSON bool) error {
 	if asJSON {
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		return enc.Encode(res)
+		return writeJSON(w, res, true)
 	}
-	fmt.Fprintf(w, "job %s: %s", res.JobID, res.Status)
+	fmt.Fprintf(w, "job %s: %s", safeLine(res.JobID), safeLine(string(res.Status)))
 	if res.ExitCode != nil {
 		fmt.Fprintf(w, " (exit %d)", *res.ExitCode)
 	}
@@ -211,35 +211,38 @@ func printResult(w io.Writer, res schemas.Result, asJSON bool) error {
 	}
 	fmt.Fprintln(w)
 	if res.SessionID != "" {
-		fmt.Fprintf(w, "  session %s run %s\n", res.SessionID, res.RunID)
+		fmt.Fprintf(w, "  session %s run %s\n", safeLine(res.SessionID), safeLine(res.RunID))
 	}
 	if res.Usage != nil {
-		fmt.Fprintf(w, "  turns %d, tokens %d, stop reason %s\n", res.TotalTurns, res.Usage.TotalTokens, res.StopReason)
+		fmt.Fprintf(w, "  turns %d, tokens %d, stop reason %s\n", res.TotalTurns, res.Usage.TotalTokens, safeLine(res.StopReason))
 	}
 	if res.ToolCalls.Accepted+res.ToolCalls.Rejected > 0 {
 		fmt.Fprintf(w, "  tool calls: %d accepted, %d rejected\n", res.ToolCalls.Accepted, res.ToolCalls.Rejected)
 	}
 	if res.PauseReason != nil {
 		for _, c := range res.PauseReason.PendingToolCalls {
-			fmt.Fprintf(w, "  waiting for approval: %s %s (%s)\n", c.Name, string(c.Arguments), c.ID)
+			fmt.Fprintf(w, "  waiting for approval: %s %s (%s)\n", safeLine(c.Name), safeLine(string(c.Arguments)), safeLine(c.ID))
 		}
 		if res.ResumeHint != "" {
-			fmt.Fprintf(w, "  resume: %s\n", res.ResumeHint)
+			fmt.Fprintf(w, "  resume: %s\n", safeLine(res.ResumeHint))
 		}
 	}
 	if res.Error != nil {
-		fmt.Fprintf(w, "  error %s: %s\n", res.Error.Code, res.Error.Message)
+		fmt.Fprintf(w, "  error %s: %s\n", safeLine(res.Error.Code), safeLine(res.Error.Message))
 		for _, fe := range res.Error.Fields {
-			fmt.Fprintf(w, "    %s\n", fe.String())
+			fmt.Fprintf(w, "    %s\n", safeLine(fe.String()))
 		}
 	} else if res.Stderr != "" {
-		fmt.Fprintf(w, "  stderr: %s\n", res.Stderr)
+		fmt.Fprintf(w, "  stderr: %s\n", safeBlock(strings.TrimRight(res.Stderr, "\n")))
 	}
 	for _, warn := range res.Warnings {
-		fmt.Fprintf(w, "  warning: %s\n", warn)
+		fmt.Fprintf(w, "  warning: %s\n", safeLine(warn))
+	}
+	if len(res.Metadata) > 0 {
+		fmt.Fprintf(w, "  metadata: %s\n", metadataLine(res.Metadata))
 	}
 	if res.Stdout != "" {
-		fmt.Fprintf(w, "--- agent output ---\n%s\n", strings.TrimRight(res.Stdout, "\n"))
+		fmt.Fprintf(w, "--- agent output ---\n%s\n", safeBlock(strings.TrimRight(res.Stdout, "\n")))
 	}
 	return nil
 }
