@@ -11,8 +11,6 @@ import (
 	"strconv"
 	"strings"
 	"time"
-	"unicode"
-	"unicode/utf8"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -476,50 +474,7 @@ func exactArgs(n int, hint string) cobra.PositionalArgs {
 	}
 }
 
-// printable escapes what could steer a terminal in text that came from a
-// job, its tool arguments or a stored document: control characters
-// (newlines too: a value stays on its line), bidirectional overrides and
-// invalid UTF-8, written as Go escapes.
-func printable(s string) string { return escapeText(s, false) }
-
-// printableText is printable for a multi-line document: newlines, tabs and
-// CRLF line ends are kept.
-func printableText(s string) string { return escapeText(s, true) }
-
-func escapeText(s string, multiline bool) string {
-	clean := true
-	for _, r := range s {
-		if r == utf8.RuneError || unicode.IsControl(r) || isBidi(r) {
-			clean = false
-			break
-		}
-	}
-	if clean {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); {
-		r, size := utf8.DecodeRuneInString(s[i:])
-		switch {
-		case r == utf8.RuneError && size <= 1:
-			fmt.Fprintf(&b, `\x%02x`, s[i])
-		case multiline && (r == '\n' || r == '\t'):
-			b.WriteRune(r)
-		case multiline && r == '\r' && strings.HasPrefix(s[i+size:], "\n"):
-			b.WriteRune(r)
-		case unicode.IsControl(r) || isBidi(r):
-			q := strconv.QuoteRuneToASCII(r)
-			b.WriteString(q[1 : len(q)-1])
-		default:
-			b.WriteString(s[i : i+size])
-		}
-		i += size
-	}
-	return b.String()
-}
-
-// isBidi reports the bidirectional embedding, override and isolate
-// characters, which can make text read differently from what it is.
-func isBidi(r rune) bool {
-	return (r >= '\u202a' && r <= '\u202e') || (r >= '\u2066' && r <= '\u2069') || r == '\u200e' || r == '\u200f' || r == '\u061c'
-}
+// printable and printableText escape text that came from a job, its
+// tool arguments or a stored document (safetext.go).
+func printable(s string) string     { return safeLine(s) }
+func printableText(s string) string { return safeBlock(s) }
