@@ -292,7 +292,9 @@ func TestPendingDigest(t *testing.T) {
 
 	// Any change to any call is another digest.
 	for name, change := range map[string]func(c []schemas.ToolCall){
-		"argument":  func(c []schemas.ToolCall) { c[0].Arguments = json.RawMessage(`{"command":"ls -la > out && cat out","n":1.51}`) },
+		"argument": func(c []schemas.ToolCall) {
+			c[0].Arguments = json.RawMessage(`{"command":"ls -la > out && cat out","n":1.51}`)
+		},
 		"name":      func(c []schemas.ToolCall) { c[1].Name = "view2" },
 		"id":        func(c []schemas.ToolCall) { c[1].ID = "c3" },
 		"truncated": func(c []schemas.ToolCall) { c[1].ArgumentsTruncated = false },
