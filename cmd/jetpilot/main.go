@@ -90,6 +90,7 @@ func newRootCmd() *cobra.Command {
 		newApproveCmd(g),
 		newCancelCmd(g),
 		newEventsCmd(g),
+		newKeysCmd(),
 	)
 	return root
 }
