@@ -210,7 +210,7 @@ func TestJobFastPathDifferential(t *testing.T) {
 // full validation, and the doubtful ones go to it.
 func TestJobFastPathTakesCommonJobs(t *testing.T) {
 	t.Parallel()
-	for _, file := range []string{"examples/job-full.json", "examples/job-minimal.json"} {
+	for _, file := range []string{"examples/job-full.json", "examples/job-minimal.json", "examples/job-signed.json"} {
 		data, err := os.ReadFile(file)
 		require.NoError(t, err)
 		_, ok := fastDecodeJob(data)

@@ -105,7 +105,7 @@ func readExamples(t *testing.T) map[string][]byte {
 		out[filepath.Base(f)] = data
 	}
 	want := []string{
-		"job-minimal.json", "job-full.json", "result-completed.json", "result-paused.json",
+		"job-minimal.json", "job-full.json", "job-signed.json", "result-completed.json", "result-paused.json",
 		"result-rejected.json", "result-timed_out.json", "approval.json", "decision-all.json",
 		"decision-per-call.json", "decision-signed.json", "event-text.json", "dead.json",
 		"control-expiry.json", "cancel.json", "cancel_reply-cancelling.json", "cancel_reply-error.json",

@@ -25,7 +25,22 @@ var update = flag.Bool("update", false, "rewrite schemas/examples/signing-vector
 const (
 	vectorFile        = "../schemas/examples/signing-vector.json"
 	signedExampleFile = "../schemas/examples/decision-signed.json"
+	signedJobFile     = "../schemas/examples/job-signed.json"
 )
+
+// vectorJob is a producer's job, signed by the same TEST ONLY key into
+// job-signed.json: the job scheme is the decision's.
+const vectorJob = `{
+  "id": "deploy-42",
+  "prompt": "Roll out api v2.3.1 to prod and watch the error rate for 10 minutes.",
+  "profile": "ops",
+  "timeout": "30m",
+  "pause_on_approval": true,
+  "allowed_tools": ["view", "stakpak__run_command"],
+  "overrides": {"max_turns": 32},
+  "metadata": {"channel": "C042", "thread": "1712345678.000100"},
+  "requested_by": "ci-bot@example.com"
+}`
 
 // vector is the layout of signing-vector.json.
 type vector struct {
@@ -131,6 +146,9 @@ func writeVector(t *testing.T) {
 	}
 	require.NoError(t, os.WriteFile(vectorFile, encodeIndented(t, v), 0o644))
 	require.NoError(t, os.WriteFile(signedExampleFile, encodeIndented(t, json.RawMessage(withSignature(t, doc, sig))), 0o644))
+	jobSig, err := Sign([]byte(vectorJob), seed)
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(signedJobFile, append(withSignature(t, []byte(vectorJob), jobSig), '\n'), 0o644))
 }
 
 // withSignature adds a signature member at the end of the object doc.
@@ -241,4 +259,16 @@ func TestVector(t *testing.T) {
 	key, err = Verify(withSig)
 	require.NoError(t, err)
 	assert.Equal(t, v.PublicKey, key)
+
+	// job-signed.json: the same key signed a job.
+	job, err := os.ReadFile(signedJobFile)
+	require.NoError(t, err)
+	key, err = Verify(job)
+	require.NoError(t, err)
+	assert.Equal(t, v.PublicKey, key)
+	j, err := schemas.DecodeJob(job)
+	require.NoError(t, err)
+	assert.Equal(t, "ci-bot@example.com", j.RequestedBy)
+	require.NotNil(t, j.Signature)
+	assert.Equal(t, v.PublicKey, j.Signature.Key)
 }
