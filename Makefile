@@ -48,6 +48,7 @@ fuzz:
 	$(GO) test ./schemas -run '^$$' -fuzz FuzzDecodeDecision -fuzztime $(FUZZTIME)
 	$(GO) test ./schemas -run '^$$' -fuzz FuzzJobFastPath -fuzztime $(FUZZTIME)
 	$(GO) test ./spawn -run '^$$' -fuzz FuzzSSE -fuzztime $(FUZZTIME)
+	$(GO) test ./signing -run '^$$' -fuzz FuzzVerify -fuzztime $(FUZZTIME)
 
 # The JavaScript signer in examples/js against the signing test vector:
 # another language's JCS and ed25519 must give jetpilot's bytes exactly.
