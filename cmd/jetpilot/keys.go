@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -112,7 +113,15 @@ func readSeedFile(path string) ([]byte, error) {
 		return nil, fmt.Errorf("read key: %w", err)
 	}
 	defer wipe(data)
-	kp, err := nkeys.ParseDecoratedUserNKey(data)
+	// Lines trimmed: a seed file edited on Windows (CRLF) or indented is
+	// still the same seed; nkeys would refuse it.
+	lines := bytes.Split(data, []byte("\n"))
+	for i := range lines {
+		lines[i] = bytes.TrimSpace(lines[i])
+	}
+	trimmed := bytes.Join(lines, []byte("\n"))
+	defer wipe(trimmed)
+	kp, err := nkeys.ParseDecoratedUserNKey(trimmed)
 	if err != nil {
 		return nil, fmt.Errorf("key file %s holds no nkey user seed (SU...): %v", path, err)
 	}

@@ -77,6 +77,20 @@ func TestKeysNewAndPub(t *testing.T) {
 	require.Equal(t, 0, code)
 	assert.Equal(t, pub+"\n", out)
 
+	// The same seed with CRLF line ends and indented, or in a .creds
+	// file, is the same key.
+	for name, content := range map[string]string{
+		"crlf":  "\r\n  " + seed + "\r\n",
+		"creds": "-----BEGIN NATS USER JWT-----\neyJ0eXAiOiJKV1QifQ.e30.sig\n------END NATS USER JWT------\n\n" +
+			"-----BEGIN USER NKEY SEED-----\n" + seed + "\n------END USER NKEY SEED------\n",
+	} {
+		f := filepath.Join(dir, name+".nk")
+		require.NoError(t, os.WriteFile(f, []byte(content), 0o600))
+		out, code := run(t, "", "keys", "pub", f)
+		require.Equal(t, 0, code, name)
+		assert.Equal(t, pub+"\n", out, name)
+	}
+
 	// A seed file others may read is refused, as ssh refuses a private key.
 	for _, mode := range []os.FileMode{0o640, 0o604, 0o660, 0o602} {
 		require.NoError(t, os.Chmod(file, mode))
