@@ -80,7 +80,7 @@ func TestKeysNewAndPub(t *testing.T) {
 	// The same seed with CRLF line ends and indented, or in a .creds
 	// file, is the same key.
 	for name, content := range map[string]string{
-		"crlf":  "\r\n  " + seed + "\r\n",
+		"crlf": "\r\n  " + seed + "\r\n",
 		"creds": "-----BEGIN NATS USER JWT-----\neyJ0eXAiOiJKV1QifQ.e30.sig\n------END NATS USER JWT------\n\n" +
 			"-----BEGIN USER NKEY SEED-----\n" + seed + "\n------END USER NKEY SEED------\n",
 	} {
