@@ -9,7 +9,7 @@ PKGS     ?= ./...
 # Seconds each fuzz target runs in `make fuzz`.
 FUZZTIME ?= 60s
 
-.PHONY: run build test vet bench fuzz fuzz-brief faults clean
+.PHONY: run build test vet bench fuzz fuzz-brief faults js-check clean
 
 build:
 	$(GO) build -o $(BIN) ./cmd/jetpilot
@@ -48,6 +48,13 @@ fuzz:
 	$(GO) test ./schemas -run '^$$' -fuzz FuzzDecodeDecision -fuzztime $(FUZZTIME)
 	$(GO) test ./schemas -run '^$$' -fuzz FuzzJobFastPath -fuzztime $(FUZZTIME)
 	$(GO) test ./spawn -run '^$$' -fuzz FuzzSSE -fuzztime $(FUZZTIME)
+	$(GO) test ./signing -run '^$$' -fuzz FuzzVerify -fuzztime $(FUZZTIME)
+
+# The JavaScript signer in examples/js against the signing test vector:
+# another language's JCS and ed25519 must give jetpilot's bytes exactly.
+# Needs node (18 or later) and npm; the packages are pinned by package-lock.json.
+js-check:
+	cd examples/js && npm ci --no-audit --no-fund && node sign-decision.mjs ../../schemas/examples/signing-vector.json
 
 clean:
-	rm -rf bin .jetpilot
+	rm -rf bin .jetpilot examples/js/node_modules

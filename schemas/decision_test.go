@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -28,6 +29,14 @@ func TestDecodeDecisionValid(t *testing.T) {
 				"c1": {Action: ActionAccept}, "c2": {Action: ActionReject, Content: "no"}, "c3": {Action: ActionCustomResult, Content: "42"},
 			}}},
 	}
+	key, sig, digest := "U"+strings.Repeat("B", 55), strings.Repeat("x", 84)+"-_", strings.Repeat("0a", 32)
+	cases = append(cases, struct {
+		name string
+		doc  string
+		want Decision
+	}{"signed", decision(`"all":"deny","decided_by":"Zoë","pending_digest":"` + digest + `","decided_at":"2025-04-05T14:02:11.25Z","signature":{"sig":"` + sig + `","key":"` + key + `"}`),
+		Decision{ApprovalID: "a1", JobID: "j1", All: DecideDeny, DecidedBy: "Zoë", PendingDigest: digest,
+			DecidedAt: time.Date(2025, 4, 5, 14, 2, 11, 250_000_000, time.UTC), Signature: &Signature{Key: key, Sig: sig}}})
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			d, err := DecodeDecision([]byte(tc.doc))
@@ -79,6 +88,21 @@ func TestDecodeDecisionInvalid(t *testing.T) {
 		{"duplicate tool call id", decision(`"decisions":{"c1":{"action":"reject"},"c1":{"action":"accept"}}`), "decisions", `duplicate key "c1"`, 0},
 		{"duplicate action", decision(`"decisions":{"c1":{"action":"reject","action":"accept"}}`), "decisions/c1", `duplicate key "action"`, 0},
 		{"tool call id with slash", decision(`"decisions":{"a/b":{"action":"nope"}}`), "decisions/a~1b/action", `(got "nope")`, 0},
+		{"pending_digest in capitals", decision(`"all":"allow","pending_digest":"` + strings.Repeat("0A", 32) + `"`), "pending_digest", "64 lowercase hex characters", 0},
+		{"pending_digest short", decision(`"all":"allow","pending_digest":"abc"`), "pending_digest", "64 lowercase hex characters", 0},
+		{"decided_at not UTC", decision(`"all":"allow","decided_at":"2025-04-05T16:02:11+02:00"`), "decided_at", "in UTC", 0},
+		{"decided_at no time", decision(`"all":"allow","decided_at":"2025-04-05"`), "decided_at", "RFC 3339", 0},
+		{"decided_at leap second", decision(`"all":"allow","decided_at":"2016-12-31T23:59:60Z"`), "decided_at", "RFC 3339", 0},
+		{"decided_at number", decision(`"all":"allow","decided_at":1712345678`), "decided_at", "in UTC such as \"2025-01-02T15:04:05Z\" (got a number)", 0},
+		{"signature without sig", decision(`"all":"allow","signature":{"key":"U` + strings.Repeat("A", 55) + `"}`), "signature/sig", "is required", 0},
+		{"signature key lowercase", decision(`"all":"allow","signature":{"key":"u` + strings.Repeat("a", 55) + `","sig":"` + strings.Repeat("a", 86) + `"}`),
+			"signature/key", "an nkey user public key", 0},
+		{"signature padded", decision(`"all":"allow","signature":{"key":"U` + strings.Repeat("A", 55) + `","sig":"` + strings.Repeat("a", 86) + `=="}`),
+			"signature/sig", "base64url without padding", 0},
+		{"signature extra member", decision(`"all":"allow","signature":{"key":"U` + strings.Repeat("A", 55) + `","sig":"` + strings.Repeat("a", 86) + `","alg":"x"}`),
+			"signature", `unknown field "alg"`, 0},
+		{"signature string", decision(`"all":"allow","signature":"x"`), "signature", "must be an object", 0},
+		{"duplicate signature", decision(`"all":"allow","signature":{"key":"U` + strings.Repeat("A", 55) + `","sig":"` + strings.Repeat("a", 86) + `"},"signature":{}`), "", `duplicate key "signature"`, 3},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

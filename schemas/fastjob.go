@@ -47,6 +47,8 @@ const (
 	fjCallerContext
 	fjOverrides
 	fjMetadata
+	fjRequestedBy
+	fjSignature
 )
 
 // Character limits of the job schema, applied here to byte lengths: a
@@ -306,6 +308,13 @@ func fastDecodeJob(data []byte) (j Job, ok bool) {
 		case "metadata":
 			bit = fjMetadata
 			j.Metadata, ok = p.metadata()
+		case "requested_by":
+			bit = fjRequestedBy
+			j.RequestedBy, ok = p.str()
+			ok = ok && ValidRequester(j.RequestedBy)
+		case "signature":
+			bit = fjSignature
+			j.Signature, ok = p.signature()
 		}
 		if !ok || seen&bit != 0 {
 			return false
@@ -420,4 +429,34 @@ func (p *fastParser) metadata() (map[string]string, bool) {
 		}
 		return out, p.eat('}')
 	}
+}
+
+// signature reads {"key":...,"sig":...}, both required, both of the
+// shapes the schema's patterns state, nothing else. The fast path decodes
+// the member only; whether the signature is good is package signing's
+// business, on the raw bytes.
+func (p *fastParser) signature() (*Signature, bool) {
+	var sig Signature
+	var seen uint8
+	ok := p.members(func(name []byte) bool {
+		var bit uint8
+		ok := false
+		switch string(name) {
+		case "key":
+			bit = 1
+			sig.Key, ok = p.str()
+		case "sig":
+			bit = 2
+			sig.Sig, ok = p.str()
+		}
+		if !ok || seen&bit != 0 {
+			return false
+		}
+		seen |= bit
+		return true
+	})
+	if !ok || seen != 3 || !ValidSignatureShape(sig) {
+		return nil, false
+	}
+	return &sig, true
 }

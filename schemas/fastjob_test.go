@@ -110,6 +110,24 @@ var fastPathEdgeCases = []string{
 	job(`"metadata":{"` + strings.Repeat("é", 200) + `":"x"}`), job(`"metadata":{"a":"` + strings.Repeat("v", 8193) + `"}`),
 	job(`"metadata":` + metadataOf(64)), job(`"metadata":` + metadataOf(65)), job(`"metadata":{"a":"b",}`), job(`"metadata":{"a" "b"}`),
 	job(`"extra":1`), job(`"nested":{"id":"x"}`),
+	job(`"requested_by":"a"`), job(`"requested_by":"ci-bot@example.com"`), job(`"requested_by":"` + strings.Repeat("r", 128) + `"`),
+	job(`"requested_by":"` + strings.Repeat("r", 129) + `"`), job(`"requested_by":""`), job(`"requested_by":"a b"`), job(`"requested_by":"é"`),
+	job(`"requested_by":"a:b"`), job(`"requested_by":null`), job(`"requested_by":"a","requested_by":"b"`), job(`"requested_by":"a"`),
+	job(`"signature":` + sigMember("U"+strings.Repeat("A", 55), strings.Repeat("a", 84)+"_-")),
+	job(`"signature":` + sigMember("U"+strings.Repeat("A", 54)+"1", strings.Repeat("a", 86))),
+	job(`"signature":` + sigMember("U"+strings.Repeat("A", 55), strings.Repeat("a", 85)+"=")),
+	job(`"signature":` + sigMember("U"+strings.Repeat("A", 55), strings.Repeat("a", 85))),
+	job(`"signature":` + sigMember("A"+strings.Repeat("A", 55), strings.Repeat("a", 86))),
+	job(`"signature":{"sig":"` + strings.Repeat("a", 86) + `","key":"U` + strings.Repeat("A", 55) + `"}`),
+	job(`"signature":{"key":"U` + strings.Repeat("A", 55) + `"}`), job(`"signature":{}`), job(`"signature":null`), job(`"signature":"x"`),
+	job(`"signature":{"key":"U` + strings.Repeat("A", 55) + `","sig":"` + strings.Repeat("a", 86) + `","key":"U` + strings.Repeat("B", 55) + `"}`),
+	job(`"signature":{"key":"U` + strings.Repeat("A", 55) + `","sig":"` + strings.Repeat("a", 86) + `","alg":"x"}`),
+	job(`"signature":{"key":"UA` + strings.Repeat("A", 54) + `","sig":"` + strings.Repeat("a", 86) + `"}`),
+	job(`"signature":` + sigMember("U"+strings.Repeat("A", 55), strings.Repeat("a", 86)) + `,"signature":` + sigMember("U"+strings.Repeat("A", 55), strings.Repeat("a", 86))),
+}
+
+func sigMember(key, sig string) string {
+	return `{"key":"` + key + `","sig":"` + sig + `"}`
 }
 
 func metadataOf(n int) string {
@@ -192,7 +210,7 @@ func TestJobFastPathDifferential(t *testing.T) {
 // full validation, and the doubtful ones go to it.
 func TestJobFastPathTakesCommonJobs(t *testing.T) {
 	t.Parallel()
-	for _, file := range []string{"examples/job-full.json", "examples/job-minimal.json"} {
+	for _, file := range []string{"examples/job-full.json", "examples/job-minimal.json", "examples/job-signed.json"} {
 		data, err := os.ReadFile(file)
 		require.NoError(t, err)
 		_, ok := fastDecodeJob(data)
@@ -202,6 +220,7 @@ func TestJobFastPathTakesCommonJobs(t *testing.T) {
 		`{"id":"j1","prompt":"Résumé 🚀 \u2028 <b>","metadata":{"thread":"1712345678.000100","user":"Zoë"}}`,
 		job(`"caller_context":[{"name":"n","content":"` + strings.Repeat("é", 20_000) + `"}]`),
 		job(`"overrides":{"auto_approve":"all","max_turns":256}`),
+		job(`"requested_by":"ci-bot@example.com","signature":` + sigMember("U"+strings.Repeat("A", 55), strings.Repeat("a", 84)+"_-")),
 	} {
 		_, ok := fastDecodeJob([]byte(doc))
 		assert.True(t, ok, "%.200s", doc)

@@ -107,3 +107,54 @@ func checkToken(s string, maxLen int, jobID bool) error {
 	}
 	return fmt.Errorf("contains %s at byte %d; only %s are allowed", what, i, allowed)
 }
+
+// MaxRequesterLen is the longest requested_by of a job.
+const MaxRequesterLen = 128
+
+// ValidRequester reports whether s is 1-128 characters of A-Za-z0-9._@-,
+// a job's requested_by (job.v1.json states the same pattern). It does not
+// allocate: the job fast path calls it.
+func ValidRequester(s string) bool {
+	if len(s) == 0 || len(s) > MaxRequesterLen {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9',
+			c == '.', c == '_', c == '@', c == '-':
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// Shapes of a Signature's members, as the schemas' patterns state them:
+// an nkey user public key is "U" and 55 characters of base32 (A-Z2-7); an
+// ed25519 signature is 64 bytes, 86 characters of base64url unpadded.
+const (
+	SignatureKeyLen = 56
+	SignatureSigLen = 86
+)
+
+// ValidSignatureShape reports whether s looks like a signature the schemas
+// accept: key ^U[A-Z2-7]{55}$ and sig ^[A-Za-z0-9_-]{86}$. It checks the
+// form only; package signing checks the key's checksum and the signature.
+func ValidSignatureShape(s Signature) bool {
+	if len(s.Key) != SignatureKeyLen || s.Key[0] != 'U' || len(s.Sig) != SignatureSigLen {
+		return false
+	}
+	for i := 1; i < len(s.Key); i++ {
+		if c := s.Key[i]; !('A' <= c && c <= 'Z' || '2' <= c && c <= '7') {
+			return false
+		}
+	}
+	for i := 0; i < len(s.Sig); i++ {
+		c := s.Sig[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
+}

@@ -76,10 +76,31 @@ func TestIDRulesMatchSchemas(t *testing.T) {
 		{"decision job_id", pattern("decision", "properties", "job_id", "pattern"), ValidJobID},
 		{"approval job_id", pattern("approval", "properties", "job_id", "pattern"), ValidJobID},
 		{"job profile", pattern("job", "properties", "profile", "pattern"), ValidProfile},
+		{"job requested_by", pattern("job", "properties", "requested_by", "pattern"), ValidRequester},
 	}
 	for _, r := range rules {
 		for _, s := range idCorpus() {
 			assert.Equal(t, r.re.MatchString(s), r.valid(s), "%s %q", r.name, s)
+		}
+	}
+	// Signatures: every schema that has one states the same shapes.
+	validKey := "U" + strings.Repeat("A", 54) + "7"
+	validSig := strings.Repeat("a", 84) + "_-"
+	var keys, sigs []string
+	for _, s := range idCorpus() {
+		keys = append(keys, s, "U"+s, validKey[:max(0, len(validKey)-len(s))]+s)
+		sigs = append(sigs, s, validSig[:max(0, len(validSig)-len(s))]+s)
+	}
+	keys = append(keys, validKey, "U"+strings.Repeat("2", 55), "u"+validKey[1:], validKey+"A", validKey[:55])
+	sigs = append(sigs, validSig, validSig+"=", validSig[:85]+"+", validSig[:85]+"/", validSig+"a", validSig[:85])
+	for _, schema := range []string{"job", "decision"} {
+		keyRe := pattern(schema, "$defs", "signature", "properties", "key", "pattern")
+		sigRe := pattern(schema, "$defs", "signature", "properties", "sig", "pattern")
+		for _, k := range keys {
+			assert.Equal(t, keyRe.MatchString(k), ValidSignatureShape(Signature{Key: k, Sig: validSig}), "%s key %q", schema, k)
+		}
+		for _, s := range sigs {
+			assert.Equal(t, sigRe.MatchString(s), ValidSignatureShape(Signature{Key: validKey, Sig: s}), "%s sig %q", schema, s)
 		}
 	}
 	for _, s := range idCorpus() {

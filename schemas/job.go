@@ -258,6 +258,10 @@ func jobFromDoc(m map[string]any) Job {
 			if md, ok := v.(map[string]any); ok {
 				j.Metadata = stringMap(md)
 			}
+		case "requested_by":
+			j.RequestedBy, _ = v.(string)
+		case "signature":
+			j.Signature = signatureFromDoc(v)
 		}
 	}
 	return j

@@ -130,6 +130,15 @@ func TestDecodeJobInvalid(t *testing.T) {
 		{"metadata empty key", job(`"metadata":{"":"x"}`), "metadata", `key "" is not allowed: keys must be 1-256 characters (got an empty string)`, 0},
 		{"metadata key too long", job(`"metadata":{"` + strings.Repeat("k", 257) + `":"x"}`), "metadata",
 			`is not allowed: keys must be 1-256 characters (got 257 characters)`, 0},
+		{"requested_by with space", job(`"requested_by":"Zoë M"`), "requested_by", `must be 1-128 characters of A-Za-z0-9._@- (got "Zoë M"`, 0},
+		{"requested_by empty", job(`"requested_by":""`), "requested_by", "(got an empty string)", 0},
+		{"requested_by too long", job(`"requested_by":"` + strings.Repeat("r", 129) + `"`), "requested_by", "(got 129 characters)", 0},
+		{"signature without key", job(`"signature":{"sig":"` + strings.Repeat("a", 86) + `"}`), "signature/key", "is required", 0},
+		{"signature sig short", job(`"signature":{"key":"U` + strings.Repeat("A", 55) + `","sig":"abc"}`), "signature/sig", "base64url without padding", 0},
+		{"signature key of an account", job(`"signature":{"key":"A` + strings.Repeat("A", 55) + `","sig":"` + strings.Repeat("a", 86) + `"}`),
+			"signature/key", "an nkey user public key", 0},
+		{"signature unknown member", job(`"signature":{"key":"U` + strings.Repeat("A", 55) + `","sig":"` + strings.Repeat("a", 86) + `","by":"me"}`),
+			"signature", `unknown field "by"`, 0},
 	}
 	require.GreaterOrEqual(t, len(cases), 30)
 	for _, tc := range cases {
@@ -259,6 +268,11 @@ func TestDecodeJobValid(t *testing.T) {
 		{"max_turns as 1e2", job(`"overrides":{"max_turns":1e2}`), func(t *testing.T, j Job) { assert.Equal(t, 100, j.Overrides.MaxTurns) }},
 		{"system prompt of 32 KiB", job(`"overrides":{"system_prompt":"` + strings.Repeat("s", 32_768) + `"}`),
 			func(t *testing.T, j Job) { assert.Len(t, j.Overrides.SystemPrompt, 32_768) }},
+		{"signed", job(`"requested_by":"ci-bot@example.com","signature":{"key":"U` + strings.Repeat("A", 55) + `","sig":"` + strings.Repeat("a", 86) + `"}`),
+			func(t *testing.T, j Job) {
+				assert.Equal(t, "ci-bot@example.com", j.RequestedBy)
+				assert.Equal(t, &Signature{Key: "U" + strings.Repeat("A", 55), Sig: strings.Repeat("a", 86)}, j.Signature)
+			}},
 		{"auto_approve all", job(`"overrides":{"auto_approve":"all"}`), func(t *testing.T, j Job) {
 			assert.Equal(t, &AutoApprove{Mode: AutoApproveAll}, j.Overrides.AutoApprove)
 		}},

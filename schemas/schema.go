@@ -186,7 +186,10 @@ func (s *compiledSchema) check(data []byte) (any, []FieldError) {
 	case SchemaJob:
 		problems = append(problems, jobGoChecks(v, problems)...)
 		problems = append(problems, duplicateKeys(data)...)
-	case SchemaDecision, SchemaPolicy:
+	case SchemaDecision:
+		problems = append(problems, decisionGoChecks(v, problems)...)
+		problems = append(problems, duplicateKeys(data)...)
+	case SchemaPolicy:
 		problems = append(problems, duplicateKeys(data)...)
 	}
 	return v, problems

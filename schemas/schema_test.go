@@ -87,20 +87,27 @@ func exampleSchema(file string) string {
 	return kind
 }
 
+// notMessages are the example files that are not messages: the signing
+// test vector (package signing checks it).
+var notMessages = map[string]bool{"signing-vector.json": true}
+
 func readExamples(t *testing.T) map[string][]byte {
 	t.Helper()
 	files, err := filepath.Glob("examples/*.json")
 	require.NoError(t, err)
 	out := make(map[string][]byte, len(files))
 	for _, f := range files {
+		if notMessages[filepath.Base(f)] {
+			continue
+		}
 		data, err := os.ReadFile(f)
 		require.NoError(t, err)
 		out[filepath.Base(f)] = data
 	}
 	want := []string{
-		"job-minimal.json", "job-full.json", "result-completed.json", "result-paused.json",
+		"job-minimal.json", "job-full.json", "job-signed.json", "result-completed.json", "result-paused.json",
 		"result-rejected.json", "result-timed_out.json", "approval.json", "decision-all.json",
-		"decision-per-call.json", "event-text.json", "dead.json",
+		"decision-per-call.json", "decision-signed.json", "event-text.json", "dead.json",
 		"control-expiry.json", "cancel.json", "cancel_reply-cancelling.json", "cancel_reply-error.json",
 		"policy-dev.json",
 	}
@@ -216,6 +223,9 @@ func fullValues() map[string][]any {
 	md := map[string]string{"channel": "C1"}
 	calls := []ToolCall{{ID: "call_1", Name: "stakpak__run_command", Arguments: json.RawMessage(`{"command":"ls"}`), ArgumentsTruncated: true, Rule: "prod-change"}}
 	fields := []FieldError{{Field: "prompt", Reason: "is required"}}
+	// The shapes of a signature; package signing makes real ones.
+	sig := &Signature{Key: "U" + strings.Repeat("A", 55), Sig: strings.Repeat("A", 86)}
+	digest := strings.Repeat("0f", 32)
 	return map[string][]any{
 		"job": {Job{
 			Schema: JobSchemaID, ID: "job-1", Prompt: "do it", Profile: "ops", Timeout: "90s",
@@ -224,7 +234,7 @@ func fullValues() map[string][]any {
 			CallerContext: []ContextItem{{Name: "n", Content: "c", Priority: "high"}},
 			Overrides: &Overrides{Model: "m2", AutoApprove: &AutoApprove{Mode: AutoApproveList, Tools: []string{"view"}},
 				SystemPrompt: "be brief", MaxTurns: 12},
-			Metadata: md,
+			Metadata: md, RequestedBy: "alice@example.com", Signature: sig,
 		}},
 		"result": {Result{
 			Schema: ResultSchemaID, JobID: "job-1", JobDigest: JobDigest([]byte(`{"id":"job-1","prompt":"p"}`)), Status: StatusPaused, ExitCode: StatusPaused.ExitCode(),
@@ -242,10 +252,11 @@ func fullValues() map[string][]any {
 		"approval": {ApprovalRequest{
 			Schema: ApprovalSchemaID, ApprovalID: "job-1:1", JobID: "job-1", SessionID: "s", RunID: "r",
 			PendingToolCalls: calls, AutoResolved: 1, RequestedAt: at, ExpiresAt: at.Add(time.Hour),
-			Metadata: md, ResumeHint: "jetpilot approve job-1:1 --allow", PolicyVersion: 4,
+			Metadata: md, ResumeHint: "jetpilot approve job-1:1 --allow", PolicyVersion: 4, PendingDigest: digest,
 		}},
 		"decision": {
-			Decision{Schema: DecisionSchemaID, ApprovalID: "job-1:1", JobID: "job-1", All: DecideAllow, DecidedBy: "me"},
+			Decision{Schema: DecisionSchemaID, ApprovalID: "job-1:1", JobID: "job-1", All: DecideAllow, DecidedBy: "me",
+				PendingDigest: digest, DecidedAt: at, Signature: sig},
 			Decision{Schema: DecisionSchemaID, ApprovalID: "job-1:1", JobID: "job-1", DecidedBy: "me",
 				Decisions: map[string]ToolDecision{"call_1": {Action: ActionCustomResult, Content: "done"}}},
 		},

@@ -31,6 +31,14 @@ type Job struct {
 	CallerContext   []ContextItem     `json:"caller_context,omitempty"`
 	Overrides       *Overrides        `json:"overrides,omitempty"`
 	Metadata        map[string]string `json:"metadata,omitempty"`
+	// RequestedBy names who asked for the job (1-128 characters of
+	// A-Za-z0-9._@-). On its own it is a claim; with Signature, the
+	// policy's producers: list ties it to a key.
+	RequestedBy string `json:"requested_by,omitempty"`
+	// Signature is a producer's signature over the job without this member
+	// (package signing). A worker checks it against the raw bytes as
+	// received, never against a re-encoded Job.
+	Signature *Signature `json:"signature,omitempty"`
 }
 
 // DefaultProfile is the profile of a job that names none.
@@ -287,6 +295,10 @@ type ApprovalRequest struct {
 	ResumeHint       string            `json:"resume_hint,omitempty"`
 	// PolicyVersion is the policy version that asked for the approval.
 	PolicyVersion uint64 `json:"policy_version,omitempty"`
+	// PendingDigest is the lowercase hex SHA-256 of the RFC 8785 (JCS) form
+	// of PendingToolCalls (signing.PendingDigest). A signed decision repeats
+	// it, so its signature covers exactly the calls the approver saw.
+	PendingDigest string `json:"pending_digest,omitempty"`
 }
 
 // Decision answers an ApprovalRequest: either All, or one entry per tool call.
@@ -297,7 +309,30 @@ type Decision struct {
 	JobID      string                  `json:"job_id"`
 	All        string                  `json:"all,omitempty"`
 	Decisions  map[string]ToolDecision `json:"decisions,omitempty"`
-	DecidedBy  string                  `json:"decided_by,omitempty"`
+	// DecidedBy is free text for people reading the record (a name, a
+	// chat handle). It proves nothing: who decided is the Signature's key.
+	DecidedBy string `json:"decided_by,omitempty"`
+	// PendingDigest is the approval request's pending_digest: it binds the
+	// decision to the very calls the approver was shown.
+	PendingDigest string `json:"pending_digest,omitempty"`
+	// DecidedAt is when the approver decided, RFC 3339 in UTC.
+	DecidedAt time.Time `json:"decided_at,omitzero"`
+	// Signature is the approver's signature over the decision without this
+	// member (package signing). A worker checks it against the raw bytes
+	// as received, never against a re-encoded Decision.
+	Signature *Signature `json:"signature,omitempty"`
+}
+
+// Signature is an ed25519 signature by an NATS nkey user key, over the
+// SHA-256 of the RFC 8785 (JCS) form of the message it is part of, with the
+// signature member left out. Package signing makes and checks them;
+// DESIGN.md ("Signed decisions") fixes the bytes.
+type Signature struct {
+	// Key is the signer's public user key: "U" and 55 characters of A-Z2-7.
+	Key string `json:"key"`
+	// Sig is the 64-byte ed25519 signature in base64url without padding
+	// (86 characters).
+	Sig string `json:"sig"`
 }
 
 const (

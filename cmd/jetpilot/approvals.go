@@ -19,6 +19,7 @@ import (
 
 	"github.com/jetpilot-dev/jetpilot/queue"
 	"github.com/jetpilot-dev/jetpilot/schemas"
+	"github.com/jetpilot-dev/jetpilot/signing"
 	"github.com/jetpilot-dev/jetpilot/worker"
 )
 
@@ -45,7 +46,10 @@ func printApproval(w io.Writer, a schemas.ApprovalRequest) {
 	if len(a.Metadata) > 0 {
 		fmt.Fprintf(w, "  metadata: %s\n", metadataLine(a.Metadata))
 	}
-	fmt.Fprintf(w, "  answer: jetpilot approve %s --job %s --allow|--deny\n", safeLine(a.ApprovalID), safeLine(a.JobID))
+	if a.PendingDigest != "" {
+		fmt.Fprintf(w, "  pending_digest: %s\n", safeLine(a.PendingDigest))
+	}
+	fmt.Fprintf(w, "  answer: jetpilot approve %s --job %s --allow|--deny [--key FILE]\n", safeLine(a.ApprovalID), safeLine(a.JobID))
 }
 
 // metadataLine is a job's metadata as escaped k=v pairs, sorted by key.
@@ -102,13 +106,16 @@ func newApprovalsCmd(g *globalFlags) *cobra.Command {
 }
 
 func newApproveCmd(g *globalFlags) *cobra.Command {
-	var jobID, by string
+	var jobID, by, keyFile string
 	var allow, deny bool
 	var tools []string
 	cmd := &cobra.Command{
-		Use:   "approve APPROVAL_ID (--allow | --deny | --tool CALL_ID=accept|reject ...)",
-		Short: "Answer an approval request",
-		Args:  cobra.ExactArgs(1),
+		Use:   "approve APPROVAL_ID (--allow | --deny | --tool CALL_ID=accept|reject ...) [--key FILE]",
+		Short: "Answer an approval request; with --key, sign the answer",
+		Long: "Answer an approval request. With --key FILE (an nkey user seed, see `jetpilot keys new`) the\n" +
+			"decision is signed: it carries the request's pending_digest, so it applies to exactly the calls\n" +
+			"the request shows, and decided_at. A policy with `decisions: signed` applies signed decisions only.",
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			d := schemas.Decision{Schema: schemas.DecisionSchemaID, ApprovalID: args[0], JobID: jobID, DecidedBy: by}
 			switch {
@@ -131,13 +138,29 @@ func newApproveCmd(g *globalFlags) *cobra.Command {
 			if d.DecidedBy == "" {
 				d.DecidedBy = os.Getenv("USER")
 			}
-			return withClient(cmd, g, "jetpilot approve", func(ctx context.Context, _ *nats.Conn, c *queue.Client) error {
+			var seed []byte
+			if keyFile != "" {
+				// Read the key before connecting: a bad key file is the
+				// approver's to fix, whatever the network does.
+				var err error
+				if seed, err = readSeedFile(keyFile); err != nil {
+					return usageError("--key: %v", err)
+				}
+				defer wipe(seed)
+			}
+			return withConn(cmd, g, "jetpilot approve", func(ctx context.Context, _ *slog.Logger, _ *nats.Conn, js jetstream.JetStream) error {
+				c := queue.NewClient(js, g.queueConfig())
 				if d.JobID == "" {
 					req, err := c.FindApproval(ctx, d.ApprovalID)
 					if err != nil {
 						return fmt.Errorf("find approval %s (give --job to skip the search): %w", d.ApprovalID, err)
 					}
 					d.JobID = req.JobID
+				}
+				if seed != nil {
+					if err := signDecision(ctx, cmd, js, g.queueConfig(), &d, seed); err != nil {
+						return err
+					}
 				}
 				data, err := json.Marshal(d)
 				if err != nil {
@@ -149,12 +172,17 @@ func newApproveCmd(g *globalFlags) *cobra.Command {
 				if err := c.Decide(ctx, d); err != nil {
 					return fmt.Errorf("publish decision: %w", err)
 				}
-				fmt.Fprintf(cmd.OutOrStdout(), "decision for approval %s of job %s published; follow it with: jetpilot events %s --follow\n",
-					safeLine(d.ApprovalID), safeLine(d.JobID), safeLine(d.JobID))
+				signed := ""
+				if d.Signature != nil {
+					signed = " signed by " + d.Signature.Key
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "decision for approval %s of job %s published%s; follow it with: jetpilot events %s --follow\n",
+					safeLine(d.ApprovalID), safeLine(d.JobID), signed, safeLine(d.JobID))
 				return nil
 			})
 		},
 	}
+	cmd.Flags().StringVar(&keyFile, "key", "", "sign the decision with the nkey user seed in `FILE` (mode 0600; made by jetpilot keys new)")
 	cmd.Flags().StringVar(&jobID, "job", "", "the job the approval belongs to (default: looked up in the approvals stream)")
 	cmd.Flags().BoolVar(&allow, "allow", false, "accept every pending tool call")
 	cmd.Flags().BoolVar(&deny, "deny", false, "reject every pending tool call")
@@ -223,4 +251,129 @@ func newEventsCmd(g *globalFlags) *cobra.Command {
 	cmd.Flags().BoolVar(&follow, "follow", false, "keep printing new events until interrupted")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print event documents as JSON")
 	return cmd
+}
+
+// signDecision binds d to the approval request it answers and signs it:
+// it reads the request from the approvals stream, computes the digest of
+// its pending_tool_calls as published (and compares it with the request's
+// own pending_digest, when the worker set one), checks the decision against
+// the pending calls as the worker will, then sets pending_digest and
+// decided_at and signs.
+func signDecision(ctx context.Context, cmd *cobra.Command, js jetstream.JetStream, cfg queue.Config, d *schemas.Decision, seed []byte) error {
+	raw, err := findApprovalRaw(ctx, js, cfg, d.JobID, d.ApprovalID)
+	if err != nil {
+		return err
+	}
+	var req schemas.ApprovalRequest
+	var calls struct {
+		PendingToolCalls json.RawMessage `json:"pending_tool_calls"`
+	}
+	if err := json.Unmarshal(raw, &req); err != nil {
+		return fmt.Errorf("approval request %s: unreadable: %w", d.ApprovalID, err)
+	}
+	if err := json.Unmarshal(raw, &calls); err != nil || len(calls.PendingToolCalls) == 0 {
+		return fmt.Errorf("approval request %s has no pending_tool_calls to sign for", d.ApprovalID)
+	}
+	// The digest of the calls exactly as published: it covers members this
+	// version of jetpilot may not know.
+	digest, err := signing.PendingDigestJSON(calls.PendingToolCalls)
+	if err != nil {
+		return fmt.Errorf("approval request %s: cannot sign for its pending calls: %w", d.ApprovalID, err)
+	}
+	if req.PendingDigest != "" && req.PendingDigest != digest {
+		return fmt.Errorf("approval request %s: its pending_digest %s is not the digest of its pending_tool_calls (%s): not signing", d.ApprovalID, req.PendingDigest, digest)
+	}
+	if err := checkDecision(*d, req.PendingToolCalls); err != nil {
+		return usageError("%v", err)
+	}
+	if !req.ExpiresAt.IsZero() && time.Now().After(req.ExpiresAt) {
+		fmt.Fprintf(cmd.ErrOrStderr(), "warning: approval %s expired at %s; the worker will refuse the decision\n", d.ApprovalID, req.ExpiresAt.UTC().Format(time.RFC3339))
+	}
+	d.PendingDigest = digest
+	d.DecidedAt = time.Now().UTC().Truncate(time.Second)
+	if err := signing.SignDecision(d, seed); err != nil {
+		return usageError("--key: %v", err)
+	}
+	return nil
+}
+
+// checkDecision refuses, before anything is signed, a decision the worker
+// would refuse against these pending calls: one that names a call that is
+// not pending, leaves one out, or accepts a call whose arguments were
+// shortened (nobody saw what it would do).
+func checkDecision(d schemas.Decision, pending []schemas.ToolCall) error {
+	ids := map[string]bool{}
+	var problems []string
+	for _, c := range pending {
+		ids[c.ID] = true
+		td, decided := d.Decisions[c.ID]
+		if c.ArgumentsTruncated && (d.All == schemas.DecideAllow || decided && td.Action != schemas.ActionReject) {
+			problems = append(problems, fmt.Sprintf("call %s: its arguments were shortened to fit a message; it can only be denied", c.ID))
+		}
+		if d.All == "" && !decided {
+			problems = append(problems, fmt.Sprintf("call %s (%s) has no decision: decide every pending call (--tool %s=accept|reject), or use --allow/--deny", c.ID, c.Name, c.ID))
+		}
+	}
+	var unknown []string
+	for id := range d.Decisions {
+		if !ids[id] {
+			unknown = append(unknown, id)
+		}
+	}
+	slices.Sort(unknown)
+	for _, id := range unknown {
+		problems = append(problems, fmt.Sprintf("--tool %s: not a pending call of approval %s", id, d.ApprovalID))
+	}
+	if len(problems) > 0 {
+		return errors.New(strings.Join(problems, "; "))
+	}
+	return nil
+}
+
+// findApprovalRaw returns the approval request approvalID of job jobID as
+// stored in the approvals stream, byte for byte: the digest must be of the
+// calls as published, not as this version decodes and re-encodes them. It
+// reads the job's approvals subject only, with an ordered consumer (what
+// `jetpilot approvals` needs too, so no other permission).
+func findApprovalRaw(ctx context.Context, js jetstream.JetStream, cfg queue.Config, jobID, approvalID string) ([]byte, error) {
+	if err := schemas.ValidateJobID(jobID); err != nil {
+		return nil, usageError("%v", err)
+	}
+	cons, err := js.OrderedConsumer(ctx, cfg.ApprovalsStream(), jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{cfg.ApprovalSubject(jobID)},
+		DeliverPolicy:  jetstream.DeliverAllPolicy,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read the approval requests of job %s: %w", jobID, err)
+	}
+	pending := uint64(0)
+	if info := cons.CachedInfo(); info != nil {
+		pending = info.NumPending
+	}
+	// Read what was stored when the consumer was made, no more: a job has
+	// a few approval requests, one per pause.
+	for pending > 0 {
+		batch, err := cons.Fetch(int(min(pending, 256)), jetstream.FetchMaxWait(5*time.Second))
+		if err != nil {
+			return nil, fmt.Errorf("read the approval requests of job %s: %w", jobID, err)
+		}
+		got := uint64(0)
+		for msg := range batch.Messages() {
+			got++
+			var head struct {
+				ApprovalID string `json:"approval_id"`
+			}
+			if json.Unmarshal(msg.Data(), &head) == nil && head.ApprovalID == approvalID {
+				return msg.Data(), nil
+			}
+		}
+		if err := batch.Error(); err != nil {
+			return nil, fmt.Errorf("read the approval requests of job %s: %w", jobID, err)
+		}
+		if got == 0 {
+			return nil, fmt.Errorf("read the approval requests of job %s: no messages came in time", jobID)
+		}
+		pending -= min(got, pending)
+	}
+	return nil, fmt.Errorf("%w: no approval request %s for job %s (is --job right?)", queue.ErrApprovalNotFound, approvalID, jobID)
 }

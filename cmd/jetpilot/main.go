@@ -92,6 +92,7 @@ func newRootCmd() *cobra.Command {
 		newCancelCmd(g),
 		newEventsCmd(g),
 		newPolicyCmd(g),
+		newKeysCmd(),
 	)
 	return root
 }

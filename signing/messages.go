@@ -1,0 +1,45 @@
+package signing
+
+import (
+	"fmt"
+
+	"github.com/jetpilot-dev/jetpilot/schemas"
+)
+
+// SignDecision signs d with seed, an nkey user seed, and sets
+// d.Signature: d is encoded without a signature (schemas.Encode, as it
+// will be published), and the encoding signed. Set PendingDigest and
+// DecidedAt first: they are part of what is signed. DecidedAt is set to
+// UTC, as the schema wants it.
+func SignDecision(d *schemas.Decision, seed []byte) error {
+	d.Signature = nil
+	if !d.DecidedAt.IsZero() {
+		d.DecidedAt = d.DecidedAt.UTC()
+	}
+	raw, err := schemas.Encode(d)
+	if err != nil {
+		return fmt.Errorf("sign decision: encode: %w", err)
+	}
+	sig, err := Sign(raw, seed)
+	if err != nil {
+		return fmt.Errorf("sign decision: %w", err)
+	}
+	d.Signature = &sig
+	return nil
+}
+
+// SignJob signs j with seed, an nkey user seed, and sets j.Signature, as
+// SignDecision does for decisions. Set RequestedBy first.
+func SignJob(j *schemas.Job, seed []byte) error {
+	j.Signature = nil
+	raw, err := schemas.Encode(j)
+	if err != nil {
+		return fmt.Errorf("sign job: encode: %w", err)
+	}
+	sig, err := Sign(raw, seed)
+	if err != nil {
+		return fmt.Errorf("sign job: %w", err)
+	}
+	j.Signature = &sig
+	return nil
+}
