@@ -2,7 +2,8 @@
 // subject, stream, consumer and KV bucket (Config), creating and updating
 // them (Setup, EnsureWorkerConsumer, EnsureDecisionConsumer), publishing
 // results, approvals, events and dead letters with the deduplication ids
-// DESIGN.md fixes, the KV store of runs (RunStore), the producer client that
+// DESIGN.md fixes, the KV store of runs (RunStore), the hash-chained audit
+// trail (AuditLog: append, read, verify), the producer client that
 // the CLI and Go programs use to submit jobs and read what happened (Client),
 // and an embedded nats-server for `jetpilot dev` and tests (StartEmbedded).
 //
