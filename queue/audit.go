@@ -120,12 +120,13 @@ func AuditHash(raw []byte) string {
 // last subject sequence, so of two appenders that read the same last
 // record one wins and the other reads again and retries (at most
 // auditAppendAttempts times, then ErrAuditConflict); the Nats-Msg-Id is
-// AuditMsgID (left out when a message outside the chain already holds
-// it: the sequence check is what keeps a chain whole). A full stream is ErrAuditFull, naming the stream. A chain
-// whose last record is not an audit record of this chain is not appended
-// to (ErrAuditChainBroken): nothing valid could follow it. Every error
-// means the record was not stored, except one the server did not answer
-// (a timeout), after which it may have been.
+// AuditMsgID, left out when a message outside the chain already holds it
+// (the sequence check is what keeps a chain whole). A full stream is
+// ErrAuditFull, naming the stream. A chain whose last record is not an
+// audit record of this chain is not appended to (ErrAuditChainBroken):
+// nothing valid could follow it. Every error means the record was not
+// stored, except one the server did not answer (a timeout), after which it
+// may have been.
 func (l *AuditLog) Append(ctx context.Context, rec schemas.AuditRecord) (schemas.AuditRecord, error) {
 	subject, name, err := l.chain(rec.JobID)
 	if err != nil {
@@ -454,8 +455,10 @@ func VerifyAudit(jobID string, records []schemas.AuditRecord, raws [][]byte) Ver
 			return broken(want, AuditAltered, "where record %d should be is a record of %s", want, chainName(got.JobID))
 		}
 		switch {
+		case got.Seq == 2 && want == 1:
+			return broken(1, AuditMissing, "record 1 is missing: the chain starts at record 2 (removed, or aged out of the stream)")
 		case got.Seq > want && want == 1:
-			return broken(want, AuditMissing, "records 1 to %d are missing: the chain starts at record %d (removed, or aged out of the stream)", got.Seq-1, got.Seq)
+			return broken(1, AuditMissing, "records 1 to %d are missing: the chain starts at record %d (removed, or aged out of the stream)", got.Seq-1, got.Seq)
 		case got.Seq > want:
 			return broken(want, AuditMissing, "record %d is missing: record %d follows record %d", want, got.Seq, want-1)
 		case got.Seq < want:

@@ -281,6 +281,11 @@ func TestAuditTamperedChains(t *testing.T) {
 	require.ErrorIs(t, err, queue.ErrAuditChainBroken)
 	assert.Equal(t, queue.AuditMissing, rep.Problem)
 	assert.EqualValues(t, 1, rep.BadSeq)
+	assert.Equal(t, "record 1 is missing: the chain starts at record 2 (removed, or aged out of the stream)", rep.Detail)
+	require.NoError(t, s.DeleteMsg(e.ctx, entries[1].StreamSeq))
+	rep, err = l.VerifyChain(e.ctx, "head")
+	require.ErrorIs(t, err, queue.ErrAuditChainBroken)
+	assert.Equal(t, "records 1 to 2 are missing: the chain starts at record 3 (removed, or aged out of the stream)", rep.Detail)
 
 	// A record rewritten in place: records 3 and 4 removed, then 3 put back
 	// with other words and 4 exactly as it was.
@@ -383,7 +388,7 @@ func TestVerifyAudit(t *testing.T) {
 		detail  string
 	}{
 		{"middle dropped", "j1", nil, nil, queue.AuditMissing, 3, "record 3 is missing: record 4 follows record 2"},
-		{"first dropped", "j1", nil, nil, queue.AuditMissing, 1, "records 1 to 1 are missing: the chain starts at record 2"},
+		{"first dropped", "j1", nil, nil, queue.AuditMissing, 1, "record 1 is missing: the chain starts at record 2"},
 		{"raw altered, decoded record not", "j1", records, edit(1, reencode(changed)), queue.AuditAltered, 2, "record 2 is not what its stored bytes say"},
 		{"record and raw altered", "j1", slices.Replace(slices.Clone(records), 1, 2, changed), edit(1, reencode(changed)), queue.AuditAltered, 2,
 			"record 2 was altered (its SHA-256 is not the prev of record 3), or record 3 was replaced"},
