@@ -237,7 +237,7 @@ func (l *AuditLog) last(ctx context.Context, subject, jobID, name string) (uint6
 	if err := json.Unmarshal(m.Data, &rec); err != nil || rec.Schema != schemas.AuditSchemaID || rec.Seq == 0 || rec.JobID != jobID {
 		why := "not an audit record of this chain"
 		if err != nil {
-			why = err.Error()
+			why = "not JSON (" + err.Error() + ")"
 		}
 		return 0, nil, rec, fmt.Errorf("%w: the last record of %s (stream sequence %d) is %s; nothing can follow it", ErrAuditChainBroken, name, m.Sequence, why)
 	}
