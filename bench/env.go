@@ -76,14 +76,14 @@ func (e *env) connect(name string) (*nats.Conn, jetstream.JetStream, error) {
 func (e *env) newQueue(ctx context.Context, name string, maxAckPending int) (queue.Config, func(), error) {
 	// JetStream reserves every stream's max bytes up front, and every run
 	// makes a fresh queue on the same server: with the production defaults
-	// (4.4 GiB a queue) a whole `make bench` would outgrow a modest disk's
+	// (5.4 GiB a queue) a whole `make bench` would outgrow a modest disk's
 	// reservation. A run stores a few MiB per stream.
 	const mb = benchStreamMaxBytes
 	cfg := queue.Config{
 		Prefix:        fmt.Sprintf("b%d_%s", e.seq.Add(1), name),
 		MaxAckPending: maxAckPending,
 		JobsMaxBytes:  mb, ResultsMaxBytes: mb, ApprovalsMaxBytes: mb, DecisionsMaxBytes: mb,
-		ControlMaxBytes: mb, EventsMaxBytes: mb, DeadMaxBytes: mb,
+		ControlMaxBytes: mb, EventsMaxBytes: mb, DeadMaxBytes: mb, AuditMaxBytes: mb,
 	}.WithDefaults()
 	if err := queue.Setup(ctx, e.js, cfg); err != nil {
 		return cfg, nil, fmt.Errorf("set up streams for %s: %w", name, err)

@@ -48,6 +48,12 @@ type Config struct {
 	EventsMaxAge time.Duration
 	// DeadMaxAge is how long dead letters are kept. Default 30 days.
 	DeadMaxAge time.Duration
+	// AuditMaxAge is how long audit records (every approval, human
+	// decision applied or refused, expiry, cancel and policy change) are
+	// kept. Default 400 days: a year of history plus a month's margin, so
+	// a yearly review still finds the whole year. JetStream removes a
+	// record once it is older, whatever the deny-delete flag says.
+	AuditMaxAge time.Duration
 
 	// AckWait is how long a worker may hold a job or decision without
 	// acking (or sending in-progress heartbeats) before JetStream redelivers
@@ -73,7 +79,7 @@ type Config struct {
 	// MaxBytes). Zero takes the default constant below; -1 is unlimited
 	// (only for a deployment that bounds storage some other way, such as a
 	// JetStream account limit). The defaults are sized for a small
-	// deployment on one modest disk (4.4 GiB in all), so a flood of jobs
+	// deployment on one modest disk (5.4 GiB in all), so a flood of jobs
 	// or a runaway agent fills a stream, not the disk that every stream
 	// and the runs bucket share. JetStream reserves each stream's MaxBytes
 	// up front: a server with less JetStream storage than their sum
@@ -81,9 +87,10 @@ type Config struct {
 	// them there.
 	//
 	// What happens when a stream is full depends on whether losing its
-	// oldest message loses work (see StreamConfigs): JOBS, DECISIONS and
-	// CONTROL refuse the new message (DiscardNew), so the producer gets an
-	// error instead of a job, a human's answer or an expiry timer vanishing;
+	// oldest message loses work (see StreamConfigs): JOBS, DECISIONS,
+	// CONTROL and AUDIT refuse the new message (DiscardNew), so the
+	// producer gets an error instead of a job, a human's answer, an expiry
+	// timer or an audit record vanishing;
 	// RESULTS, APPROVALS, EVENTS and DEAD drop their oldest messages
 	// (DiscardOld), as they already do at their max age: they are records
 	// for readers, and a worker must never be stopped from finishing a job
@@ -114,6 +121,14 @@ type Config struct {
 	// DeadMaxBytes bounds DEAD. Default 1 GiB: a dead letter holds the job
 	// as received (at most a NATS message), and 30 days of them are kept.
 	DeadMaxBytes int64
+	// AuditMaxBytes bounds AUDIT. Default 1 GiB: a record is well under
+	// 1 KiB and a job with one approval writes two or three, so it holds
+	// about a million records, some 2,500 a day for the 400 days kept.
+	// A full AUDIT refuses new records (AuditLog.Append returns
+	// ErrAuditFull), and since a decision that cannot be recorded is not
+	// applied, approvals then fail closed until the limit is raised with
+	// `jetpilot setup --audit-max-bytes` or old records age out.
+	AuditMaxBytes int64
 }
 
 // Defaults of Config.
@@ -126,6 +141,7 @@ const (
 	DefaultApprovalsMaxAge     = 7 * 24 * time.Hour
 	DefaultEventsMaxAge        = time.Hour
 	DefaultDeadMaxAge          = 30 * 24 * time.Hour
+	DefaultAuditMaxAge         = 400 * 24 * time.Hour
 	DefaultAckWait             = 30 * time.Second
 	DefaultMaxDeliver          = 5
 	DefaultMaxAckPending       = 1000
@@ -137,6 +153,7 @@ const (
 	DefaultControlMaxBytes   int64 = 64 << 20
 	DefaultEventsMaxBytes    int64 = 1 << 30
 	DefaultDeadMaxBytes      int64 = 1 << 30
+	DefaultAuditMaxBytes     int64 = 1 << 30
 )
 
 // UnlimitedBytes as a stream's max bytes leaves it unbounded by size.
@@ -161,6 +178,7 @@ func (cfg Config) WithDefaults() Config {
 	setDur(&cfg.ApprovalsMaxAge, DefaultApprovalsMaxAge)
 	setDur(&cfg.EventsMaxAge, DefaultEventsMaxAge)
 	setDur(&cfg.DeadMaxAge, DefaultDeadMaxAge)
+	setDur(&cfg.AuditMaxAge, DefaultAuditMaxAge)
 	setDur(&cfg.AckWait, DefaultAckWait)
 	if cfg.MaxDeliver == 0 {
 		cfg.MaxDeliver = DefaultMaxDeliver
@@ -193,6 +211,7 @@ func (cfg *Config) maxBytes() []maxBytesLimit {
 		{"control max bytes", &cfg.ControlMaxBytes, DefaultControlMaxBytes},
 		{"events max bytes", &cfg.EventsMaxBytes, DefaultEventsMaxBytes},
 		{"dead max bytes", &cfg.DeadMaxBytes, DefaultDeadMaxBytes},
+		{"audit max bytes", &cfg.AuditMaxBytes, DefaultAuditMaxBytes},
 	}
 }
 
@@ -219,6 +238,7 @@ func (cfg Config) Validate() error {
 		{"approvals max age", cfg.ApprovalsMaxAge},
 		{"events max age", cfg.EventsMaxAge},
 		{"dead max age", cfg.DeadMaxAge},
+		{"audit max age", cfg.AuditMaxAge},
 		{"ack wait", cfg.AckWait},
 	} {
 		if d.v < 0 {
@@ -336,6 +356,25 @@ func (cfg Config) DeadSubject(jobID string) string {
 // DeadWildcard is "<prefix>.dead.>".
 func (cfg Config) DeadWildcard() string { return cfg.subject("dead", ">") }
 
+// AuditSubject is "<prefix>.audit.<job_id>": the job's audit chain.
+func (cfg Config) AuditSubject(jobID string) string {
+	return cfg.subject("audit", subjectID(jobID))
+}
+
+// AuditWildcard is "<prefix>.audit.>", every job's audit chain (and not
+// the policy chain).
+func (cfg Config) AuditWildcard() string { return cfg.subject("audit", ">") }
+
+// PolicyAuditSubject is "<prefix>.policy_audit": the chain of policy
+// changes, in the AUDIT stream with the jobs' chains. It is deliberately
+// not under "<prefix>.audit.": every job's subject is
+// "<prefix>.audit.<job_id>", three or more tokens with "audit" second, so
+// no job id, however chosen, can name this two-token subject and append to
+// or read the policy chain as if it were its own; and a grant or filter on
+// "<prefix>.audit.>" (every job's records) or "<prefix>.audit.<job_id>"
+// (one job's) never includes the policy changes, which are the operator's.
+func (cfg Config) PolicyAuditSubject() string { return cfg.prefix() + ".policy_audit" }
+
 // UnknownJobID ends the dead-letter subject of a job whose id could not be
 // read. It is not a valid job id ('~' is not allowed), so it cannot clash.
 const UnknownJobID = "~unknown"
@@ -408,6 +447,9 @@ func (cfg Config) EventsStream() string { return cfg.streamName("EVENTS") }
 
 // DeadStream is "<PREFIX>_DEAD".
 func (cfg Config) DeadStream() string { return cfg.streamName("DEAD") }
+
+// AuditStream is "<PREFIX>_AUDIT".
+func (cfg Config) AuditStream() string { return cfg.streamName("AUDIT") }
 
 // RunsBucket is "<prefix>_runs", the KV bucket of runs.
 func (cfg Config) RunsBucket() string { return cfg.prefix() + "_runs" }

@@ -1,6 +1,7 @@
 package queue_test
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -22,6 +23,8 @@ func TestConfigDefaults(t *testing.T) {
 	assert.Equal(t, 7*24*time.Hour, cfg.ApprovalsMaxAge)
 	assert.Equal(t, time.Hour, cfg.EventsMaxAge)
 	assert.Equal(t, 30*24*time.Hour, cfg.DeadMaxAge)
+	assert.Equal(t, 400*24*time.Hour, cfg.AuditMaxAge)
+	assert.Equal(t, int64(1<<30), cfg.AuditMaxBytes)
 	assert.Equal(t, 30*time.Second, cfg.AckWait)
 	assert.Equal(t, 5, cfg.MaxDeliver)
 	assert.Equal(t, 1000, cfg.MaxAckPending)
@@ -47,6 +50,10 @@ func TestConfigNames(t *testing.T) {
 		assert.Equal(t, p+".events.j1", cfg.EventSubject("j1"))
 		assert.Equal(t, p+".dead.j1", cfg.DeadSubject("j1"))
 		assert.Equal(t, p+".cancel.j1", cfg.CancelSubject("j1"))
+		assert.Equal(t, p+".audit.build:42", cfg.AuditSubject("build:42"))
+		assert.Equal(t, p+".audit.>", cfg.AuditWildcard())
+		assert.Equal(t, p+".policy_audit", cfg.PolicyAuditSubject())
+		assert.Equal(t, tc.upper+"_AUDIT", cfg.AuditStream())
 		assert.Equal(t, tc.upper+"_JOBS", cfg.JobsStream())
 		assert.Equal(t, tc.upper+"_RESULTS", cfg.ResultsStream())
 		assert.Equal(t, tc.upper+"_APPROVALS", cfg.ApprovalsStream())
@@ -101,4 +108,19 @@ func TestValidateNames(t *testing.T) {
 	assert.Contains(t, err.Error(), "prefix")
 	assert.Contains(t, err.Error(), "replicas: must be 1-5, got 7")
 	assert.Contains(t, err.Error(), "max ack pending")
+}
+
+// TestPolicyAuditSubjectNoJobCanReach: no job id, however odd, maps onto
+// the policy chain's subject, and the jobs' wildcard never matches it.
+func TestPolicyAuditSubjectNoJobCanReach(t *testing.T) {
+	t.Parallel()
+	cfg := queue.Config{}
+	policy := cfg.PolicyAuditSubject()
+	for _, id := range []string{"policy_audit", ".policy_audit", "..", "~policy", "a.policy_audit", "policy_audit."} {
+		assert.NotEqual(t, policy, cfg.AuditSubject(id), id)
+		assert.True(t, strings.HasPrefix(cfg.AuditSubject(id), "jetpilot.audit."), id)
+	}
+	assert.False(t, strings.HasPrefix(policy, "jetpilot.audit."))
+	assert.Equal(t, "~policy:3", queue.AuditMsgID("", 3))
+	assert.Equal(t, "a:b:3", queue.AuditMsgID("a:b", 3))
 }

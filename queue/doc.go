@@ -3,7 +3,8 @@
 // them (Setup, EnsureWorkerConsumer, EnsureDecisionConsumer), publishing
 // results, approvals, events and dead letters with the deduplication ids
 // DESIGN.md fixes, the KV store of runs (RunStore), the fleet's policy
-// document, stored and watched (PolicyStore), the producer client that
+// document, stored and watched (PolicyStore), the hash-chained audit trail
+// (AuditLog: append, read, verify), the producer client that
 // the CLI and Go programs use to submit jobs and read what happened (Client),
 // and an embedded nats-server for `jetpilot dev` and tests (StartEmbedded).
 //

@@ -10,9 +10,9 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// StreamConfigs returns the configuration of the seven streams, in the order
-// JOBS, RESULTS, APPROVALS, DECISIONS, EVENTS, DEAD, CONTROL, as DESIGN.md
-// ("Subjects and streams") fixes them.
+// StreamConfigs returns the configuration of the eight streams, in the order
+// JOBS, RESULTS, APPROVALS, DECISIONS, EVENTS, DEAD, CONTROL, AUDIT, as
+// DESIGN.md ("Subjects and streams") fixes them.
 //
 // Every stream is bounded by size (Config's *MaxBytes). The work queues,
 // JOBS, DECISIONS and CONTROL, are DiscardNew: each message in them is work
@@ -23,6 +23,13 @@ import (
 // while for readers, already dropped oldest-first at their max age; a full
 // one drops its oldest records sooner, so a worker can always publish the
 // result of the job it just finished.
+//
+// AUDIT is the exception among the record streams: losing its oldest
+// record would break the chains the records form (see AuditLog), so it is
+// DiscardNew as well, and DenyDelete and DenyPurge, which JetStream never
+// lets a stream update take back. Records leave it only at AuditMaxAge. It
+// holds the jobs' chains on AuditWildcard and the policy chain on
+// PolicyAuditSubject.
 func (cfg Config) StreamConfigs() []jetstream.StreamConfig {
 	cfg = cfg.WithDefaults()
 	base := func(name, subject, what string) jetstream.StreamConfig {
@@ -82,7 +89,17 @@ func (cfg Config) StreamConfigs() []jetstream.StreamConfig {
 	dead.Duplicates = window(cfg.DeadMaxAge)
 	dead.MaxBytes = cfg.DeadMaxBytes
 
-	return []jetstream.StreamConfig{jobs, results, approvals, decisions, events, dead, control}
+	audit := base(cfg.AuditStream(), cfg.AuditWildcard(), "audit records: approvals, human decisions applied or refused, expiries, cancels, policy changes; "+
+		"hash-chained per job; Nats-Msg-Id = <job_id>:<seq>")
+	audit.Subjects = append(audit.Subjects, cfg.PolicyAuditSubject())
+	audit.MaxAge = cfg.AuditMaxAge
+	audit.Duplicates = window(cfg.AuditMaxAge)
+	audit.MaxBytes = cfg.AuditMaxBytes
+	audit.Discard = jetstream.DiscardNew
+	audit.DenyDelete = true
+	audit.DenyPurge = true
+
+	return []jetstream.StreamConfig{jobs, results, approvals, decisions, events, dead, control, audit}
 }
 
 // RunsBucketConfig is the KV bucket of runs: one value per job (history 1).
@@ -100,7 +117,7 @@ func (cfg Config) RunsBucketConfig() jetstream.KeyValueConfig {
 	}
 }
 
-// Setup creates or updates the seven streams and the runs and policy KV
+// Setup creates or updates the eight streams and the runs and policy KV
 // buckets. It is idempotent: running it again is harmless and applies
 // changed limits (max ages, max bytes, discard policies, windows, replicas).
 // Changing a stream's retention is refused by JetStream and reported. The
@@ -316,7 +333,7 @@ const errCodeStreamStoreFailed = 10077
 
 // IsStreamFull reports whether err is JetStream refusing a publish because
 // the stream is full: one of the DiscardNew streams (JOBS, DECISIONS,
-// CONTROL) has reached its max bytes.
+// CONTROL, AUDIT) has reached its max bytes.
 func IsStreamFull(err error) bool {
 	var apiErr *jetstream.APIError
 	if !errors.As(err, &apiErr) || apiErr.ErrorCode != errCodeStreamStoreFailed {

@@ -28,20 +28,26 @@ func TestSetupStreamsMatchDesign(t *testing.T) {
 		retention     jetstream.RetentionPolicy
 		maxAge        time.Duration
 		dupWindow     time.Duration
+		extra         []string // more subjects
 	}{
-		{"JETPILOT_JOBS", "jetpilot.jobs.>", jetstream.WorkQueuePolicy, 0, 24 * time.Hour},
-		{"JETPILOT_RESULTS", "jetpilot.results.>", jetstream.LimitsPolicy, 7 * 24 * time.Hour, 24 * time.Hour},
-		{"JETPILOT_APPROVALS", "jetpilot.approvals.>", jetstream.LimitsPolicy, 7 * 24 * time.Hour, 24 * time.Hour},
-		{"JETPILOT_DECISIONS", "jetpilot.decisions.>", jetstream.WorkQueuePolicy, 7 * 24 * time.Hour, 24 * time.Hour},
-		{"JETPILOT_EVENTS", "jetpilot.events.>", jetstream.LimitsPolicy, time.Hour, 2 * time.Minute},
-		{"JETPILOT_DEAD", "jetpilot.dead.>", jetstream.LimitsPolicy, 30 * 24 * time.Hour, 24 * time.Hour},
-		{"JETPILOT_CONTROL", "jetpilot.control.>", jetstream.WorkQueuePolicy, 7 * 24 * time.Hour, 24 * time.Hour},
+		{"JETPILOT_JOBS", "jetpilot.jobs.>", jetstream.WorkQueuePolicy, 0, 24 * time.Hour, nil},
+		{"JETPILOT_RESULTS", "jetpilot.results.>", jetstream.LimitsPolicy, 7 * 24 * time.Hour, 24 * time.Hour, nil},
+		{"JETPILOT_APPROVALS", "jetpilot.approvals.>", jetstream.LimitsPolicy, 7 * 24 * time.Hour, 24 * time.Hour, nil},
+		{"JETPILOT_DECISIONS", "jetpilot.decisions.>", jetstream.WorkQueuePolicy, 7 * 24 * time.Hour, 24 * time.Hour, nil},
+		{"JETPILOT_EVENTS", "jetpilot.events.>", jetstream.LimitsPolicy, time.Hour, 2 * time.Minute, nil},
+		{"JETPILOT_DEAD", "jetpilot.dead.>", jetstream.LimitsPolicy, 30 * 24 * time.Hour, 24 * time.Hour, nil},
+		{"JETPILOT_CONTROL", "jetpilot.control.>", jetstream.WorkQueuePolicy, 7 * 24 * time.Hour, 24 * time.Hour, nil},
+		{"JETPILOT_AUDIT", "jetpilot.audit.>", jetstream.LimitsPolicy, 400 * 24 * time.Hour, 24 * time.Hour, []string{"jetpilot.policy_audit"}},
 	}
 	for _, w := range want {
 		s, err := e.js.Stream(e.ctx, w.name)
 		require.NoError(t, err, w.name)
 		sc := s.CachedInfo().Config
-		assert.Equal(t, []string{w.subject}, sc.Subjects, w.name)
+		assert.Equal(t, append([]string{w.subject}, w.extra...), sc.Subjects, w.name)
+		audit := w.name == "JETPILOT_AUDIT"
+		assert.Equal(t, audit, sc.DenyDelete, w.name)
+		assert.Equal(t, audit, sc.DenyPurge, w.name)
+		assert.False(t, sc.AllowRollup, w.name)
 		assert.Equal(t, w.retention, sc.Retention, w.name)
 		assert.Equal(t, jetstream.FileStorage, sc.Storage, w.name)
 		assert.Equal(t, w.maxAge, sc.MaxAge, w.name)
@@ -55,7 +61,7 @@ func TestSetupStreamsMatchDesign(t *testing.T) {
 	}
 	require.NoError(t, names.Err())
 	slices.Sort(got)
-	assert.Equal(t, []string{"JETPILOT_APPROVALS", "JETPILOT_CONTROL", "JETPILOT_DEAD", "JETPILOT_DECISIONS", "JETPILOT_EVENTS",
+	assert.Equal(t, []string{"JETPILOT_APPROVALS", "JETPILOT_AUDIT", "JETPILOT_CONTROL", "JETPILOT_DEAD", "JETPILOT_DECISIONS", "JETPILOT_EVENTS",
 		"JETPILOT_JOBS", "JETPILOT_RESULTS", "KV_jetpilot_policy", "KV_jetpilot_runs"}, got)
 
 	kv, err := e.js.KeyValue(e.ctx, "jetpilot_runs")
@@ -92,7 +98,7 @@ func TestPrefixChangesEveryName(t *testing.T) {
 	t.Parallel()
 	cfg := queue.Config{Prefix: "acme"}
 	e := setupEnv(t, cfg)
-	for _, name := range []string{"ACME_JOBS", "ACME_RESULTS", "ACME_APPROVALS", "ACME_DECISIONS", "ACME_EVENTS", "ACME_DEAD"} {
+	for _, name := range []string{"ACME_JOBS", "ACME_RESULTS", "ACME_APPROVALS", "ACME_DECISIONS", "ACME_EVENTS", "ACME_DEAD", "ACME_CONTROL", "ACME_AUDIT"} {
 		_, err := e.js.Stream(e.ctx, name)
 		require.NoError(t, err, name)
 	}
@@ -219,6 +225,7 @@ func TestSetupAppliesLimits(t *testing.T) {
 		"JETPILOT_CONTROL":   {64 << 20, jetstream.DiscardNew},
 		"JETPILOT_EVENTS":    {1 << 30, jetstream.DiscardOld},
 		"JETPILOT_DEAD":      {1 << 30, jetstream.DiscardOld},
+		"JETPILOT_AUDIT":     {1 << 30, jetstream.DiscardNew},
 	}
 	check := func(overrides map[string]int64) {
 		t.Helper()
@@ -241,10 +248,10 @@ func TestSetupAppliesLimits(t *testing.T) {
 	check(nil)
 
 	// Changed limits are applied, twice over harmlessly; -1 is unlimited.
-	cfg := queue.Config{JobsMaxBytes: 8 << 20, EventsMaxBytes: queue.UnlimitedBytes}
+	cfg := queue.Config{JobsMaxBytes: 8 << 20, EventsMaxBytes: queue.UnlimitedBytes, AuditMaxBytes: 2 << 30}
 	for range 2 {
 		require.NoError(t, queue.Setup(e.ctx, e.js, cfg))
-		check(map[string]int64{"JETPILOT_JOBS": 8 << 20, "JETPILOT_EVENTS": -1})
+		check(map[string]int64{"JETPILOT_JOBS": 8 << 20, "JETPILOT_EVENTS": -1, "JETPILOT_AUDIT": 2 << 30})
 	}
 	// And back to the defaults.
 	require.NoError(t, queue.Setup(e.ctx, e.js, queue.Config{}))
@@ -253,8 +260,10 @@ func TestSetupAppliesLimits(t *testing.T) {
 
 func TestSetupRejectsBadLimits(t *testing.T) {
 	t.Parallel()
-	err := queue.Config{JobsMaxBytes: -2, DeadMaxBytes: -5}.Validate()
+	err := queue.Config{JobsMaxBytes: -2, DeadMaxBytes: -5, AuditMaxBytes: -3, AuditMaxAge: -time.Hour}.Validate()
 	require.Error(t, err)
+	assert.Contains(t, err.Error(), "audit max bytes: must be positive, or -1 for unlimited, got -3")
+	assert.Contains(t, err.Error(), "audit max age: must not be negative")
 	assert.Contains(t, err.Error(), "jobs max bytes: must be positive, or -1 for unlimited, got -2")
 	assert.Contains(t, err.Error(), "dead max bytes: must be positive, or -1 for unlimited, got -5")
 }

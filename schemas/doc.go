@@ -1,6 +1,7 @@
 // Package schemas owns jetpilot's wire formats: the Go types of every
-// message (Job, Result, ApprovalRequest, Decision, Event, DeadLetter), their
-// JSON Schema (2020-12) files, embedded, and the validation of what comes in.
+// message (Job, Result, ApprovalRequest, Decision, Event, DeadLetter,
+// AuditRecord), their JSON Schema (2020-12) files, embedded, and the
+// validation of what comes in.
 //
 // DecodeJob and DecodeDecision turn untrusted bytes into checked values.
 // They apply the embedded schema (compiled once, on first use) plus the

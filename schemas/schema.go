@@ -35,10 +35,12 @@ const (
 	SchemaCancelReply = "cancel_reply"
 	// The operator's policy document (package policy).
 	SchemaPolicy = "policy"
+	// An entry of an audit chain (stream AUDIT).
+	SchemaAudit = "audit"
 )
 
 var schemaNames = []string{SchemaJob, SchemaResult, SchemaApproval, SchemaDecision, SchemaEvent, SchemaDead,
-	SchemaControl, SchemaCancel, SchemaCancelReply, SchemaPolicy}
+	SchemaControl, SchemaCancel, SchemaCancelReply, SchemaPolicy, SchemaAudit}
 
 // Names lists the embedded schemas by kind name.
 func Names() []string { return slices.Clone(schemaNames) }
@@ -140,7 +142,8 @@ func SchemaJSON(name string) ([]byte, error) {
 }
 
 // Validate checks doc against the embedded schema named schemaName ("job",
-// "result", "approval", "decision", "event", "dead", or a full id such as
+// "result", "approval", "decision", "event", "dead", "audit", any other of
+// Names(), or a full id such as
 // "jetpilot.result.v1"). doc is a Go value, which is marshalled first, or
 // JSON text as []byte or json.RawMessage.
 //

@@ -41,7 +41,7 @@ func TestSchemaNames(t *testing.T) {
 		require.NoError(t, err, name)
 	}
 	_, err := schemaFor("jobs")
-	require.ErrorContains(t, err, `unknown schema "jobs" (known: job, result, approval, decision, event, dead, control, cancel, cancel_reply, policy)`)
+	require.ErrorContains(t, err, `unknown schema "jobs" (known: job, result, approval, decision, event, dead, control, cancel, cancel_reply, policy, audit)`)
 	_, err = SchemaJSON("nope")
 	require.ErrorContains(t, err, `unknown schema "nope"`)
 
@@ -109,7 +109,7 @@ func readExamples(t *testing.T) map[string][]byte {
 		"result-rejected.json", "result-timed_out.json", "approval.json", "decision-all.json",
 		"decision-per-call.json", "decision-signed.json", "event-text.json", "dead.json",
 		"control-expiry.json", "cancel.json", "cancel_reply-cancelling.json", "cancel_reply-error.json",
-		"policy-dev.json",
+		"policy-dev.json", "audit-decision_applied.json", "audit-policy_set.json",
 	}
 	for _, w := range want {
 		require.Contains(t, out, w, "example missing")
@@ -163,6 +163,10 @@ func TestExamplesRoundTrip(t *testing.T) {
 				v = unmarshalStrict[CancelRequest](t, data)
 			case "cancel_reply":
 				v = unmarshalStrict[CancelReply](t, data)
+			case "audit":
+				a, err := DecodeAudit(data)
+				require.NoError(t, err)
+				v = a
 			default:
 				t.Fatalf("no Go type for %s", name)
 			}
@@ -273,6 +277,12 @@ func fullValues() map[string][]any {
 				Worker: "w", DeadAt: at, Raw: "not json", Metadata: md},
 			DeadLetter{Schema: DeadSchemaID, JobID: "", Reason: "invalid_job", Error: "bad", Fields: fields, Attempt: 1,
 				Worker: "w", DeadAt: at, RawBase64: "/w==", JobTruncated: true, Unreadable: true, Metadata: md},
+		},
+		"audit": {
+			AuditRecord{Schema: AuditSchemaID, JobID: "job-1", Seq: 2, Prev: strings.Repeat("ab", 32), Kind: AuditDecisionApplied, At: at,
+				ApprovalID: "job-1:1", Approver: AuditApprover{Name: "alice", Key: "UAB"}, Rule: "prod-change", PolicyVersion: 4,
+				PendingDigest: strings.Repeat("cd", 32), Decision: "allow", Reason: "looks right", Code: "x", Count: 1, Worker: "w"},
+			AuditRecord{Schema: AuditSchemaID, Seq: 1, Kind: AuditPolicySet, At: at, PolicyVersion: 5, Worker: "jetpilot policy set"},
 		},
 	}
 }
@@ -458,6 +468,64 @@ func TestDeadLetterSetJob(t *testing.T) {
 			require.NoError(t, Validate("dead", d))
 		})
 	}
+}
+
+func TestAuditKindsMatchSchema(t *testing.T) {
+	t.Parallel()
+	s, err := schemaFor("audit")
+	require.NoError(t, err)
+	enum := s.doc.(map[string]any)["properties"].(map[string]any)["kind"].(map[string]any)["enum"].([]any)
+	var want []AuditKind
+	for _, e := range enum {
+		want = append(want, AuditKind(e.(string)))
+	}
+	require.Equal(t, want, AuditKinds)
+}
+
+func TestAuditRecordRules(t *testing.T) {
+	t.Parallel()
+	at := time.Date(2025, 4, 5, 14, 2, 11, 0, time.UTC)
+	ok := AuditRecord{Schema: AuditSchemaID, JobID: "j", Seq: 1, Kind: AuditCancel, At: at}
+	require.NoError(t, Validate(SchemaAudit, ok))
+	data, err := json.Marshal(ok)
+	require.NoError(t, err)
+	assert.Contains(t, string(data), `"prev":""`, "prev is always written, empty for seq 1")
+	assert.NotContains(t, string(data), "approver", "no approver, no field")
+
+	for _, tc := range []struct {
+		name  string
+		edit  func(*AuditRecord)
+		field string
+		want  string
+	}{
+		{"seq 0", func(r *AuditRecord) { r.Seq = 0 }, "seq", "at least 1"},
+		{"upper-case prev", func(r *AuditRecord) { r.Prev = strings.Repeat("AB", 32) }, "prev", "64 lowercase hex digits"},
+		{"unknown kind", func(r *AuditRecord) { r.Kind = "approved" }, "kind", `must be one of "approval_requested"`},
+		{"job record without job", func(r *AuditRecord) { r.JobID = "" }, "job_id", "must not be empty"},
+		{"policy record with job", func(r *AuditRecord) { r.Kind = AuditPolicySet }, "job_id", `must be ""`},
+		{"refusals without count", func(r *AuditRecord) { r.Kind = AuditRefusalsCounted }, "count", "is required"},
+		{"bad code", func(r *AuditRecord) { r.Code = "Bad Code" }, "code", "a short code"},
+		{"long reason", func(r *AuditRecord) { r.Reason = strings.Repeat("x", AuditMaxReason+1) }, "reason", "over"},
+		{"bad job id", func(r *AuditRecord) { r.JobID = "a b" }, "job_id", "1-128 characters"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := ok
+			tc.edit(&r)
+			err := Validate(SchemaAudit, r)
+			var verr *ValidationError
+			require.ErrorAs(t, err, &verr)
+			assert.Equal(t, "invalid_audit", verr.Code)
+			var found bool
+			for _, p := range verr.Problems {
+				if p.Field == tc.field && strings.Contains(p.Reason, tc.want) {
+					found = true
+				}
+			}
+			assert.True(t, found, "want %s: ...%s... in %v", tc.field, tc.want, verr.Problems)
+		})
+	}
+	_, err = DecodeAudit([]byte(`{"schema":"jetpilot.audit.v1"}`))
+	require.ErrorContains(t, err, "decode audit record: invalid audit")
 }
 
 func TestEventTypesMatchSchema(t *testing.T) {

@@ -31,7 +31,10 @@ servers' fsync mode where this NATS user can see it.
 
 Sizes take a unit (KiB, MiB, GiB, TiB, or KB, MB, GB, TB), or -1 for
 unlimited. JOBS, DECISIONS and CONTROL refuse new messages when full, so a
-producer gets an error; the other streams drop their oldest messages.`,
+producer gets an error; so does AUDIT, which also denies deleting and
+purging records (for good: JetStream lets no update take that back), and
+while it is full no human decision is applied (approvals fail closed). The
+other streams drop their oldest messages.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg := limits.apply(g.queueConfig())
@@ -57,7 +60,7 @@ producer gets an error; the other streams drop their oldest messages.`,
 
 // setupLimits are setup's storage limit flags.
 type setupLimits struct {
-	jobs, results, approvals, decisions, control, events, dead byteSize
+	jobs, results, approvals, decisions, control, events, dead, audit byteSize
 }
 
 func (l *setupLimits) register(fs *pflag.FlagSet) {
@@ -75,6 +78,7 @@ func (l *setupLimits) register(fs *pflag.FlagSet) {
 		{&l.control, "control-max-bytes", queue.DefaultControlMaxBytes, "CONTROL", "refuses new control messages"},
 		{&l.events, "events-max-bytes", queue.DefaultEventsMaxBytes, "EVENTS", "drops the oldest"},
 		{&l.dead, "dead-max-bytes", queue.DefaultDeadMaxBytes, "DEAD", "drops the oldest"},
+		{&l.audit, "audit-max-bytes", queue.DefaultAuditMaxBytes, "AUDIT", "refuses new records, and approvals fail closed"},
 	} {
 		*f.v = byteSize(f.def)
 		fs.Var(f.v, f.name, fmt.Sprintf("max bytes of the %s stream; when full it %s (-1: unlimited)", f.stream, f.full))
@@ -89,6 +93,7 @@ func (l *setupLimits) apply(cfg queue.Config) queue.Config {
 	cfg.ControlMaxBytes = int64(l.control)
 	cfg.EventsMaxBytes = int64(l.events)
 	cfg.DeadMaxBytes = int64(l.dead)
+	cfg.AuditMaxBytes = int64(l.audit)
 	return cfg
 }
 
@@ -204,8 +209,15 @@ func describeStream(sc jetstream.StreamConfig) string {
 	if sc.Discard == jetstream.DiscardNew {
 		discard = "new (a full stream refuses publishes)"
 	}
-	return fmt.Sprintf("%s, %s storage, max age %s, max bytes %s, discard %s, replicas %d, duplicate window %s",
+	s := fmt.Sprintf("%s, %s storage, max age %s, max bytes %s, discard %s, replicas %d, duplicate window %s",
 		retention, strings.ToLower(sc.Storage.String()), formatAge(sc.MaxAge), formatBytes(sc.MaxBytes), discard, sc.Replicas, formatAge(sc.Duplicates))
+	if sc.DenyDelete {
+		s += ", deny delete"
+	}
+	if sc.DenyPurge {
+		s += ", deny purge"
+	}
+	return s
 }
 
 func describeBucket(st jetstream.KeyValueStatus) string {
