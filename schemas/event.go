@@ -35,6 +35,9 @@ const (
 	EventApprovalRequested EventType = "approval_requested"
 	EventApprovalDecided   EventType = "approval_decided"
 	EventApprovalExpired   EventType = "approval_expired"
+	// EventApprovalVote: an approver's allow was recorded and the quorum
+	// is not met yet (Text says who approved and who is still needed).
+	EventApprovalVote EventType = "approval_vote"
 	// EventDecisionError answers a decision that could not be applied
 	// (unknown, settled or expired approval, invalid decision) in Error.
 	EventDecisionError EventType = "decision_error"
@@ -46,7 +49,7 @@ const (
 var EventTypes = []EventType{
 	EventText, EventToolStarted, EventToolCompleted, EventToolRejected, EventToolDecided,
 	EventTurnStarted, EventTurnCompleted, EventRetry, EventStatus,
-	EventApprovalRequested, EventApprovalDecided, EventApprovalExpired,
+	EventApprovalRequested, EventApprovalDecided, EventApprovalExpired, EventApprovalVote,
 	EventDecisionError, EventWarning,
 }
 

@@ -155,6 +155,11 @@ func (w *Worker) fetchControl(ctx context.Context, msg jetstream.Msg) (*phase, *
 		}
 	}
 	approvalID := rec.ApprovalID
+	kind, word := schemas.AuditApprovalExpired, "expired"
+	if c.Kind == schemas.ControlCancel {
+		kind, word = schemas.AuditCancel, "cancelled"
+	}
+	p.settledAs = settledApproval(rec, word, nil)
 	if o := w.take(ctx, p, mine); o != nil {
 		if o.kind == outRefuse {
 			// A decision won the race: nothing left for this message.
@@ -163,6 +168,9 @@ func (w *Worker) fetchControl(ctx context.Context, msg jetstream.Msg) (*phase, *
 		}
 		return p, o
 	}
+	w.auditOrLog(ctx, schemas.AuditRecord{JobID: rec.JobID, Kind: kind, ApprovalID: approvalID, Decision: word,
+		Reason: fmt.Sprintf("the approval was %s by %s", word, w.opts.Name)}, p.log)
+	w.flushRefusals(ctx, rec.JobID, approvalID, p.log)
 	switch {
 	case c.Kind == schemas.ControlCancel:
 		p.cancel = true

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -80,17 +81,92 @@ func (w *Worker) fetchDecision(ctx context.Context, msg jetstream.Msg) (*phase, 
 		p.decisions = expandDecision(d, run.Record.DecidedPending)
 		return p, carryOn(p)
 	}
-	if e := checkDecision(run.Record, d, start); e != nil {
+	rec := &run.Record
+	if slices.ContainsFunc(rec.Votes, func(v queue.Vote) bool { return v.Msg == decided }) {
+		// Our own vote, redelivered: it is recorded already.
+		return p, &outcome{kind: outSettled}
+	}
+	if e := checkDecision(*rec, d, start); e != nil {
 		o := refuse(e)
 		return p, &o
 	}
-	p.decisions = w.recheck(expandDecision(d, run.Record.Pending), run.Record.Pending, p.log)
+	v, e := w.authorize(rec, d, msg.Data())
+	p.voter = v
+	if e != nil {
+		o := refuse(e)
+		return p, &o
+	}
+	approvers := []schemas.ApproverRef{{Name: d.DecidedBy}} // unsigned: what it says
+	if v != nil {
+		d.DecidedBy = v.approver // signed: who verifiably decided
+		if v.allow && len(rec.Votes)+1 < needOf(rec).Quorum {
+			return p, w.recordVote(ctx, p, d, v, decided)
+		}
+		approvers = voters(rec, v)
+	}
+	word := decisionWord(d)
+	if err := w.audit(ctx, schemas.AuditRecord{JobID: rec.JobID, Kind: schemas.AuditDecisionApplied, ApprovalID: rec.ApprovalID,
+		Approver: auditApprover(approvers[len(approvers)-1]), Rule: needRules(rec.Need), PolicyVersion: w.policyInForce().Version,
+		PendingDigest: rec.PendingDigest, Decision: word, Reason: decisionSummary(d)}); err != nil {
+		// Fail closed: a decision nobody could audit is not applied.
+		o := refuse(&schemas.Error{Code: CodeAuditUnavailable, Message: err.Error()})
+		p.voter = nil
+		return p, &o
+	}
+	p.decisions = w.recheck(expandDecision(d, rec.Pending), rec.Pending, p.log)
+	p.settledAs = settledApproval(rec, word, approvers)
+	approvalID := rec.ApprovalID
 	if o := w.take(ctx, p, decided); o != nil {
 		return p, o
 	}
+	w.flushRefusals(ctx, rec.JobID, approvalID, p.log)
 	p.announce = &schemas.Event{Type: schemas.EventApprovalDecided, ApprovalID: d.ApprovalID, Text: decisionSummary(d)}
 	p.log.Info("approval decided; resuming run", "decided_by", d.DecidedBy)
 	return p, nil
+}
+
+// needOf is who may decide the record's pending approval.
+func needOf(rec *queue.RunRecord) *queue.ApprovalNeed {
+	if rec.Need != nil {
+		return rec.Need
+	}
+	return &queue.ApprovalNeed{Quorum: 1, RequesterMayApprove: true}
+}
+
+func auditApprover(a schemas.ApproverRef) schemas.AuditApprover {
+	return schemas.AuditApprover{Name: a.Name, Key: a.Key}
+}
+
+// recordVote records one approver's allow while the quorum is not met: the
+// run stays paused (TransVote, compare-and-set), the vote is audited, and
+// the live events say who is still needed.
+func (w *Worker) recordVote(ctx context.Context, p *phase, d schemas.Decision, v *vote, decided string) *outcome {
+	rec := &p.run.Record
+	need := needOf(rec)
+	if err := w.audit(ctx, schemas.AuditRecord{JobID: rec.JobID, Kind: schemas.AuditDecisionApplied, ApprovalID: rec.ApprovalID,
+		Approver: schemas.AuditApprover{Name: v.approver, Key: v.key}, Rule: needRules(rec.Need), PolicyVersion: w.policyInForce().Version,
+		PendingDigest: rec.PendingDigest, Decision: fmt.Sprintf("allow (vote %d of %d)", len(rec.Votes)+1, need.Quorum)}); err != nil {
+		o := refuse(&schemas.Error{Code: CodeAuditUnavailable, Message: err.Error()})
+		p.voter = nil
+		return &o
+	}
+	rec.Votes = append(rec.Votes, queue.Vote{Approver: v.approver, Key: v.key, At: time.Now().UTC(), Msg: decided})
+	if err := w.runs.Transition(ctx, p.run, queue.TransVote); err != nil {
+		// Another vote or decision changed the record first: redelivered,
+		// this one is checked again against what it did.
+		o := retry(outRetry, fmt.Errorf("record the vote of %s: %w", v.approver, err))
+		return &o
+	}
+	var still []string
+	for _, n := range need.AllowBy {
+		if !slices.ContainsFunc(rec.Votes, func(x queue.Vote) bool { return x.Approver == n }) {
+			still = append(still, n)
+		}
+	}
+	text := fmt.Sprintf("%s approved (%d of %d); still needed: %d more of %s", v.approver, len(rec.Votes), need.Quorum,
+		need.Quorum-len(rec.Votes), strings.Join(still, ", "))
+	p.log.Info("approval vote recorded", "approver", v.approver, "votes", len(rec.Votes), "quorum", need.Quorum)
+	return &outcome{kind: outVoted, event: &schemas.Event{Type: schemas.EventApprovalVote, ApprovalID: rec.ApprovalID, Text: text}}
 }
 
 // take resumes a paused run for this worker (TransResume, compare-and-set),
@@ -102,6 +178,13 @@ func (w *Worker) take(ctx context.Context, p *phase, decided string) *outcome {
 	approvalID := rec.ApprovalID
 	rec.DecidedPending = rec.Pending
 	rec.DecidedApproval = decided
+	if p.settledAs.ApprovalID != "" {
+		rec.Approvals = append(rec.Approvals, p.settledAs)
+		if n := len(rec.Approvals); n > queue.MaxApprovals {
+			rec.Approvals = rec.Approvals[n-queue.MaxApprovals:]
+		}
+	}
+	rec.Votes, rec.Need, rec.PendingDigest = nil, nil, ""
 	rec.Owner = w.opts.Name
 	rec.Phase++
 	rec.ApprovalID = ""

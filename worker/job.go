@@ -47,6 +47,8 @@ type phase struct {
 	capped        bool                            // a pause was turned into rejections at the paused-run cap
 	unreadable    bool                            // the job's id could not be read: job.ID was made up
 	policyVersion uint64                          // the policy version that rejected the job
+	voter         *vote                           // the verified approver of a decision
+	settledAs     schemas.ApprovalOutcome         // how the approval the phase resumes from was decided
 	finalPhase    bool                            // the final result of a paused job took a phase of its own
 
 	// Set by execute.
@@ -150,14 +152,16 @@ func (w *Worker) fetchJob(ctx context.Context, msg jetstream.Msg) (*phase, *outc
 // invalid is rejected here, when it starts.
 func (w *Worker) admit(p *phase) *outcome {
 	pol := w.policyInForce()
-	if err := pol.CheckJob(p.job); err != nil {
+	err := pol.CheckJob(p.job)
+	requester, key, serr := requesterOf(pol, p.job, p.raw)
+	if err != nil || serr != nil {
 		p.run.Record = queue.RunRecord{JobID: p.job.ID, Job: withoutPrompt(p.job)}
 		p.policyVersion = pol.Version
-		return &outcome{kind: outReject, err: err}
+		return &outcome{kind: outReject, err: joinViolations(err, serr)}
 	}
 	p.job = pol.Apply(p.job)
 	p.run.Record = queue.RunRecord{JobID: p.job.ID, StartedAt: p.start, Deadline: p.start.Add(pol.Timeout(p.job)),
-		Job: withoutPrompt(p.job), JobDigest: schemas.JobDigest(p.raw)}
+		Job: withoutPrompt(p.job), JobDigest: schemas.JobDigest(p.raw), Requester: requester, RequesterKey: key}
 	return nil
 }
 

@@ -4,12 +4,14 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"time"
 
 	"github.com/jetpilot-dev/jetpilot/queue"
 	"github.com/jetpilot-dev/jetpilot/schemas"
+	"github.com/jetpilot-dev/jetpilot/signing"
 )
 
 // newApprovalID names the approval of one pause: random, so nobody can
@@ -48,6 +50,9 @@ func (w *Worker) pause(ctx context.Context, p *phase, res *schemas.Result) error
 	if !rec.Deadline.IsZero() && rec.Deadline.Before(rec.ApprovalExpiresAt) {
 		rec.ApprovalExpiresAt = rec.Deadline
 	}
+	rec.PendingDigest = w.pendingDigest(pending)
+	rec.Need = approvalNeed(w.policyInForce(), pending)
+	rec.Votes = nil
 	rec.Pending = pending
 	rec.Stdout = res.Stdout
 	rec.AutoResolved = len(rec.Held)
@@ -86,6 +91,7 @@ func (w *Worker) publishPause(ctx context.Context, rec *queue.RunRecord, res sch
 		Metadata:         rec.Job.Metadata,
 		ResumeHint:       res.ResumeHint,
 		PolicyVersion:    res.PolicyVersion,
+		PendingDigest:    rec.PendingDigest,
 	}
 	if _, err := queue.PublishApproval(ctx, w.js, w.qcfg, req); err != nil {
 		return fmt.Errorf("publish approval request: %w", err)
@@ -93,6 +99,35 @@ func (w *Worker) publishPause(ctx context.Context, rec *queue.RunRecord, res sch
 	if err := w.armExpiry(ctx, rec); err != nil {
 		return err
 	}
+	if !republish(ctx) {
+		w.auditOrLog(ctx, schemas.AuditRecord{JobID: rec.JobID, Kind: schemas.AuditApprovalRequested, ApprovalID: rec.ApprovalID,
+			Rule: needRules(rec.Need), PolicyVersion: needOf(rec).PolicyVersion, PendingDigest: rec.PendingDigest,
+			Reason: fmt.Sprintf("%d calls wait for a human; quorum %d of %v", len(rec.Pending), needOf(rec).Quorum, needOf(rec).AllowBy)}, log)
+	}
 	log.Info("run paused for approval", "approval_id", rec.ApprovalID, "pending", len(rec.Pending), "expires_at", rec.ApprovalExpiresAt)
 	return nil
 }
+
+// pendingDigest is the pending_digest of the calls as published. Calls
+// whose arguments cannot be put in canonical form (a repeated key, a lone
+// surrogate) are shown as their raw text and marked truncated: they can
+// only be denied, which needs no digest anyone else computes differently.
+func (w *Worker) pendingDigest(pending []schemas.ToolCall) string {
+	if d, err := signing.PendingDigest(pending); err == nil {
+		return d
+	}
+	for i := range pending {
+		if _, err := signing.PendingDigest(pending[i : i+1]); err != nil {
+			raw, _ := json.Marshal(string(pending[i].Arguments))
+			pending[i].Arguments, pending[i].ArgumentsTruncated = raw, true
+		}
+	}
+	d, _ := signing.PendingDigest(pending)
+	return d
+}
+
+type republishKey struct{}
+
+// republish reports whether ctx belongs to the republishing of a recorded
+// pause, which must not write a second approval_requested record.
+func republish(ctx context.Context) bool { return ctx.Value(republishKey{}) != nil }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"slices"
 	"time"
 
 	"github.com/cenkalti/backoff/v5"
@@ -39,6 +40,8 @@ type outcome struct {
 	refusal *schemas.Error
 	// delay is how long outWait waits.
 	delay time.Duration
+	// event is the live event outVoted publishes.
+	event *schemas.Event
 }
 
 type outcomeKind int
@@ -78,6 +81,9 @@ const (
 	outDrop
 	// outLost: another worker took the job over: this one lets go.
 	outLost
+	// outVoted: an approver's allow was recorded; the quorum is not met
+	// yet, so the run stays paused.
+	outVoted
 )
 
 func final(res schemas.Result, whole bool) outcome {
@@ -116,7 +122,7 @@ func (w *Worker) settle(ctx context.Context, p *phase, o outcome) {
 		p.log.Info("already settled, acking redelivery")
 		w.ack(p)
 	case outRepublish:
-		err := w.publishPause(ctx, &p.run.Record, w.pausedResult(&p.run.Record), p.log)
+		err := w.publishPause(context.WithValue(ctx, republishKey{}, true), &p.run.Record, w.pausedResult(&p.run.Record), p.log)
 		if err == nil && p.run.Record.CancelRequested {
 			// A cancel came while the run was pausing: send it on now.
 			err = w.publishControl(ctx, p.run.Record.JobID, p.run.Record.ApprovalID, schemas.ControlCancel)
@@ -142,6 +148,11 @@ func (w *Worker) settle(ctx context.Context, p *phase, o outcome) {
 		w.term(p, o.err.Error())
 	case outLost:
 		p.log.Warn("another worker took the job over; no longer following it", "err", o.err)
+	case outVoted:
+		if err := w.publishJobEvent(ctx, *o.event); err != nil {
+			p.log.Warn("publish vote event", "err", err)
+		}
+		w.ack(p)
 	}
 }
 
@@ -181,6 +192,9 @@ func (w *Worker) mergeEarlierPhases(p *phase, res *schemas.Result, whole bool) {
 	res.ToolCalls.Accepted += rec.ToolCalls.Accepted
 	res.ToolCalls.Rejected += rec.ToolCalls.Rejected
 	res.ToolRules = addRules(maps.Clone(rec.ToolRules), res.ToolRules)
+	if res.Status.Final() {
+		res.Approvals = slices.Clone(rec.Approvals)
+	}
 	if res.PolicyVersion == 0 {
 		res.PolicyVersion = w.policyInForce().Version
 	}
@@ -388,6 +402,7 @@ func (w *Worker) settleRefuse(ctx context.Context, p *phase, e *schemas.Error) {
 	// The approval id is what the decision said: quoted back capped.
 	jobID, approvalID := p.job.ID, queue.CapID(p.approvalID)
 	w.log.Warn("decision refused", "job_id", jobID, "approval_id", approvalID, "code", e.Code, "reason", e.Message)
+	w.noteRefusal(ctx, p, e, p.voter)
 	if jobID != "" && queue.ValidateJobID(jobID) == nil {
 		ev := schemas.Event{Schema: schemas.EventSchemaID, JobID: jobID, Type: schemas.EventDecisionError, At: time.Now().UTC(), ApprovalID: approvalID, Error: e}
 		if err := w.publishJobEvent(ctx, ev); err != nil {
