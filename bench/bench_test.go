@@ -13,6 +13,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/jetpilot-dev/jetpilot/policy"
 )
 
 // TestMain lets the test binary be the concurrency scenario's worker
@@ -42,6 +44,8 @@ func smokeOptions() Options {
 		IdleWindow:      100 * time.Millisecond,
 		Rate:            50,
 		LatencyDuration: 300 * time.Millisecond,
+		PolicyWorkers:   2,
+		PolicyUpdates:   3,
 		ScenarioTimeout: 50 * time.Second,
 		ChildCommand:    []string{os.Args[0]},
 	}
@@ -113,6 +117,8 @@ func TestSmoke(t *testing.T) {
 	assert.Positive(t, c.RSSAfterMiB.Median)
 	assert.GreaterOrEqual(t, c.IdleCPUPercent.Median, 0.0)
 
+	checkPolicy(t, r.Policy, 2, 2, 3)
+
 	names := map[string]bool{}
 	for _, tg := range r.Targets {
 		names[tg.Name] = true
@@ -127,13 +133,86 @@ func TestSmoke(t *testing.T) {
 
 	var table bytes.Buffer
 	require.NoError(t, r.WriteTable(&table))
-	for _, want := range []string{"baseline", "queue path", "full path", "scale-out: 2 worker(s)", "LATENCY", "CONCURRENCY", "TARGET"} {
+	for _, want := range []string{"baseline", "queue path", "full path", "scale-out: 2 worker(s)", "LATENCY", "CONCURRENCY", "POLICY", "TARGET"} {
 		assert.Contains(t, table.String(), want)
 	}
 	b, err := json.Marshal(r)
 	require.NoError(t, err)
 	assert.True(t, json.Valid(b))
 	assert.Equal(t, 2, strings.Count(progress.String(), ": baseline "), progress.String())
+}
+
+// checkPolicy checks a policy scenario's report: every run measured every
+// update, and the workers applied exactly the versions stored, in order.
+// Each run has a fresh bucket: the raw watch baseline puts revisions
+// 1..updates, then the workers get updates+1..2*updates from Set.
+func checkPolicy(t *testing.T, pp *PolicyPropagation, runs, workers, updates int) {
+	t.Helper()
+	require.NotNil(t, pp)
+	assert.Equal(t, workers, pp.Workers)
+	assert.Equal(t, updates, pp.Updates)
+	want := make([]uint64, updates)
+	for i := range want {
+		want[i] = uint64(updates + 1 + i)
+	}
+	require.Len(t, pp.Versions, runs)
+	for _, v := range pp.Versions {
+		assert.Equal(t, want, v, "the versions the workers applied")
+	}
+	counts := make([]int, runs)
+	for i := range counts {
+		counts[i] = updates
+	}
+	for name, p := range map[string]Percentiles{"applied": pp.Applied, "raw watch": pp.RawWatch, "set call": pp.SetCall} {
+		assert.Equal(t, counts, p.Count, name)
+		assert.Len(t, p.P50.Samples, runs, name)
+		assert.LessOrEqual(t, p.P50.Median, p.P99.Median, name)
+		assert.LessOrEqual(t, p.P99.Median, p.Max.Median, name)
+		assert.Positive(t, p.P50.Median, name)
+	}
+	assert.Len(t, pp.RatioP50ToRawWatch.Samples, runs)
+	assert.Positive(t, pp.RatioP50ToRawWatch.Median)
+}
+
+func TestPolicyScenario(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	r, err := Run(ctx, Options{
+		Runs: 2, Scenarios: []Scenario{ScenarioPolicy}, PolicyWorkers: 3, PolicyUpdates: 4,
+		ScenarioTimeout: 40 * time.Second, Progress: tlog{t},
+	})
+	require.NoError(t, err)
+	assert.Equal(t, []Scenario{ScenarioPolicy}, r.Scenarios, "the policy scenario needs no throughput baseline")
+	assert.Nil(t, r.Baseline)
+	checkPolicy(t, r.Policy, 2, 3, 4)
+
+	var table bytes.Buffer
+	require.NoError(t, r.WriteTable(&table))
+	for _, want := range []string{"POLICY", "all 3 workers applied", "all 3 raw KV watchers", "ratio p50 policy / raw watch"} {
+		assert.Contains(t, table.String(), want)
+	}
+	b, err := json.Marshal(r)
+	require.NoError(t, err)
+	var back struct {
+		Policy *PolicyPropagation `json:"policy"`
+	}
+	require.NoError(t, json.Unmarshal(b, &back))
+	require.NotNil(t, back.Policy)
+	assert.Equal(t, r.Policy.Versions, back.Policy.Versions)
+}
+
+// BenchmarkPolicyParse is what every worker does with each version it
+// receives (and PolicyStore.Set before storing one): parse and compile the
+// scenario's documents. It explains most of the policy scenario's gap to
+// the raw KV watch.
+//
+//	go test ./bench -run '^$' -bench PolicyParse -benchmem
+func BenchmarkPolicyParse(b *testing.B) {
+	for i := 0; b.Loop(); i++ {
+		if _, err := policy.Parse(policyDoc(i)); err != nil {
+			b.Fatal(err)
+		}
+	}
 }
 
 func TestInProcessConcurrency(t *testing.T) {
@@ -163,10 +242,13 @@ func TestOptions(t *testing.T) {
 	assert.Equal(t, []Scenario{ScenarioBaseline, ScenarioFull}, o.Scenarios, "ratios need the baseline")
 	assert.Equal(t, DefaultJobs, o.Jobs)
 	assert.Equal(t, 3, o.Runs)
+	assert.Equal(t, DefaultPolicyWorkers, o.PolicyWorkers)
+	assert.Equal(t, DefaultPolicyUpdates, o.PolicyUpdates)
 
 	for _, bad := range []Options{
 		{Runs: -1}, {Jobs: -5}, {Concurrency: 20_000}, {InFlight: maxInFlight + 1},
 		{Rate: -1}, {LatencyDuration: -time.Second}, {ScaleOut: []int{0}},
+		{PolicyWorkers: 65}, {PolicyUpdates: -1}, {PolicyUpdates: maxPolicyUpdates + 1},
 	} {
 		_, err := bad.withDefaults()
 		assert.Error(t, err, "%+v", bad)

@@ -19,6 +19,10 @@
 //     own costs are not counted (Options.ChildCommand);
 //   - latency: a steady publish rate through the full path: publish to
 //     session created, and run_completed to result stored.
+//   - policy: 8 workers watching the policy bucket (worker.StoredPolicies);
+//     per `policy set` (PolicyStore.Set), the time until every worker
+//     applied the new version, next to 8 raw nats.go KV watchers of the same
+//     key seeing a kv.Put.
 //
 // Each scenario runs Options.Runs times; the Report keeps every sample and
 // its median, and the ratios to the baseline measured in the same run.

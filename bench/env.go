@@ -96,8 +96,8 @@ func (e *env) newQueue(ctx context.Context, name string, maxAckPending int) (que
 				_ = s.Purge(ctx)
 			}
 		}
-		if kv, err := e.js.KeyValue(ctx, cfg.RunsBucket()); err == nil {
-			if s, err := e.js.Stream(ctx, "KV_"+kv.Bucket()); err == nil {
+		for _, bucket := range []string{cfg.RunsBucket(), cfg.PolicyBucket()} {
+			if s, err := e.js.Stream(ctx, "KV_"+bucket); err == nil {
 				_ = s.Purge(ctx)
 			}
 		}

@@ -19,10 +19,11 @@ const (
 	ScenarioScaleOut    Scenario = "scaleout"
 	ScenarioLatency     Scenario = "latency"
 	ScenarioConcurrency Scenario = "concurrency"
+	ScenarioPolicy      Scenario = "policy"
 )
 
 // AllScenarios lists every scenario in execution order.
-var AllScenarios = []Scenario{ScenarioBaseline, ScenarioQueue, ScenarioFull, ScenarioScaleOut, ScenarioLatency, ScenarioConcurrency}
+var AllScenarios = []Scenario{ScenarioBaseline, ScenarioQueue, ScenarioFull, ScenarioScaleOut, ScenarioLatency, ScenarioConcurrency, ScenarioPolicy}
 
 // ParseScenarios turns "queue,full" (or a list of names) into scenarios,
 // in execution order. Empty input means every scenario.
@@ -103,6 +104,16 @@ type Options struct {
 	// LatencyDuration is how long the latency scenario publishes. Default 10s.
 	LatencyDuration time.Duration
 
+	// PolicyWorkers is the number of workers the policy scenario starts,
+	// each watching the policy bucket on its own connection (and the number
+	// of raw KV watchers of its baseline). Default 8.
+	PolicyWorkers int
+	// PolicyUpdates is how many policy versions the policy scenario stores
+	// per run, one at a time, alternating an incident freeze and the normal
+	// policy (and how many puts its raw-watch baseline makes). Default 100,
+	// so that p99 (nearest rank) is not simply the maximum.
+	PolicyUpdates int
+
 	// ScenarioTimeout bounds one run of one scenario. Default 3m.
 	ScenarioTimeout time.Duration
 	// Dir is where the NATS store lives. Default: a new temporary
@@ -140,6 +151,8 @@ const (
 	DefaultIdleWindow      = 10 * time.Second
 	DefaultRate            = 500
 	DefaultLatencyDuration = 10 * time.Second
+	DefaultPolicyWorkers   = 8
+	DefaultPolicyUpdates   = 100
 	DefaultScenarioTimeout = 3 * time.Minute
 )
 
@@ -148,6 +161,8 @@ const (
 	maxJobs     = 1_000_000
 	maxInFlight = 50_000
 	maxRuns     = 50
+	// maxPolicyUpdates keeps the policy scenario's loop bounded.
+	maxPolicyUpdates = 1000
 )
 
 func (o Options) withDefaults() (Options, error) {
@@ -177,6 +192,12 @@ func (o Options) withDefaults() (Options, error) {
 	}
 	if o.LatencyDuration == 0 {
 		o.LatencyDuration = DefaultLatencyDuration
+	}
+	if o.PolicyWorkers == 0 {
+		o.PolicyWorkers = DefaultPolicyWorkers
+	}
+	if o.PolicyUpdates == 0 {
+		o.PolicyUpdates = DefaultPolicyUpdates
 	}
 	if o.ScenarioTimeout == 0 {
 		o.ScenarioTimeout = DefaultScenarioTimeout
@@ -216,6 +237,10 @@ func (o Options) withDefaults() (Options, error) {
 		return o, fmt.Errorf("rate must be 1-100000 jobs/s, got %d", o.Rate)
 	case o.LatencyDuration <= 0 || o.LatencyDuration > 10*time.Minute:
 		return o, fmt.Errorf("latency duration must be positive and at most 10m, got %s", o.LatencyDuration)
+	case o.PolicyWorkers < 1 || o.PolicyWorkers > 64:
+		return o, fmt.Errorf("policy workers must be 1-64, got %d", o.PolicyWorkers)
+	case o.PolicyUpdates < 1 || o.PolicyUpdates > maxPolicyUpdates:
+		return o, fmt.Errorf("policy updates must be 1-%d, got %d", maxPolicyUpdates, o.PolicyUpdates)
 	case o.ScenarioTimeout <= 0:
 		return o, fmt.Errorf("scenario timeout must be positive, got %s", o.ScenarioTimeout)
 	}

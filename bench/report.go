@@ -134,6 +134,32 @@ type Latency struct {
 	PublishToResult Percentiles `json:"publish_to_result"`
 }
 
+// PolicyPropagation is the policy scenario's result: how long a stored
+// policy takes to be in force on every worker, next to how long raw
+// nats.go KV watchers take to see a put of the same bucket in the same run.
+type PolicyPropagation struct {
+	// Workers is how many workers (and raw watchers) each update had to
+	// reach; Updates how many versions each run stored.
+	Workers int `json:"workers"`
+	Updates int `json:"updates"`
+	// Applied: from just before PolicyStore.Set (what `jetpilot policy
+	// set` calls) to the last of the Workers workers having applied the
+	// version (its Policy() reports it).
+	Applied Percentiles `json:"applied"`
+	// RawWatch is the baseline: from just before kv.Put of the same
+	// document on the same key to the last of Workers raw nats.go KV
+	// watchers (one per connection) receiving that revision.
+	RawWatch Percentiles `json:"raw_watch"`
+	// RatioP50ToRawWatch is Applied's p50 over RawWatch's p50, per run.
+	RatioP50ToRawWatch Stat `json:"ratio_p50_to_raw_watch"`
+	// SetCall is the PolicyStore.Set call alone (validate, read the
+	// current version, compare-and-set, wait for the server's ack), for
+	// context: the workers may apply a version before Set has returned.
+	SetCall Percentiles `json:"set_call"`
+	// Versions lists, per run, the versions every worker applied, in order.
+	Versions [][]uint64 `json:"versions"`
+}
+
 // Target is one goal of the issue and whether the medians met it.
 type Target struct {
 	Name  string  `json:"name"`
@@ -161,14 +187,15 @@ type Report struct {
 	FullJobs    int `json:"full_jobs"`
 	Concurrency int `json:"concurrency"`
 
-	Baseline    *Throughput     `json:"baseline,omitempty"`
-	Queue       *Throughput     `json:"queue,omitempty"`
-	Full        *Throughput     `json:"full,omitempty"`
-	ScaleOut    []ScaleOutPoint `json:"scaleout,omitempty"`
-	Latency     *Latency        `json:"latency,omitempty"`
-	Concurrent  *Concurrency    `json:"concurrency_scenario,omitempty"`
-	Targets     []Target        `json:"targets"`
-	WallSeconds float64         `json:"wall_seconds"`
+	Baseline    *Throughput        `json:"baseline,omitempty"`
+	Queue       *Throughput        `json:"queue,omitempty"`
+	Full        *Throughput        `json:"full,omitempty"`
+	ScaleOut    []ScaleOutPoint    `json:"scaleout,omitempty"`
+	Latency     *Latency           `json:"latency,omitempty"`
+	Concurrent  *Concurrency       `json:"concurrency_scenario,omitempty"`
+	Policy      *PolicyPropagation `json:"policy,omitempty"`
+	Targets     []Target           `json:"targets"`
+	WallSeconds float64            `json:"wall_seconds"`
 }
 
 // checkTargets fills r.Targets from the medians.
@@ -259,6 +286,16 @@ func (r *Report) WriteTable(out io.Writer) error {
 		p("CPU while idle (%.0fs window)\t%.1f %% of a core\t[%s]\n", c.IdleWindowSeconds, c.IdleCPUPercent.Median, samples(c.IdleCPUPercent, "%.1f"))
 		p("RSS idle worker -> with runs\t%.0f -> %.0f MiB\t\n", c.RSSBeforeMiB.Median, c.RSSAfterMiB.Median)
 		p("ramp to all runs open\t%.1f s\t[%s]\n\n", c.RampSeconds.Median, samples(c.RampSeconds, "%.1f"))
+	}
+	if pp := r.Policy; pp != nil {
+		p("POLICY: set -> in force on %d workers (%d updates per run)\tp50 ms\tp99 ms\tmax ms\tsamples p50\n", pp.Workers, pp.Updates)
+		row := func(name string, pc Percentiles) {
+			p("%s\t%.2f\t%.2f\t%.2f\t[%s]\n", name, pc.P50.Median, pc.P99.Median, pc.Max.Median, samples(pc.P50, "%.2f"))
+		}
+		row(fmt.Sprintf("policy set -> all %d workers applied", pp.Workers), pp.Applied)
+		row(fmt.Sprintf("baseline: kv.Put -> all %d raw KV watchers", pp.Workers), pp.RawWatch)
+		row("  PolicyStore.Set call alone (context)", pp.SetCall)
+		p("ratio p50 policy / raw watch\t%.2f\t\t\t[%s]\n\n", pp.RatioP50ToRawWatch.Median, samples(pp.RatioP50ToRawWatch, "%.2f"))
 	}
 	if len(r.Targets) > 0 {
 		p("TARGET\tgoal\tmedian\tmet\n")

@@ -58,6 +58,9 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 	if opts.has(ScenarioConcurrency) {
 		r.Concurrent = &Concurrency{InFlight: opts.InFlight, Isolated: len(opts.ChildCommand) > 0, IdleWindowSeconds: opts.IdleWindow.Seconds()}
 	}
+	if opts.has(ScenarioPolicy) {
+		r.Policy = &PolicyPropagation{Workers: opts.PolicyWorkers, Updates: opts.PolicyUpdates}
+	}
 
 	for run := 1; run <= opts.Runs; run++ {
 		if err := runOnce(ctx, e, opts, r, run); err != nil {
@@ -194,5 +197,24 @@ func runOnce(ctx context.Context, e *env, opts Options, r *Report, run int) erro
 			return err
 		}
 	}
+	if r.Policy != nil {
+		err := scoped(func(ctx context.Context) error {
+			s, err := e.policyRun(ctx, tag("pol"), opts.PolicyWorkers, opts.PolicyUpdates)
+			if err != nil {
+				return fmt.Errorf("policy: %w", err)
+			}
+			r.Policy.add(s)
+			pp := r.Policy
+			progress("policy to %d workers: p50 %.2f ms, p99 %.2f ms (raw KV watch p50 %.2f ms, ratio %.2f)", opts.PolicyWorkers,
+				last(pp.Applied.P50), last(pp.Applied.P99), last(pp.RawWatch.P50), last(pp.RatioP50ToRawWatch))
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+	}
 	return nil
 }
+
+// last is a Stat's latest sample: the run just measured.
+func last(s Stat) float64 { return s.Samples[len(s.Samples)-1] }

@@ -1,5 +1,6 @@
-// Command jetpilot-bench measures worker throughput, concurrency and latency
-// next to raw nats.go on the same embedded server (package bench). It is a
+// Command jetpilot-bench measures worker throughput, concurrency, latency and
+// policy propagation next to raw nats.go on the same embedded server
+// (package bench). It is a
 // binary of its own so the shipped jetpilot binary carries none of the
 // benchmark harness. `make bench` builds and runs it.
 //
@@ -67,7 +68,7 @@ func newRootCmd() *cobra.Command {
 		SilenceErrors: true,
 		Long: "Runs every scenario --runs times on an embedded NATS server and the agent simulator on\n" +
 			"127.0.0.1 and prints the medians, with ratios to the raw nats.go baseline of the same run.\n" +
-			"Scenarios: baseline, queue, full, scaleout, latency, concurrency (default: all).",
+			"Scenarios: baseline, queue, full, scaleout, latency, concurrency, policy (default: all).",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			o := opts
@@ -112,6 +113,8 @@ func newRootCmd() *cobra.Command {
 	f.DurationVar(&opts.IdleWindow, "idle-window", bench.DefaultIdleWindow, "CPU measuring window while the runs idle")
 	f.IntVar(&opts.Rate, "rate", bench.DefaultRate, "jobs/s of the latency scenario")
 	f.DurationVar(&opts.LatencyDuration, "latency-duration", bench.DefaultLatencyDuration, "how long the latency scenario publishes")
+	f.IntVar(&opts.PolicyWorkers, "policy-workers", bench.DefaultPolicyWorkers, "workers (and raw KV watchers) the policy scenario reaches")
+	f.IntVar(&opts.PolicyUpdates, "policy-updates", bench.DefaultPolicyUpdates, "policy versions stored per run of the policy scenario")
 	f.StringVar(&opts.ProfileDir, "profile", "", "write CPU and allocation profiles of the queue and full paths (first run) to this directory")
 
 	cmd.AddCommand(&cobra.Command{
