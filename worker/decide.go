@@ -46,6 +46,9 @@ func (w *Worker) fetchDecision(ctx context.Context, msg jetstream.Msg) (*phase, 
 		var ve *schemas.ValidationError
 		if errors.As(err, &ve) {
 			e = ve.ToError()
+			if onlySignature(ve.Problems) {
+				e.Code = CodeSignatureMalformed
+			}
 		} else {
 			e = &schemas.Error{Code: CodeInvalidDecision, Message: err.Error()}
 		}
@@ -166,7 +169,8 @@ func (w *Worker) recordVote(ctx context.Context, p *phase, d schemas.Decision, v
 	text := fmt.Sprintf("%s approved (%d of %d); still needed: %d more of %s", v.approver, len(rec.Votes), need.Quorum,
 		need.Quorum-len(rec.Votes), strings.Join(still, ", "))
 	p.log.Info("approval vote recorded", "approver", v.approver, "votes", len(rec.Votes), "quorum", need.Quorum)
-	return &outcome{kind: outVoted, event: &schemas.Event{Type: schemas.EventApprovalVote, ApprovalID: rec.ApprovalID, Text: text}}
+	return &outcome{kind: outVoted, event: &schemas.Event{Schema: schemas.EventSchemaID, JobID: rec.JobID, At: time.Now().UTC(),
+		Type: schemas.EventApprovalVote, ApprovalID: rec.ApprovalID, Text: text}}
 }
 
 // take resumes a paused run for this worker (TransResume, compare-and-set),
@@ -336,4 +340,15 @@ func decisionSummary(d schemas.Decision) string {
 		return d.All + " all" + by
 	}
 	return fmt.Sprintf("%d per-call decisions%s", len(d.Decisions), by)
+}
+
+// onlySignature reports whether every problem of an invalid decision is in
+// its signature field: a malformed signature has a code of its own.
+func onlySignature(problems []schemas.FieldError) bool {
+	for _, p := range problems {
+		if p.Field != "signature" && !strings.HasPrefix(p.Field, "signature/") {
+			return false
+		}
+	}
+	return len(problems) > 0
 }

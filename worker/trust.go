@@ -63,7 +63,8 @@ type vote struct {
 // carries. Under signed: the signature must verify, its key must be an
 // approver's the calls' rules allow (for an allow: every rule), the
 // requester may be refused, and one approver votes once. It returns the
-// verified vote (nil under unsigned), or the refusal.
+// verified vote (nil under unsigned), or the refusal, with the vote once
+// the approver is identified (so the refusal is audited under their name).
 func (w *Worker) authorize(rec *queue.RunRecord, d schemas.Decision, raw []byte) (*vote, *schemas.Error) {
 	pol := w.policyInForce()
 	if d.PendingDigest != "" && d.PendingDigest != rec.PendingDigest {
@@ -99,22 +100,22 @@ func (w *Worker) authorize(rec *queue.RunRecord, d schemas.Decision, raw []byte)
 		allowed = need.AllowBy
 	}
 	if !slices.Contains(allowed, name) {
-		return nil, &schemas.Error{Code: CodeApproverNotAllowed, Message: fmt.Sprintf(
+		return v, &schemas.Error{Code: CodeApproverNotAllowed, Message: fmt.Sprintf(
 			"approver %s may not %s these calls (rules %v allow %v)", name, verb(v.allow), need.Rules, allowed)}
 	}
 	if v.allow && !need.RequesterMayApprove {
 		switch {
 		case rec.RequesterKey == "":
-			return nil, &schemas.Error{Code: CodeRequesterUnknown, Message: fmt.Sprintf(
+			return v, &schemas.Error{Code: CodeRequesterUnknown, Message: fmt.Sprintf(
 				"rules %v do not let the job's requester approve it, and the job was not signed by a listed producer, so its requester is unknown", need.Rules)}
 		case rec.RequesterKey == key || rec.Requester == name:
-			return nil, &schemas.Error{Code: CodeRequesterMayNotApprove, Message: fmt.Sprintf(
+			return v, &schemas.Error{Code: CodeRequesterMayNotApprove, Message: fmt.Sprintf(
 				"approver %s asked for this job (requested_by %s); rules %v need someone else", name, rec.Requester, need.Rules)}
 		}
 	}
 	for _, prev := range rec.Votes {
 		if prev.Approver == name {
-			return nil, &schemas.Error{Code: CodeDuplicateVote, Message: fmt.Sprintf("approver %s already voted on approval %s at %s", name, rec.ApprovalID, prev.At.Format(time.RFC3339))}
+			return v, &schemas.Error{Code: CodeDuplicateVote, Message: fmt.Sprintf("approver %s already voted on approval %s at %s", name, rec.ApprovalID, prev.At.Format(time.RFC3339))}
 		}
 	}
 	return v, nil
