@@ -5,15 +5,18 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
 
 	"github.com/jetpilot-dev/jetpilot/internal/testsupport"
+	"github.com/jetpilot-dev/jetpilot/queue"
 )
 
 // Binaries built once by TestMain.
@@ -79,6 +82,10 @@ func startWorker(t *testing.T, o workerOpts) *testsupport.Proc {
 	args := []string{"worker", "--nats", o.natsURL, "--agent-url", o.agentURL, "--name", o.name,
 		"--ack-wait", "2s", "--shutdown-grace", "1s"}
 	args = append(args, o.extra...)
+	if !slices.Contains(o.extra, "--allowed-tools") && !slices.Contains(o.extra, "--user") && !slices.Contains(o.extra, "--tlsca") && !strings.Contains(o.natsURL, "@") {
+		_, js := connect(t, strings.Split(o.natsURL, ",")[0])
+		storeDevPolicy(t, js)
+	}
 	p := testsupport.StartProc(t, "worker "+o.name, o.env, jpBin, args...)
 	require.Eventually(t, func() bool {
 		return strings.Contains(p.Output(), "worker started") || !p.Running()
@@ -124,6 +131,23 @@ func report(t *testing.T, f figures) {
 		require.NoError(t, err)
 		defer fh.Close()
 		_, err = fmt.Fprintln(fh, row)
+		require.NoError(t, err)
+	}
+}
+
+// storeDevPolicy stores jetpilot dev's policy unless one is stored already: the scenarios are about the queue and the agent
+// server, so every call runs (a job's own lists and pause_on_approval
+// still apply) and decisions are unsigned, as under jetpilot dev. The
+// policy scenarios store their own first.
+func storeDevPolicy(t *testing.T, js jetstream.JetStream) {
+	t.Helper()
+	ctx := testsupport.Context(t, waitFor)
+	cfg := queue.Config{}
+	require.NoError(t, queue.EnsurePolicyBucket(ctx, js, cfg))
+	store, err := queue.NewPolicyStore(ctx, js, cfg)
+	require.NoError(t, err)
+	doc := []byte(`{"version":1,"decisions":"unsigned","tools":{"default":"allow"}}`)
+	if _, err := store.Set(ctx, doc, queue.IfVersion(0)); err != nil && !errors.Is(err, queue.ErrPolicyConflict) {
 		require.NoError(t, err)
 	}
 }

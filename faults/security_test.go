@@ -46,6 +46,7 @@ func TestSecretsNeverLeak(t *testing.T) {
 	_, js := connect(t, ns.URL(), nats.UserInfo(natsUser, natsPassword))
 	ctx := testsupport.Context(t, 5*time.Minute)
 	require.NoError(t, queue.Setup(ctx, js, queue.Config{AckWait: 2 * time.Second}))
+	storeDevPolicy(t, js)
 
 	dir := t.TempDir()
 	env := []string{"JETPILOT_AGENT_TOKEN=" + agentToken}

@@ -19,11 +19,13 @@ const (
 )
 
 // Default is the policy of a worker with neither a stored policy nor
-// policy flags: read-only tools run, every other call waits for a human.
-// Decisions are unsigned because it names no approvers; store a policy
-// with approvers (decisions: signed) before exposing the decisions subject.
+// policy flags: read-only tools run and every other call needs an
+// approver. It names none, and decisions must be signed (unsigned ones are
+// for jetpilot dev only), so until a policy with approvers is stored those
+// calls are refused at once with that reason, rather than holding a
+// session for an approval nobody can give.
 func Default() *Policy {
-	p := mustCompile(Document{Version: 1, Decisions: DecisionsUnsigned, Tools: ToolsSection{
+	p := mustCompile(Document{Version: 1, Decisions: DecisionsSigned, Tools: ToolsSection{
 		Default: Approve,
 		Rules:   []Rule{{Name: "read-only", Match: Match{Tools: ReadOnlyTools}, Action: Allow}},
 	}})

@@ -120,6 +120,7 @@ type ApprovalNeed struct {
 	Quorum              int      `json:"quorum"`
 	RequesterMayApprove bool     `json:"requester_may_approve"`
 	PolicyVersion       uint64   `json:"policy_version,omitempty"`
+	Signed              bool     `json:"signed,omitempty"`
 }
 
 // Vote is one approver's verified allow on a pending approval.

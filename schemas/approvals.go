@@ -21,3 +21,16 @@ type ApproverRef struct {
 	Name string `json:"name"`
 	Key  string `json:"key,omitempty"`
 }
+
+// ApprovalNeeds says who may decide an approval request: an allow needs
+// Quorum distinct approvers from AllowBy, one deny from DenyBy denies, and
+// the job's requester may be excluded. Rules are the policy rules that
+// asked. Empty lists: any approver (or, under unsigned decisions, anyone).
+type ApprovalNeeds struct {
+	Rules               []string `json:"rules,omitempty"`
+	AllowBy             []string `json:"allow_by,omitempty"`
+	DenyBy              []string `json:"deny_by,omitempty"`
+	Quorum              int      `json:"quorum"`
+	RequesterMayApprove bool     `json:"requester_may_approve"`
+	Signed              bool     `json:"signed"`
+}

@@ -256,7 +256,8 @@ func fullValues() map[string][]any {
 		"approval": {ApprovalRequest{
 			Schema: ApprovalSchemaID, ApprovalID: "job-1:1", JobID: "job-1", SessionID: "s", RunID: "r",
 			PendingToolCalls: calls, AutoResolved: 1, RequestedAt: at, ExpiresAt: at.Add(time.Hour),
-			Metadata: md, ResumeHint: "jetpilot approve job-1:1 --allow", PolicyVersion: 4, PendingDigest: digest,
+			Metadata: md, ResumeHint: "jetpilot approve job-1:1 --allow", PolicyVersion: 4,
+			Needs: &ApprovalNeeds{Rules: []string{"change"}, AllowBy: []string{"alice"}, DenyBy: []string{"alice"}, Quorum: 1, RequesterMayApprove: true, Signed: true}, PendingDigest: digest,
 		}},
 		"decision": {
 			Decision{Schema: DecisionSchemaID, ApprovalID: "job-1:1", JobID: "job-1", All: DecideAllow, DecidedBy: "me",

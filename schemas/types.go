@@ -295,6 +295,8 @@ type ApprovalRequest struct {
 	ResumeHint       string            `json:"resume_hint,omitempty"`
 	// PolicyVersion is the policy version that asked for the approval.
 	PolicyVersion uint64 `json:"policy_version,omitempty"`
+	// Needs says who may decide it, and how many must.
+	Needs *ApprovalNeeds `json:"needs,omitempty"`
 	// PendingDigest is the lowercase hex SHA-256 of the RFC 8785 (JCS) form
 	// of PendingToolCalls (signing.PendingDigest). A signed decision repeats
 	// it, so its signature covers exactly the calls the approver saw.

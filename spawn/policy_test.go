@@ -15,3 +15,16 @@ func allowOnly(t *testing.T, tools ...string) func() *policy.Policy {
 	require.NoError(t, err)
 	return func() *policy.Policy { return p }
 }
+
+// humanAsks is the built-in policy with unsigned decisions: read-only
+// tools run, every other call waits for a human (whom these tests play).
+func humanAsks() *policy.Policy { return humanAsksPolicy }
+
+var humanAsksPolicy = func() *policy.Policy {
+	p, err := policy.Parse([]byte(`{"version":1,"decisions":"unsigned","tools":{"default":"approve",
+		"rules":[{"name":"read-only","match":{"tools":["view","search_docs"]},"action":"allow"}]}}`))
+	if err != nil {
+		panic(err)
+	}
+	return p
+}()

@@ -93,6 +93,10 @@ func (w *Worker) publishPause(ctx context.Context, rec *queue.RunRecord, res sch
 		PolicyVersion:    res.PolicyVersion,
 		PendingDigest:    rec.PendingDigest,
 	}
+	if n := rec.Need; n != nil {
+		req.Needs = &schemas.ApprovalNeeds{Rules: n.Rules, AllowBy: n.AllowBy, DenyBy: n.DenyBy, Quorum: n.Quorum,
+			RequesterMayApprove: n.RequesterMayApprove, Signed: n.Signed}
+	}
 	if _, err := queue.PublishApproval(ctx, w.js, w.qcfg, req); err != nil {
 		return fmt.Errorf("publish approval request: %w", err)
 	}

@@ -133,21 +133,21 @@ func TestPolicyRulesDecideCalls(t *testing.T) {
 }
 
 // With neither flags nor a stored policy, read-only tools run and every
-// other call waits for a human, even for a job that did not ask to pause.
-func TestBuiltInPolicyAsksAHuman(t *testing.T) {
+// other call needs an approver; none is configured and decisions must be
+// signed, so the call is refused at once with that reason (the model
+// reads it), instead of holding the session for an approval nobody can
+// give.
+func TestBuiltInPolicyNeedsApprovers(t *testing.T) {
 	h := newHarness(t, queue.Config{})
 	h.startWorker(worker.Options{Fallback: policy.Default()})
 	h.submit(job("builtin-1", "#sim tool stakpak__view {}\n#sim tool stakpak__run_command {\"command\":\"ls\"}\n#sim text done"))
-	paused := h.result("builtin-1")
-	require.Equal(t, schemas.StatusPaused, paused.Status)
-	require.Len(t, paused.PauseReason.PendingToolCalls, 1)
-	assert.Equal(t, "stakpak__run_command", paused.PauseReason.PendingToolCalls[0].Name)
-	req := h.approval("builtin-1")
-	assert.Equal(t, 1, req.AutoResolved, "view was accepted by the policy")
-	h.decide(schemas.Decision{ApprovalID: req.ApprovalID, JobID: "builtin-1", All: schemas.DecideAllow})
 	res := h.final("builtin-1")
-	assert.Equal(t, schemas.StatusCompleted, res.Status)
-	assert.Equal(t, schemas.ToolCallCounts{Accepted: 2}, res.ToolCalls)
+	require.Equal(t, schemas.StatusCompleted, res.Status)
+	assert.Equal(t, schemas.ToolCallCounts{Accepted: 1, Rejected: 1}, res.ToolCalls)
+	assert.Len(t, h.results("builtin-1"), 1, "never paused")
+	d := h.sim.Decisions(res.SessionID)
+	require.Len(t, d, 1)
+	assert.Equal(t, "Blocked by policy (rule default, tool: run_command): it needs approval, and no approvers are configured for it", d[0]["call_2"].Content)
 }
 
 // A run whose token usage passes max_tokens is cancelled (with the wake-up

@@ -23,7 +23,7 @@ import (
 // fixed when the pause is recorded; which key is whose is read from the
 // policy in force when a decision comes, so a revoked key stops at once.
 func approvalNeed(pol *policy.Policy, pending []schemas.ToolCall) *queue.ApprovalNeed {
-	need := &queue.ApprovalNeed{Quorum: 1, RequesterMayApprove: true, PolicyVersion: pol.Version}
+	need := &queue.ApprovalNeed{Quorum: 1, RequesterMayApprove: true, PolicyVersion: pol.Version, Signed: pol.Signed()}
 	deny := map[string]bool{}
 	for i, c := range pending {
 		v := pol.Evaluate(policy.Call{Name: c.Name, Arguments: c.Arguments})

@@ -38,7 +38,7 @@ func printJSON(w io.Writer, v any) error { return writeJSON(w, v, true) }
 
 // printApproval prints an approval request for a human. Everything in it
 // but the expiry time was written by an agent or a publisher: it is escaped.
-func printApproval(w io.Writer, a schemas.ApprovalRequest) {
+func printApproval(w io.Writer, a schemas.ApprovalRequest, votes []string) {
 	fmt.Fprintf(w, "approval %s for job %s (expires %s)\n", safeLine(a.ApprovalID), safeLine(a.JobID), a.ExpiresAt.Format(time.RFC3339))
 	for _, t := range a.PendingToolCalls {
 		fmt.Fprintf(w, "  %s %s  [%s]\n", safeLine(t.Name), safeLine(string(t.Arguments)), safeLine(t.ID))
@@ -48,6 +48,9 @@ func printApproval(w io.Writer, a schemas.ApprovalRequest) {
 	}
 	if a.PendingDigest != "" {
 		fmt.Fprintf(w, "  pending_digest: %s\n", safeLine(a.PendingDigest))
+	}
+	if n := a.Needs; n != nil {
+		fmt.Fprintf(w, "  needs: %s\n", needsLine(n, votes))
 	}
 	fmt.Fprintf(w, "  answer: jetpilot approve %s --job %s --allow|--deny [--key FILE]\n", safeLine(a.ApprovalID), safeLine(a.JobID))
 }
@@ -88,13 +91,19 @@ func newApprovalsCmd(g *globalFlags) *cobra.Command {
 		Short: "Print approval requests, and with --follow keep printing new ones",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return withClient(cmd, g, "jetpilot approvals", func(ctx context.Context, _ *nats.Conn, c *queue.Client) error {
+			return withClient(cmd, g, "jetpilot approvals", func(ctx context.Context, nc *nats.Conn, c *queue.Client) error {
 				out := cmd.OutOrStdout()
+				// Who approved so far is in the audit stream; without it
+				// (no permission to read it) the view goes without.
+				var audit *queue.AuditLog
+				if js, err := jetstream.New(nc); err == nil {
+					audit, _ = queue.NewAuditLog(ctx, js, g.queueConfig())
+				}
 				return c.Approvals(ctx, follow, func(a schemas.ApprovalRequest) error {
 					if asJSON {
 						return printJSON(out, a)
 					}
-					printApproval(out, a)
+					printApproval(out, a, approvalVotes(ctx, audit, a))
 					return nil
 				})
 			})
@@ -376,4 +385,54 @@ func findApprovalRaw(ctx context.Context, js jetstream.JetStream, cfg queue.Conf
 		pending -= min(got, pending)
 	}
 	return nil, fmt.Errorf("%w: no approval request %s for job %s (is --job right?)", queue.ErrApprovalNotFound, approvalID, jobID)
+}
+
+// needsLine says who may decide an approval, who has approved so far and
+// who is still needed: "2 of alice, bob, carl (rules change; signed;
+// not the requester); approved so far: bob; still needed: 1 more".
+func needsLine(n *schemas.ApprovalNeeds, votes []string) string {
+	who := "any approver"
+	if len(n.AllowBy) > 0 {
+		who = strings.Join(n.AllowBy, ", ")
+	}
+	var notes []string
+	if len(n.Rules) > 0 {
+		notes = append(notes, "rules "+strings.Join(n.Rules, ", "))
+	}
+	if n.Signed {
+		notes = append(notes, "signed")
+	} else {
+		notes = append(notes, "unsigned")
+	}
+	if !n.RequesterMayApprove {
+		notes = append(notes, "not the requester")
+	}
+	s := fmt.Sprintf("%d of %s (%s)", n.Quorum, who, strings.Join(notes, "; "))
+	if n.Quorum > 1 {
+		so := "nobody"
+		if len(votes) > 0 {
+			so = strings.Join(votes, ", ")
+		}
+		s += fmt.Sprintf("; approved so far: %s; still needed: %d more", so, max(0, n.Quorum-len(votes)))
+	}
+	return safeLine(s)
+}
+
+// approvalVotes are the approvers whose allow the audit chain records for
+// the approval (a quorum not met yet), in order.
+func approvalVotes(ctx context.Context, audit *queue.AuditLog, a schemas.ApprovalRequest) []string {
+	if audit == nil || a.Needs == nil || a.Needs.Quorum < 2 {
+		return nil
+	}
+	recs, err := audit.Chain(ctx, a.JobID)
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, r := range recs {
+		if r.Kind == schemas.AuditDecisionApplied && r.ApprovalID == a.ApprovalID && strings.HasPrefix(r.Decision, "allow (vote") {
+			out = append(out, r.Approver.Name)
+		}
+	}
+	return out
 }
