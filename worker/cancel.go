@@ -120,6 +120,7 @@ func (w *Worker) serveCancels(ctx context.Context, nc *nats.Conn) (stop func(), 
 		if a := w.activeJob(jobID); a != nil {
 			a.requestCancel()
 			w.reply(m, CancelReply{JobID: jobID, Outcome: schemas.CancelCancelling, Worker: w.opts.Name})
+			goTracked(func() { w.auditCancel(ctx, jobID) })
 			return
 		}
 		goTracked(func() { w.reply(m, w.cancelRecorded(ctx, jobID, m.Data)) })
@@ -136,6 +137,7 @@ func (w *Worker) serveCancels(ctx context.Context, nc *nats.Conn) (stop func(), 
 		if a := w.activeJob(req.JobID); a != nil {
 			a.requestCancel()
 			w.reply(m, CancelReply{JobID: req.JobID, Outcome: schemas.CancelCancelling, Worker: w.opts.Name})
+			goTracked(func() { w.auditCancel(ctx, req.JobID) })
 			return
 		}
 		w.reply(m, CancelReply{JobID: req.JobID, Error: &schemas.Error{Code: "not_held", Message: "worker " + w.opts.Name + " does not follow job " + req.JobID}})

@@ -311,3 +311,9 @@ func joinViolations(a, b error) error {
 	}
 	return errors.Join(a, b)
 }
+
+// auditCancel records a cancel of a running job this worker follows.
+func (w *Worker) auditCancel(ctx context.Context, jobID string) {
+	w.auditOrLog(ctx, schemas.AuditRecord{JobID: jobID, Kind: schemas.AuditCancel, Decision: "cancelled",
+		Reason: "cancel requested while the run was going"}, w.log.With("job_id", jobID))
+}

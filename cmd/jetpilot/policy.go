@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -88,6 +90,13 @@ stderr, nothing is stored).`,
 						return &exitError{code: exitUsage, err: describeProblems("invalid policy "+inputName(args[0])+"; nothing was stored", err)}
 					}
 					return fmt.Errorf("policy set: %w", err)
+				}
+				// Every policy change is in the audit stream's policy chain.
+				if audit, err := queue.NewAuditLog(ctx, js, qcfg); err != nil {
+					fmt.Fprintf(cmd.ErrOrStderr(), "jetpilot: warning: version %d stored, but not audited: %v\n", res.Version, err)
+				} else if _, err := audit.Append(ctx, schemas.AuditRecord{Kind: schemas.AuditPolicySet, PolicyVersion: res.Version,
+					At: time.Now().UTC(), Worker: "jetpilot policy set", Reason: fmt.Sprintf("replaced version %d; %s", res.Replaced, policyDigest(data))}); err != nil {
+					fmt.Fprintf(cmd.ErrOrStderr(), "jetpilot: warning: version %d stored, but not audited: %v\n", res.Version, err)
 				}
 				out := cmd.OutOrStdout()
 				if asJSON {
@@ -478,3 +487,10 @@ func exactArgs(n int, hint string) cobra.PositionalArgs {
 // tool arguments or a stored document (safetext.go).
 func printable(s string) string     { return safeLine(s) }
 func printableText(s string) string { return safeBlock(s) }
+
+// policyDigest names a stored document by its SHA-256, so the audit chain
+// says which text was stored.
+func policyDigest(data []byte) string {
+	h := sha256.Sum256(data)
+	return "sha256 " + hex.EncodeToString(h[:])
+}

@@ -11,6 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/jetpilot-dev/jetpilot/internal/testnats"
+	"github.com/jetpilot-dev/jetpilot/queue"
 	"github.com/jetpilot-dev/jetpilot/internal/testsupport"
 )
 
@@ -300,4 +301,24 @@ func TestPolicyTest(t *testing.T) {
 			"call run_command {}: ask (no rule matched: the policy's tools.default)\n"+
 			"  approvers: any human (decisions: unsigned); quorum 1; the job's requester may be one of them\n", stdout)
 	})
+}
+
+// Every policy set lands in the audit stream's policy chain, which
+// `jetpilot audit --policy` prints and verifies.
+func TestPolicySetIsAudited(t *testing.T) {
+	t.Parallel()
+	s, _, js := testnats.Start(t)
+	url := testnats.URL(s)
+	require.NoError(t, queue.Setup(t.Context(), js, queue.Config{}))
+	for _, f := range []string{"policy-production.yaml", "policy-freeze.yaml"} {
+		_, stderr, code := runPolicy(t, url, "", "set", example(t, f))
+		require.Zero(t, code, stderr)
+		assert.NotContains(t, stderr, "not audited")
+	}
+	stdout, stderr, code, err := tryRun(nil, "", "audit", "--policy", "--nats", url)
+	require.NoError(t, err)
+	require.Zero(t, code, stderr)
+	assert.Contains(t, stdout, "policy_set")
+	assert.Contains(t, stdout, "replaced version 1")
+	assert.Contains(t, stdout, "chain intact")
 }
