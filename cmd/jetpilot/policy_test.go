@@ -11,8 +11,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/jetpilot-dev/jetpilot/internal/testnats"
-	"github.com/jetpilot-dev/jetpilot/queue"
 	"github.com/jetpilot-dev/jetpilot/internal/testsupport"
+	"github.com/jetpilot-dev/jetpilot/queue"
 )
 
 // example is a file of schemas/examples.
