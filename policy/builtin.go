@@ -33,11 +33,15 @@ func Default() *Policy {
 	return p
 }
 
-// Dev is `jetpilot dev`'s policy when none is stored and no flag is given:
-// every call runs unattended (a job's own lists still narrow), decisions
-// unsigned. It says so at start-up.
-func Dev() *Policy {
-	p := mustCompile(Document{Version: 1, Decisions: DecisionsUnsigned, Tools: ToolsSection{Default: Allow}})
+// Dev is `jetpilot dev`'s policy while none is stored: every call runs
+// unattended (a job's own lists still narrow), decisions unsigned. It says
+// so at start-up. maxTimeout caps job timeouts (0: DefaultMaxTimeout).
+func Dev(maxTimeout ...time.Duration) *Policy {
+	doc := Document{Version: 1, Decisions: DecisionsUnsigned, Tools: ToolsSection{Default: Allow}}
+	if len(maxTimeout) > 0 && maxTimeout[0] > 0 {
+		doc.Jobs.MaxTimeout = maxTimeout[0].String()
+	}
+	p := mustCompile(doc)
 	p.Source = SourceDev
 	return p
 }

@@ -97,8 +97,8 @@ a demo job, prints its result and exits with the job's exit code.`,
 			if err := queue.Setup(ctx, js, g.queueConfig()); err != nil {
 				return fmt.Errorf("set up streams: %w", err)
 			}
-			if len(wf.allowedTools) == 0 && wf.maxTimeout == 0 {
-				wf.fallback = policy.Dev()
+			if len(wf.allowedTools) == 0 {
+				wf.fallback = policy.Dev(wf.maxTimeout)
 				fmt.Fprintln(out, "policy: until one is stored (jetpilot policy set FILE), dev runs EVERY tool call unattended and applies unsigned decisions")
 			}
 			go func() { workerDone <- runWorker(workerCtx, g, wf, nc, js, log) }()

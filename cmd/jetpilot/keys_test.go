@@ -301,11 +301,16 @@ func TestApproveSignedEndToEnd(t *testing.T) {
 	s, _, js := testnats.Start(t)
 	_, simURL := agentsimtest.New(t, agentsim.Options{})
 	url := testnats.URL(s)
+	key, pub := newKey(t)
+	// A signed policy naming the key: every call needs its approval.
+	pol := filepath.Join(t.TempDir(), "policy.json")
+	require.NoError(t, os.WriteFile(pol, []byte(`{"version":1,"decisions":"signed","tools":{"default":"approve"},"approvers":{"alice":{"key":"`+pub+`"}}}`), 0o600))
+	out, code := run(t, "", "policy", "set", "--nats", url, pol)
+	require.Equal(t, 0, code, out)
 	w := start(t, nil, "worker", "--nats", url, "--agent-url", simURL)
 	require.Eventually(t, func() bool { return strings.Contains(w.Output(), "worker started") }, waitFor, 20*time.Millisecond)
-	key, pub := newKey(t)
 
-	out, code := run(t, "", "submit", "--nats", url, "--id", "signed-e2e", "--wait", "--pause-on-approval",
+	out, code = run(t, "", "submit", "--nats", url, "--id", "signed-e2e", "--wait", "--pause-on-approval",
 		"--prompt", "#sim tool stakpak__run_command {\"command\":\"deploy > /tmp/log\"}\n#sim text shipped")
 	require.Equal(t, 10, code, out)
 	client := queue.NewClient(js, queue.Config{})

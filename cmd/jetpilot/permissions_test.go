@@ -71,6 +71,12 @@ func TestREADMEPermissions(t *testing.T) {
 
 	out, code := run(t, "", as("admin", "setup")...)
 	require.Equal(t, 0, code, out)
+	// The policy admin stores jetpilot dev's policy: every call runs
+	// unless the job narrows it, decisions unsigned.
+	pol := filepath.Join(dir, "policy.json")
+	require.NoError(t, os.WriteFile(pol, []byte(`{"version":1,"decisions":"unsigned","tools":{"default":"allow"}}`), 0o600))
+	out, code = run(t, "", as("admin", "policy", "set", pol)...)
+	require.Equal(t, 0, code, out)
 	_, simURL := agentsimtest.New(t, agentsim.Options{})
 	w := start(t, nil, as("worker", "worker", "--agent-url", simURL)...)
 	require.Eventually(t, func() bool { return strings.Contains(w.Output(), "worker started") }, waitFor, 20*time.Millisecond)

@@ -291,15 +291,15 @@ func TestPolicyTest(t *testing.T) {
 		s2, _, _ := testnats.Start(t)
 		stdout, stderr, code, err := tryRun([]string{"JETPILOT_CALL=run_command"}, "", "policy", "test", good, "--nats", testnats.URL(s2))
 		require.NoError(t, err)
-		assert.Equal(t, 0, code, stderr)
+		assert.Equal(t, 3, code, stderr) // the call is rejected
 		assert.Equal(t, "no policy is stored in KV bucket jetpilot_policy: the built-in policy (workers started with --allowed-tools or --max-timeout use those instead)\n"+
 			"job deploy-2: accepted\n"+
 			"  model: (none: the agent server's default)\n"+
 			"  max_turns: (none: the agent server's default)\n"+
 			"  workdir: (none: the agent server's default)\n"+
 			"  timeout: 1h0m0s (the policy's jobs.max_timeout, the job sets none)\n"+
-			"call run_command {}: ask (no rule matched: the policy's tools.default)\n"+
-			"  approvers: any human (decisions: unsigned); quorum 1; the job's requester may be one of them\n", stdout)
+			"call run_command {}: reject (no rule matched: the policy's tools.default)\n"+
+			"  the model reads: Blocked by policy (rule default, tool: run_command): it needs approval, and no approvers are configured for it\n", stdout)
 	})
 }
 

@@ -271,12 +271,6 @@ func serveOps(ctx context.Context, addr string, h http.Handler, log *slog.Logger
 	}, nil
 }
 
-// fallbackPolicy is the policy while none is stored: the one the policy
-// flags stand for when any is given (nil lets the worker build it), else
-// dev's, else nil (the built-in one).
-func (f *workerFlags) fallbackPolicy() *policy.Policy {
-	if len(f.allowedTools) > 0 || f.maxTimeout != 0 {
-		return nil
-	}
-	return f.fallback
-}
+// fallbackPolicy is the policy while none is stored: dev's when set, else
+// nil (the worker builds the one its flags stand for, or the built-in one).
+func (f *workerFlags) fallbackPolicy() *policy.Policy { return f.fallback }
