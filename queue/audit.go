@@ -492,3 +492,24 @@ func chainName(jobID string) string {
 	}
 	return "job " + strconv.Quote(jobID)
 }
+
+// auditHeadroom is the room Ready wants left in the AUDIT stream: a few
+// records.
+const auditHeadroom = 64 << 10
+
+// Ready reports whether the AUDIT stream can take another record: it is
+// reachable and not within a few records of its max bytes. A worker asks
+// before it applies a human's decision, so an approval fails closed when
+// the audit is full, instead of applying and then finding nowhere to say
+// so.
+func (l *AuditLog) Ready(ctx context.Context) error {
+	info, err := l.stream.Info(ctx)
+	if err != nil {
+		return fmt.Errorf("audit stream %s: %w", l.cfg.AuditStream(), err)
+	}
+	if max := info.Config.MaxBytes; max > 0 && int64(info.State.Bytes)+auditHeadroom > max {
+		return fmt.Errorf("audit stream %s holds %d of its %d bytes: %w (raise it with jetpilot setup --audit-max-bytes)",
+			l.cfg.AuditStream(), info.State.Bytes, max, ErrAuditFull)
+	}
+	return nil
+}

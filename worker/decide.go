@@ -108,20 +108,21 @@ func (w *Worker) fetchDecision(ctx context.Context, msg jetstream.Msg) (*phase, 
 		approvers = voters(rec, v)
 	}
 	word := decisionWord(d)
-	if err := w.audit(ctx, schemas.AuditRecord{JobID: rec.JobID, Kind: schemas.AuditDecisionApplied, ApprovalID: rec.ApprovalID,
-		Approver: auditApprover(approvers[len(approvers)-1]), Rule: needRules(rec.Need), PolicyVersion: w.policyInForce().Version,
-		PendingDigest: rec.PendingDigest, Decision: word, Reason: decisionSummary(d)}); err != nil {
-		// Fail closed: a decision nobody could audit is not applied.
-		o := refuse(&schemas.Error{Code: CodeAuditUnavailable, Message: err.Error()})
-		p.voter = nil
-		return p, &o
+	if o := w.auditReady(ctx, p); o != nil {
+		return p, o
 	}
+	applied := schemas.AuditRecord{JobID: rec.JobID, Kind: schemas.AuditDecisionApplied, ApprovalID: rec.ApprovalID,
+		Approver: auditApprover(approvers[len(approvers)-1]), Rule: needRules(rec.Need), PolicyVersion: w.policyInForce().Version,
+		PendingDigest: rec.PendingDigest, Decision: word, Reason: decisionSummary(d)}
 	p.decisions = w.recheck(expandDecision(d, rec.Pending), rec.Pending, p.log)
 	p.settledAs = settledApproval(rec, word, approvers)
 	approvalID := rec.ApprovalID
 	if o := w.take(ctx, p, decided); o != nil {
 		return p, o
 	}
+	// Only the decision that won the compare-and-set is audited as
+	// applied; a loser is refused (approval_settled) and audited so.
+	w.auditOrLog(ctx, applied, p.log)
 	w.flushRefusals(ctx, rec.JobID, approvalID, p.log)
 	p.announce = &schemas.Event{Type: schemas.EventApprovalDecided, ApprovalID: d.ApprovalID, Text: decisionSummary(d)}
 	p.log.Info("approval decided; resuming run", "decided_by", d.DecidedBy)
@@ -146,13 +147,12 @@ func auditApprover(a schemas.ApproverRef) schemas.AuditApprover {
 func (w *Worker) recordVote(ctx context.Context, p *phase, d schemas.Decision, v *vote, decided string) *outcome {
 	rec := &p.run.Record
 	need := needOf(rec)
-	if err := w.audit(ctx, schemas.AuditRecord{JobID: rec.JobID, Kind: schemas.AuditDecisionApplied, ApprovalID: rec.ApprovalID,
-		Approver: schemas.AuditApprover{Name: v.approver, Key: v.key}, Rule: needRules(rec.Need), PolicyVersion: w.policyInForce().Version,
-		PendingDigest: rec.PendingDigest, Decision: fmt.Sprintf("allow (vote %d of %d)", len(rec.Votes)+1, need.Quorum)}); err != nil {
-		o := refuse(&schemas.Error{Code: CodeAuditUnavailable, Message: err.Error()})
-		p.voter = nil
-		return &o
+	if o := w.auditReady(ctx, p); o != nil {
+		return o
 	}
+	voted := schemas.AuditRecord{JobID: rec.JobID, Kind: schemas.AuditDecisionApplied, ApprovalID: rec.ApprovalID,
+		Approver: schemas.AuditApprover{Name: v.approver, Key: v.key}, Rule: needRules(rec.Need), PolicyVersion: w.policyInForce().Version,
+		PendingDigest: rec.PendingDigest, Decision: fmt.Sprintf("allow (vote %d of %d)", len(rec.Votes)+1, need.Quorum)}
 	rec.Votes = append(rec.Votes, queue.Vote{Approver: v.approver, Key: v.key, At: time.Now().UTC(), Msg: decided})
 	if err := w.runs.Transition(ctx, p.run, queue.TransVote); err != nil {
 		// Another vote or decision changed the record first: redelivered,
@@ -160,6 +160,7 @@ func (w *Worker) recordVote(ctx context.Context, p *phase, d schemas.Decision, v
 		o := retry(outRetry, fmt.Errorf("record the vote of %s: %w", v.approver, err))
 		return &o
 	}
+	w.auditOrLog(ctx, voted, p.log)
 	var still []string
 	for _, n := range need.AllowBy {
 		if !slices.ContainsFunc(rec.Votes, func(x queue.Vote) bool { return x.Approver == n }) {

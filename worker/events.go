@@ -3,6 +3,8 @@ package worker
 import (
 	"context"
 	"encoding/json"
+	"fmt"
+	"math/rand/v2"
 	"sync"
 	"time"
 
@@ -229,7 +231,8 @@ func (w *Worker) publishJobEvent(ctx context.Context, ev schemas.Event) error {
 		return nil
 	}
 	var err error
-	for range 5 {
+	wait := 2 * time.Millisecond
+	for range publishEventAttempts {
 		var last, streamSeq uint64
 		last, streamSeq, err = queue.LastEventSeq(ctx, w.js, w.qcfg, ev.JobID)
 		if err != nil {
@@ -239,6 +242,16 @@ func (w *Worker) publishJobEvent(ctx context.Context, ev schemas.Event) error {
 		if _, err = queue.PublishEventAfter(ctx, w.js, w.qcfg, ev, streamSeq); err == nil || !queue.IsWrongLastSequence(err) {
 			return err
 		}
+		// Another publisher took the seq: back off (jittered, so racing
+		// workers spread out) and read the last one again.
+		if !sleep(ctx, wait/2+rand.N(wait)) {
+			return ctx.Err()
+		}
+		wait = min(2*wait, 200*time.Millisecond)
 	}
-	return err
+	return fmt.Errorf("publish %s event for job %s: %d publishers raced for its seq: %w", ev.Type, ev.JobID, publishEventAttempts, err)
 }
+
+// publishEventAttempts bounds the tries of an event published outside a
+// phase (about 4 s of backing off at most).
+const publishEventAttempts = 24

@@ -176,7 +176,9 @@ type refusalCounts struct {
 // they are counted under the overflow job "" (logged, not audited).
 const maxCountedJobs = 4096
 
-func (r *refusalCounts) add(jobID, code string) {
+func (r *refusalCounts) add(jobID, code string) { r.addN(jobID, code, 1) }
+
+func (r *refusalCounts) addN(jobID, code string, n int64) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.n == nil {
@@ -188,7 +190,7 @@ func (r *refusalCounts) add(jobID, code string) {
 	if r.n[jobID] == nil {
 		r.n[jobID] = map[string]int64{}
 	}
-	r.n[jobID][code]++
+	r.n[jobID][code] += n
 }
 
 func (r *refusalCounts) take(jobID string) map[string]int64 {
@@ -199,13 +201,20 @@ func (r *refusalCounts) take(jobID string) map[string]int64 {
 	return c
 }
 
-// flushRefusals writes the job's counted refusals, one record per code.
-func (w *Worker) flushRefusals(ctx context.Context, jobID, approvalID string, log *slog.Logger) {
+// flushRefusals writes the job's counted refusals, one record per code. A
+// count that cannot be written is kept for the next flush.
+func (w *Worker) flushRefusals(ctx context.Context, jobID, approvalID string, log *slog.Logger) (failed bool) {
 	counts := w.refusals.take(jobID)
 	for _, code := range slices.Sorted(maps.Keys(counts)) {
-		w.auditOrLog(ctx, schemas.AuditRecord{JobID: jobID, Kind: schemas.AuditRefusalsCounted, ApprovalID: approvalID,
-			Code: code, Count: counts[code], Reason: "decisions refused before any approver could be identified"}, log)
+		err := w.audit(ctx, schemas.AuditRecord{JobID: jobID, Kind: schemas.AuditRefusalsCounted, ApprovalID: approvalID,
+			Code: code, Count: counts[code], Reason: "decisions refused before any approver could be identified"})
+		if err != nil {
+			log.Warn("counted refusals not audited yet; kept for the next try", "code", code, "count", counts[code], "err", err)
+			w.refusals.addN(jobID, code, counts[code])
+			failed = true
+		}
 	}
+	return failed
 }
 
 // unverifiedCodes are the refusals that name no approver.
@@ -316,4 +325,55 @@ func joinViolations(a, b error) error {
 func (w *Worker) auditCancel(ctx context.Context, jobID string) {
 	w.auditOrLog(ctx, schemas.AuditRecord{JobID: jobID, Kind: schemas.AuditCancel, Decision: "cancelled",
 		Reason: "cancel requested while the run was going"}, w.log.With("job_id", jobID))
+}
+
+// auditReady refuses (audit_unavailable) a decision the audit stream could
+// not record: approvals fail closed when it is full or unreachable.
+func (w *Worker) auditReady(ctx context.Context, p *phase) *outcome {
+	actx, cancel := context.WithTimeout(ctx, settleTimeout)
+	defer cancel()
+	if err := w.auditLog.Ready(actx); err != nil {
+		o := refuse(&schemas.Error{Code: CodeAuditUnavailable, Message: err.Error()})
+		p.voter = nil
+		return &o
+	}
+	return nil
+}
+
+// auditRefusalsEvery is how often a worker writes the unverified refusals
+// it counted for jobs whose approval another worker settled, or that are
+// still pending.
+const auditRefusalsEvery = 5 * time.Second
+
+// flushAllRefusals writes every job's counted refusals; it reports whether
+// some could not be written (they are kept).
+func (w *Worker) flushAllRefusals(ctx context.Context) (failed bool) {
+	w.refusals.mu.Lock()
+	jobs := slices.Collect(maps.Keys(w.refusals.n))
+	w.refusals.mu.Unlock()
+	for _, job := range jobs {
+		if job == "" {
+			if c := w.refusals.take(""); len(c) > 0 {
+				w.log.Warn("refused decisions for more jobs than are counted one by one; not audited", "counts", c)
+			}
+			continue
+		}
+		failed = w.flushRefusals(ctx, job, "", w.log.With("job_id", job)) || failed
+	}
+	return failed
+}
+
+// auditRefusals writes the counted refusals every auditRefusalsEvery until
+// ctx is done (Run writes the rest once every message is settled).
+func (w *Worker) auditRefusals(ctx context.Context) {
+	t := time.NewTicker(auditRefusalsEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			w.flushAllRefusals(ctx)
+		}
+	}
 }

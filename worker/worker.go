@@ -159,6 +159,11 @@ func (w *Worker) Run(ctx context.Context) error {
 	}()
 
 	var jobs, loops sync.WaitGroup
+	loops.Add(1)
+	go func() {
+		defer loops.Done()
+		w.auditRefusals(ctx)
+	}()
 	if w.opts.Policies != nil {
 		loops.Add(1)
 		go func() {
@@ -203,6 +208,14 @@ func (w *Worker) Run(ctx context.Context) error {
 	loops.Wait()
 
 	w.drain(&jobs, cancelJobs)
+	// A worker that stops says what it refused.
+	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), auditRefusalsEvery)
+	for range 3 {
+		if !w.flushAllRefusals(fctx) {
+			break
+		}
+	}
+	cancel()
 	w.log.Info("worker stopped")
 	return nil
 }
