@@ -71,3 +71,18 @@ func TestEventSeqIsOneSequence(t *testing.T) {
 		assert.True(c, sawFixed, "the resumed phase's text arrived")
 	}, "events 1..n without gaps or repeats")
 }
+
+// Approvals fail closed: with no room left in the audit stream, a decision
+// is refused (audit_unavailable) and the run stays paused.
+func TestDecisionFailsClosedWhenTheAuditIsFull(t *testing.T) {
+	h := newHarness(t, queue.Config{AuditMaxBytes: 16 << 10})
+	h.startWorker(worker.Options{})
+	h.submit(pausingJob("full-1"))
+	req := h.approval("full-1")
+	h.decide(schemas.Decision{ApprovalID: req.ApprovalID, JobID: "full-1", All: schemas.DecideAllow})
+	errs := h.decisionErrors("full-1", 1)
+	assert.Equal(t, worker.CodeAuditUnavailable, errs[0].Error.Code)
+	assert.Contains(t, errs[0].Error.Message, "audit stream")
+	assert.Len(t, h.results("full-1"), 1, "still paused")
+	assert.Zero(t, countRequests(h, "/tools/decisions"), "nothing was sent to the agent server")
+}
