@@ -67,6 +67,7 @@ func TestToolRules(t *testing.T) {
 		{"rm -rf denied", "run_command", `{"command":"cd /tmp && rm -rf /"}`, policy.Deny, "never"},
 		{"rm -rf on a second line denied", "run_command", `{"command":"echo hi\nrm  -rf /srv"}`, policy.Deny, "never"},
 		{"deny sees through any prefix", "evil__run_command", `{"command":"rm -rf /"}`, policy.Deny, "never"},
+		{"deny sees through nested prefixes", "stakpak__proxy__run_command", `{"command":"rm -rf /"}`, policy.Deny, "never"},
 		{"missing field never allows, always denies", "run_command", `{"cmd":"kubectl get pods"}`, policy.Deny, "never"},
 		{"non-string field", "run_command", `{"command":["kubectl","get"]}`, policy.Deny, "never"},
 		{"duplicate key: untrusted", "run_command", `{"command":"kubectl get pods","command":"rm -rf /"}`, policy.Deny, "never"},

@@ -175,13 +175,22 @@ func (p *Policy) toolMatches(r *compiledRule, name string) bool {
 		}
 		return false
 	}
-	bare := BareName(name)
+	bare, last := BareName(name), lastName(name)
 	for _, t := range r.tools {
-		if t == name || BareName(t) == bare {
+		if t == name || BareName(t) == bare || lastName(t) == last {
 			return true
 		}
 	}
 	return false
+}
+
+// lastName is what follows the last "__" (a proxied tool's
+// "stakpak__proxy__run_command" is run_command), if anything follows.
+func lastName(name string) string {
+	if i := strings.LastIndex(name, "__"); i >= 0 && i+2 < len(name) {
+		return name[i+2:]
+	}
+	return name
 }
 
 // parsedArgs holds a call's top-level string arguments. bad: the arguments
@@ -206,15 +215,15 @@ func parseArgs(raw json.RawMessage) *parsedArgs {
 		return pa
 	}
 	pa.strs = make(map[string]string, 4)
-	var keys []string
+	keys := map[string]bool{}
 	i = skipSpace(raw, i+1)
 	for i < len(raw) && raw[i] != '}' {
 		end := stringEnd(raw, i)
 		key, ok := unquote(raw[i:end])
-		if !ok || slices.Contains(keys, key) {
+		if !ok || keys[key] {
 			return pa
 		}
-		keys = append(keys, key)
+		keys[key] = true
 		i = skipSpace(raw, skipSpace(raw, end)+1) // past ':'
 		vend := valueEnd(raw, i)
 		if raw[i] == '"' {

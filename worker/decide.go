@@ -81,7 +81,7 @@ func (w *Worker) fetchDecision(ctx context.Context, msg jetstream.Msg) (*phase, 
 	if run.Record.DecidedApproval == decided {
 		// Our own decision, redelivered after a crash or a transient
 		// failure: the compare-and-set already happened, carry on.
-		p.decisions = expandDecision(d, run.Record.DecidedPending)
+		p.decisions = w.recheck(expandDecision(d, run.Record.DecidedPending), run.Record.DecidedPending, p.log)
 		return p, carryOn(p)
 	}
 	rec := &run.Record
@@ -102,8 +102,13 @@ func (w *Worker) fetchDecision(ctx context.Context, msg jetstream.Msg) (*phase, 
 	approvers := []schemas.ApproverRef{{Name: d.DecidedBy}} // unsigned: what it says
 	if v != nil {
 		d.DecidedBy = v.approver // signed: who verifiably decided
-		if v.allow && len(rec.Votes)+1 < needOf(rec).Quorum {
-			return p, w.recordVote(ctx, p, d, v, decided)
+		if v.allow {
+			// Only votes that still count: keys not revoked, approvers
+			// the rules (as now) still allow.
+			rec.Votes = validVotes(w.policyInForce(), rec, v.need)
+			if len(rec.Votes)+1 < v.need.Quorum {
+				return p, w.recordVote(ctx, p, d, v, decided)
+			}
 		}
 		approvers = voters(rec, v)
 	}
@@ -146,7 +151,7 @@ func auditApprover(a schemas.ApproverRef) schemas.AuditApprover {
 // the live events say who is still needed.
 func (w *Worker) recordVote(ctx context.Context, p *phase, d schemas.Decision, v *vote, decided string) *outcome {
 	rec := &p.run.Record
-	need := needOf(rec)
+	need := v.need
 	if o := w.auditReady(ctx, p); o != nil {
 		return o
 	}

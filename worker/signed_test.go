@@ -304,3 +304,54 @@ func mustEncode(t *testing.T, v any) []byte {
 	require.NoError(t, err)
 	return data
 }
+
+// A decision that runs any call is an allow, whatever else it rejects: it
+// needs an approver the rules allow and the quorum, so a mixed per-call
+// decision cannot slip through as a "deny".
+func TestSignedMixedDecisionIsAnAllow(t *testing.T) {
+	f := newSignedFixture(t, 2, 1)
+	j := job("mixed-1", "#sim tool stakpak__run_command {\"command\":\"a\"}\n#sim tool stakpak__run_command {\"command\":\"b\"}\n#sim text done")
+	j.RequestedBy = "alice-ci"
+	require.NoError(t, signing.SignJob(&j, f.alice.seed))
+	f.h.submit(j)
+	req := f.h.approval("mixed-1")
+	require.Len(t, req.PendingToolCalls, 2)
+	mixed := func(a approver) schemas.Decision {
+		d := schemas.Decision{ApprovalID: req.ApprovalID, JobID: req.JobID, PendingDigest: req.PendingDigest, DecidedAt: time.Now().UTC().Truncate(time.Second),
+			Decisions: map[string]schemas.ToolDecision{req.PendingToolCalls[0].ID: {Action: schemas.ActionAccept},
+				req.PendingToolCalls[1].ID: {Action: schemas.ActionCustomResult, Content: "ok"}}}
+		require.NoError(t, signing.SignDecision(&d, a.seed))
+		return d
+	}
+	f.h.decide(mixed(f.dave))  // in no group the rule allows
+	f.h.decide(mixed(f.alice)) // the requester
+	f.h.decide(mixed(f.bob))   // allowed, but a quorum decides as a whole
+	errs := f.h.decisionErrors("mixed-1", 3)
+	var codes []string
+	for _, e := range errs {
+		codes = append(codes, e.Error.Code)
+	}
+	assert.ElementsMatch(t, []string{worker.CodeApproverNotAllowed, worker.CodeRequesterMayNotApprove, worker.CodeInvalidDecision}, codes)
+	assert.Len(t, f.h.results("mixed-1"), 1, "still paused")
+	assert.Zero(t, countRequests(f.h, "/tools/decisions"), "nothing ran")
+}
+
+// A replayed decision is refused each time, but audited once: replays
+// cannot fill the audit stream.
+func TestReplayedRefusalIsAuditedOnce(t *testing.T) {
+	f := newSignedFixture(t, 1, 1)
+	req := f.pause(t, "replay-1", &f.alice)
+	data := mustEncode(t, f.signed(t, f.dave, req, schemas.DecideAllow))
+	for range 20 {
+		f.publishRaw(t, "replay-1", data)
+	}
+	errs := f.h.decisionErrors("replay-1", 20)
+	for _, e := range errs {
+		assert.Equal(t, worker.CodeApproverNotAllowed, e.Error.Code)
+	}
+	f.h.decide(f.signed(t, f.bob, req, schemas.DecideAllow))
+	require.Equal(t, schemas.StatusCompleted, f.h.final("replay-1").Status)
+	kinds := f.auditKinds(t, "replay-1")
+	assert.Equal(t, []string{"approval_requested", "decision_refused:dave:approver_not_allowed", "decision_applied:bob",
+		"refusals_counted:approver_not_allowed"}, kinds)
+}

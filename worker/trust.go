@@ -52,10 +52,44 @@ func approvalNeed(pol *policy.Policy, pending []schemas.ToolCall) *queue.Approva
 	return need
 }
 
-// vote is what one verified decision says, for the quorum.
+// vote is what one verified decision says, for the quorum, and who may
+// decide the approval (the need it was checked against).
 type vote struct {
 	approver, key string
 	allow         bool
+	need          *queue.ApprovalNeed
+}
+
+// stricter is the stricter of two needs: approvers both allow, the larger
+// quorum, the requester excluded if either excludes them. a may be nil.
+func stricter(a, b *queue.ApprovalNeed) *queue.ApprovalNeed {
+	if a == nil {
+		return b
+	}
+	out := *a
+	out.AllowBy = slices.DeleteFunc(slices.Clone(a.AllowBy), func(n string) bool { return !slices.Contains(b.AllowBy, n) })
+	out.DenyBy = slices.DeleteFunc(slices.Clone(a.DenyBy), func(n string) bool { return !slices.Contains(b.DenyBy, n) })
+	out.Quorum = max(a.Quorum, b.Quorum)
+	out.RequesterMayApprove = a.RequesterMayApprove && b.RequesterMayApprove
+	out.Signed = a.Signed || b.Signed
+	for _, r := range b.Rules {
+		if !slices.Contains(out.Rules, r) {
+			out.Rules = append(out.Rules, r)
+		}
+	}
+	return &out
+}
+
+// validVotes are the recorded votes that still count: the key still maps
+// to that approver in the policy in force, and need still allows them.
+func validVotes(pol *policy.Policy, rec *queue.RunRecord, need *queue.ApprovalNeed) []queue.Vote {
+	var out []queue.Vote
+	for _, x := range rec.Votes {
+		if name, ok := pol.ApproverByKey(x.Key); ok && name == x.Approver && slices.Contains(need.AllowBy, name) {
+			out = append(out, x)
+		}
+	}
+	return out
 }
 
 // authorize checks a decision against what is pending and who may decide
@@ -71,7 +105,9 @@ func (w *Worker) authorize(rec *queue.RunRecord, d schemas.Decision, raw []byte)
 		return nil, &schemas.Error{Code: CodeDigestMismatch, Message: fmt.Sprintf(
 			"pending_digest %s is not the digest of approval %s's calls (%s): the decision was made for other calls", queue.CapID(d.PendingDigest), rec.ApprovalID, rec.PendingDigest)}
 	}
-	if !pol.Signed() {
+	// A pause published as needing signed decisions keeps needing them,
+	// even if a looser policy is stored meanwhile.
+	if !pol.Signed() && (rec.Need == nil || !rec.Need.Signed) {
 		return nil, nil
 	}
 	if d.PendingDigest == "" {
@@ -90,11 +126,10 @@ func (w *Worker) authorize(rec *queue.RunRecord, d schemas.Decision, raw []byte)
 	if !ok {
 		return nil, &schemas.Error{Code: CodeUnknownKey, Message: fmt.Sprintf("key %s is not an approver's in policy version %d", key, pol.Version)}
 	}
-	need := rec.Need
-	if need == nil {
-		need = approvalNeed(pol, rec.Pending)
-	}
-	v := &vote{approver: name, key: key, allow: isAllow(d)}
+	// Who may decide: what the pause recorded and what the policy in
+	// force says, whichever is stricter.
+	need := stricter(rec.Need, approvalNeed(pol, rec.Pending))
+	v := &vote{approver: name, key: key, allow: isAllow(d), need: need}
 	allowed := need.DenyBy
 	if v.allow {
 		allowed = need.AllowBy
@@ -113,6 +148,10 @@ func (w *Worker) authorize(rec *queue.RunRecord, d schemas.Decision, raw []byte)
 				"approver %s asked for this job (requested_by %s); rules %v need someone else", name, rec.Requester, need.Rules)}
 		}
 	}
+	if v.allow && need.Quorum > 1 && d.All == "" {
+		return v, &schemas.Error{Code: CodeInvalidDecision, Message: fmt.Sprintf(
+			"approval %s needs %d approvers, who approve it as a whole: decide it with \"all\": \"allow\" or \"deny\", not per call", rec.ApprovalID, need.Quorum)}
+	}
 	for _, prev := range rec.Votes {
 		if prev.Approver == name {
 			return v, &schemas.Error{Code: CodeDuplicateVote, Message: fmt.Sprintf("approver %s already voted on approval %s at %s", name, rec.ApprovalID, prev.At.Format(time.RFC3339))}
@@ -121,19 +160,20 @@ func (w *Worker) authorize(rec *queue.RunRecord, d schemas.Decision, raw []byte)
 	return v, nil
 }
 
-// isAllow: a decision that runs at least one call and rejects none counts
-// as an allow; any reject or custom result in it is a deny (one deny
-// denies).
+// isAllow: a decision that runs any call is an allow, held to the
+// allowers, the quorum and the requester rule; only one that runs nothing
+// (every call rejected or answered by the human) is a deny, which any
+// approver of the rules may give and which denies at once.
 func isAllow(d schemas.Decision) bool {
 	if d.All != "" {
 		return d.All == schemas.DecideAllow
 	}
 	for _, td := range d.Decisions {
-		if td.Action != schemas.ActionAccept {
-			return false
+		if td.Action == schemas.ActionAccept {
+			return true
 		}
 	}
-	return len(d.Decisions) > 0
+	return false
 }
 
 func verb(allow bool) string {
@@ -168,8 +208,26 @@ func (w *Worker) auditOrLog(ctx context.Context, rec schemas.AuditRecord, log *s
 // code in memory and written as one refusals_counted record when the job's
 // approval settles, so a flood of forgeries cannot fill the audit stream.
 type refusalCounts struct {
-	mu sync.Mutex
-	n  map[string]map[string]int64 // job id -> code -> count
+	mu      sync.Mutex
+	n       map[string]map[string]int64 // job id -> code -> count
+	audited map[string]bool             // job, approval, approver, code already audited one by one
+}
+
+// first reports whether this is the first refusal of approver's decisions
+// on the approval with code (then it is audited on its own). The set is
+// bounded: past maxCountedJobs entries it starts again.
+func (r *refusalCounts) first(jobID, approvalID, approver, code string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.audited == nil || len(r.audited) >= maxCountedJobs {
+		r.audited = map[string]bool{}
+	}
+	k := jobID + "\x00" + approvalID + "\x00" + approver + "\x00" + code
+	if r.audited[k] {
+		return false
+	}
+	r.audited[k] = true
+	return true
 }
 
 // maxCountedJobs bounds the jobs refusals are counted for at once; past it
@@ -228,7 +286,10 @@ func (w *Worker) noteRefusal(ctx context.Context, p *phase, e *schemas.Error, v 
 	if jobID == "" || queue.ValidateJobID(jobID) != nil {
 		return
 	}
-	if v == nil || slices.Contains(unverifiedCodes, e.Code) {
+	if v == nil || slices.Contains(unverifiedCodes, e.Code) || !w.refusals.first(jobID, p.run.Record.ApprovalID, v.approver, e.Code) {
+		// Unverified, or an identified approver's refusal already audited
+		// for this approval (a replayed decision): counted, so replays
+		// cannot fill the audit stream.
 		w.refusals.add(jobID, e.Code)
 		return
 	}
