@@ -1118,7 +1118,19 @@ func TestHostileDecisionPublisher(t *testing.T) {
 				dupRefusals += k
 			}
 		}
-		assert.Equal(t, wantRefused, refusedBy, "job %s: decision_refused records", j.id)
+		// An identified approver's refusal is audited on its own once per
+		// approval and code by each worker that refuses one; the replays
+		// after that are counted (refusals_counted), so replays cannot fill
+		// the audit stream. Together they are every refusal.
+		for key, k := range wantRefused {
+			code := key[strings.Index(key, ":")+1:]
+			assert.GreaterOrEqual(t, refusedBy[key], 1, "job %s: %s audited on its own", j.id, key)
+			assert.LessOrEqual(t, refusedBy[key], min(k, len(e.workers)), "job %s: %s audited once per worker at most", j.id, key)
+			assert.Equal(t, int64(k), int64(refusedBy[key])+countedBy[code], "job %s: %s audited or counted, each once", j.id, key)
+		}
+		for key := range refusedBy {
+			assert.Contains(t, wantRefused, key, "job %s: decision_refused records", j.id)
+		}
 		// Unverified refusals while the approval was pending (the
 		// state-dependent codes; subject mismatches and settled ones come
 		// at any time): what refusals_counted records hold of them.
