@@ -13,7 +13,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -34,16 +33,7 @@ import (
 // decisionsSeed is the seed of TestHostileDecisionPublisher's choices:
 // JETPILOT_DECISIONS_SEED, or a fixed default so every run sends the same
 // kinds in the same order (keys, approval ids and digests are the run's own).
-func decisionsSeed(t *testing.T) uint64 {
-	t.Helper()
-	seed := uint64(29)
-	if s := os.Getenv("JETPILOT_DECISIONS_SEED"); s != "" {
-		v, err := strconv.ParseUint(s, 10, 64)
-		require.NoError(t, err, "JETPILOT_DECISIONS_SEED")
-		seed = v
-	}
-	return seed
-}
+func decisionsSeed(t *testing.T) uint64 { return envSeed(t, "JETPILOT_DECISIONS_SEED", 29) }
 
 // keyHolder is a person or program with a signing key.
 type keyHolder struct {

@@ -29,15 +29,19 @@ import (
 
 // fuzzSeed is the seed of TestHostileInput's mutations: JETPILOT_FUZZ_SEED,
 // or a fixed default so every run of the suite sends the same bytes.
-func fuzzSeed(t *testing.T) uint64 {
+func fuzzSeed(t *testing.T) uint64 { return envSeed(t, "JETPILOT_FUZZ_SEED", 13) }
+
+// envSeed is a hostile scenario's seed: the variable env, or def so every
+// run sends the same choices.
+func envSeed(t *testing.T, env string, def uint64) uint64 {
 	t.Helper()
-	seed := uint64(13)
-	if s := os.Getenv("JETPILOT_FUZZ_SEED"); s != "" {
-		v, err := strconv.ParseUint(s, 10, 64)
-		require.NoError(t, err, "JETPILOT_FUZZ_SEED")
-		seed = v
+	s := os.Getenv(env)
+	if s == "" {
+		return def
 	}
-	return seed
+	v, err := strconv.ParseUint(s, 10, 64)
+	require.NoError(t, err, env)
+	return v
 }
 
 // mutant is one hostile message, published as raw bytes (a careless

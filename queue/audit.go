@@ -204,7 +204,7 @@ func (l *AuditLog) Append(ctx context.Context, rec schemas.AuditRecord) (schemas
 				withoutID = true
 				continue
 			}
-		case isWrongLastSequence(err):
+		case IsWrongLastSequence(err):
 			// Another appender took this place: read the chain again.
 		case IsStreamFull(err):
 			return rec, fmt.Errorf("append %s record to %s: %w: stream %s is full (its max bytes is reached; nothing was stored, and records leave it only at their max age): "+
@@ -242,17 +242,6 @@ func (l *AuditLog) last(ctx context.Context, subject, jobID, name string) (uint6
 		return 0, nil, rec, fmt.Errorf("%w: the last record of %s (stream sequence %d) is %s; nothing can follow it", ErrAuditChainBroken, name, m.Sequence, why)
 	}
 	return m.Sequence, m.Data, rec, nil
-}
-
-// isWrongLastSequence reports a compare-and-set conflict (the two codes a
-// single server and a replicated stream answer with).
-func isWrongLastSequence(err error) bool {
-	var apiErr *jetstream.APIError
-	if !errors.As(err, &apiErr) {
-		return false
-	}
-	return apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
-		apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant
 }
 
 // backoffJitter waits a random time up to 2ms doubled each attempt (at

@@ -185,13 +185,9 @@ func publishData(ctx context.Context, js jetstream.JetStream, stream, subject, m
 
 // LastEventSeq is the seq of the last event on the job's events subject and
 // its stream sequence; 0, 0 when there is none (never published, or
-// expired).
-func LastEventSeq(ctx context.Context, js jetstream.JetStream, cfg Config, jobID string) (seq, streamSeq uint64, err error) {
-	st, err := js.Stream(ctx, cfg.EventsStream())
-	if err != nil {
-		return 0, 0, fmt.Errorf("last event of job %s: %w", jobID, err)
-	}
-	m, err := st.GetLastMsgForSubject(ctx, cfg.EventSubject(jobID))
+// expired). events is the EVENTS stream, looked up once by the caller.
+func LastEventSeq(ctx context.Context, events jetstream.Stream, cfg Config, jobID string) (seq, streamSeq uint64, err error) {
+	m, err := events.GetLastMsgForSubject(ctx, cfg.EventSubject(jobID))
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
 		return 0, 0, nil
 	}

@@ -95,7 +95,7 @@ type RunRecord struct {
 	// must echo it, so it cannot be replayed onto other calls.
 	PendingDigest string `json:"pending_digest,omitempty"`
 	// Need says who may decide the pending approval and how many must.
-	Need *ApprovalNeed `json:"need,omitempty"`
+	Need *schemas.ApprovalNeeds `json:"need,omitempty"`
 	// Votes are the approvers' allows on the pending approval so far, one
 	// per approver, until the quorum is met.
 	Votes []Vote `json:"votes,omitempty"`
@@ -107,20 +107,6 @@ type RunRecord struct {
 	// Approvals are the job's decided approvals, for its final result
 	// (the newest MaxApprovals).
 	Approvals []schemas.ApprovalOutcome `json:"approvals,omitempty"`
-}
-
-// ApprovalNeed is who may decide a pending approval: an allow needs Quorum
-// distinct approvers from AllowBy (approvers every rule of the pending
-// calls allows), and one deny from DenyBy (any of those rules' approvers)
-// denies. It is fixed when the pause is recorded.
-type ApprovalNeed struct {
-	Rules               []string `json:"rules"`
-	AllowBy             []string `json:"allow_by,omitempty"`
-	DenyBy              []string `json:"deny_by,omitempty"`
-	Quorum              int      `json:"quorum"`
-	RequesterMayApprove bool     `json:"requester_may_approve"`
-	PolicyVersion       uint64   `json:"policy_version,omitempty"`
-	Signed              bool     `json:"signed,omitempty"`
 }
 
 // Vote is one approver's verified allow on a pending approval.

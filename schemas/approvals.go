@@ -33,4 +33,6 @@ type ApprovalNeeds struct {
 	Quorum              int      `json:"quorum"`
 	RequesterMayApprove bool     `json:"requester_may_approve"`
 	Signed              bool     `json:"signed"`
+	// PolicyVersion is the policy version that fixed who may decide.
+	PolicyVersion uint64 `json:"policy_version,omitempty"`
 }

@@ -257,7 +257,7 @@ func fullValues() map[string][]any {
 			Schema: ApprovalSchemaID, ApprovalID: "job-1:1", JobID: "job-1", SessionID: "s", RunID: "r",
 			PendingToolCalls: calls, AutoResolved: 1, RequestedAt: at, ExpiresAt: at.Add(time.Hour),
 			Metadata: md, ResumeHint: "jetpilot approve job-1:1 --allow", PolicyVersion: 4,
-			Needs: &ApprovalNeeds{Rules: []string{"change"}, AllowBy: []string{"alice"}, DenyBy: []string{"alice"}, Quorum: 1, RequesterMayApprove: true, Signed: true}, PendingDigest: digest,
+			Needs: &ApprovalNeeds{Rules: []string{"change"}, AllowBy: []string{"alice"}, DenyBy: []string{"alice"}, Quorum: 1, RequesterMayApprove: true, Signed: true, PolicyVersion: 4}, PendingDigest: digest,
 		}},
 		"decision": {
 			Decision{Schema: DecisionSchemaID, ApprovalID: "job-1:1", JobID: "job-1", All: DecideAllow, DecidedBy: "me",

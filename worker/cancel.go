@@ -110,9 +110,8 @@ func (w *Worker) serveCancels(ctx context.Context, nc *nats.Conn) (stop func(), 
 			f()
 		}()
 	}
-	prefix := strings.TrimSuffix(w.qcfg.CancelWildcard(), ">")
 	requests, err := nc.QueueSubscribe(w.qcfg.CancelWildcard(), w.cancelQueueGroup(), func(m *nats.Msg) {
-		jobID, err := cancelJobID(prefix, m)
+		jobID, err := cancelJobID(w.qcfg, m)
 		if err != nil {
 			w.reply(m, CancelReply{JobID: jobID, Error: &schemas.Error{Code: "invalid_request", Message: err.Error()}})
 			return
@@ -259,14 +258,8 @@ func (w *Worker) reply(m *nats.Msg, r CancelReply) {
 
 // cancelJobID reads the job id from the subject (a body naming another job
 // is refused: subject permissions must mean what they say).
-func cancelJobID(prefix string, m *nats.Msg) (string, error) {
-	parts := strings.Split(strings.TrimPrefix(m.Subject, prefix), ".")
-	for i, p := range parts {
-		if p == "~" { // queue's encoding of an empty part of a job id
-			parts[i] = ""
-		}
-	}
-	jobID := strings.Join(parts, ".")
+func cancelJobID(cfg queue.Config, m *nats.Msg) (string, error) {
+	jobID, _ := cfg.JobIDOfSubject("cancel", m.Subject)
 	if len(m.Data) == 0 {
 		return jobID, nil
 	}

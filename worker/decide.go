@@ -105,7 +105,7 @@ func (w *Worker) fetchDecision(ctx context.Context, msg jetstream.Msg) (*phase, 
 		if v.allow {
 			// Only votes that still count: keys not revoked, approvers
 			// the rules (as now) still allow.
-			rec.Votes = validVotes(w.policyInForce(), rec, v.need)
+			rec.Votes = validVotes(w.Policy(), rec, v.need)
 			if len(rec.Votes)+1 < v.need.Quorum {
 				return p, w.recordVote(ctx, p, d, v, decided)
 			}
@@ -117,7 +117,7 @@ func (w *Worker) fetchDecision(ctx context.Context, msg jetstream.Msg) (*phase, 
 		return p, o
 	}
 	applied := schemas.AuditRecord{JobID: rec.JobID, Kind: schemas.AuditDecisionApplied, ApprovalID: rec.ApprovalID,
-		Approver: auditApprover(approvers[len(approvers)-1]), Rule: needRules(rec.Need), PolicyVersion: w.policyInForce().Version,
+		Approver: auditApprover(approvers[len(approvers)-1]), Rule: needRules(rec.Need), PolicyVersion: w.Policy().Version,
 		PendingDigest: rec.PendingDigest, Decision: word, Reason: decisionSummary(d)}
 	p.decisions = w.recheck(expandDecision(d, rec.Pending), rec.Pending, p.log)
 	p.settledAs = settledApproval(rec, word, approvers)
@@ -134,14 +134,6 @@ func (w *Worker) fetchDecision(ctx context.Context, msg jetstream.Msg) (*phase, 
 	return p, nil
 }
 
-// needOf is who may decide the record's pending approval.
-func needOf(rec *queue.RunRecord) *queue.ApprovalNeed {
-	if rec.Need != nil {
-		return rec.Need
-	}
-	return &queue.ApprovalNeed{Quorum: 1, RequesterMayApprove: true}
-}
-
 func auditApprover(a schemas.ApproverRef) schemas.AuditApprover {
 	return schemas.AuditApprover{Name: a.Name, Key: a.Key}
 }
@@ -156,7 +148,7 @@ func (w *Worker) recordVote(ctx context.Context, p *phase, d schemas.Decision, v
 		return o
 	}
 	voted := schemas.AuditRecord{JobID: rec.JobID, Kind: schemas.AuditDecisionApplied, ApprovalID: rec.ApprovalID,
-		Approver: schemas.AuditApprover{Name: v.approver, Key: v.key}, Rule: needRules(rec.Need), PolicyVersion: w.policyInForce().Version,
+		Approver: schemas.AuditApprover{Name: v.approver, Key: v.key}, Rule: needRules(rec.Need), PolicyVersion: w.Policy().Version,
 		PendingDigest: rec.PendingDigest, Decision: fmt.Sprintf("allow (vote %d of %d)", len(rec.Votes)+1, need.Quorum)}
 	rec.Votes = append(rec.Votes, queue.Vote{Approver: v.approver, Key: v.key, At: time.Now().UTC(), Msg: decided})
 	if err := w.runs.Transition(ctx, p.run, queue.TransVote); err != nil {

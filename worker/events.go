@@ -211,7 +211,7 @@ func (w *Worker) eventSeq(ctx context.Context, p *phase) uint64 {
 	if p.run.Stored == "" {
 		return seq
 	}
-	last, _, err := queue.LastEventSeq(ctx, w.js, w.qcfg, p.job.ID)
+	last, _, err := queue.LastEventSeq(ctx, w.eventsStream, w.qcfg, p.job.ID)
 	if err != nil {
 		p.log.Debug("read the last event's seq; continuing from the record's", "err", err)
 	}
@@ -234,7 +234,7 @@ func (w *Worker) publishJobEvent(ctx context.Context, ev schemas.Event) error {
 	wait := 2 * time.Millisecond
 	for range publishEventAttempts {
 		var last, streamSeq uint64
-		last, streamSeq, err = queue.LastEventSeq(ctx, w.js, w.qcfg, ev.JobID)
+		last, streamSeq, err = queue.LastEventSeq(ctx, w.eventsStream, w.qcfg, ev.JobID)
 		if err != nil {
 			return err
 		}

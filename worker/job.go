@@ -151,7 +151,7 @@ func (w *Worker) fetchJob(ctx context.Context, msg jetstream.Msg) (*phase, *outc
 // them out, and its record is made. A queued job that a policy change made
 // invalid is rejected here, when it starts.
 func (w *Worker) admit(p *phase) *outcome {
-	pol := w.policyInForce()
+	pol := w.Policy()
 	err := pol.CheckJob(p.job)
 	requester, key, serr := requesterOf(pol, p.job, p.raw)
 	if err != nil || serr != nil {
@@ -182,7 +182,7 @@ func (w *Worker) atPausedCap(ctx context.Context) bool {
 		w.log.Warn("count paused runs; pausing regardless", "err", err)
 		return false
 	}
-	return st.CachedInfo().State.Msgs >= uint64(w.policyInForce().MaxPaused())
+	return st.CachedInfo().State.Msgs >= uint64(w.Policy().MaxPaused())
 }
 
 // carryPhase keeps what a phase did when the run goes on within the same
@@ -286,13 +286,13 @@ func (w *Worker) execute(ctx context.Context, p *phase) *outcome {
 		// Too many runs wait for a human fleet-wide: this pause's calls are
 		// rejected (the agent learns why) and the run goes on.
 		w.carryPhase(p, out, true)
-		maxPaused := w.policyInForce().MaxPaused()
+		maxPaused := w.Policy().MaxPaused()
 		p.decisions = pausedCapRejections(out.PauseReason, maxPaused)
 		p.log.Warn("paused-run cap reached: rejecting the calls instead of pausing", "max_paused", maxPaused)
 		out, err = w.runner.Run(ctx, w.spec(ctx, p, lost))
 	}
 	if p.capped {
-		out.Warnings = append(out.Warnings, fmt.Sprintf("paused_cap: %d runs were waiting for a human (the cap), so calls that needed approval were rejected", w.policyInForce().MaxPaused()))
+		out.Warnings = append(out.Warnings, fmt.Sprintf("paused_cap: %d runs were waiting for a human (the cap), so calls that needed approval were rejected", w.Policy().MaxPaused()))
 	}
 	p.active.settling.Store(true)
 	if err == nil && out.Status == schemas.StatusPaused && p.active.ctl.Requested() {
@@ -348,7 +348,7 @@ func (w *Worker) spec(ctx context.Context, p *phase, lost context.CancelCauseFun
 		Job:          p.job,
 		Attempt:      p.attempt,
 		Timeout:      time.Until(rec.Deadline),
-		Policy:       w.policyInForce,
+		Policy:       w.Policy,
 		UsedTokens:   rec.UsedTokens,
 		OnDecision:   p.events.decided,
 		Control:      p.active.ctl,

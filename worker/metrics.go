@@ -100,7 +100,7 @@ func (w *Worker) tokenCounter(job schemas.Job) func(prompt, completion int) {
 	switch {
 	case model == "":
 		model = "default"
-	case !slices.Contains(w.policyInForce().Document().Jobs.Models, model):
+	case !slices.Contains(w.Policy().Document().Jobs.Models, model):
 		model = "other"
 	}
 	profile := job.ProfileOrDefault()

@@ -51,7 +51,7 @@ func (w *Worker) pause(ctx context.Context, p *phase, res *schemas.Result) error
 		rec.ApprovalExpiresAt = rec.Deadline
 	}
 	rec.PendingDigest = w.pendingDigest(pending)
-	rec.Need = approvalNeed(w.policyInForce(), pending)
+	rec.Need = approvalNeed(w.Policy(), pending)
 	rec.Votes = nil
 	rec.Pending = pending
 	rec.Stdout = res.Stdout
@@ -64,6 +64,12 @@ func (w *Worker) pause(ctx context.Context, p *phase, res *schemas.Result) error
 	if err := w.publishPause(ctx, rec, *res, p.log); err != nil {
 		return err
 	}
+	// Audited once, here: a republish of the recorded pause is not a new
+	// request.
+	need := rec.Need
+	w.auditOrLog(ctx, schemas.AuditRecord{JobID: rec.JobID, Kind: schemas.AuditApprovalRequested, ApprovalID: rec.ApprovalID,
+		Rule: needRules(need), PolicyVersion: need.PolicyVersion, PendingDigest: rec.PendingDigest,
+		Reason: fmt.Sprintf("%d calls wait for a human; quorum %d of %v", len(rec.Pending), need.Quorum, need.AllowBy)}, p.log)
 	if rec.CancelRequested {
 		// A cancel came while the run was pausing: it is paused now, so
 		// cancel it the way a paused job is cancelled.
@@ -93,20 +99,12 @@ func (w *Worker) publishPause(ctx context.Context, rec *queue.RunRecord, res sch
 		PolicyVersion:    res.PolicyVersion,
 		PendingDigest:    rec.PendingDigest,
 	}
-	if n := rec.Need; n != nil {
-		req.Needs = &schemas.ApprovalNeeds{Rules: n.Rules, AllowBy: n.AllowBy, DenyBy: n.DenyBy, Quorum: n.Quorum,
-			RequesterMayApprove: n.RequesterMayApprove, Signed: n.Signed}
-	}
+	req.Needs = rec.Need
 	if _, err := queue.PublishApproval(ctx, w.js, w.qcfg, req); err != nil {
 		return fmt.Errorf("publish approval request: %w", err)
 	}
 	if err := w.armExpiry(ctx, rec); err != nil {
 		return err
-	}
-	if !republish(ctx) {
-		w.auditOrLog(ctx, schemas.AuditRecord{JobID: rec.JobID, Kind: schemas.AuditApprovalRequested, ApprovalID: rec.ApprovalID,
-			Rule: needRules(rec.Need), PolicyVersion: needOf(rec).PolicyVersion, PendingDigest: rec.PendingDigest,
-			Reason: fmt.Sprintf("%d calls wait for a human; quorum %d of %v", len(rec.Pending), needOf(rec).Quorum, needOf(rec).AllowBy)}, log)
 	}
 	log.Info("run paused for approval", "approval_id", rec.ApprovalID, "pending", len(rec.Pending), "expires_at", rec.ApprovalExpiresAt)
 	return nil
@@ -129,9 +127,3 @@ func (w *Worker) pendingDigest(pending []schemas.ToolCall) string {
 	d, _ := signing.PendingDigest(pending)
 	return d
 }
-
-type republishKey struct{}
-
-// republish reports whether ctx belongs to the republishing of a recorded
-// pause, which must not write a second approval_requested record.
-func republish(ctx context.Context) bool { return ctx.Value(republishKey{}) != nil }

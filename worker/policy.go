@@ -23,17 +23,14 @@ type PolicyFeed func(ctx context.Context, deliver func(*policy.Policy, error))
 // errPolicyUnknown: the stored policy was not read yet.
 var errPolicyUnknown = errors.New("the fleet policy was not read yet")
 
-// policyInForce is the policy this worker applies now: the stored one, or
-// the fallback while none is stored. Runs read it at every tool decision.
-func (w *Worker) policyInForce() *policy.Policy {
+// Policy is the policy this worker applies now: the stored one, or the
+// fallback while none is stored. Runs read it at every tool decision.
+func (w *Worker) Policy() *policy.Policy {
 	if p := w.pol.Load(); p != nil {
 		return p
 	}
 	return w.opts.fallback
 }
-
-// Policy is the policy the worker applies now.
-func (w *Worker) Policy() *policy.Policy { return w.policyInForce() }
 
 // PolicyReady is nil while the worker has a policy to apply, else why it
 // takes no work: the stored policy cannot be read or does not parse. A
@@ -55,9 +52,9 @@ func (w *Worker) watchPolicy(ctx context.Context, feed PolicyFeed) {
 			}
 			return
 		}
-		old := w.policyInForce()
+		old := w.Policy()
 		w.pol.Store(p) // nil: none is stored, the fallback applies
-		now := w.policyInForce()
+		now := w.Policy()
 		w.polGate.set(nil)
 		w.m.PolicyVersion.Set(float64(now.Version))
 		if old != now {
@@ -70,7 +67,7 @@ func (w *Worker) watchPolicy(ctx context.Context, feed PolicyFeed) {
 // policy came to deny while it waited (an incident freeze stored after the
 // pause) is rejected with the rule's reason, whatever the human said.
 func (w *Worker) recheck(decisions map[string]schemas.ToolDecision, pending []schemas.ToolCall, log *slog.Logger) map[string]schemas.ToolDecision {
-	pol := w.policyInForce()
+	pol := w.Policy()
 	for _, c := range pending {
 		d, ok := decisions[c.ID]
 		if !ok || d.Action != schemas.ActionAccept {

@@ -122,7 +122,7 @@ func (w *Worker) settle(ctx context.Context, p *phase, o outcome) {
 		p.log.Info("already settled, acking redelivery")
 		w.ack(p)
 	case outRepublish:
-		err := w.publishPause(context.WithValue(ctx, republishKey{}, true), &p.run.Record, w.pausedResult(&p.run.Record), p.log)
+		err := w.publishPause(ctx, &p.run.Record, w.pausedResult(&p.run.Record), p.log)
 		if err == nil && p.run.Record.CancelRequested {
 			// A cancel came while the run was pausing: send it on now.
 			err = w.publishControl(ctx, p.run.Record.JobID, p.run.Record.ApprovalID, schemas.ControlCancel)
@@ -196,7 +196,7 @@ func (w *Worker) mergeEarlierPhases(p *phase, res *schemas.Result, whole bool) {
 		res.Approvals = slices.Clone(rec.Approvals)
 	}
 	if res.PolicyVersion == 0 {
-		res.PolicyVersion = w.policyInForce().Version
+		res.PolicyVersion = w.Policy().Version
 	}
 	if p.events != nil {
 		rec.EventSeq = p.events.Seq()

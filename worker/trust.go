@@ -22,8 +22,8 @@ import (
 // whom every rule allows may allow, and the strictest quorum counts. It is
 // fixed when the pause is recorded; which key is whose is read from the
 // policy in force when a decision comes, so a revoked key stops at once.
-func approvalNeed(pol *policy.Policy, pending []schemas.ToolCall) *queue.ApprovalNeed {
-	need := &queue.ApprovalNeed{Quorum: 1, RequesterMayApprove: true, PolicyVersion: pol.Version, Signed: pol.Signed()}
+func approvalNeed(pol *policy.Policy, pending []schemas.ToolCall) *schemas.ApprovalNeeds {
+	need := &schemas.ApprovalNeeds{Quorum: 1, RequesterMayApprove: true, PolicyVersion: pol.Version, Signed: pol.Signed()}
 	deny := map[string]bool{}
 	for i, c := range pending {
 		v := pol.Evaluate(policy.Call{Name: c.Name, Arguments: c.Arguments})
@@ -57,12 +57,12 @@ func approvalNeed(pol *policy.Policy, pending []schemas.ToolCall) *queue.Approva
 type vote struct {
 	approver, key string
 	allow         bool
-	need          *queue.ApprovalNeed
+	need          *schemas.ApprovalNeeds
 }
 
 // stricter is the stricter of two needs: approvers both allow, the larger
 // quorum, the requester excluded if either excludes them. a may be nil.
-func stricter(a, b *queue.ApprovalNeed) *queue.ApprovalNeed {
+func stricter(a, b *schemas.ApprovalNeeds) *schemas.ApprovalNeeds {
 	if a == nil {
 		return b
 	}
@@ -82,7 +82,7 @@ func stricter(a, b *queue.ApprovalNeed) *queue.ApprovalNeed {
 
 // validVotes are the recorded votes that still count: the key still maps
 // to that approver in the policy in force, and need still allows them.
-func validVotes(pol *policy.Policy, rec *queue.RunRecord, need *queue.ApprovalNeed) []queue.Vote {
+func validVotes(pol *policy.Policy, rec *queue.RunRecord, need *schemas.ApprovalNeeds) []queue.Vote {
 	var out []queue.Vote
 	for _, x := range rec.Votes {
 		if name, ok := pol.ApproverByKey(x.Key); ok && name == x.Approver && slices.Contains(need.AllowBy, name) {
@@ -100,7 +100,7 @@ func validVotes(pol *policy.Policy, rec *queue.RunRecord, need *queue.ApprovalNe
 // verified vote (nil under unsigned), or the refusal, with the vote once
 // the approver is identified (so the refusal is audited under their name).
 func (w *Worker) authorize(rec *queue.RunRecord, d schemas.Decision, raw []byte) (*vote, *schemas.Error) {
-	pol := w.policyInForce()
+	pol := w.Policy()
 	if d.PendingDigest != "" && d.PendingDigest != rec.PendingDigest {
 		return nil, &schemas.Error{Code: CodeDigestMismatch, Message: fmt.Sprintf(
 			"pending_digest %s is not the digest of approval %s's calls (%s): the decision was made for other calls", queue.CapID(d.PendingDigest), rec.ApprovalID, rec.PendingDigest)}
@@ -295,11 +295,11 @@ func (w *Worker) noteRefusal(ctx context.Context, p *phase, e *schemas.Error, v 
 	}
 	rec := p.run.Record
 	w.auditOrLog(ctx, schemas.AuditRecord{JobID: jobID, Kind: schemas.AuditDecisionRefused, ApprovalID: rec.ApprovalID,
-		Approver: schemas.AuditApprover{Name: v.approver, Key: v.key}, Rule: needRules(rec.Need), PolicyVersion: w.policyInForce().Version,
+		Approver: schemas.AuditApprover{Name: v.approver, Key: v.key}, Rule: needRules(rec.Need), PolicyVersion: w.Policy().Version,
 		PendingDigest: rec.PendingDigest, Decision: verb(v.allow), Code: e.Code, Reason: e.Message}, p.log)
 }
 
-func needRules(n *queue.ApprovalNeed) string {
+func needRules(n *schemas.ApprovalNeeds) string {
 	if n == nil {
 		return ""
 	}

@@ -50,8 +50,9 @@ type Worker struct {
 	polGate *agentGate
 	pol     atomic.Pointer[policy.Policy]
 
-	auditLog *queue.AuditLog // approvals, decisions, expiries and cancels
-	refusals refusalCounts   // unverified refused decisions, per job
+	auditLog     *queue.AuditLog  // approvals, decisions, expiries and cancels
+	eventsStream jetstream.Stream // EVENTS, for the last event of a job
+	refusals     refusalCounts    // unverified refused decisions, per job
 
 	activeMu sync.Mutex
 	active   map[string]*activeJob // job id -> the phase this worker follows
@@ -103,21 +104,26 @@ func New(ctx context.Context, js jetstream.JetStream, qcfg queue.Config, runner 
 	if err != nil {
 		return nil, fmt.Errorf("open audit stream: %w", err)
 	}
+	eventsStream, err := js.Stream(ctx, qcfg.WithDefaults().EventsStream())
+	if err != nil {
+		return nil, fmt.Errorf("open events stream: %w", err)
+	}
 	return &Worker{
-		js:       js,
-		qcfg:     qcfg,
-		runner:   runner,
-		runs:     runs,
-		auditLog: auditLog,
-		opts:     opts,
-		log:      opts.Logger.With("worker", opts.Name),
-		m:        opts.Metrics,
-		slots:    make(chan struct{}, opts.Concurrency),
-		beats:    newHeartbeats(opts.Heartbeat),
-		gate:     newGate(closedUnless(isReadyRunner(runner), errAgentUnknown)),
-		polGate:  newGate(closedUnless(opts.Policies != nil, errPolicyUnknown)),
-		active:   map[string]*activeJob{},
-		created:  map[string]time.Time{},
+		js:           js,
+		qcfg:         qcfg,
+		runner:       runner,
+		runs:         runs,
+		auditLog:     auditLog,
+		eventsStream: eventsStream,
+		opts:         opts,
+		log:          opts.Logger.With("worker", opts.Name),
+		m:            opts.Metrics,
+		slots:        make(chan struct{}, opts.Concurrency),
+		beats:        newHeartbeats(opts.Heartbeat),
+		gate:         newGate(closedUnless(isReadyRunner(runner), errAgentUnknown)),
+		polGate:      newGate(closedUnless(opts.Policies != nil, errPolicyUnknown)),
+		active:       map[string]*activeJob{},
+		created:      map[string]time.Time{},
 	}, nil
 }
 

@@ -192,7 +192,7 @@ Exit codes: 0 printed; 1 none stored, not valid, or NATS failed; 2 usage error.`
 					}
 				} else {
 					fmt.Fprintf(errOut, "policy version %d, stored %s in KV bucket %s\n", sp.Version, sp.StoredAt.UTC().Format(time.RFC3339), bucket)
-					text := printableText(string(sp.Data))
+					text := safeBlock(string(sp.Data))
 					if !strings.HasSuffix(text, "\n") {
 						text += "\n"
 					}
@@ -262,12 +262,12 @@ invalid --file; 3 the job is accepted but the call would be rejected.`,
 			argsJSON := "{}"
 			if len(args) == 2 {
 				if call == "" {
-					return usageError("ARGS_JSON %s without --call TOOL", printable(args[1]))
+					return usageError("ARGS_JSON %s without --call TOOL", safeLine(args[1]))
 				}
 				argsJSON = args[1]
 			}
 			if call != "" && !json.Valid([]byte(argsJSON)) {
-				return usageError("ARGS_JSON for --call %s is not JSON: %s", printable(call), printable(argsJSON))
+				return usageError("ARGS_JSON for --call %s is not JSON: %s", safeLine(call), safeLine(argsJSON))
 			}
 			data, err := readInput(cmd, args[0], "job")
 			if err != nil {
@@ -331,7 +331,7 @@ type policyTest struct {
 func (t policyTest) run(out io.Writer) error {
 	fmt.Fprintln(out, t.from)
 	code := exitOK
-	jobID := printable(t.job.ID)
+	jobID := safeLine(t.job.ID)
 	if err := t.p.CheckJob(t.job); err != nil {
 		var ve *schemas.ValidationError
 		if !errors.As(err, &ve) {
@@ -339,7 +339,7 @@ func (t policyTest) run(out io.Writer) error {
 		}
 		fmt.Fprintf(out, "job %s: rejected (%s)\n", jobID, ve.Code)
 		for _, p := range ve.Problems {
-			fmt.Fprintf(out, "  %s\n", printable(p.String()))
+			fmt.Fprintf(out, "  %s\n", safeLine(p.String()))
 		}
 		code = exitUsage
 	} else {
@@ -380,17 +380,17 @@ func (t policyTest) run(out io.Writer) error {
 	}
 	d := t.p.Decide(policy.NarrowingOf(t.job), policy.Call{Name: t.call, Arguments: json.RawMessage(t.args)})
 	v := d.Verdict
-	rule := "rule " + printable(v.Rule)
+	rule := "rule " + safeLine(v.Rule)
 	if v.Rule == policy.DefaultRule {
 		rule = "no rule matched: the policy's tools.default"
 	}
-	fmt.Fprintf(out, "call %s %s: %s (%s)\n", printable(t.call), printable(t.args), d.Kind, rule)
+	fmt.Fprintf(out, "call %s %s: %s (%s)\n", safeLine(t.call), safeLine(t.args), d.Kind, rule)
 	switch d.Kind {
 	case policy.Reject:
 		if v.Action == policy.Allow {
 			fmt.Fprintln(out, "  the policy allows it; the job's allowed_tools or overrides.auto_approve leave it out")
 		}
-		fmt.Fprintf(out, "  the model reads: %s\n", printable(d.Content))
+		fmt.Fprintf(out, "  the model reads: %s\n", safeLine(d.Content))
 		if code == exitOK {
 			code = exitCallRejected
 		}
@@ -401,7 +401,7 @@ func (t policyTest) run(out io.Writer) error {
 		}
 		approvers := "any human (decisions: unsigned)"
 		if len(v.Approvers) > 0 {
-			approvers = printable(strings.Join(v.Approvers, ", "))
+			approvers = safeLine(strings.Join(v.Approvers, ", "))
 		}
 		requester := "the job's requester may be one of them"
 		if !v.RequesterMayApprove {
@@ -416,7 +416,7 @@ func valueFrom(v, from string) string {
 	if v == "" {
 		return "(none: the agent server's default)"
 	}
-	return printable(v) + " (" + from + ")"
+	return safeLine(v) + " (" + from + ")"
 }
 
 func exitWith(code int) error {
@@ -434,7 +434,7 @@ func readInput(cmd *cobra.Command, name, what string) ([]byte, error) {
 	} else {
 		f, err := os.Open(name)
 		if err != nil {
-			return nil, usageError("read %s: %s", what, printable(err.Error()))
+			return nil, usageError("read %s: %s", what, safeLine(err.Error()))
 		}
 		defer f.Close()
 		r = f
@@ -454,21 +454,21 @@ func inputName(name string) string {
 	if name == "-" {
 		return "from stdin"
 	}
-	return printable(name)
+	return safeLine(name)
 }
 
 // describeProblems is err with every field problem on a line of its own.
 func describeProblems(what string, err error) error {
 	var ve *schemas.ValidationError
 	if !errors.As(err, &ve) || len(ve.Problems) == 0 {
-		return fmt.Errorf("%s: %s", what, printable(err.Error()))
+		return fmt.Errorf("%s: %s", what, safeLine(err.Error()))
 	}
 	var b strings.Builder
 	b.WriteString(what)
 	b.WriteString(":")
 	for _, p := range ve.Problems {
 		b.WriteString("\n  ")
-		b.WriteString(printable(p.String()))
+		b.WriteString(safeLine(p.String()))
 	}
 	return errors.New(b.String())
 }
@@ -483,10 +483,6 @@ func exactArgs(n int, hint string) cobra.PositionalArgs {
 	}
 }
 
-// printable and printableText escape text that came from a job, its
-// tool arguments or a stored document (safetext.go).
-func printable(s string) string     { return safeLine(s) }
-func printableText(s string) string { return safeBlock(s) }
 
 // policyDigest names a stored document by its SHA-256, so the audit chain
 // says which text was stored.
