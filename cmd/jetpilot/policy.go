@@ -483,7 +483,6 @@ func exactArgs(n int, hint string) cobra.PositionalArgs {
 	}
 }
 
-
 // policyDigest names a stored document by its SHA-256, so the audit chain
 // says which text was stored.
 func policyDigest(data []byte) string {
