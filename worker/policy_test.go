@@ -245,3 +245,26 @@ func TestUnreadablePolicyHoldsWork(t *testing.T) {
 	assert.Equal(t, schemas.StatusCompleted, h.final("held-1").Status)
 	assert.NoError(t, rw.w.PolicyReady())
 }
+
+// A job queued under one policy and made invalid by the next is rejected
+// when it starts, with the reason, and no session is created.
+func TestQueuedJobMadeInvalidByAPolicyChange(t *testing.T) {
+	h := newHarness(t, queue.Config{})
+	store, err := queue.NewPolicyStore(t.Context(), h.js, h.qcfg)
+	require.NoError(t, err)
+	_, err = store.Set(t.Context(), []byte(`{"version":1,"decisions":"unsigned","tools":{"default":"allow"}}`))
+	require.NoError(t, err)
+	j := job("queued-1", "#sim text never")
+	j.Model = "agentsim/default"
+	h.submit(j) // valid now; no worker runs yet
+	set, err := store.Set(t.Context(), []byte(`{"version":1,"decisions":"unsigned","tools":{"default":"allow"},"jobs":{"models":["agentsim/other"]}}`))
+	require.NoError(t, err)
+	h.startWorker(worker.Options{Policies: worker.StoredPolicies(store)})
+	res := h.final("queued-1")
+	assert.Equal(t, schemas.StatusRejected, res.Status)
+	require.NotNil(t, res.Error)
+	assert.Equal(t, policy.CodeViolation, res.Error.Code)
+	assert.Equal(t, set.Version, res.PolicyVersion)
+	assert.Contains(t, res.Stderr, `"agentsim/default" is not one of the policy's jobs.models ["agentsim/other"]`)
+	assert.Zero(t, countRequests(h, "/v1/sessions"))
+}
