@@ -31,12 +31,15 @@ const (
 	// AuditPolicySet: a new policy was stored. Only in the policy chain
 	// (JobID "").
 	AuditPolicySet AuditKind = "policy_set"
+	// AuditSteer: a steering message reached the job's run; Approver is
+	// the verified signer when signed, Reason the text's first line.
+	AuditSteer AuditKind = "steer"
 )
 
 // AuditKinds lists every AuditKind the v1 schema knows, in schema order.
 var AuditKinds = []AuditKind{
 	AuditApprovalRequested, AuditDecisionApplied, AuditDecisionRefused, AuditRefusalsCounted,
-	AuditApprovalExpired, AuditCancel, AuditPolicySet,
+	AuditApprovalExpired, AuditCancel, AuditPolicySet, AuditSteer,
 }
 
 // Lengths the audit schema allows; queue.AuditLog shortens Reason and

@@ -64,7 +64,40 @@ const (
 	// CancelRequested: recorded for the worker that holds or next takes the
 	// job.
 	CancelRequested = "cancel_requested"
+	// Steered: the steering message reached the job's running agent.
+	Steered = "steered"
 )
+
+// SteerSchemaID is the schema id of a steering request.
+const SteerSchemaID = "jetpilot.steer.v1"
+
+// MaxSteerText is the longest steering text, in characters.
+const MaxSteerText = 50000
+
+// SteerRequest is the body of a request on jetpilot.steer.<job_id>
+// (schema steer.v1.json): guidance for the job's running agent. Signed
+// like a decision where the policy requires it (package signing), with
+// SentAt then required and recent.
+type SteerRequest struct {
+	Schema    string     `json:"schema,omitempty"`
+	JobID     string     `json:"job_id"`
+	Text      string     `json:"text"`
+	SteeredBy string     `json:"steered_by,omitempty"`
+	SentAt    *time.Time `json:"sent_at,omitempty"`
+	Signature *Signature `json:"signature,omitempty"`
+}
+
+// DecodeSteer parses and validates a steering request.
+func DecodeSteer(data []byte) (SteerRequest, error) {
+	if err := Validate(SchemaSteer, data); err != nil {
+		return SteerRequest{}, fmt.Errorf("decode steer request: %w", err)
+	}
+	var s SteerRequest
+	if err := json.Unmarshal(data, &s); err != nil {
+		return SteerRequest{}, fmt.Errorf("decode steer request: %w", err)
+	}
+	return s, nil
+}
 
 // CancelReply answers a cancel request (schema cancel_reply.v1.json):
 // either an Outcome or an Error.

@@ -260,6 +260,10 @@ func jobFromDoc(m map[string]any) Job {
 			}
 		case "requested_by":
 			j.RequestedBy, _ = v.(string)
+		case "session_key":
+			j.SessionKey, _ = v.(string)
+		case "concurrency_key":
+			j.ConcurrencyKey, _ = v.(string)
 		case "signature":
 			j.Signature = signatureFromDoc(v)
 		}

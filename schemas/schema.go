@@ -33,6 +33,8 @@ const (
 	SchemaControl     = "control"
 	SchemaCancel      = "cancel"
 	SchemaCancelReply = "cancel_reply"
+	// A steering request (its reply is a cancel_reply).
+	SchemaSteer = "steer"
 	// The operator's policy document (package policy).
 	SchemaPolicy = "policy"
 	// An entry of an audit chain (stream AUDIT).
@@ -40,7 +42,7 @@ const (
 )
 
 var schemaNames = []string{SchemaJob, SchemaResult, SchemaApproval, SchemaDecision, SchemaEvent, SchemaDead,
-	SchemaControl, SchemaCancel, SchemaCancelReply, SchemaPolicy, SchemaAudit}
+	SchemaControl, SchemaCancel, SchemaCancelReply, SchemaSteer, SchemaPolicy, SchemaAudit}
 
 // Names lists the embedded schemas by kind name.
 func Names() []string { return slices.Clone(schemaNames) }

@@ -41,7 +41,7 @@ func TestSchemaNames(t *testing.T) {
 		require.NoError(t, err, name)
 	}
 	_, err := schemaFor("jobs")
-	require.ErrorContains(t, err, `unknown schema "jobs" (known: job, result, approval, decision, event, dead, control, cancel, cancel_reply, policy, audit)`)
+	require.ErrorContains(t, err, `unknown schema "jobs" (known: job, result, approval, decision, event, dead, control, cancel, cancel_reply, steer, policy, audit)`)
 	_, err = SchemaJSON("nope")
 	require.ErrorContains(t, err, `unknown schema "nope"`)
 
@@ -238,11 +238,11 @@ func fullValues() map[string][]any {
 			CallerContext: []ContextItem{{Name: "n", Content: "c", Priority: "high"}},
 			Overrides: &Overrides{Model: "m2", AutoApprove: &AutoApprove{Mode: AutoApproveList, Tools: []string{"view"}},
 				SystemPrompt: "be brief", MaxTurns: 12},
-			Metadata: md, RequestedBy: "alice@example.com", Signature: sig,
+			Metadata: md, RequestedBy: "alice@example.com", Signature: sig, SessionKey: "thread-1", ConcurrencyKey: "env:prod",
 		}},
 		"result": {Result{
 			Schema: ResultSchemaID, JobID: "job-1", JobDigest: JobDigest([]byte(`{"id":"job-1","prompt":"p"}`)), Status: StatusPaused, ExitCode: StatusPaused.ExitCode(),
-			SessionID: "s", RunID: "r", CheckpointID: "c", TimedOut: false, Paused: true,
+			SessionID: "s", SessionKey: "thread-1", RunID: "r", CheckpointID: "c", TimedOut: false, Paused: true,
 			PauseReason: &PauseReason{Type: PauseToolApproval, PendingToolCalls: calls},
 			ResumeHint:  "jetpilot approve a --allow", Stdout: "out", Stderr: "err",
 			Error: &Error{Code: "x", Message: "y", Fields: fields}, Usage: &Usage{PromptTokens: 1, CompletionTokens: 2, TotalTokens: 3},

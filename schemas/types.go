@@ -39,6 +39,12 @@ type Job struct {
 	// (package signing). A worker checks it against the raw bytes as
 	// received, never against a re-encoded Job.
 	Signature *Signature `json:"signature,omitempty"`
+	// SessionKey makes jobs with the same key one conversation: they
+	// continue one agent session, one run at a time, in JOBS stream order.
+	SessionKey string `json:"session_key,omitempty"`
+	// ConcurrencyKey limits the runs at once per key, fleet-wide, to the
+	// policy's concurrency limit for it.
+	ConcurrencyKey string `json:"concurrency_key,omitempty"`
 }
 
 // DefaultProfile is the profile of a job that names none.
@@ -169,10 +175,12 @@ type Result struct {
 	// JobDigest is JobDigest of the job message's payload as received, so
 	// a producer can tell its own job's result from that of another job
 	// that came with the same id. Empty from older workers.
-	JobDigest    string         `json:"job_digest,omitempty"`
-	Status       Status         `json:"status"`
-	ExitCode     *int           `json:"exit_code"`
-	SessionID    string         `json:"session_id,omitempty"`
+	JobDigest string `json:"job_digest,omitempty"`
+	Status    Status `json:"status"`
+	ExitCode  *int   `json:"exit_code"`
+	SessionID string `json:"session_id,omitempty"`
+	// SessionKey is the job's session_key, so a bot can show the thread.
+	SessionKey   string         `json:"session_key,omitempty"`
 	RunID        string         `json:"run_id,omitempty"`
 	CheckpointID string         `json:"checkpoint_id,omitempty"`
 	TimedOut     bool           `json:"timed_out"`
