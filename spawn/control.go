@@ -1,7 +1,10 @@
 package spawn
 
 import (
+	"context"
 	"crypto/sha256"
+	"errors"
+	"fmt"
 	"encoding/hex"
 	"maps"
 	"slices"
@@ -25,7 +28,68 @@ import (
 type Control struct {
 	mu        sync.Mutex
 	requested bool
-	poke      func() // set while a Run follows: interrupts its blocked read
+	poke      func()      // set while a Run follows: interrupts its blocked read
+	steers    []*steerReq // steering messages waiting for the runner to send them
+}
+
+// steerReq is one Steer call waiting for the runner.
+type steerReq struct {
+	text string
+	done chan error // buffered: the runner never blocks on it
+}
+
+// maxQueuedSteers bounds the steering messages waiting for one run.
+const maxQueuedSteers = 8
+
+// ErrNotSteerable is returned by Control.Steer when the run cannot take
+// guidance now: nothing follows it, it has not started yet, it waits for
+// a human's decision (a steering message would skip its pending calls),
+// or it is being cancelled or has ended.
+var ErrNotSteerable = errors.New("the run is not running")
+
+// Steer sends text into the followed run as a steering message, which the
+// agent reads before its next step (AGENT_SERVER_API.md "type"). It returns
+// once the runner has sent it, or with why it could not: ErrNotSteerable
+// (wrapped with the reason), the server's error, or ctx's.
+func (c *Control) Steer(ctx context.Context, text string) error {
+	if c == nil {
+		return fmt.Errorf("%w: no run is followed", ErrNotSteerable)
+	}
+	req := &steerReq{text: text, done: make(chan error, 1)}
+	c.mu.Lock()
+	switch {
+	case c.poke == nil:
+		c.mu.Unlock()
+		return fmt.Errorf("%w: no run is followed here", ErrNotSteerable)
+	case c.requested:
+		c.mu.Unlock()
+		return fmt.Errorf("%w: it is being cancelled", ErrNotSteerable)
+	case len(c.steers) >= maxQueuedSteers:
+		c.mu.Unlock()
+		return fmt.Errorf("%d steering messages already wait to be sent to this run; try again", maxQueuedSteers)
+	}
+	c.steers = append(c.steers, req)
+	poke := c.poke
+	c.mu.Unlock()
+	poke()
+	select {
+	case err := <-req.done:
+		return err
+	case <-ctx.Done():
+		return fmt.Errorf("steer: %w", ctx.Err())
+	}
+}
+
+// takeSteers hands the waiting steering messages to the runner.
+func (c *Control) takeSteers() []*steerReq {
+	if c == nil {
+		return nil
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := c.steers
+	c.steers = nil
+	return out
 }
 
 // NewControl returns a Control with no cancel requested.
@@ -62,7 +126,14 @@ func (c *Control) attach(poke func()) {
 	}
 	c.mu.Lock()
 	c.poke = poke
+	var left []*steerReq
+	if poke == nil {
+		left, c.steers = c.steers, nil
+	}
 	c.mu.Unlock()
+	for _, r := range left {
+		r.done <- fmt.Errorf("%w: the run's phase ended before it was sent", ErrNotSteerable)
+	}
 }
 
 // Outcome is what Runner.Run returns: the phase's Result, and for a paused

@@ -141,11 +141,15 @@ type Cursor struct {
 	// newest maxDecidedIDs). The server kills a run whose call is decided
 	// twice, so a runner that re-attaches never decides these again.
 	Decided []string `json:"decided,omitempty"`
+	// MessageBase is how many messages the session had before this job's
+	// run: a continued session (Spec.Continue) holds earlier jobs'
+	// messages, and this job's text is what comes after them.
+	MessageBase int `json:"message_base,omitempty"`
 }
 
 func (c Cursor) equal(o Cursor) bool {
 	return c.SessionID == o.SessionID && c.RunID == o.RunID && c.LastEventID == o.LastEventID &&
-		slices.Equal(c.Decided, o.Decided)
+		c.MessageBase == o.MessageBase && slices.Equal(c.Decided, o.Decided)
 }
 
 // Spec is one job phase to run.
@@ -173,6 +177,13 @@ type Spec struct {
 	// one. A cursor with only SessionID starts the run if the session never
 	// got one.
 	Resume *Cursor
+	// Continue names an existing session to send the job's prompt to (a
+	// conversation: jobs with one session_key), instead of creating one.
+	// The caller guarantees no other run of the session is going (the
+	// server would answer 409). A session the server no longer has is
+	// replaced by a new one, with a warning; a session still busy with a
+	// run is a transient error (ErrSessionBusy), so the start is retried.
+	Continue *Cursor
 	// OnCursor is called when the session is created, when the run id is
 	// known, as events advance (at most every RunnerOptions.CursorInterval)
 	// and on pause or end, so the caller can persist it. Called from Run's
@@ -198,6 +209,11 @@ type Spec struct {
 // remembers the key.
 func sessionKey(jobID string) string { return "jetpilot-" + jobID + "-session" }
 func runKey(jobID string) string     { return "jetpilot-" + jobID + "-run" }
+
+// ErrSessionBusy: the session a job continues (Spec.Continue) still runs
+// another run, such as an earlier job's whose cancel the server never
+// confirmed. Transient: the start is retried.
+var ErrSessionBusy = errors.New("the session is busy with another run")
 
 var (
 	errPhaseTimeout = errors.New("job phase timed out")

@@ -66,7 +66,7 @@ const (
 // maxMessagePages pages, and maxRebuildBytes of text read.
 func (st *runState) assistantText(ctx context.Context) (string, int64, error) {
 	text := newTailText(st.opts.MaxTextBytes)
-	offset := 0
+	offset := st.msgBase // a continued session: earlier jobs' messages come first
 	for range maxMessagePages {
 		page, err := st.messages(ctx, messagePageSize, offset)
 		if err != nil {
@@ -104,6 +104,7 @@ func (st *runState) follow(ctx context.Context) (schemas.Result, error) {
 		if st.spec.Control.Requested() || st.cancelling {
 			st.beginCancel(ctx)
 		}
+		st.sendSteers(ctx)
 		if st.stream == nil {
 			res, done, err := st.reopen(ctx)
 			switch {
@@ -708,3 +709,29 @@ const maxReplayEvents = 8192
 // CodeRunLost is the Result error code of a run that ended without a final
 // event.
 const CodeRunLost = "run_lost"
+
+// sendSteers sends the steering messages Control.Steer queued, each
+// answered with its outcome. Only a run that is ours, going and not
+// waiting for a human takes them: steering a run that waits for tool
+// decisions would make the server skip its pending calls.
+func (st *runState) sendSteers(ctx context.Context) {
+	for _, req := range st.spec.Control.takeSteers() {
+		var err error
+		switch {
+		case st.runID == "":
+			err = fmt.Errorf("%w: its run has not started yet", ErrNotSteerable)
+		case st.ended || st.cancelling:
+			err = fmt.Errorf("%w: its run is ending", ErrNotSteerable)
+		default:
+			sctx, cancel := context.WithTimeout(ctx, st.opts.CancelTimeout)
+			err = st.c.Steer(sctx, st.sessionID, st.runID, req.text)
+			cancel()
+			if isNotActive(err) {
+				err = fmt.Errorf("%w: the agent server says the run is no longer active", ErrNotSteerable)
+			} else if err == nil {
+				st.log.Info("steering message sent", "bytes", len(req.text))
+			}
+		}
+		req.done <- err
+	}
+}

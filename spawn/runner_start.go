@@ -32,6 +32,9 @@ type runState struct {
 	runID     string
 	lastID    uint64
 	startID   uint64 // the cursor's event id when this phase began
+	msgBase   int    // messages the session had before this job's run (Cursor.MessageBase)
+	shared    bool   // the session is a conversation's: earlier jobs' runs are in it
+	liveFirst bool   // subscribe without Last-Event-ID until an event is seen: the ring holds earlier runs
 
 	// Open event stream, if any.
 	stream       *EventStream
@@ -98,13 +101,15 @@ func newRunState(r *Runner, spec Spec) *runState {
 	}
 	if spec.Resume != nil {
 		st.decided = slices.Clone(spec.Resume.Decided)
+		st.msgBase = spec.Resume.MessageBase
 	}
+	st.shared = spec.Job.SessionKey != ""
 	st.log = r.opts.Logger.With("job_id", spec.Job.ID, "attempt", spec.Attempt)
 	return st
 }
 
 func (st *runState) cursor() Cursor {
-	return Cursor{SessionID: st.sessionID, RunID: st.runID, LastEventID: st.lastID, Decided: slices.Clone(st.decided)}
+	return Cursor{SessionID: st.sessionID, RunID: st.runID, LastEventID: st.lastID, Decided: slices.Clone(st.decided), MessageBase: st.msgBase}
 }
 
 func (st *runState) isDecided(id string) bool { return slices.Contains(st.decided, id) }
@@ -160,6 +165,15 @@ func (st *runState) run(ctx context.Context) (schemas.Result, error) {
 	if st.spec.Resume != nil {
 		return st.resume(ctx)
 	}
+	if st.spec.Continue != nil {
+		res, done, err := st.continueSession(ctx)
+		if err != nil || done {
+			return res, err
+		}
+		if st.sessionID != "" {
+			return st.startRun(ctx)
+		}
+	}
 	job := st.spec.Job
 	sess, err := st.c.CreateSession(ctx, CreateSessionRequest{
 		Title: "jetpilot: " + job.ProfileOrDefault(),
@@ -175,6 +189,34 @@ func (st *runState) run(ctx context.Context) (schemas.Result, error) {
 	st.log = st.log.With("session_id", sess.ID)
 	st.reportCursor(true)
 	return st.startRun(ctx)
+}
+
+// continueSession takes the conversation's session for the job's run: it
+// must exist and be idle. It leaves sessionID empty when the server no
+// longer has the session, so a new one is created (with a warning).
+func (st *runState) continueSession(ctx context.Context) (schemas.Result, bool, error) {
+	st.sessionID = st.spec.Continue.SessionID
+	gs, err := st.getSession(ctx)
+	switch {
+	case isSessionLost(err):
+		st.warn(fmt.Sprintf("the agent server no longer has session %s of session_key %s; the conversation goes on in a new session, without its earlier context",
+			st.sessionID, st.spec.Job.SessionKey))
+		st.sessionID = ""
+		return schemas.Result{}, false, nil
+	case err != nil:
+		return schemas.Result{}, false, fmt.Errorf("continue session: %w", err)
+	case gs.Session.RunStatus.Active():
+		return schemas.Result{}, false, markTransient(fmt.Errorf("continue session %s: %w (run %s)", st.sessionID, ErrSessionBusy, gs.Session.RunStatus.RunID))
+	}
+	page, err := st.messages(ctx, 1, 0)
+	if err != nil {
+		return schemas.Result{}, false, fmt.Errorf("continue session: %w", err)
+	}
+	st.msgBase = max(page.Total, len(page.Messages))
+	st.liveFirst = true
+	st.log = st.log.With("session_id", st.sessionID)
+	st.reportCursor(true)
+	return schemas.Result{}, false, nil
 }
 
 // startRun subscribes from event 0, sends the prompt and follows the run.
@@ -236,6 +278,10 @@ func (st *runState) send(ctx context.Context) (runID string, res schemas.Result,
 		return "", st.failed(apiErrorCode(err, "invalid_request"), err.Error()), true, nil
 	case errors.As(err, &ae) && ae.StatusCode == http.StatusNotFound:
 		return "", st.sessionLost(err), true, nil
+	case errors.As(err, &ae) && ae.StatusCode == http.StatusConflict && st.shared && !IsAPIError(err, CodeIdempotencyKeyReused):
+		// A conversation's session: the active run may be an earlier job's,
+		// and our send (its key unknown to the server) did not start one.
+		return "", res, false, markTransient(fmt.Errorf("send message: %w: %w", ErrSessionBusy, err))
 	case errors.As(err, &ae) && ae.StatusCode == http.StatusConflict:
 		// The session already has (or had) a run: ours, since the session is
 		// the job's own. Never start another one; find it instead.
@@ -276,6 +322,14 @@ func (st *runState) resume(ctx context.Context) (schemas.Result, error) {
 		return schemas.Result{}, fmt.Errorf("resume: %w", err)
 	}
 	rs := gs.Session.RunStatus
+	if st.runID == "" && st.shared {
+		// A conversation's session, the run id never recorded: send again
+		// with the job's idempotency key. The server answers our run's id
+		// if it took the first send; another run going is ErrSessionBusy.
+		st.liveFirst = true
+		st.lastID = 0
+		return st.startRun(ctx)
+	}
 	if st.runID == "" {
 		if rs.Active() && rs.RunID != "" {
 			st.setRun(rs.RunID)
@@ -352,6 +406,15 @@ func (st *runState) openStreamTimed(ctx context.Context, idle time.Duration, byt
 	timer := time.AfterFunc(idle, func() { cancel(errStalled) })
 	from := st.lastID
 	opts := StreamOptions{LastEventID: &from, MaxFrameBytes: st.opts.MaxFrameBytes}
+	if st.liveFirst && from == 0 {
+		// A continued session's ring holds earlier runs' events (up to
+		// 4096): subscribed before the send, live events are all of ours.
+		opts.LastEventID = nil
+	}
+	// Only the subscription made before the send: a later one, with no
+	// event seen yet, must replay the run's start (from 0, filtered by
+	// run id).
+	st.liveFirst = false
 	if bytesCount {
 		opts.OnActivity = func() { timer.Reset(idle) }
 	}

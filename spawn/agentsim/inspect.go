@@ -155,3 +155,40 @@ func (w *statusWriter) Write(b []byte) (int, error) {
 }
 
 func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// UserMessages returns the text of the user messages in the session's last
+// checkpoint, in order: the prompts and steering messages its runs read,
+// so a test can see that a conversation's session received every message.
+func (s *Server) UserMessages(sessionID string) []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	sess := s.sessions[sessionID]
+	if sess == nil {
+		return nil
+	}
+	var out []string
+	for _, m := range sess.checkpoint {
+		if m.Role != "user" {
+			continue
+		}
+		switch c := m.Content.(type) {
+		case string:
+			out = append(out, c)
+		case []any:
+			for _, p := range c {
+				if part, ok := p.(map[string]any); ok && part["type"] == "text" {
+					t, _ := part["text"].(string)
+					out = append(out, t)
+				}
+			}
+		case []map[string]any:
+			for _, part := range c {
+				if part["type"] == "text" {
+					t, _ := part["text"].(string)
+					out = append(out, t)
+				}
+			}
+		}
+	}
+	return out
+}
