@@ -388,6 +388,21 @@ func (cfg Config) CancelSubject(jobID string) string {
 // CancelWildcard is "<prefix>.cancel.>", what workers subscribe to.
 func (cfg Config) CancelWildcard() string { return cfg.subject("cancel", ">") }
 
+// SteerSubject is "<prefix>.steer.<job_id>": core NATS requests that steer
+// the job's running agent (schema steer.v1).
+func (cfg Config) SteerSubject(jobID string) string {
+	return cfg.subject("steer", subjectID(jobID))
+}
+
+// SteerWildcard is "<prefix>.steer.>", what workers subscribe to.
+func (cfg Config) SteerWildcard() string { return cfg.subject("steer", ">") }
+
+// HolderSteerSubject is "<prefix>.holder.<worker>.steer": the worker's
+// inbox for steering requests forwarded by the worker that answered them.
+func (cfg Config) HolderSteerSubject(worker string) string {
+	return cfg.HolderSubject(worker) + ".steer"
+}
+
 // ControlSubject is "<prefix>.control.<job_id>": workers' own control
 // messages about a paused job (approval expiry timers, cancels), on their
 // own stream so that no producer permission on decisions can forge one.

@@ -65,6 +65,9 @@ type RunRecord struct {
 	// decided twice, so a worker that takes the job over never re-decides
 	// them.
 	Decided []string `json:"decided,omitempty"`
+	// MessageBase is how many messages the session had before this job's
+	// run: a conversation's session (session_key) holds earlier jobs'.
+	MessageBase int `json:"message_base,omitempty"`
 	// RunStartedAt is when the run id was first known: an agent server
 	// whose uptime is shorter restarted under the run.
 	RunStartedAt time.Time `json:"run_started_at,omitzero"`

@@ -131,7 +131,7 @@ func Setup(ctx context.Context, js jetstream.JetStream, cfg Config) error {
 			return fmt.Errorf("setup: create or update stream %s: %w", sc.Name, err)
 		}
 	}
-	for _, kvc := range []jetstream.KeyValueConfig{cfg.RunsBucketConfig(), cfg.PolicyBucketConfig()} {
+	for _, kvc := range []jetstream.KeyValueConfig{cfg.RunsBucketConfig(), cfg.PolicyBucketConfig(), cfg.KeysBucketConfig()} {
 		if _, err := js.CreateOrUpdateKeyValue(ctx, kvc); err != nil {
 			return fmt.Errorf("setup: create or update KV bucket %s: %w", kvc.Bucket, err)
 		}
@@ -163,6 +163,9 @@ func EnsureStreams(ctx context.Context, js jetstream.JetStream, cfg Config) erro
 	}
 	if err != nil {
 		return fmt.Errorf("ensure KV bucket %s: %w", kvc.Bucket, err)
+	}
+	if err := EnsureKeysBucket(ctx, js, cfg); err != nil {
+		return err
 	}
 	return EnsurePolicyBucket(ctx, js, cfg)
 }

@@ -62,7 +62,7 @@ func TestSetupStreamsMatchDesign(t *testing.T) {
 	require.NoError(t, names.Err())
 	slices.Sort(got)
 	assert.Equal(t, []string{"JETPILOT_APPROVALS", "JETPILOT_AUDIT", "JETPILOT_CONTROL", "JETPILOT_DEAD", "JETPILOT_DECISIONS", "JETPILOT_EVENTS",
-		"JETPILOT_JOBS", "JETPILOT_RESULTS", "KV_jetpilot_policy", "KV_jetpilot_runs"}, got)
+		"JETPILOT_JOBS", "JETPILOT_RESULTS", "KV_jetpilot_keys", "KV_jetpilot_policy", "KV_jetpilot_runs"}, got)
 
 	kv, err := e.js.KeyValue(e.ctx, "jetpilot_runs")
 	require.NoError(t, err)

@@ -43,6 +43,9 @@ const (
 	EventDecisionError EventType = "decision_error"
 	// EventWarning is something worth knowing that did not fail the job.
 	EventWarning EventType = "warning"
+	// EventSteered: a steering message reached the run (Text: the
+	// guidance; Status: who steered, the verified approver when signed).
+	EventSteered EventType = "steered"
 )
 
 // EventTypes lists every EventType the v1 schema knows, in schema order.
@@ -50,7 +53,7 @@ var EventTypes = []EventType{
 	EventText, EventToolStarted, EventToolCompleted, EventToolRejected, EventToolDecided,
 	EventTurnStarted, EventTurnCompleted, EventRetry, EventStatus,
 	EventApprovalRequested, EventApprovalDecided, EventApprovalExpired, EventApprovalVote,
-	EventDecisionError, EventWarning,
+	EventDecisionError, EventWarning, EventSteered,
 }
 
 // Event is live progress of one job, published on jetpilot.events.<job_id>.

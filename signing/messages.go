@@ -43,3 +43,24 @@ func SignJob(j *schemas.Job, seed []byte) error {
 	j.Signature = &sig
 	return nil
 }
+
+// SignSteer signs a steering request with seed, an nkey user seed, and sets
+// s.Signature, as SignDecision does for decisions. Set SentAt first: a
+// worker refuses a signed request that is not recent.
+func SignSteer(s *schemas.SteerRequest, seed []byte) error {
+	s.Signature = nil
+	if s.SentAt != nil {
+		t := s.SentAt.UTC()
+		s.SentAt = &t
+	}
+	raw, err := schemas.Encode(s)
+	if err != nil {
+		return fmt.Errorf("sign steer request: encode: %w", err)
+	}
+	sig, err := Sign(raw, seed)
+	if err != nil {
+		return fmt.Errorf("sign steer request: %w", err)
+	}
+	s.Signature = &sig
+	return nil
+}

@@ -3,9 +3,9 @@ package spawn
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
-	"encoding/hex"
 	"maps"
 	"slices"
 	"sync"

@@ -40,16 +40,17 @@ type phase struct {
 	run     *queue.Run
 	log     *slog.Logger
 
-	decisions     map[string]schemas.ToolDecision // the human's answer, sent with the held verdicts
-	cancel        bool                            // cancel the run before following
-	announce      *schemas.Event                  // live event published as the phase starts
-	approvalID    string                          // the approval a decision or control message names
-	capped        bool                            // a pause was turned into rejections at the paused-run cap
-	unreadable    bool                            // the job's id could not be read: job.ID was made up
-	policyVersion uint64                          // the policy version that rejected the job
-	voter         *vote                           // the verified approver of a decision
-	settledAs     schemas.ApprovalOutcome         // how the approval the phase resumes from was decided
-	finalPhase    bool                            // the final result of a paused job took a phase of its own
+	decisions       map[string]schemas.ToolDecision // the human's answer, sent with the held verdicts
+	cancel          bool                            // cancel the run before following
+	announce        *schemas.Event                  // live event published as the phase starts
+	approvalID      string                          // the approval a decision or control message names
+	capped          bool                            // a pause was turned into rejections at the paused-run cap
+	unreadable      bool                            // the job's id could not be read: job.ID was made up
+	policyVersion   uint64                          // the policy version that rejected the job
+	voter           *vote                           // the verified approver of a decision
+	settledAs       schemas.ApprovalOutcome         // how the approval the phase resumes from was decided
+	finalPhase      bool                            // the final result of a paused job took a phase of its own
+	continueSession string                          // the conversation's session the job's run goes on in (session_key)
 
 	// Set by execute.
 	events *liveEvents
@@ -71,10 +72,13 @@ type fetcher func(ctx context.Context, msg jetstream.Msg) (*phase, *outcome)
 // serve takes each message of one kind from delivery to settling: fetch,
 // execute (unless the outcome is already known), settle. The message is
 // held (heartbeats) until it is settled.
-func (w *Worker) serve(fetch fetcher) func(context.Context, jetstream.Msg) {
-	return func(ctx context.Context, msg jetstream.Msg) {
+func (w *Worker) serve(fetch fetcher) func(context.Context, jetstream.Msg, *slot) {
+	return func(ctx context.Context, msg jetstream.Msg, s *slot) {
 		p, o := fetch(ctx, msg)
 		defer w.beats.hold(msg, p.log)()
+		if o == nil && p.raw != nil {
+			o = w.awaitKeys(ctx, p, s)
+		}
 		if o == nil {
 			o = w.execute(ctx, p)
 		}
@@ -360,7 +364,7 @@ func (w *Worker) spec(ctx context.Context, p *phase, lost context.CancelCauseFun
 			if c.RunID != "" && c.RunID != rec.RunID {
 				rec.RunStartedAt = time.Now().UTC()
 			}
-			rec.SessionID, rec.RunID, rec.LastEventID, rec.Decided = c.SessionID, c.RunID, c.LastEventID, c.Decided
+			rec.SessionID, rec.RunID, rec.LastEventID, rec.Decided, rec.MessageBase = c.SessionID, c.RunID, c.LastEventID, c.Decided, c.MessageBase
 			rec.EventSeq = p.events.Seq()
 			t := queue.TransProgress
 			if p.run.Stored != queue.RunRunning {
@@ -380,8 +384,11 @@ func (w *Worker) spec(ctx context.Context, p *phase, lost context.CancelCauseFun
 		maps.Copy(spec.Decisions, rec.Held)
 		maps.Copy(spec.Decisions, p.decisions)
 	}
+	if rec.SessionID == "" && p.continueSession != "" {
+		spec.Continue = &spawn.Cursor{SessionID: p.continueSession}
+	}
 	if rec.SessionID != "" {
-		spec.Resume = &spawn.Cursor{SessionID: rec.SessionID, RunID: rec.RunID, LastEventID: rec.LastEventID, Decided: rec.Decided}
+		spec.Resume = &spawn.Cursor{SessionID: rec.SessionID, RunID: rec.RunID, LastEventID: rec.LastEventID, Decided: rec.Decided, MessageBase: rec.MessageBase}
 		p.log = p.log.With("session_id", rec.SessionID)
 	}
 	if spec.Timeout <= 0 {

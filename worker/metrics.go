@@ -22,6 +22,7 @@ type Metrics struct {
 	Tokens          *prometheus.CounterVec
 	PolicyVersion   prometheus.Gauge
 	PolicyHolds     prometheus.Counter
+	KeyWaiting      *prometheus.GaugeVec
 }
 
 // NewMetrics makes a set of collectors registered nowhere.
@@ -60,6 +61,10 @@ func NewMetrics() *Metrics {
 			Name: "jetpilot_policy_holds_total",
 			Help: "Jobs and decisions handed back because the stored policy could not be read.",
 		}),
+		KeyWaiting: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "jetpilot_key_waiting",
+			Help: "Jobs waiting for their turn on a key, by kind (session_key, concurrency_key, error) and key: the concurrency keys the policy lists by name, every other key as \"other\".",
+		}, []string{"kind", "key"}),
 		PolicyVersion: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "jetpilot_policy_version",
 			Help: "The policy version this worker applies (the KV revision; 0 for its flags or the built-in policy).",
@@ -69,7 +74,7 @@ func NewMetrics() *Metrics {
 
 // Register registers every collector with reg.
 func (m *Metrics) Register(reg prometheus.Registerer) error {
-	for _, c := range []prometheus.Collector{m.Jobs, m.InFlight, m.Retries, m.DeadLetters, m.SessionDuration, m.AgentErrors, m.Tokens, m.PolicyVersion, m.PolicyHolds} {
+	for _, c := range []prometheus.Collector{m.Jobs, m.InFlight, m.Retries, m.DeadLetters, m.SessionDuration, m.AgentErrors, m.Tokens, m.PolicyVersion, m.PolicyHolds, m.KeyWaiting} {
 		if err := reg.Register(c); err != nil {
 			return err
 		}

@@ -206,6 +206,7 @@ func (w *Worker) mergeEarlierPhases(p *phase, res *schemas.Result, whole bool) {
 // settlePaused records and publishes a pause, then acks its message.
 func (w *Worker) settlePaused(ctx context.Context, p *phase, res schemas.Result, whole bool) {
 	w.mergeEarlierPhases(p, &res, whole)
+	res.SessionKey = p.job.SessionKey
 	if err := w.pause(ctx, p, &res); err != nil {
 		w.unsettled(ctx, p, res, fmt.Errorf("publish pause: %w", err))
 		return
@@ -234,6 +235,7 @@ func (w *Worker) finish(ctx context.Context, p *phase, res schemas.Result) bool 
 			p.log.Warn("record run done", "err", err)
 		}
 	}
+	w.releaseKeys(ctx, p)
 	w.m.Jobs.WithLabelValues(string(res.Status)).Inc()
 	return true
 }
@@ -242,6 +244,7 @@ func (w *Worker) finish(ctx context.Context, p *phase, res schemas.Result) bool 
 // failed or was rejected.
 func (w *Worker) publishFinal(ctx context.Context, p *phase, res schemas.Result) error {
 	res.JobDigest = p.jobDigest()
+	res.SessionKey = p.job.SessionKey
 	if p.run.Stored == queue.RunPaused && !p.finalPhase {
 		// A paused job that ends for good: its final result is a phase
 		// of its own, or it would share the paused result's message id
@@ -310,6 +313,7 @@ func (w *Worker) unsettled(ctx context.Context, p *phase, res schemas.Result, ca
 			p.log.Warn("record run done", "err", err)
 		}
 	}
+	w.releaseKeys(ctx, p)
 	w.m.Jobs.WithLabelValues(string(min.Status)).Inc()
 	p.log.Error("job failed: its outcome could not be published", "err", cause, "failures", failures)
 	w.term(p, "unsettled")

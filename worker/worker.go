@@ -53,6 +53,10 @@ type Worker struct {
 	auditLog     *queue.AuditLog  // approvals, decisions, expiries and cancels
 	eventsStream jetstream.Stream // EVENTS, for the last event of a job
 	refusals     refusalCounts    // unverified refused decisions, per job
+	keys         *keyGate         // session_key and concurrency_key leases
+
+	jobsMu sync.Mutex
+	jobs   jetstream.Stream // JOBS, for the keyed jobs' scan (keys.go)
 
 	activeMu sync.Mutex
 	active   map[string]*activeJob // job id -> the phase this worker follows
@@ -108,6 +112,10 @@ func New(ctx context.Context, js jetstream.JetStream, qcfg queue.Config, runner 
 	if err != nil {
 		return nil, fmt.Errorf("open events stream: %w", err)
 	}
+	keys, err := queue.NewKeyStore(ctx, js, qcfg)
+	if err != nil {
+		return nil, fmt.Errorf("open keys bucket: %w", err)
+	}
 	return &Worker{
 		js:           js,
 		qcfg:         qcfg,
@@ -115,6 +123,7 @@ func New(ctx context.Context, js jetstream.JetStream, qcfg queue.Config, runner 
 		runs:         runs,
 		auditLog:     auditLog,
 		eventsStream: eventsStream,
+		keys:         newKeyGate(keys),
 		opts:         opts,
 		log:          opts.Logger.With("worker", opts.Name),
 		m:            opts.Metrics,
@@ -170,6 +179,11 @@ func (w *Worker) Run(ctx context.Context) error {
 		defer loops.Done()
 		w.auditRefusals(ctx)
 	}()
+	loops.Add(1)
+	go func() {
+		defer loops.Done()
+		w.keys.store.Changes(ctx, w.keys.changed)
+	}()
 	if w.opts.Policies != nil {
 		loops.Add(1)
 		go func() {
@@ -189,10 +203,15 @@ func (w *Worker) Run(ctx context.Context) error {
 		return fmt.Errorf("subscribe to cancel requests: %w", err)
 	}
 	defer stopCancels()
+	stopSteers, err := w.serveSteers(jobCtx, w.js.Conn())
+	if err != nil {
+		return fmt.Errorf("subscribe to steering requests: %w", err)
+	}
+	defer stopSteers()
 	type source struct {
 		c      jetstream.Consumer
 		slots  chan struct{}
-		handle func(context.Context, jetstream.Msg)
+		handle func(context.Context, jetstream.Msg, *slot)
 	}
 	// Decisions and control messages have their own slots: an idle fetch
 	// of theirs must not hold a job slot, and resuming a paused run must not
@@ -231,17 +250,18 @@ func (w *Worker) Run(ctx context.Context) error {
 // message never waits in a local buffer while its AckWait runs out. An idle
 // pull holds one token (its pending one-message fetch); when messages flow it
 // takes every free token for a batch.
-func (w *Worker) pull(ctx, jobCtx context.Context, c jetstream.Consumer, slots chan struct{}, jobs *sync.WaitGroup, handle func(context.Context, jetstream.Msg)) {
+func (w *Worker) pull(ctx, jobCtx context.Context, c jetstream.Consumer, slots chan struct{}, jobs *sync.WaitGroup, handle func(context.Context, jetstream.Msg, *slot)) {
 	retry := time.Duration(0)
 	dispatch := func(batch jetstream.MessageBatch) (int, error) {
 		got := 0
 		for msg := range batch.Messages() {
 			got++
 			jobs.Add(1)
+			s := &slot{ch: slots, held: true}
 			go func() {
-				defer func() { <-slots }()
+				defer s.release()
 				defer jobs.Done()
-				handle(jobCtx, msg)
+				handle(jobCtx, msg, s)
 			}()
 		}
 		return got, batch.Error()
@@ -350,6 +370,35 @@ func sleep(ctx context.Context, d time.Duration) bool {
 	defer t.Stop()
 	select {
 	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// slot is a message's token of its pull loop's slots: held while it runs,
+// given back while a keyed job waits for its turn (keys.go), taken again
+// when the turn comes. Used from the message's goroutine only.
+type slot struct {
+	ch   chan struct{}
+	held bool
+}
+
+func (s *slot) release() {
+	if s.held {
+		s.held = false
+		<-s.ch
+	}
+}
+
+// acquire takes a token again; false when ctx ended first.
+func (s *slot) acquire(ctx context.Context) bool {
+	if s.held {
+		return true
+	}
+	select {
+	case s.ch <- struct{}{}:
+		s.held = true
 		return true
 	case <-ctx.Done():
 		return false
