@@ -63,7 +63,9 @@ func TestContinueLostSessionStartsANewOne(t *testing.T) {
 // A conversation's session still running another run is ErrSessionBusy,
 // transient, and nothing is sent.
 func TestContinueBusySessionIsTransient(t *testing.T) {
-	srv, _, r := newSimRunner(t, agentsim.Options{}, testRunnerOptions())
+	opts := testRunnerOptions()
+	opts.SettleWait = 300 * time.Millisecond // how long it waits for the other run to end
+	srv, _, r := newSimRunner(t, agentsim.Options{}, opts)
 	first := NewControl()
 	done := make(chan error, 1)
 	rec := newRecorder()

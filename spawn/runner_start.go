@@ -206,7 +206,11 @@ func (st *runState) continueSession(ctx context.Context) (schemas.Result, bool, 
 	case err != nil:
 		return schemas.Result{}, false, fmt.Errorf("continue session: %w", err)
 	case gs.Session.RunStatus.Active():
-		return schemas.Result{}, false, markTransient(fmt.Errorf("continue session %s: %w (run %s)", st.sessionID, ErrSessionBusy, gs.Session.RunStatus.RunID))
+		// Most often the previous job's run, which ended moments ago: the
+		// server keeps a session running for a while after run_completed.
+		if busy := gs.Session.RunStatus.RunID; busy == "" || !st.awaitSettled(ctx, busy) {
+			return schemas.Result{}, false, markTransient(fmt.Errorf("continue session %s: %w (run %s)", st.sessionID, ErrSessionBusy, busy))
+		}
 	}
 	page, err := st.messages(ctx, 1, 0)
 	if err != nil {
@@ -647,7 +651,7 @@ func (st *runState) finalize(ctx context.Context, res schemas.Result) schemas.Re
 	if (st.rebuild || resumedFinal) && final && st.sessionID != "" && ctx.Err() == nil {
 		// Bounded: the phase is over, a slow server must not hold the result.
 		rctx, cancel := context.WithTimeout(ctx, st.opts.SettleWait+st.opts.CancelTimeout)
-		settled := st.awaitSettled(rctx)
+		settled := st.awaitSettled(rctx, st.runID)
 		text, total, err := st.assistantText(rctx)
 		cancel()
 		switch {
@@ -688,14 +692,14 @@ func (st *runState) finalize(ctx context.Context, res schemas.Result) schemas.Re
 
 // awaitSettled waits until the session no longer runs st.runID (the server
 // keeps "running" for a while after run_completed), within SettleWait.
-func (st *runState) awaitSettled(ctx context.Context) bool {
+func (st *runState) awaitSettled(ctx context.Context, runID string) bool {
 	ctx, cancel := context.WithTimeout(ctx, st.opts.SettleWait)
 	defer cancel()
 	wait := 50 * time.Millisecond
 	for {
 		gs, err := st.c.GetSession(ctx, st.sessionID)
 		if err == nil {
-			if rs := gs.Session.RunStatus; !rs.Active() || rs.RunID != st.runID {
+			if rs := gs.Session.RunStatus; !rs.Active() || rs.RunID != runID {
 				return true
 			}
 		} else if !IsTransient(err) {

@@ -51,6 +51,7 @@ type phase struct {
 	settledAs       schemas.ApprovalOutcome         // how the approval the phase resumes from was decided
 	finalPhase      bool                            // the final result of a paused job took a phase of its own
 	continueSession string                          // the conversation's session the job's run goes on in (session_key)
+	finished        bool                            // the final result is out: the keys go once the message is settled (settleKeyed)
 
 	// Set by execute.
 	events *liveEvents

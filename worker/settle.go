@@ -235,7 +235,7 @@ func (w *Worker) finish(ctx context.Context, p *phase, res schemas.Result) bool 
 			p.log.Warn("record run done", "err", err)
 		}
 	}
-	w.releaseKeys(ctx, p)
+	p.finished = true // its keys are let go once the message is settled (ack, term)
 	w.m.Jobs.WithLabelValues(string(res.Status)).Inc()
 	return true
 }
@@ -313,7 +313,7 @@ func (w *Worker) unsettled(ctx context.Context, p *phase, res schemas.Result, ca
 			p.log.Warn("record run done", "err", err)
 		}
 	}
-	w.releaseKeys(ctx, p)
+	p.finished = true // its keys are let go once the message is settled (ack, term)
 	w.m.Jobs.WithLabelValues(string(min.Status)).Inc()
 	p.log.Error("job failed: its outcome could not be published", "err", cause, "failures", failures)
 	w.term(p, "unsettled")
@@ -480,9 +480,29 @@ func (w *Worker) baseResult(jobID string, attempt int, start time.Time, md map[s
 // run recorded as settled and is acked then, so waiting for the server's
 // confirmation would only cost a round trip per job.
 func (w *Worker) ack(p *phase) {
+	if w.settleKeyed(p, func(ctx context.Context) error { return p.msg.DoubleAck(ctx) }) {
+		return
+	}
 	if err := p.msg.Ack(); err != nil {
 		p.log.Warn("ack; a redelivery will find it settled", "err", err)
 	}
+}
+
+// settleKeyed settles the message of a finished keyed job and then lets go
+// of its keys, in that order: the next job of the key looks for this one's
+// message in JOBS, so it must be gone (the ack confirmed) before the lease
+// write wakes it. It reports false for any other message.
+func (w *Worker) settleKeyed(p *phase, settle func(context.Context) error) bool {
+	if !p.finished || p.job.SessionKey == "" && p.job.ConcurrencyKey == "" {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
+	defer cancel()
+	if err := settle(ctx); err != nil {
+		p.log.Warn("settle the job message; a redelivery will find it settled", "err", err)
+	}
+	w.releaseKeys(ctx, p)
+	return true
 }
 
 // nak hands the message back after delay (0: at once); cause, when set, is
@@ -504,6 +524,9 @@ func (w *Worker) nak(p *phase, delay time.Duration, cause error) {
 }
 
 func (w *Worker) term(p *phase, reason string) {
+	if w.settleKeyed(p, func(context.Context) error { return p.msg.TermWithReason(reason) }) {
+		return
+	}
 	if err := p.msg.TermWithReason(reason); err != nil {
 		p.log.Warn("term", "err", err)
 	}

@@ -90,6 +90,7 @@ func newRootCmd() *cobra.Command {
 		newApprovalsCmd(g),
 		newApproveCmd(g),
 		newCancelCmd(g),
+		newSteerCmd(g),
 		newEventsCmd(g),
 		newPolicyCmd(g),
 		newKeysCmd(),

@@ -28,6 +28,8 @@ type submitFlags struct {
 	pauseOnApproval bool
 	allowedTools    []string
 	metadata        []string
+	sessionKey      string
+	concurrencyKey  string
 	wait            bool
 	attach          bool
 	asJSON          bool
@@ -117,6 +119,8 @@ func (f *submitFlags) register(cmd *cobra.Command) {
 	fl.BoolVar(&f.pauseOnApproval, "pause-on-approval", false, "pause for a human on tool calls outside the allow-list")
 	fl.StringSliceVar(&f.allowedTools, "allowed-tools", nil, "tools the job may run unattended (narrows the worker's list)")
 	fl.StringArrayVar(&f.metadata, "metadata", nil, "k=v metadata echoed on every message about the job (repeatable)")
+	fl.StringVar(&f.sessionKey, "session-key", "", "continue the conversation of this key (a chat thread): one session, one run at a time, in order")
+	fl.StringVar(&f.concurrencyKey, "concurrency-key", "", "at most the policy's limit of runs at once with this key, fleet-wide (e.g. env:prod)")
 	fl.BoolVar(&f.wait, "wait", false, "wait for the result and exit with its code")
 	fl.BoolVar(&f.attach, "attach", false, "with --wait: when the id was already submitted, wait for that job's result instead of exiting 2")
 	fl.BoolVar(&f.asJSON, "json", false, "print the result document as JSON")
@@ -160,7 +164,8 @@ func (f *submitFlags) job(stdin io.Reader) (schemas.Job, error) {
 			id = "job-" + uuid.NewString()
 		}
 		job := schemas.Job{ID: id, Prompt: f.prompt, Profile: f.profile, Timeout: f.timeout, Workdir: f.workdir,
-			Model: f.model, PauseOnApproval: f.pauseOnApproval, AllowedTools: f.allowedTools}
+			Model: f.model, PauseOnApproval: f.pauseOnApproval, AllowedTools: f.allowedTools,
+			SessionKey: f.sessionKey, ConcurrencyKey: f.concurrencyKey}
 		if len(md) > 0 {
 			job.Metadata = md
 		}
