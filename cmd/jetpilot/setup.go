@@ -35,7 +35,9 @@ unlimited. JOBS, DECISIONS and CONTROL refuse new messages when full, so a
 producer gets an error; so does AUDIT, which also denies deleting and
 purging records (for good: JetStream lets no update take that back), and
 while it is full no human decision is applied (approvals fail closed). The
-other streams drop their oldest messages.`,
+other streams drop their oldest messages. SCHEDULES (jetpilot schedule) needs
+nats-server 2.14 or later: on an older one, everything else is set up and a
+warning says so.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg := limits.apply(g.queueConfig())
