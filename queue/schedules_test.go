@@ -224,6 +224,13 @@ func TestScheduleFiresIntoJobsUntilRemoved(t *testing.T) {
 		assert.Empty(t, m.Header.Get(queue.HeaderSchedule), "the schedule's own headers are not copied")
 	}
 	assert.Len(t, ids, len(firings), "every firing has an id of its own")
+	js, err := e.js.Stream(e.ctx, e.cfg.JobsStream())
+	require.NoError(t, err)
+	for seq := uint64(1); seq <= js.CachedInfo().State.LastSeq; seq++ {
+		m, err := js.GetMsg(e.ctx, seq)
+		require.NoError(t, err)
+		assert.NotEmpty(t, m.Header.Get(queue.HeaderScheduler), "only firings reach JOBS, never a definition: %s %v", m.Subject, m.Header)
+	}
 
 	list, err := store.List(e.ctx)
 	require.NoError(t, err)
