@@ -129,6 +129,13 @@ type Config struct {
 	// applied, approvals then fail closed until the limit is raised with
 	// `jetpilot setup --audit-max-bytes` or old records age out.
 	AuditMaxBytes int64
+	// SchedulesMaxBytes bounds SCHEDULES. Default 64 MiB: each schedule
+	// keeps its job template and its last firing, a few KiB for a typical
+	// job, so tens of thousands of schedules. The server allows message
+	// schedules only on a stream that drops its oldest messages when full,
+	// which could be definitions, so Schedules.Add refuses a schedule that
+	// would fill it.
+	SchedulesMaxBytes int64
 }
 
 // Defaults of Config.
@@ -154,6 +161,7 @@ const (
 	DefaultEventsMaxBytes    int64 = 1 << 30
 	DefaultDeadMaxBytes      int64 = 1 << 30
 	DefaultAuditMaxBytes     int64 = 1 << 30
+	DefaultSchedulesMaxBytes int64 = 64 << 20
 )
 
 // UnlimitedBytes as a stream's max bytes leaves it unbounded by size.
@@ -212,6 +220,7 @@ func (cfg *Config) maxBytes() []maxBytesLimit {
 		{"events max bytes", &cfg.EventsMaxBytes, DefaultEventsMaxBytes},
 		{"dead max bytes", &cfg.DeadMaxBytes, DefaultDeadMaxBytes},
 		{"audit max bytes", &cfg.AuditMaxBytes, DefaultAuditMaxBytes},
+		{"schedules max bytes", &cfg.SchedulesMaxBytes, DefaultSchedulesMaxBytes},
 	}
 }
 

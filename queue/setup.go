@@ -10,9 +10,9 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// StreamConfigs returns the configuration of the eight streams, in the order
-// JOBS, RESULTS, APPROVALS, DECISIONS, EVENTS, DEAD, CONTROL, AUDIT, as
-// DESIGN.md ("Subjects and streams") fixes them.
+// StreamConfigs returns the configuration of the nine streams, in the order
+// JOBS, RESULTS, APPROVALS, DECISIONS, EVENTS, DEAD, CONTROL, AUDIT,
+// SCHEDULES, as DESIGN.md ("Subjects and streams") fixes them.
 //
 // Every stream is bounded by size (Config's *MaxBytes). The work queues,
 // JOBS, DECISIONS and CONTROL, are DiscardNew: each message in them is work
@@ -30,6 +30,10 @@ import (
 // lets a stream update take back. Records leave it only at AuditMaxAge. It
 // holds the jobs' chains on AuditWildcard and the policy chain on
 // PolicyAuditSubject.
+//
+// SCHEDULES holds the schedules (see Schedules) and their last firings,
+// which JOBS sources: it keeps one message per subject, and is DiscardOld
+// because the server allows message schedules on no other kind.
 func (cfg Config) StreamConfigs() []jetstream.StreamConfig {
 	cfg = cfg.WithDefaults()
 	base := func(name, subject, what string) jetstream.StreamConfig {
@@ -51,6 +55,7 @@ func (cfg Config) StreamConfigs() []jetstream.StreamConfig {
 	jobs.Duplicates = cfg.JobsDuplicateWindow
 	jobs.MaxBytes = cfg.JobsMaxBytes
 	jobs.Discard = jetstream.DiscardNew
+	jobs.Sources = []*jetstream.StreamSource{cfg.schedulesSource()}
 
 	results := base(cfg.ResultsStream(), cfg.ResultsWildcard(), "final and paused results; Nats-Msg-Id = <job_id>:<phase>")
 	results.MaxAge = cfg.ResultsMaxAge
@@ -99,7 +104,16 @@ func (cfg Config) StreamConfigs() []jetstream.StreamConfig {
 	audit.DenyDelete = true
 	audit.DenyPurge = true
 
-	return []jetstream.StreamConfig{jobs, results, approvals, decisions, events, dead, control, audit}
+	schedules := base(cfg.SchedulesStream(), cfg.SchedulesWildcard(), "schedules: a job template per schedule on <prefix>.schedules.<name>, "+
+		"its last firing per profile on <prefix>.schedules.<name>.<profile>, which JOBS sources")
+	schedules.AllowMsgSchedules = true
+	// The server requires roll-ups with schedules (a definition replaces
+	// the one before it); set here so an update does not differ.
+	schedules.AllowRollup = true
+	schedules.MaxMsgsPerSubject = 1
+	schedules.MaxBytes = cfg.SchedulesMaxBytes
+
+	return []jetstream.StreamConfig{jobs, results, approvals, decisions, events, dead, control, audit, schedules}
 }
 
 // RunsBucketConfig is the KV bucket of runs: one value per job (history 1).
@@ -117,18 +131,38 @@ func (cfg Config) RunsBucketConfig() jetstream.KeyValueConfig {
 	}
 }
 
-// Setup creates or updates the eight streams and the runs and policy KV
+// Setup creates or updates the nine streams and the runs and policy KV
 // buckets. It is idempotent: running it again is harmless and applies
-// changed limits (max ages, max bytes, discard policies, windows, replicas).
+// changed limits (max ages, max bytes, discard policies, windows, replicas),
+// and adds to an existing JOBS its source of schedule firings.
 // Changing a stream's retention is refused by JetStream and reported. The
 // policy stored in the policy bucket is left as it is.
+//
+// On a NATS server without cron message schedules (SchedulesSupported),
+// Setup sets up everything else, without SCHEDULES and without JOBS's
+// source, and then returns an error wrapping ErrSchedulesUnsupported.
 func Setup(ctx context.Context, js jetstream.JetStream, cfg Config) error {
 	if err := cfg.Validate(); err != nil {
 		return fmt.Errorf("setup: %w", err)
 	}
-	for _, sc := range cfg.StreamConfigs() {
-		if _, err := js.CreateOrUpdateStream(ctx, sc); err != nil {
+	schedErr := SchedulesSupported(js.Conn())
+	for _, sc := range cfg.setupOrder() {
+		if schedErr != nil && sc.Name == cfg.SchedulesStream() {
+			continue
+		}
+		if sc.Name == cfg.JobsStream() {
+			var err error
+			if sc.Sources, err = cfg.jobsSources(ctx, js, schedErr == nil); err != nil {
+				return fmt.Errorf("setup: %w", err)
+			}
+		}
+		s, err := js.CreateOrUpdateStream(ctx, sc)
+		if err != nil {
 			return fmt.Errorf("setup: create or update stream %s: %w", sc.Name, err)
+		}
+		if sc.AllowMsgSchedules && !s.CachedInfo().Config.AllowMsgSchedules {
+			// A server that does not know the setting ignores it.
+			schedErr = fmt.Errorf("%w: the server created stream %s without them", ErrSchedulesUnsupported, sc.Name)
 		}
 	}
 	for _, kvc := range []jetstream.KeyValueConfig{cfg.RunsBucketConfig(), cfg.PolicyBucketConfig(), cfg.KeysBucketConfig()} {
@@ -136,20 +170,73 @@ func Setup(ctx context.Context, js jetstream.JetStream, cfg Config) error {
 			return fmt.Errorf("setup: create or update KV bucket %s: %w", kvc.Bucket, err)
 		}
 	}
+	if schedErr != nil {
+		return fmt.Errorf("setup: every stream but %s is set up, and schedules are not available: %w", cfg.SchedulesStream(), schedErr)
+	}
 	return nil
+}
+
+// setupOrder is StreamConfigs with SCHEDULES first: JOBS's source starts
+// after SCHEDULES' last message (see jobsSources).
+func (cfg Config) setupOrder() []jetstream.StreamConfig {
+	scs := cfg.StreamConfigs()
+	last := len(scs) - 1
+	return append([]jetstream.StreamConfig{scs[last]}, scs[:last]...)
+}
+
+// jobsSources is what JOBS sources: nothing without schedules; else the
+// firings of SCHEDULES, as JOBS already has that source (changing it would
+// make the server source again from where it starts), or, for a JOBS that
+// does not have it yet, starting after SCHEDULES' last message: the last
+// firings SCHEDULES keeps were sourced (and run) by a JOBS deleted since,
+// or never were meant for this one.
+func (cfg Config) jobsSources(ctx context.Context, js jetstream.JetStream, schedules bool) ([]*jetstream.StreamSource, error) {
+	if !schedules {
+		return nil, nil
+	}
+	if jobs, err := js.Stream(ctx, cfg.JobsStream()); err == nil {
+		for _, src := range jobs.CachedInfo().Config.Sources {
+			if cfg.isSchedulesSource(src) {
+				return []*jetstream.StreamSource{src}, nil
+			}
+		}
+	} else if !errors.Is(err, jetstream.ErrStreamNotFound) {
+		return nil, fmt.Errorf("read stream %s: %w", cfg.JobsStream(), err)
+	}
+	src := cfg.schedulesSource()
+	st, err := js.Stream(ctx, cfg.SchedulesStream())
+	switch {
+	case errors.Is(err, jetstream.ErrStreamNotFound):
+	case err != nil:
+		return nil, fmt.Errorf("read stream %s: %w", cfg.SchedulesStream(), err)
+	case st.CachedInfo().State.LastSeq > 0:
+		src.OptStartSeq = st.CachedInfo().State.LastSeq + 1
+	}
+	return []*jetstream.StreamSource{src}, nil
 }
 
 // EnsureStreams creates the streams and the runs and policy buckets that do
 // not exist yet, and leaves the ones that do as they are: what a worker does
 // at start, so that it never puts back the defaults over limits an operator
-// set with `jetpilot setup`.
+// set with `jetpilot setup`. (So an existing JOBS gets its source of
+// schedule firings from `jetpilot setup` only.) On a server without
+// schedules it leaves SCHEDULES out.
 func EnsureStreams(ctx context.Context, js jetstream.JetStream, cfg Config) error {
 	if err := cfg.Validate(); err != nil {
 		return fmt.Errorf("ensure streams: %w", err)
 	}
-	for _, sc := range cfg.StreamConfigs() {
+	schedules := SchedulesSupported(js.Conn()) == nil
+	for _, sc := range cfg.setupOrder() {
+		if !schedules && sc.Name == cfg.SchedulesStream() {
+			continue
+		}
 		_, err := js.Stream(ctx, sc.Name)
 		if errors.Is(err, jetstream.ErrStreamNotFound) {
+			if sc.Name == cfg.JobsStream() {
+				if sc.Sources, err = cfg.jobsSources(ctx, js, schedules); err != nil {
+					return fmt.Errorf("ensure stream %s: %w", sc.Name, err)
+				}
+			}
 			_, err = js.CreateStream(ctx, sc)
 		}
 		if err != nil {

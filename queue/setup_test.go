@@ -38,6 +38,7 @@ func TestSetupStreamsMatchDesign(t *testing.T) {
 		{"JETPILOT_DEAD", "jetpilot.dead.>", jetstream.LimitsPolicy, 30 * 24 * time.Hour, 24 * time.Hour, nil},
 		{"JETPILOT_CONTROL", "jetpilot.control.>", jetstream.WorkQueuePolicy, 7 * 24 * time.Hour, 24 * time.Hour, nil},
 		{"JETPILOT_AUDIT", "jetpilot.audit.>", jetstream.LimitsPolicy, 400 * 24 * time.Hour, 24 * time.Hour, []string{"jetpilot.policy_audit"}},
+		{"JETPILOT_SCHEDULES", "jetpilot.schedules.>", jetstream.LimitsPolicy, 0, 2 * time.Minute, nil},
 	}
 	for _, w := range want {
 		s, err := e.js.Stream(e.ctx, w.name)
@@ -47,7 +48,9 @@ func TestSetupStreamsMatchDesign(t *testing.T) {
 		audit := w.name == "JETPILOT_AUDIT"
 		assert.Equal(t, audit, sc.DenyDelete, w.name)
 		assert.Equal(t, audit, sc.DenyPurge, w.name)
-		assert.False(t, sc.AllowRollup, w.name)
+		schedules := w.name == "JETPILOT_SCHEDULES"
+		assert.Equal(t, schedules, sc.AllowRollup, w.name)
+		assert.Equal(t, schedules, sc.AllowMsgSchedules, w.name)
 		assert.Equal(t, w.retention, sc.Retention, w.name)
 		assert.Equal(t, jetstream.FileStorage, sc.Storage, w.name)
 		assert.Equal(t, w.maxAge, sc.MaxAge, w.name)
@@ -62,7 +65,7 @@ func TestSetupStreamsMatchDesign(t *testing.T) {
 	require.NoError(t, names.Err())
 	slices.Sort(got)
 	assert.Equal(t, []string{"JETPILOT_APPROVALS", "JETPILOT_AUDIT", "JETPILOT_CONTROL", "JETPILOT_DEAD", "JETPILOT_DECISIONS", "JETPILOT_EVENTS",
-		"JETPILOT_JOBS", "JETPILOT_RESULTS", "KV_jetpilot_keys", "KV_jetpilot_policy", "KV_jetpilot_runs"}, got)
+		"JETPILOT_JOBS", "JETPILOT_RESULTS", "JETPILOT_SCHEDULES", "KV_jetpilot_keys", "KV_jetpilot_policy", "KV_jetpilot_runs"}, got)
 
 	kv, err := e.js.KeyValue(e.ctx, "jetpilot_runs")
 	require.NoError(t, err)
@@ -98,7 +101,7 @@ func TestPrefixChangesEveryName(t *testing.T) {
 	t.Parallel()
 	cfg := queue.Config{Prefix: "acme"}
 	e := setupEnv(t, cfg)
-	for _, name := range []string{"ACME_JOBS", "ACME_RESULTS", "ACME_APPROVALS", "ACME_DECISIONS", "ACME_EVENTS", "ACME_DEAD", "ACME_CONTROL", "ACME_AUDIT"} {
+	for _, name := range []string{"ACME_JOBS", "ACME_RESULTS", "ACME_APPROVALS", "ACME_DECISIONS", "ACME_EVENTS", "ACME_DEAD", "ACME_CONTROL", "ACME_AUDIT", "ACME_SCHEDULES"} {
 		_, err := e.js.Stream(e.ctx, name)
 		require.NoError(t, err, name)
 	}

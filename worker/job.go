@@ -95,13 +95,13 @@ func (w *Worker) fetchJob(ctx context.Context, msg jetstream.Msg) (*phase, *outc
 	if o := w.policyHold(msg); o != nil {
 		return &phase{msg: msg, attempt: attempt, start: start, log: w.log}, o
 	}
-	job, err := schemas.DecodeJob(msg.Data())
+	body, job, err := w.decodeJob(msg, meta)
 	if err == nil {
 		err = w.checkProfile(msg.Subject(), job)
 	}
 	if err != nil {
 		var unreadable bool
-		job.ID, unreadable = w.rejectedJobID(msg)
+		job.ID, unreadable = w.rejectedJobID(msg, body)
 		p := &phase{msg: msg, raw: msg.Data(), job: schemas.Job{ID: job.ID, Metadata: job.Metadata}, attempt: attempt, start: start,
 			run: queue.NewRun(queue.RunRecord{JobID: job.ID}), log: w.log.With("job_id", job.ID, "attempt", attempt), unreadable: unreadable}
 		return p, &outcome{kind: outReject, err: err}
@@ -455,8 +455,8 @@ func (w *Worker) pausedResult(rec *queue.RunRecord) schemas.Result {
 // can find. An unreadable message's result and dead letter carry message
 // ids of their own, so a real job with the same name is not taken for a
 // duplicate of it.
-func (w *Worker) rejectedJobID(msg jetstream.Msg) (id string, unreadable bool) {
-	if id := schemas.JobIDOf(msg.Data()); id != "" {
+func (w *Worker) rejectedJobID(msg jetstream.Msg, body []byte) (id string, unreadable bool) {
+	if id := schemas.JobIDOf(body); id != "" {
 		return id, false
 	}
 	if id := msg.Headers().Get("Nats-Msg-Id"); id != "" && queue.ValidateJobID(id) == nil {

@@ -88,6 +88,9 @@ func setupOrCheck(ctx context.Context, js jetstream.JetStream, qcfg queue.Config
 // nil when all do.
 func missingStreams(ctx context.Context, js jetstream.JetStream, qcfg queue.Config) error {
 	for _, sc := range qcfg.StreamConfigs() {
+		if sc.Name == qcfg.SchedulesStream() {
+			continue // workers never read it (schedule add checks it)
+		}
 		sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		_, err := js.Stream(sctx, sc.Name)
 		cancel()

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -34,7 +35,9 @@ unlimited. JOBS, DECISIONS and CONTROL refuse new messages when full, so a
 producer gets an error; so does AUDIT, which also denies deleting and
 purging records (for good: JetStream lets no update take that back), and
 while it is full no human decision is applied (approvals fail closed). The
-other streams drop their oldest messages.`,
+other streams drop their oldest messages. SCHEDULES (jetpilot schedule) needs
+nats-server 2.14 or later: on an older one, everything else is set up and a
+warning says so.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg := limits.apply(g.queueConfig())
@@ -43,10 +46,18 @@ other streams drop their oldest messages.`,
 			}
 			out := cmd.OutOrStdout()
 			err := withConn(cmd, g, "jetpilot setup", func(ctx context.Context, _ *slog.Logger, nc *nats.Conn, js jetstream.JetStream) error {
-				if err := queue.Setup(ctx, js, cfg); err != nil {
+				serr := queue.Setup(ctx, js, cfg)
+				if serr != nil && !errors.Is(serr, queue.ErrSchedulesUnsupported) {
+					return serr
+				}
+				if err := reportSetup(ctx, out, nc, js, cfg); err != nil {
 					return err
 				}
-				return reportSetup(ctx, out, nc, js, cfg)
+				if serr != nil {
+					// Everything else works: a warning, not a failure.
+					fmt.Fprintf(out, "warning: %v; `jetpilot schedule` needs nats-server %s or later, then run `jetpilot setup` again\n", serr, queue.MinSchedulesServer)
+				}
+				return nil
 			})
 			if err != nil {
 				return fmt.Errorf("setup: %w", err)
@@ -60,7 +71,7 @@ other streams drop their oldest messages.`,
 
 // setupLimits are setup's storage limit flags.
 type setupLimits struct {
-	jobs, results, approvals, decisions, control, events, dead, audit byteSize
+	jobs, results, approvals, decisions, control, events, dead, audit, schedules byteSize
 }
 
 func (l *setupLimits) register(fs *pflag.FlagSet) {
@@ -79,6 +90,7 @@ func (l *setupLimits) register(fs *pflag.FlagSet) {
 		{&l.events, "events-max-bytes", queue.DefaultEventsMaxBytes, "EVENTS", "drops the oldest"},
 		{&l.dead, "dead-max-bytes", queue.DefaultDeadMaxBytes, "DEAD", "drops the oldest"},
 		{&l.audit, "audit-max-bytes", queue.DefaultAuditMaxBytes, "AUDIT", "refuses new records, and approvals fail closed"},
+		{&l.schedules, "schedules-max-bytes", queue.DefaultSchedulesMaxBytes, "SCHEDULES", "drops the oldest (schedule add refuses to fill it)"},
 	} {
 		*f.v = byteSize(f.def)
 		fs.Var(f.v, f.name, fmt.Sprintf("max bytes of the %s stream; when full it %s (-1: unlimited)", f.stream, f.full))
@@ -94,6 +106,7 @@ func (l *setupLimits) apply(cfg queue.Config) queue.Config {
 	cfg.EventsMaxBytes = int64(l.events)
 	cfg.DeadMaxBytes = int64(l.dead)
 	cfg.AuditMaxBytes = int64(l.audit)
+	cfg.SchedulesMaxBytes = int64(l.schedules)
 	return cfg
 }
 
@@ -171,6 +184,9 @@ func reportSetup(ctx context.Context, out io.Writer, nc *nats.Conn, js jetstream
 	replicas := 0
 	for _, want := range cfg.StreamConfigs() {
 		s, err := js.Stream(ctx, want.Name)
+		if errors.Is(err, jetstream.ErrStreamNotFound) && want.Name == cfg.SchedulesStream() {
+			continue // a server without schedules: Setup said so
+		}
 		if err != nil {
 			return fmt.Errorf("read back stream %s: %w", want.Name, err)
 		}
@@ -216,6 +232,12 @@ func describeStream(sc jetstream.StreamConfig) string {
 	}
 	if sc.DenyPurge {
 		s += ", deny purge"
+	}
+	if sc.AllowMsgSchedules {
+		s += fmt.Sprintf(", message schedules, %d message per subject", sc.MaxMsgsPerSubject)
+	}
+	for _, src := range sc.Sources {
+		s += ", sources " + src.Name
 	}
 	return s
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/nats-io/nats.go"
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/jetpilot-dev/jetpilot/queue"
 	"github.com/jetpilot-dev/jetpilot/schemas"
@@ -110,8 +111,17 @@ func (f *submitFlags) submit(ctx context.Context, cmd *cobra.Command, client *qu
 
 func (f *submitFlags) register(cmd *cobra.Command) {
 	fl := cmd.Flags()
-	fl.StringVar(&f.prompt, "prompt", "", "the prompt (without it, a whole job is read as JSON from stdin)")
+	f.registerJob(fl)
 	fl.StringVar(&f.id, "id", "", "job id (default: a new UUID); resubmitting an id within 24h is a no-op")
+	fl.BoolVar(&f.wait, "wait", false, "wait for the result and exit with its code")
+	fl.BoolVar(&f.attach, "attach", false, "with --wait: when the id was already submitted, wait for that job's result instead of exiting 2")
+	fl.BoolVar(&f.asJSON, "json", false, "print the result document as JSON")
+}
+
+// registerJob registers the flags a job is built from (see job); `schedule
+// add` takes them too.
+func (f *submitFlags) registerJob(fl *pflag.FlagSet) {
+	fl.StringVar(&f.prompt, "prompt", "", "the prompt (without it, a whole job is read as JSON from stdin)")
 	fl.StringVar(&f.profile, "profile", "", "profile (default \"default\")")
 	fl.StringVar(&f.timeout, "timeout", "", "job timeout, a Go duration such as 15m (capped by the worker's --max-timeout)")
 	fl.StringVar(&f.workdir, "workdir", "", "working directory of the session")
@@ -121,9 +131,6 @@ func (f *submitFlags) register(cmd *cobra.Command) {
 	fl.StringArrayVar(&f.metadata, "metadata", nil, "k=v metadata echoed on every message about the job (repeatable)")
 	fl.StringVar(&f.sessionKey, "session-key", "", "continue the conversation of this key (a chat thread): one session, one run at a time, in order")
 	fl.StringVar(&f.concurrencyKey, "concurrency-key", "", "at most the policy's limit of runs at once with this key, fleet-wide (e.g. env:prod)")
-	fl.BoolVar(&f.wait, "wait", false, "wait for the result and exit with its code")
-	fl.BoolVar(&f.attach, "attach", false, "with --wait: when the id was already submitted, wait for that job's result instead of exiting 2")
-	fl.BoolVar(&f.asJSON, "json", false, "print the result document as JSON")
 }
 
 // job builds the job from flags or stdin and validates it with the same
