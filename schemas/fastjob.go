@@ -49,6 +49,8 @@ const (
 	fjMetadata
 	fjRequestedBy
 	fjSignature
+	fjSessionKey
+	fjConcurrencyKey
 )
 
 // Character limits of the job schema, applied here to byte lengths: a
@@ -315,6 +317,14 @@ func fastDecodeJob(data []byte) (j Job, ok bool) {
 		case "signature":
 			bit = fjSignature
 			j.Signature, ok = p.signature()
+		case "session_key":
+			bit = fjSessionKey
+			j.SessionKey, ok = p.str()
+			ok = ok && ValidSessionKey(j.SessionKey)
+		case "concurrency_key":
+			bit = fjConcurrencyKey
+			j.ConcurrencyKey, ok = p.str()
+			ok = ok && ValidConcurrencyKey(j.ConcurrencyKey)
 		}
 		if !ok || seen&bit != 0 {
 			return false

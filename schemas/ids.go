@@ -158,3 +158,30 @@ func ValidSignatureShape(s Signature) bool {
 	}
 	return true
 }
+
+// MaxKeyLen is the longest session_key or concurrency_key.
+const MaxKeyLen = 128
+
+// ValidSessionKey reports whether s is a valid session_key: 1-128
+// characters of A-Za-z0-9_- (job.v1.json states the same pattern).
+func ValidSessionKey(s string) bool { return validKey(s, false) }
+
+// ValidConcurrencyKey reports whether s is a valid concurrency_key: 1-128
+// characters of A-Za-z0-9_:- (job.v1.json states the same pattern).
+func ValidConcurrencyKey(s string) bool { return validKey(s, true) }
+
+func validKey(s string, colon bool) bool {
+	if len(s) == 0 || len(s) > MaxKeyLen {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9', c == '_', c == '-':
+		case c == ':' && colon:
+		default:
+			return false
+		}
+	}
+	return true
+}

@@ -77,6 +77,8 @@ func TestIDRulesMatchSchemas(t *testing.T) {
 		{"approval job_id", pattern("approval", "properties", "job_id", "pattern"), ValidJobID},
 		{"job profile", pattern("job", "properties", "profile", "pattern"), ValidProfile},
 		{"job requested_by", pattern("job", "properties", "requested_by", "pattern"), ValidRequester},
+		{"job session_key", pattern("job", "properties", "session_key", "pattern"), ValidSessionKey},
+		{"job concurrency_key", pattern("job", "properties", "concurrency_key", "pattern"), ValidConcurrencyKey},
 	}
 	for _, r := range rules {
 		for _, s := range idCorpus() {
