@@ -200,7 +200,7 @@ func (w *Worker) take(ctx context.Context, p *phase, decided string) *outcome {
 		o := retry(outRetry, fmt.Errorf("record decision: %w", err))
 		return &o
 	}
-	w.approvalSettled(p)
+	w.approvalSettled(ctx, p)
 	return nil
 }
 

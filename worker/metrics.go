@@ -1,6 +1,7 @@
 package worker
 
 import (
+	"context"
 	"errors"
 	"slices"
 	"time"
@@ -169,11 +170,13 @@ func (w *Worker) profileLabel(profile string) string {
 
 const otherLabel = "other"
 
-// approvalSettled observes how long the run of p waited for a human, once,
-// when the message that settles its approval has won the compare-and-set.
-func (w *Worker) approvalSettled(p *phase) {
+// approvalSettled observes how long the run of p waited for a human (the
+// histogram and a span), once, when the message that settles its approval
+// has won the compare-and-set.
+func (w *Worker) approvalSettled(ctx context.Context, p *phase) {
 	if at := p.run.Record.PausedAt; !at.IsZero() {
 		w.m.ApprovalWait.WithLabelValues(p.settledAs.Decision).Observe(time.Since(at).Seconds())
+		w.approvalWaitSpan(ctx, p)
 	}
 }
 
