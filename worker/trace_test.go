@@ -1,9 +1,12 @@
 package worker_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
+	"log/slog"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/nats-io/nats.go"
@@ -119,12 +122,40 @@ func TestTraceOfAJobWithAnApproval(t *testing.T) {
 	assert.Equal(t, req.RequestedAt.Unix(), wait.StartTime.Unix(), "the wait begins at the request")
 }
 
+// lockedBuffer is a log sink several goroutines may write.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+// records are the JSON log records written so far.
+func (b *lockedBuffer) records() []map[string]any {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var out []map[string]any
+	for _, line := range bytes.Split(b.buf.Bytes(), []byte("\n")) {
+		var r map[string]any
+		if json.Unmarshal(line, &r) == nil {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
 // TestTraceStartsAtAJobWithout: a job without a traceparent gets a trace
-// of its own, which its result carries.
+// of its own, which its result carries; its start and end are one info
+// line each, with the trace id.
 func TestTraceStartsAtAJobWithout(t *testing.T) {
 	exp := inMemoryTracing(t)
 	h := newHarness(t, queue.Config{})
-	h.startWorker(worker.Options{})
+	logs := &lockedBuffer{}
+	h.startWorker(worker.Options{Logger: slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelInfo}))})
 	h.submit(job("untraced-1", "#sim text ok"))
 	require.Equal(t, schemas.StatusCompleted, h.final("untraced-1").Status)
 	msgs, err := h.tryAll(h.qcfg.ResultsStream(), h.qcfg.ResultSubject("untraced-1"))
@@ -143,4 +174,22 @@ func TestTraceStartsAtAJobWithout(t *testing.T) {
 	}, "job span")
 	assert.False(t, root.Parent.IsValid(), "a root span")
 	assert.Equal(t, "00-"+root.SpanContext.TraceID().String()+"-", tp[:36], "the result carries the job's new trace")
+
+	byMsg := map[string][]map[string]any{}
+	eventuallyWithT(t, func(c *assert.CollectT) {
+		byMsg = map[string][]map[string]any{}
+		for _, r := range logs.records() {
+			if r["job_id"] == "untraced-1" {
+				byMsg[r["msg"].(string)] = append(byMsg[r["msg"].(string)], r)
+			}
+		}
+		assert.Len(c, byMsg["job settled"], 1)
+	}, "the job's end logged")
+	require.Len(t, byMsg["job started"], 1)
+	for _, msg := range []string{"job started", "job settled"} {
+		r := byMsg[msg][0]
+		assert.Equal(t, "INFO", r["level"], msg)
+		assert.Equal(t, root.SpanContext.TraceID().String(), r["trace_id"], msg)
+	}
+	assert.Equal(t, "default", byMsg["job started"][0]["profile"])
 }
