@@ -9,7 +9,7 @@ PKGS     ?= ./...
 # Seconds each fuzz target runs in `make fuzz`.
 FUZZTIME ?= 60s
 
-.PHONY: run build test vet bench fuzz fuzz-brief faults js-check clean
+.PHONY: run build test vet bench fuzz fuzz-brief faults js-check schema-check clean
 
 build:
 	$(GO) build -o $(BIN) ./cmd/jetpilot
@@ -56,5 +56,12 @@ fuzz:
 js-check:
 	cd examples/js && npm ci --no-audit --no-fund && node sign-decision.mjs ../../schemas/examples/signing-vector.json
 
+# Every schemas/*.v1.json compiles in Ajv's JSON Schema 2020-12 mode with
+# strict: true and ajv-formats, with jetpilot's x-* annotation keywords
+# registered (schemas/ajv/keywords.mjs), and every JSON example validates.
+# Needs node (18 or later) and npm; the packages are pinned by package-lock.json.
+schema-check:
+	cd schemas/ajv && npm ci --no-audit --no-fund && node check.mjs
+
 clean:
-	rm -rf bin .jetpilot examples/js/node_modules
+	rm -rf bin .jetpilot examples/js/node_modules schemas/ajv/node_modules

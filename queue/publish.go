@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/jetpilot-dev/jetpilot/internal/tracing"
 	"github.com/jetpilot-dev/jetpilot/schemas"
 )
 
@@ -173,7 +174,8 @@ func publishData(ctx context.Context, js jetstream.JetStream, stream, subject, m
 	if msgID != "" {
 		opts = append(opts, jetstream.WithMsgID(msgID))
 	}
-	ack, err := js.PublishMsg(ctx, &nats.Msg{Subject: subject, Data: data}, opts...)
+	// The trace context of ctx (the job's) rides along as traceparent.
+	ack, err := js.PublishMsg(ctx, &nats.Msg{Subject: subject, Data: data, Header: tracing.Header(ctx)}, opts...)
 	if err != nil {
 		if errors.Is(err, jetstream.ErrNoStreamResponse) {
 			return nil, fmt.Errorf("publish to %s: no stream answered (has `jetpilot setup` created stream %s?): %w", subject, stream, err)

@@ -110,6 +110,9 @@ type RunRecord struct {
 	// Approvals are the job's decided approvals, for its final result
 	// (the newest MaxApprovals).
 	Approvals []schemas.ApprovalOutcome `json:"approvals,omitempty"`
+	// TraceParent is the W3C traceparent of the job's first span, so the
+	// phases that decisions and control messages resume join its trace.
+	TraceParent string `json:"traceparent,omitempty"`
 }
 
 // Vote is one approver's verified allow on a pending approval.

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jetpilot-dev/jetpilot/internal/tracing"
 	"github.com/jetpilot-dev/jetpilot/policy"
 	"github.com/jetpilot-dev/jetpilot/schemas"
 )
@@ -275,6 +276,7 @@ func (r *Runner) Run(ctx context.Context, spec Spec) (Outcome, error) {
 		return Outcome{}, err
 	}
 	st := newRunState(r, spec)
+	st.log = tracing.Logger(ctx, st.log)
 	// base is cut when a cancelled run's grace runs out.
 	base, stopBase := context.WithCancelCause(ctx)
 	defer stopBase(nil)

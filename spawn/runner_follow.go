@@ -13,6 +13,7 @@ import (
 
 	"github.com/cenkalti/backoff/v5"
 
+	"github.com/jetpilot-dev/jetpilot/internal/tracing"
 	"github.com/jetpilot-dev/jetpilot/policy"
 	"github.com/jetpilot-dev/jetpilot/schemas"
 )
@@ -95,6 +96,8 @@ const maxRebuildBytes = 64 << 20
 // follow reads the run's events until it ends or pauses, reconnecting a
 // dropped or stalled stream from the last event processed.
 func (st *runState) follow(ctx context.Context) (schemas.Result, error) {
+	ctx, span := tracing.Start(ctx, "follow")
+	defer span.End()
 	rc := &reconnector{st: st, b: st.newBackoff()}
 	st.opened = st.stream != nil // a stream opened before the send: the next open is a reconnect
 	for {
@@ -430,6 +433,8 @@ func (st *runState) decide(ctx context.Context, decisions map[string]schemas.Too
 	if len(send) == 0 {
 		return nil
 	}
+	ctx, span := tracing.Start(ctx, "decide", tracing.Count("calls", len(send)))
+	defer span.End()
 	key := decideKey(st.spec.Job.ID, st.runID, send)
 	wire := WireDecisions(send)
 	_, err := retry(ctx, st, "decide", func(ctx context.Context) (struct{}, error) {

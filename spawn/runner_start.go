@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/jetpilot-dev/jetpilot/internal/tracing"
 	"github.com/jetpilot-dev/jetpilot/policy"
 	"github.com/jetpilot-dev/jetpilot/schemas"
 )
@@ -175,10 +176,12 @@ func (st *runState) run(ctx context.Context) (schemas.Result, error) {
 		}
 	}
 	job := st.spec.Job
-	sess, err := st.c.CreateSession(ctx, CreateSessionRequest{
+	sctx, span := tracing.Start(ctx, "session.create")
+	sess, err := st.c.CreateSession(sctx, CreateSessionRequest{
 		Title: "jetpilot: " + job.ProfileOrDefault(),
 		Cwd:   job.Workdir,
 	}, sessionKey(job.ID))
+	tracing.End(span, err)
 	if err != nil {
 		if isJobRejection(err) {
 			return st.failed(apiErrorCode(err, "invalid_request"), err.Error()), nil
@@ -272,6 +275,8 @@ func (st *runState) sendRequest() SendMessageRequest {
 // when res is the phase's Result (a permanent rejection, or a run that
 // turned out to be over already).
 func (st *runState) send(ctx context.Context) (runID string, res schemas.Result, done bool, err error) {
+	ctx, span := tracing.Start(ctx, "send")
+	defer func() { tracing.End(span, err) }()
 	runID, err = st.c.SendMessage(ctx, st.sessionID, st.sendRequest(), runKey(st.spec.Job.ID))
 	if err == nil {
 		return runID, res, false, nil

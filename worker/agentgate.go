@@ -86,6 +86,7 @@ func (w *Worker) watchAgent(ctx context.Context, rr ReadyRunner) {
 		if ctx.Err() != nil {
 			return
 		}
+		w.m.setAgentUp(err)
 		if w.gate.set(err) {
 			if err != nil {
 				w.log.Warn("agent server unavailable: not taking jobs until it is back", "err", err)

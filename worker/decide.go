@@ -128,6 +128,7 @@ func (w *Worker) fetchDecision(ctx context.Context, msg jetstream.Msg) (*phase, 
 	// Only the decision that won the compare-and-set is audited as
 	// applied; a loser is refused (approval_settled) and audited so.
 	w.auditOrLog(ctx, applied, p.log)
+	w.m.Decisions.WithLabelValues(word, "").Inc()
 	w.flushRefusals(ctx, rec.JobID, approvalID, p.log)
 	p.announce = &schemas.Event{Type: schemas.EventApprovalDecided, ApprovalID: d.ApprovalID, Text: decisionSummary(d)}
 	p.log.Info("approval decided; resuming run", "decided_by", d.DecidedBy)
@@ -158,6 +159,7 @@ func (w *Worker) recordVote(ctx context.Context, p *phase, d schemas.Decision, v
 		return &o
 	}
 	w.auditOrLog(ctx, voted, p.log)
+	w.m.Decisions.WithLabelValues("vote", "").Inc()
 	var still []string
 	for _, n := range need.AllowBy {
 		if !slices.ContainsFunc(rec.Votes, func(x queue.Vote) bool { return x.Approver == n }) {
@@ -198,6 +200,7 @@ func (w *Worker) take(ctx context.Context, p *phase, decided string) *outcome {
 		o := retry(outRetry, fmt.Errorf("record decision: %w", err))
 		return &o
 	}
+	w.approvalSettled(ctx, p)
 	return nil
 }
 

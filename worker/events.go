@@ -4,10 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"sync"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/jetpilot-dev/jetpilot/policy"
@@ -49,6 +51,8 @@ type liveEvents struct {
 
 	// tokens counts each turn's usage (usage_report) in the metrics.
 	tokens func(prompt, completion int)
+	// trace is the phase's trace context (traceparent), copied onto each event.
+	trace nats.Header
 }
 
 func (w *Worker) newLiveEvents(jobID string, md map[string]string, seq uint64) *liveEvents {
@@ -111,7 +115,7 @@ func (l *liveEvents) publishLocked(ev schemas.Event) {
 		return
 	}
 	// Fire and forget: a lost progress event must not cost the run anything.
-	_, _ = l.js.PublishAsync(l.subject, data)
+	_, _ = l.js.PublishMsgAsync(&nats.Msg{Subject: l.subject, Data: data, Header: maps.Clone(l.trace)})
 }
 
 // agentEvent turns one agent-server event into live events.

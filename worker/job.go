@@ -10,6 +10,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/jetpilot-dev/jetpilot/internal/tracing"
 	"github.com/jetpilot-dev/jetpilot/queue"
 	"github.com/jetpilot-dev/jetpilot/schemas"
 	"github.com/jetpilot-dev/jetpilot/spawn"
@@ -75,7 +76,10 @@ type fetcher func(ctx context.Context, msg jetstream.Msg) (*phase, *outcome)
 // held (heartbeats) until it is settled.
 func (w *Worker) serve(fetch fetcher) func(context.Context, jetstream.Msg, *slot) {
 	return func(ctx context.Context, msg jetstream.Msg, s *slot) {
+		ctx, traced := w.traceMessage(ctx, msg)
 		p, o := fetch(ctx, msg)
+		ctx, end := traced(p, o)
+		defer end()
 		defer w.beats.hold(msg, p.log)()
 		if o == nil && p.raw != nil {
 			o = w.awaitKeys(ctx, p, s)
@@ -83,7 +87,9 @@ func (w *Worker) serve(fetch fetcher) func(context.Context, jetstream.Msg, *slot
 		if o == nil {
 			o = w.execute(ctx, p)
 		}
-		w.settle(ctx, p, *o)
+		sctx, span := tracing.Start(ctx, "settle")
+		w.settle(sctx, p, *o)
+		span.End()
 	}
 }
 
@@ -263,6 +269,7 @@ func (w *Worker) execute(ctx context.Context, p *phase) *outcome {
 	rec.Owner, rec.Attempt = w.opts.Name, p.attempt
 	p.events = w.newLiveEvents(p.job.ID, p.job.Metadata, w.eventSeq(ctx, p))
 	p.events.tokens = w.tokenCounter(p.job)
+	p.events.trace = tracing.Header(ctx)
 	defer p.events.close()
 	switch {
 	case p.announce != nil:

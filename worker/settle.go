@@ -407,6 +407,7 @@ func (w *Worker) settleRefuse(ctx context.Context, p *phase, e *schemas.Error) {
 	jobID, approvalID := p.job.ID, queue.CapID(p.approvalID)
 	w.log.Warn("decision refused", "job_id", jobID, "approval_id", approvalID, "code", e.Code, "reason", e.Message)
 	w.noteRefusal(ctx, p, e, p.voter)
+	w.m.Decisions.WithLabelValues("refused", e.Code).Inc()
 	if jobID != "" && queue.ValidateJobID(jobID) == nil {
 		ev := schemas.Event{Schema: schemas.EventSchemaID, JobID: jobID, Type: schemas.EventDecisionError, At: time.Now().UTC(), ApprovalID: approvalID, Error: e}
 		if err := w.publishJobEvent(ctx, ev); err != nil {

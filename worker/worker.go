@@ -229,6 +229,7 @@ func (w *Worker) Run(ctx context.Context) error {
 			w.pull(ctx, jobCtx, p.c, p.slots, &jobs, p.handle)
 		}()
 	}
+	defer w.m.queue.attach(w.queueSource(consumers))()
 	w.log.Info("worker started", "concurrency", w.opts.Concurrency, "consumers", len(consumers))
 	loops.Wait()
 

@@ -177,6 +177,11 @@ func newWorkerCmd(g *globalFlags) *cobra.Command {
 // runWorker sets up the streams, the agent client and the ops endpoint, and
 // runs a worker until ctx is done.
 func runWorker(ctx context.Context, g *globalFlags, f *workerFlags, nc *nats.Conn, js jetstream.JetStream, log *slog.Logger) error {
+	stopTracing, err := startTracing(ctx, log)
+	if err != nil {
+		return err
+	}
+	defer stopTracing()
 	qcfg := g.queueConfig()
 	qcfg.AckWait = f.ackWait
 	if err := setupOrCheck(ctx, js, qcfg, g.perms, log); err != nil {
