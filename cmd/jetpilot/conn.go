@@ -88,13 +88,13 @@ func (g *globalFlags) queueConfig() queue.Config {
 // NATS_CREDS, NATS_NKEY, NATS_USER/NATS_PASSWORD, NATS_TOKEN; then the
 // context), so a context's password never goes along with a flag's creds.
 type connSettings struct {
-	url, urlFrom                      string
-	creds, nkey, user, password       string
-	token                             string
-	authFrom                          string
-	cert, key, ca                     string
+	url, urlFrom                       string
+	creds, nkey, user, password        string
+	token                              string
+	authFrom                           string
+	cert, key, ca                      string
 	jsDomain, jsAPIPrefix, inboxPrefix string
-	tlsFirst                          bool
+	tlsFirst                           bool
 	// context names the NATS context used ("" for none).
 	context string
 }

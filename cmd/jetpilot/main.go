@@ -183,6 +183,7 @@ func formatVersion(bi *debug.BuildInfo) string {
 	}
 	return v + " " + bi.GoVersion
 }
+
 // applyEnv gives every flag that was not set on the command line the value of
 // JETPILOT_<FLAG> (dashes as underscores), so a deployment can be configured
 // from the environment alone.
