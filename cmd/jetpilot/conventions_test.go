@@ -1,0 +1,269 @@
+package main_test
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/jetpilot-dev/jetpilot/internal/testnats"
+	"github.com/jetpilot-dev/jetpilot/internal/testsupport"
+	"github.com/jetpilot-dev/jetpilot/queue"
+	"github.com/jetpilot-dev/jetpilot/schemas"
+)
+
+// mustRun runs jetpilot and returns stdout, stderr and the exit code.
+func mustRun(t *testing.T, env []string, args ...string) (string, string, int) {
+	t.Helper()
+	stdout, stderr, code, err := tryRun(env, "", args...)
+	require.NoError(t, err)
+	return stdout, stderr, code
+}
+
+func TestVersion(t *testing.T) {
+	t.Parallel()
+	out, _, code := mustRun(t, nil, "--version")
+	assert.Equal(t, 0, code)
+	assert.True(t, strings.HasPrefix(out, "jetpilot "), out)
+	assert.Contains(t, out, runtime.Version(), "the toolchain the binary was built with")
+}
+
+// startServer runs a JetStream server with the given auth and JetStream
+// domain (not testnats': it has neither).
+func startServer(t *testing.T, opts server.Options) *server.Server {
+	t.Helper()
+	opts.Host, opts.Port, opts.JetStream, opts.StoreDir, opts.NoSigs, opts.NoLog = "127.0.0.1", -1, true, t.TempDir(), true, true
+	s, err := server.NewServer(&opts)
+	require.NoError(t, err)
+	s.Start()
+	t.Cleanup(func() {
+		s.Shutdown()
+		s.WaitForShutdown()
+	})
+	require.True(t, s.ReadyForConnections(10*time.Second))
+	return s
+}
+
+// NATS contexts are read as natscli writes them, with natscli's
+// precedence, and --js-domain (or the context's jetstream_domain) is where
+// every JetStream call goes.
+func TestNATSContextsAndDomain(t *testing.T) {
+	t.Parallel()
+	const pw = "ctx-pw-5f1e"
+	s := startServer(t, server.Options{JetStreamDomain: "hub", Users: []*server.User{{Username: "ops", Password: pw}}})
+	url := s.ClientURL()
+	cfg := t.TempDir()
+	ctxDir := filepath.Join(cfg, "nats", "context")
+	require.NoError(t, os.MkdirAll(ctxDir, 0o700))
+	write := func(name, body string) {
+		require.NoError(t, os.WriteFile(filepath.Join(ctxDir, name+".json"), []byte(body), 0o600))
+	}
+	write("ops", `{"url":"`+url+`","user":"ops","password":"env://OPS_PW","jetstream_domain":"hub"}`)
+	write("wrong", `{"url":"`+url+`","user":"ops","password":"not-the-password"}`)
+	require.NoError(t, os.WriteFile(filepath.Join(cfg, "nats", "context.txt"), []byte("wrong"), 0o600))
+	env := func(more ...string) []string {
+		return append([]string{"XDG_CONFIG_HOME=" + cfg, "OPS_PW=" + pw}, more...)
+	}
+	check := func(name string, wantCode int, e []string, args ...string) string {
+		t.Helper()
+		out, stderr, code := mustRun(t, e, args...)
+		assert.Equal(t, wantCode, code, "%s: %s%s", name, out, stderr)
+		assert.NotContains(t, out+stderr, pw, "%s: the password is never printed", name)
+		return stderr
+	}
+
+	stderr := check("the selected context (context.txt) is used", 1, env(), "setup")
+	assert.Contains(t, stderr, "NATS context wrong")
+	check("NATS_CONTEXT selects another", 0, env("NATS_CONTEXT=ops"), "setup")
+	check("--context over NATS_CONTEXT", 0, env("NATS_CONTEXT=wrong"), "setup", "--context", "ops")
+	check("a context file by path", 0, env(), "setup", "--context", filepath.Join(ctxDir, "ops.json"))
+	check("NATS_USER/NATS_PASSWORD replace the context's credentials", 0, env("NATS_USER=ops", "NATS_PASSWORD="+pw), "setup", "--context", "wrong")
+	pwFile := filepath.Join(t.TempDir(), "pw")
+	require.NoError(t, os.WriteFile(pwFile, []byte(pw), 0o600))
+	check("flag credentials replace the context's", 0, env(), "setup", "--context", "wrong", "--user", "ops", "--password-file", pwFile)
+	check("--nats over the context's url", 1, env(), "setup", "--context", "ops", "--nats", "nats://127.0.0.1:1")
+	check("NATS_URL over the context's url", 1, env("NATS_URL=nats://127.0.0.1:1"), "setup", "--context", "ops")
+	stderr = check("an unknown context is a usage error", 2, env(), "setup", "--context", "missing")
+	assert.Contains(t, stderr, `unknown NATS context "missing"`)
+	assert.Contains(t, stderr, "known: ops, wrong")
+
+	// The domain: the context's works, --js-domain overrides it, and a
+	// domain nobody serves fails: JetStream calls go through the domain.
+	check("the context's jetstream_domain", 0, env(), "jobs", "--context", "ops")
+	stderr = check("--js-domain over the context's", 1, env(), "jobs", "--context", "ops", "--js-domain", "elsewhere")
+	assert.Contains(t, stderr, "JETPILOT_JOBS")
+	check("--js-domain hub", 0, env(), "submit", "--context", "ops", "--js-domain", "hub", "--prompt", "x", "--id", "dom-1")
+	out, _, code := mustRun(t, env(), "jobs", "--state", "queued", "--context", "ops", "--js-domain", "hub", "--json")
+	require.Equal(t, 0, code)
+	assert.Contains(t, out, `"job_id": "dom-1"`)
+}
+
+// NATS_TOKEN is a token from the environment (there is no --token flag:
+// argv is visible to other users); --token-file reads one from a file.
+func TestNATSToken(t *testing.T) {
+	t.Parallel()
+	const tok = "tok-9c2d"
+	s := startServer(t, server.Options{Authorization: tok})
+	_, stderr, code := mustRun(t, nil, "setup", "--nats", s.ClientURL())
+	assert.Equal(t, 1, code, "no token: refused")
+	assert.Contains(t, strings.ToLower(stderr), "authorization")
+	_, stderr, code = mustRun(t, []string{"NATS_TOKEN=" + tok}, "setup", "--nats", s.ClientURL())
+	assert.Equal(t, 0, code, stderr)
+	f := filepath.Join(t.TempDir(), "tok")
+	require.NoError(t, os.WriteFile(f, []byte(tok+"\n"), 0o600))
+	out, stderr, code := mustRun(t, []string{"NATS_TOKEN=wrong"}, "dead", "--nats", s.ClientURL(), "--token-file", f)
+	assert.Equal(t, 0, code, "--token-file over NATS_TOKEN: %s", stderr)
+	assert.Contains(t, out, "no dead letters")
+	assert.NotContains(t, out+stderr, tok)
+}
+
+// Without a worker, submit --wait gives up at --wait-timeout with exit 75,
+// approve gives up waiting for an answer with 75, and the job is listed as
+// queued meanwhile.
+func TestWaitsAreBounded(t *testing.T) {
+	t.Parallel()
+	s, _, js := testnats.Start(t)
+	url := testnats.URL(s)
+	_, _, code := mustRun(t, nil, "setup", "--nats", url)
+	require.Equal(t, 0, code)
+
+	began := time.Now()
+	_, stderr, code := mustRun(t, nil, "submit", "--nats", url, "--id", "gu-1", "--prompt", "x", "--timeout", "1s", "--wait", "--wait-timeout", "1500ms")
+	assert.Equal(t, 75, code, stderr)
+	assert.Contains(t, stderr, "gave up waiting for job gu-1 after 1.5s")
+	assert.Contains(t, stderr, "it may still run")
+	assert.Less(t, time.Since(began), 30*time.Second)
+
+	out, _, code := mustRun(t, nil, "jobs", "--nats", url, "--state", "queued")
+	assert.Equal(t, 0, code)
+	assert.Contains(t, out, "gu-1  queued")
+	out, _, code = mustRun(t, nil, "jobs", "--nats", url)
+	assert.Equal(t, 0, code)
+	assert.Contains(t, out, "queue depth: default 1")
+	out, _, code = mustRun(t, nil, "job", "gu-1", "--nats", url)
+	assert.Equal(t, 0, code)
+	assert.Contains(t, out, "job gu-1: queued")
+
+	ctx := testsupport.Context(t, 20*time.Second)
+	_, err := queue.PublishApproval(ctx, js, queue.Config{}, schemas.ApprovalRequest{ApprovalID: "apr_gu", JobID: "gu-1",
+		PendingToolCalls: []schemas.ToolCall{{ID: "call_1", Name: "stakpak__run_command", Arguments: json.RawMessage(`{}`)}}})
+	require.NoError(t, err)
+	_, stderr, code = mustRun(t, nil, "approve", "apr_gu", "--job", "gu-1", "--allow", "--nats", url, "--wait-timeout", "1s")
+	assert.Equal(t, 75, code, stderr)
+	assert.Contains(t, stderr, "no worker answered within 1s")
+}
+
+// The job states from the command line against a real worker: jobs by
+// state, one job's records, dead letters and requeue; unknown ids exit 1
+// with a message; approve waits for the worker's answer.
+func TestJobStatesFromTheCommandLine(t *testing.T) {
+	t.Parallel()
+	dev := start(t, nil, "dev", "--dir", t.TempDir(), "--nats-port", "-1", "--max-timeout", "30s")
+	var url string
+	require.Eventually(t, func() bool {
+		m := natsURLLine.FindStringSubmatch(dev.Output())
+		if m != nil && strings.Contains(dev.Output(), "worker running") {
+			url = m[1]
+			return true
+		}
+		return false
+	}, waitFor, 20*time.Millisecond, "dev prints its NATS URL")
+
+	_, _, code := mustRun(t, nil, "submit", "--nats", url, "--id", "st-paused", "--wait", "--pause-on-approval",
+		"--prompt", "#sim tool stakpak__run_command {\"command\":\"deploy\"}\n#sim text shipped")
+	require.Equal(t, 10, code)
+	_, _, code = mustRun(t, nil, "submit", "--nats", url, "--id", "st-dead", "--wait", "--prompt", "#sim error boom")
+	require.Equal(t, 1, code)
+	_, _, code = mustRun(t, nil, "submit", "--nats", url, "--id", "st-done", "--wait", "--prompt", "#sim text fine")
+	require.Equal(t, 0, code)
+
+	out, _, code := mustRun(t, nil, "jobs", "--nats", url, "--state", "paused", "--json")
+	require.Equal(t, 0, code)
+	var page queue.JobPage
+	require.NoError(t, json.Unmarshal([]byte(out), &page), out)
+	require.Len(t, page.Jobs, 1)
+	assert.Equal(t, "st-paused", page.Jobs[0].JobID)
+	assert.Equal(t, queue.JobPaused, page.Jobs[0].State)
+	out, _, code = mustRun(t, nil, "jobs", "--nats", url)
+	require.Equal(t, 0, code)
+	assert.Contains(t, out, "queue depth: empty")
+	assert.Contains(t, out, "st-paused  paused")
+	out, _, _ = mustRun(t, nil, "jobs", "--nats", url, "--state", "completed")
+	assert.Contains(t, out, "st-done  completed")
+	assert.NotContains(t, out, "st-dead")
+	out, _, _ = mustRun(t, nil, "jobs", "--nats", url, "--state", "settled", "--limit", "1")
+	assert.Contains(t, out, "st-dead  failed", "oldest first")
+	assert.Contains(t, out, "more: jetpilot jobs --state settled --after ")
+
+	out, _, code = mustRun(t, nil, "job", "st-paused", "--nats", url)
+	require.Equal(t, 0, code)
+	assert.Contains(t, out, "job st-paused: paused")
+	assert.Contains(t, out, "waiting for approval apr_")
+	assert.Contains(t, out, "result: job st-paused: paused")
+	out, _, code = mustRun(t, nil, "job", "st-paused", "--nats", url, "--json")
+	require.Equal(t, 0, code)
+	var d queue.JobDetail
+	require.NoError(t, json.Unmarshal([]byte(out), &d), out)
+	require.NotNil(t, d.Run)
+	require.Len(t, d.Approvals, 1)
+	approvalID := d.Approvals[0].ApprovalID
+	assert.Equal(t, 1, d.Attempts)
+
+	out, _, code = mustRun(t, nil, "dead", "--nats", url)
+	require.Equal(t, 0, code)
+	assert.Contains(t, out, "dead letter st-dead: ")
+	assert.Contains(t, out, "requeue: jetpilot requeue st-dead")
+	out, stderr, code := mustRun(t, nil, "requeue", "st-dead", "--nats", url)
+	require.Equal(t, 0, code, stderr)
+	newID := strings.TrimSpace(out)
+	assert.Regexp(t, `^st-dead:requeued-[0-9a-f]{8}$`, newID)
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		out, _, _, err := tryRun(nil, "", "results", "--nats", url, "--job", newID)
+		assert.NoError(c, err)
+		assert.Contains(c, out, "job "+newID+": failed", "the requeued job ran (and failed again, as its prompt says)")
+	}, waitFor, 100*time.Millisecond)
+	out, _, code = mustRun(t, nil, "requeue", "st-dead", "--id", "st-dead-again", "--nats", url)
+	assert.Equal(t, 0, code)
+	assert.Equal(t, "st-dead-again\n", out)
+	_, stderr, code = mustRun(t, nil, "requeue", "st-dead", "--id", "st-dead-again", "--nats", url)
+	assert.Equal(t, 2, code, "the same new id twice: a duplicate")
+	assert.Contains(t, stderr, "already submitted")
+
+	// Unknown ids: a message and exit 1.
+	for _, tc := range []struct {
+		args []string
+		msg  string
+	}{
+		{[]string{"job", "nope"}, "unknown job"},
+		{[]string{"results", "--job", "nope"}, "no results for job nope"},
+		{[]string{"events", "nope"}, "no events for job nope"},
+		{[]string{"approve", "apr_nope", "--allow"}, "unknown approval apr_nope"},
+		{[]string{"approve", "apr_nope", "--job", "st-paused", "--allow"}, "no approval request apr_nope for job st-paused"},
+		{[]string{"requeue", "st-done"}, "no dead letter for job st-done"},
+	} {
+		out, stderr, code := mustRun(t, nil, append(tc.args, "--nats", url)...)
+		assert.Equal(t, 1, code, "%v: %s", tc.args, stderr)
+		assert.Empty(t, out, tc.args)
+		assert.Contains(t, stderr, tc.msg, tc.args)
+	}
+
+	// approve waits for the worker: applied, then refused when the same
+	// approval is answered again.
+	out, stderr, code = mustRun(t, nil, "approve", approvalID, "--allow", "--nats", url)
+	assert.Equal(t, 0, code, stderr)
+	assert.Contains(t, out, "applied")
+	_, stderr, code = mustRun(t, nil, "approve", approvalID, "--job", "st-paused", "--deny", "--nats", url)
+	assert.Equal(t, 1, code, stderr)
+	assert.Contains(t, stderr, "refused: approval_")
+
+	require.NoError(t, dev.Cmd.Process.Signal(syscall.SIGTERM))
+	assert.Equal(t, 0, dev.ExitCode(t, waitFor))
+}
