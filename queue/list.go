@@ -145,7 +145,9 @@ type JobPage struct {
 	State JobState  `json:"state"`
 	Jobs  []JobInfo `json:"jobs"`
 	// Next is the cursor of the next page (pass it to WithAfter); 0 when
-	// this page read to the end of what was stored when it started.
+	// this page read to the end of what was stored when it started. (A
+	// page that filled up just before filtered-out messages at the end
+	// still has one: the next page is then empty.)
 	Next uint64 `json:"next,omitempty"`
 	// Scanned is how many stored messages the page read.
 	Scanned int `json:"scanned"`
@@ -304,7 +306,9 @@ func (l *lister) listQueued(ctx context.Context, o listOpts) (*JobPage, error) {
 		page.Jobs = append(page.Jobs, l.queuedInfo(msg, delivered))
 		seq = msg.Sequence + 1
 	}
-	page.Next = seq - 1
+	if seq <= last {
+		page.Next = seq - 1
+	}
 	return page, nil
 }
 
@@ -358,7 +362,7 @@ func (l *lister) listRuns(ctx context.Context, state JobState, o listOpts) (*Job
 			if ji, ok := l.runInfo(msg, seq, state, o.profile); ok {
 				page.Jobs = append(page.Jobs, ji)
 			}
-			return stopWhenFull(page, o, seq)
+			return stopWhenFull(page, o, msg, seq)
 		})
 	if err != nil {
 		return nil, err
@@ -367,10 +371,13 @@ func (l *lister) listRuns(ctx context.Context, state JobState, o listOpts) (*Job
 }
 
 // stopWhenFull ends a page's read once it holds limit jobs or has read
-// maxScan messages, with the cursor at seq.
-func stopWhenFull(page *JobPage, o listOpts, seq uint64) error {
+// maxScan messages, with the cursor at msg's seq, unless msg was the last
+// one (then there is no next page).
+func stopWhenFull(page *JobPage, o listOpts, msg jetstream.Msg, seq uint64) error {
 	if len(page.Jobs) >= o.limit || page.Scanned >= o.maxScan {
-		page.Next = seq
+		if meta, err := msg.Metadata(); err != nil || meta.NumPending > 0 {
+			page.Next = seq
+		}
 		return errStopRead
 	}
 	return nil
@@ -411,7 +418,7 @@ func (l *lister) listSettled(ctx context.Context, state JobState, o listOpts) (*
 			if json.Unmarshal(msg.Data(), &res) == nil && res.Status.Final() && (state == JobSettled || JobState(res.Status) == state) {
 				page.Jobs = append(page.Jobs, JobInfo{JobID: res.JobID, State: JobState(res.Status), Seq: seq, Time: msgTime(msg), Result: &res})
 			}
-			return stopWhenFull(page, o, seq)
+			return stopWhenFull(page, o, msg, seq)
 		})
 	if err != nil {
 		return nil, err
@@ -432,7 +439,7 @@ func (l *lister) listDead(ctx context.Context, o listOpts) (*JobPage, error) {
 					page.Jobs = append(page.Jobs, JobInfo{JobID: dl.JobID, State: JobDead, Profile: profile, Seq: seq, Time: dl.DeadAt, Dead: &dl})
 				}
 			}
-			return stopWhenFull(page, o, seq)
+			return stopWhenFull(page, o, msg, seq)
 		})
 	if err != nil {
 		return nil, err

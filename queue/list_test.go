@@ -2,10 +2,12 @@ package queue_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -234,4 +236,71 @@ func TestSetupEnablesDirectGetsOnExistingJobs(t *testing.T) {
 	require.NoError(t, err)
 	assert.True(t, info.Config.AllowDirect)
 	require.NoError(t, queue.Setup(e.ctx, e.js, e.cfg), "and again: idempotent")
+}
+
+// A page costs what its limit and scan bound say, however many jobs are
+// stored: here 5,000 queued jobs and 5,000 run records, of which the last
+// five are paused.
+func TestListerPageCostIsBounded(t *testing.T) {
+	t.Parallel()
+	e := setupEnv(t, queue.Config{})
+	const n = 5000
+	for i := range n {
+		msg := nats.NewMsg(e.cfg.JobSubject(schemas.DefaultProfile))
+		msg.Header.Set(jetstream.MsgIDHeader, fmt.Sprintf("bulk-%05d", i))
+		msg.Data = []byte(fmt.Sprintf(`{"id":"bulk-%05d","prompt":"x"}`, i))
+		_, err := e.js.PublishMsgAsync(msg)
+		require.NoError(t, err)
+
+		state := queue.RunRunning
+		if i >= n-5 {
+			state = queue.RunPaused
+		}
+		id := fmt.Sprintf("run-%05d", i)
+		key, err := queue.RunKey(id)
+		require.NoError(t, err)
+		rec, err := json.Marshal(queue.RunRecord{JobID: id, State: state, Job: schemas.Job{ID: id}})
+		require.NoError(t, err)
+		_, err = e.js.PublishAsync("$KV."+e.cfg.RunsBucket()+"."+key, rec)
+		require.NoError(t, err)
+	}
+	select {
+	case <-e.js.PublishAsyncComplete():
+	case <-e.ctx.Done():
+		t.Fatal("publishing did not complete")
+	}
+
+	l := queue.NewLister(e.js, e.cfg)
+	depth, err := l.Depth(e.ctx)
+	require.NoError(t, err)
+	assert.Equal(t, map[string]uint64{schemas.DefaultProfile: n}, depth, "from the subject counts")
+
+	// A page from the middle of the queue: 50 direct gets.
+	page, err := l.List(e.ctx, queue.JobQueued, queue.WithLimit(50), queue.WithAfter(2500))
+	require.NoError(t, err)
+	require.Len(t, page.Jobs, 50)
+	assert.Equal(t, 50, page.Scanned)
+	assert.Equal(t, "bulk-02500", page.Jobs[0].JobID)
+
+	// Paused runs behind 4,995 running ones: each page reads at most 1,000
+	// records and hands on its cursor.
+	var paused []string
+	var after uint64
+	pages := 0
+	for {
+		page, err := l.List(e.ctx, queue.JobPaused, queue.WithMaxScan(1000), queue.WithAfter(after))
+		require.NoError(t, err)
+		pages++
+		assert.LessOrEqual(t, page.Scanned, 1000)
+		for _, j := range page.Jobs {
+			paused = append(paused, j.JobID)
+		}
+		if page.Next == 0 {
+			break
+		}
+		after = page.Next
+		require.Less(t, pages, 20, "paging ends")
+	}
+	assert.Equal(t, []string{"run-04995", "run-04996", "run-04997", "run-04998", "run-04999"}, paused)
+	assert.Equal(t, 5, pages, "5,000 records at 1,000 a page")
 }
