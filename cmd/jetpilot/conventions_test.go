@@ -18,6 +18,8 @@ import (
 	"github.com/jetpilot-dev/jetpilot/internal/testsupport"
 	"github.com/jetpilot-dev/jetpilot/queue"
 	"github.com/jetpilot-dev/jetpilot/schemas"
+	"github.com/jetpilot-dev/jetpilot/spawn/agentsim"
+	"github.com/jetpilot-dev/jetpilot/spawn/agentsim/agentsimtest"
 )
 
 // mustRun runs jetpilot and returns stdout, stderr and the exit code.
@@ -266,4 +268,64 @@ func TestJobStatesFromTheCommandLine(t *testing.T) {
 
 	require.NoError(t, dev.Cmd.Process.Signal(syscall.SIGTERM))
 	assert.Equal(t, 0, dev.ExitCode(t, waitFor))
+}
+
+// approve reports what the worker did with each signed decision: a vote
+// short of the quorum, a refusal with its code, and the decision that
+// applies.
+func TestApproveReportsVotesAndRefusals(t *testing.T) {
+	t.Parallel()
+	s, _, _ := testnats.Start(t)
+	_, simURL := agentsimtest.New(t, agentsim.Options{})
+	url := testnats.URL(s)
+	alice, alicePub := newKey(t)
+	bob, bobPub := newKey(t)
+	carol, _ := newKey(t)
+	pol := filepath.Join(t.TempDir(), "policy.yaml")
+	require.NoError(t, os.WriteFile(pol, []byte(`version: 1
+decisions: signed
+tools:
+  default: deny
+  rules:
+    - {name: change, match: {tools: [run_command]}, action: approve,
+       approvers: {groups: [sre], quorum: 2, requester_may_approve: true}}
+approvers:
+  alice: {key: `+alicePub+`, groups: [sre]}
+  bob: {key: `+bobPub+`, groups: [sre]}
+`), 0o600))
+	_, stderr, code := mustRun(t, nil, "policy", "set", "--nats", url, pol)
+	require.Equal(t, 0, code, stderr)
+	w := start(t, nil, "worker", "--nats", url, "--agent-url", simURL)
+	require.Eventually(t, func() bool { return strings.Contains(w.Output(), "worker started") }, waitFor, 20*time.Millisecond)
+
+	_, _, code = mustRun(t, nil, "submit", "--nats", url, "--id", "quorum-1", "--wait",
+		"--prompt", "#sim tool stakpak__run_command {\"command\":\"deploy\"}\n#sim text shipped")
+	require.Equal(t, 10, code)
+	out, _, code := mustRun(t, nil, "job", "quorum-1", "--nats", url, "--json")
+	require.Equal(t, 0, code)
+	var d queue.JobDetail
+	require.NoError(t, json.Unmarshal([]byte(out), &d), out)
+	require.Len(t, d.Approvals, 1)
+	id := d.Approvals[0].ApprovalID
+
+	out, stderr, code = mustRun(t, nil, "approve", id, "--job", "quorum-1", "--allow", "--key", alice, "--nats", url)
+	assert.Equal(t, 0, code, stderr)
+	assert.Contains(t, out, "recorded")
+	assert.Contains(t, out, "still needed: 1 more")
+	_, stderr, code = mustRun(t, nil, "approve", id, "--job", "quorum-1", "--allow", "--key", alice, "--nats", url)
+	assert.Equal(t, 1, code)
+	assert.Contains(t, stderr, "refused: duplicate_vote")
+	_, stderr, code = mustRun(t, nil, "approve", id, "--job", "quorum-1", "--allow", "--key", carol, "--nats", url)
+	assert.Equal(t, 1, code)
+	assert.Contains(t, stderr, "refused: unknown_key")
+	out, stderr, code = mustRun(t, nil, "approve", id, "--job", "quorum-1", "--allow", "--key", bob, "--nats", url)
+	assert.Equal(t, 0, code, stderr)
+	assert.Contains(t, out, "applied")
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		out, _, _, err := tryRun(nil, "", "results", "--nats", url, "--job", "quorum-1")
+		assert.NoError(c, err)
+		assert.Contains(c, out, "job quorum-1: completed")
+	}, waitFor, 100*time.Millisecond)
+	require.NoError(t, w.Cmd.Process.Signal(syscall.SIGTERM))
+	assert.Equal(t, 0, w.ExitCode(t, waitFor))
 }
