@@ -329,3 +329,16 @@ approvers:
 	require.NoError(t, w.Cmd.Process.Signal(syscall.SIGTERM))
 	assert.Equal(t, 0, w.ExitCode(t, waitFor))
 }
+
+// NATS_NKEY (as --nkey) signs in with an nkey seed file.
+func TestNATSNkeyFromEnvironment(t *testing.T) {
+	t.Parallel()
+	seed, pub := newKey(t)
+	s := startServer(t, server.Options{Nkeys: []*server.NkeyUser{{Nkey: pub}}})
+	_, _, code := mustRun(t, nil, "dead", "--nats", s.ClientURL())
+	assert.Equal(t, 1, code, "without the key: refused")
+	out, stderr, code := mustRun(t, []string{"NATS_NKEY=" + seed}, "setup", "--nats", s.ClientURL())
+	assert.Equal(t, 0, code, "%s%s", out, stderr)
+	_, _, code = mustRun(t, []string{"NATS_NKEY=" + seed + ".missing"}, "setup", "--nats", s.ClientURL(), "--nkey", seed)
+	assert.Equal(t, 0, code, "--nkey over NATS_NKEY")
+}
