@@ -10,7 +10,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/jwt/v2"
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nkeys"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -341,4 +343,53 @@ func TestNATSNkeyFromEnvironment(t *testing.T) {
 	assert.Equal(t, 0, code, "%s%s", out, stderr)
 	_, _, code = mustRun(t, []string{"NATS_NKEY=" + seed + ".missing"}, "setup", "--nats", s.ClientURL(), "--nkey", seed)
 	assert.Equal(t, 0, code, "--nkey over NATS_NKEY")
+}
+
+// NATS_CREDS (as --creds) signs in with a user JWT and seed, against a
+// server in operator mode.
+func TestNATSCredsFromEnvironment(t *testing.T) {
+	t.Parallel()
+	okp, err := nkeys.CreateOperator()
+	require.NoError(t, err)
+	opub, err := okp.PublicKey()
+	require.NoError(t, err)
+	oc := jwt.NewOperatorClaims(opub)
+	akp, err := nkeys.CreateAccount()
+	require.NoError(t, err)
+	apub, err := akp.PublicKey()
+	require.NoError(t, err)
+	ac := jwt.NewAccountClaims(apub)
+	ac.Limits.JetStreamLimits = jwt.JetStreamLimits{MemoryStorage: -1, DiskStorage: -1, Streams: -1, Consumer: -1}
+	ajwt, err := ac.Encode(okp)
+	require.NoError(t, err)
+	ukp, err := nkeys.CreateUser()
+	require.NoError(t, err)
+	upub, err := ukp.PublicKey()
+	require.NoError(t, err)
+	ujwt, err := jwt.NewUserClaims(upub).Encode(akp)
+	require.NoError(t, err)
+	useed, err := ukp.Seed()
+	require.NoError(t, err)
+	creds, err := jwt.FormatUserConfig(ujwt, useed)
+	require.NoError(t, err)
+	credsFile := filepath.Join(t.TempDir(), "user.creds")
+	require.NoError(t, os.WriteFile(credsFile, creds, 0o600))
+
+	// Operator mode with JetStream needs a system account.
+	skp, err := nkeys.CreateAccount()
+	require.NoError(t, err)
+	spub, err := skp.PublicKey()
+	require.NoError(t, err)
+	sjwt, err := jwt.NewAccountClaims(spub).Encode(okp)
+	require.NoError(t, err)
+	resolver := &server.MemAccResolver{}
+	require.NoError(t, resolver.Store(apub, ajwt))
+	require.NoError(t, resolver.Store(spub, sjwt))
+	s := startServer(t, server.Options{TrustedOperators: []*jwt.OperatorClaims{oc}, AccountResolver: resolver, SystemAccount: spub})
+	_, _, code := mustRun(t, nil, "dead", "--nats", s.ClientURL())
+	assert.Equal(t, 1, code, "without credentials: refused")
+	out, stderr, code := mustRun(t, []string{"NATS_CREDS=" + credsFile}, "setup", "--nats", s.ClientURL(), "--jobs-max-bytes", "64MiB",
+		"--results-max-bytes", "64MiB", "--events-max-bytes", "64MiB", "--dead-max-bytes", "64MiB", "--audit-max-bytes", "64MiB")
+	assert.Equal(t, 0, code, "%s%s", out, stderr)
+	assert.NotContains(t, out+stderr, string(useed), "the seed is never printed")
 }
