@@ -12,6 +12,8 @@ import (
 
 	"github.com/nats-io/jwt/v2"
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nkeys"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -392,4 +394,41 @@ func TestNATSCredsFromEnvironment(t *testing.T) {
 		"--results-max-bytes", "64MiB", "--events-max-bytes", "64MiB", "--dead-max-bytes", "64MiB", "--audit-max-bytes", "64MiB")
 	assert.Equal(t, 0, code, "%s%s", out, stderr)
 	assert.NotContains(t, out+stderr, string(useed), "the seed is never printed")
+}
+
+// What publishers and workers wrote is escaped by jobs, job and dead: a
+// queued message's id header and profile subject, a dead letter's reason,
+// error and metadata.
+func TestJobListingsEscapeHostileText(t *testing.T) {
+	t.Parallel()
+	s, _, js := testnats.Start(t)
+	url := testnats.URL(s)
+	ctx := testsupport.Context(t, waitFor)
+	qcfg := queue.Config{}
+	require.NoError(t, queue.Setup(ctx, js, qcfg))
+	msg := nats.NewMsg(qcfg.JobSubject("ev\x1b[2Kil"))
+	msg.Header.Set(jetstream.MsgIDHeader, "id\r\x1b[1Aok")
+	msg.Data = []byte("not json\u202e")
+	_, err := js.PublishMsg(ctx, msg)
+	require.NoError(t, err)
+	dl := schemas.DeadLetter{JobID: "hostile-dead", Reason: "run_error\x1b[2K", Error: "boom\r\u202eok", Worker: "w\u200b1",
+		Attempt: 1, DeadAt: time.Now().UTC(), Metadata: map[string]string{"thread": "T\u2066"}}
+	dl.SetJob([]byte(`{"id":"hostile-dead","prompt":"x"}`))
+	_, err = queue.PublishDead(ctx, js, qcfg, dl)
+	require.NoError(t, err)
+
+	for _, args := range [][]string{{"jobs"}, {"jobs", "--state", "queued"}, {"dead"}, {"job", "hostile-dead"},
+		{"jobs", "--state", "queued", "--json"}, {"dead", "--json"}, {"job", "hostile-dead", "--json"}} {
+		out, stderr, code := mustRun(t, nil, append(args, "--nats", url)...)
+		require.Equal(t, 0, code, "%v: %s", args, stderr)
+		for _, bad := range []string{"\x1b", "\r", "\u202e", "\u200b", "\u2066"} {
+			assert.NotContains(t, out, bad, "%v: raw %q in:\n%s", args, bad, out)
+		}
+	}
+	out, _, _ := mustRun(t, nil, "jobs", "--state", "queued", "--nats", url)
+	assert.Contains(t, out, `\x1b[1Aok  queued`)
+	assert.Contains(t, out, `profile ev\x1b[2Kil`)
+	out, _, _ = mustRun(t, nil, "dead", "--nats", url)
+	assert.Contains(t, out, `run_error\x1b[2K`)
+	assert.Contains(t, out, `boom\r\u202eok`)
 }
