@@ -326,6 +326,10 @@ func (l *lister) queuedInfo(msg *jetstream.RawStreamMsg, delivered func(subject 
 			ji.JobID = CapID(job.ID)
 		}
 	}
+	if ji.JobID == "" && ji.Problem == "" {
+		// A scheduled job (Nats-Scheduler) gets its id from the worker.
+		ji.Problem = "no job id yet (no Nats-Msg-Id and no id in the body)"
+	}
 	return ji
 }
 
