@@ -1,6 +1,7 @@
 // Command jetpilot is the one binary of jetpilot: the worker, the producer and
 // operator tools (submit, results, approvals, approve, cancel, events, audit,
-// setup, policy, keys), the all-in-one `dev` environment and the agent-server simulator. The
+// jobs, job, dead, requeue, setup, policy, keys), the all-in-one `dev`
+// environment and the agent-server simulator. The
 // benchmarks are a binary of their own, cmd/jetpilot-bench, so none of the
 // harness ships here. See DESIGN.md for the subjects, messages and exit codes.
 package main
