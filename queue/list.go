@@ -151,6 +151,9 @@ type JobPage struct {
 	Next uint64 `json:"next,omitempty"`
 	// Scanned is how many stored messages the page read.
 	Scanned int `json:"scanned"`
+	// Total is how many jobs are in the state, where that is cheap to
+	// know: for queued jobs, from the subject counts. 0 otherwise.
+	Total uint64 `json:"total,omitempty"`
 }
 
 // JobInfo is one job as a listing found it. Which of Job, Run, Result and
@@ -182,9 +185,9 @@ type JobInfo struct {
 // concurrent use.
 //
 // How it scales: nothing is ever read in full. Queue depth per profile is
-// one stream info request (subject counts). A page of queued jobs costs one
-// direct get per job (JOBS needs AllowDirect, which Setup sets, else each
-// get is a JetStream API request). A page of any other state is one
+// one stream info request (subject counts). A page of queued jobs costs that
+// request (for its Total) and one direct get per job (JOBS needs
+// AllowDirect, which Setup sets, else each get is a JetStream API request). A page of any other state is one
 // ordered consumer reading its source in stream order from the cursor,
 // until the page is full or MaxScan messages were read: sequential reads
 // of recent blocks, never random Gets over the runs bucket, so 100k
@@ -280,13 +283,20 @@ func (l *lister) listQueued(ctx context.Context, o listOpts) (*JobPage, error) {
 	if err != nil {
 		return nil, fmt.Errorf("stream %s: %w", l.cfg.JobsStream(), err)
 	}
-	last := st.CachedInfo().State.LastSeq
 	filter := l.cfg.JobsWildcard()
 	if o.profile != "" {
 		filter = l.cfg.JobSubject(o.profile)
 	}
-	delivered := l.deliveredUpTo(ctx, st)
+	info, err := st.Info(ctx, jetstream.WithSubjectFilter(filter))
+	if err != nil {
+		return nil, fmt.Errorf("subject counts of %s: %w", l.cfg.JobsStream(), err)
+	}
+	last := info.State.LastSeq
 	page := &JobPage{}
+	for _, n := range info.State.Subjects {
+		page.Total += n
+	}
+	delivered := l.deliveredUpTo(ctx, st)
 	seq := o.after + 1
 	for len(page.Jobs) < o.limit && page.Scanned < o.maxScan {
 		if seq > last {

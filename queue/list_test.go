@@ -68,6 +68,7 @@ func TestListerQueued(t *testing.T) {
 	require.NoError(t, err)
 	require.Len(t, page.Jobs, 3)
 	assert.Zero(t, page.Next, "one page holds them all")
+	assert.EqualValues(t, 3, page.Total, "the profile's count")
 	assert.Equal(t, "b", page.Jobs[0].Profile)
 	require.NotNil(t, page.Jobs[0].Job)
 	assert.Equal(t, "q-1", page.Jobs[0].Job.ID)
@@ -281,6 +282,7 @@ func TestListerPageCostIsBounded(t *testing.T) {
 	require.Len(t, page.Jobs, 50)
 	assert.Equal(t, 50, page.Scanned)
 	assert.Equal(t, "bulk-02500", page.Jobs[0].JobID)
+	assert.EqualValues(t, n, page.Total)
 
 	// Paused runs behind 4,995 running ones: each page reads at most 1,000
 	// records and hands on its cursor.

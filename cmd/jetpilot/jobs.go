@@ -160,6 +160,9 @@ func printPage(w io.Writer, page *queue.JobPage, again string) {
 	if page.Next != 0 {
 		fmt.Fprintf(w, "  more: %s --after %d\n", again, page.Next)
 	}
+	if page.Total > 0 {
+		fmt.Fprintf(w, "  (%d %s in all)\n", page.Total, page.State)
+	}
 }
 
 // jobNote is what matters about a listed job in its state.
