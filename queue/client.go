@@ -280,3 +280,72 @@ func (c *Client) Cancel(ctx context.Context, jobID string) ([]byte, error) {
 	}
 	return msg.Data, nil
 }
+
+// DecisionOutcome is what a worker did with a decision, as the job's
+// events tell.
+type DecisionOutcome struct {
+	// Applied: the decision settled the approval and the run resumed
+	// (approval_decided).
+	Applied bool
+	// Voted: an allow was recorded and the quorum is not met yet
+	// (approval_vote); Event.Text says who is still needed.
+	Voted bool
+	// Refused is the worker's refusal (decision_error): nothing changed.
+	Refused *schemas.Error
+	// Event is the event that told.
+	Event schemas.Event
+}
+
+// DecideAndWait publishes d (as Decide) and waits for the worker's answer
+// to it on the job's events: applied, a vote recorded, or refused with the
+// reason. Only events stored after the decision is published count. ctx
+// bounds the wait: give it a deadline. The decision stays in DECISIONS
+// when the wait ends first, and a worker applies it when it takes it.
+func (c *Client) DecideAndWait(ctx context.Context, d schemas.Decision) (DecisionOutcome, error) {
+	if c.cfgErr != nil {
+		return DecisionOutcome{}, fmt.Errorf("decide: %w", c.cfgErr)
+	}
+	if err := ValidateJobID(d.JobID); err != nil {
+		return DecisionOutcome{}, fmt.Errorf("decide: %w", err)
+	}
+	st, err := c.js.Stream(ctx, c.cfg.EventsStream())
+	if err != nil {
+		return DecisionOutcome{}, fmt.Errorf("decide: stream %s: %w", c.cfg.EventsStream(), err)
+	}
+	after := st.CachedInfo().State.LastSeq
+	if err := c.Decide(ctx, d); err != nil {
+		return DecisionOutcome{}, err
+	}
+	// A refusal quotes the approval id as the decision gave it, capped.
+	approvalID := CapID(d.ApprovalID)
+	var out DecisionOutcome
+	found := false
+	err = readStream(ctx, c.js, readSpec{stream: c.cfg.EventsStream(), subject: c.cfg.EventSubject(d.JobID), startSeq: after + 1, follow: true},
+		func(e schemas.Event, _ uint64) error {
+			if e.ApprovalID != approvalID && e.ApprovalID != d.ApprovalID {
+				return nil
+			}
+			switch e.Type {
+			case schemas.EventApprovalDecided:
+				out.Applied = true
+			case schemas.EventApprovalVote:
+				out.Voted = true
+			case schemas.EventDecisionError:
+				out.Refused = e.Error
+				if out.Refused == nil {
+					out.Refused = &schemas.Error{Code: "refused", Message: "the worker refused the decision without a reason"}
+				}
+			default:
+				return nil
+			}
+			out.Event, found = e, true
+			return errStopRead
+		})
+	if err != nil {
+		return DecisionOutcome{}, fmt.Errorf("wait for the outcome of the decision on approval %s of job %s: %w", CapID(d.ApprovalID), d.JobID, err)
+	}
+	if !found {
+		return DecisionOutcome{}, fmt.Errorf("wait for the outcome of the decision on approval %s: reader ended without one", CapID(d.ApprovalID))
+	}
+	return out, nil
+}

@@ -30,11 +30,24 @@ var errStopRead = errors.New("stop reading")
 const idleCheck = 2 * time.Second
 
 // readStream is the one reader behind WaitResult, WaitNext, Results,
-// Approvals, Events and DeadLetters: an ordered (ephemeral, flow-controlled,
-// self-healing) consumer over spec.subject, decoding each message as T and
+// Approvals, Events and DeadLetters: readRaw, decoding each message as T and
 // handing it to fn with its stream sequence. An error from fn ends the read
 // and is returned as is (errStopRead ends it with nil).
 func readStream[T any](ctx context.Context, js jetstream.JetStream, spec readSpec, fn func(T, uint64) error) error {
+	return readRaw(ctx, js, spec, func(msg jetstream.Msg, seq uint64) error {
+		var v T
+		if err := json.Unmarshal(msg.Data(), &v); err != nil {
+			return fmt.Errorf("read %s: decode message %d on %s: %w", spec.subject, seq, msg.Subject(), err)
+		}
+		return fn(v, seq)
+	})
+}
+
+// readRaw reads spec.subject with an ordered (ephemeral, flow-controlled,
+// self-healing) consumer and hands each message to fn with its stream
+// sequence. An error from fn ends the read and is returned as is
+// (errStopRead ends it with nil).
+func readRaw(ctx context.Context, js jetstream.JetStream, spec readSpec, fn func(jetstream.Msg, uint64) error) error {
 	occ := jetstream.OrderedConsumerConfig{
 		FilterSubjects: []string{spec.subject},
 		DeliverPolicy:  jetstream.DeliverAllPolicy,
@@ -107,11 +120,7 @@ func readStream[T any](ctx context.Context, js jetstream.JetStream, spec readSpe
 		if !spec.follow && meta.Sequence.Stream > lastSeq {
 			return nil
 		}
-		var v T
-		if err := json.Unmarshal(msg.Data(), &v); err != nil {
-			return fmt.Errorf("read %s: decode message %d on %s: %w", spec.subject, meta.Sequence.Stream, msg.Subject(), err)
-		}
-		if err := fn(v, meta.Sequence.Stream); err != nil {
+		if err := fn(msg, meta.Sequence.Stream); err != nil {
 			if errors.Is(err, errStopRead) {
 				return nil
 			}

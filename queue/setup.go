@@ -56,6 +56,11 @@ func (cfg Config) StreamConfigs() []jetstream.StreamConfig {
 	jobs.MaxBytes = cfg.JobsMaxBytes
 	jobs.Discard = jetstream.DiscardNew
 	jobs.Sources = []*jetstream.StreamSource{cfg.schedulesSource()}
+	// Direct gets: JOBS is a work queue the workers' consumer covers, so
+	// listing queued jobs (Lister) reads them by sequence, not with a
+	// consumer; direct gets are answered without the JetStream API's
+	// leader round trip.
+	jobs.AllowDirect = true
 
 	results := base(cfg.ResultsStream(), cfg.ResultsWildcard(), "final and paused results; Nats-Msg-Id = <job_id>:<phase>")
 	results.MaxAge = cfg.ResultsMaxAge

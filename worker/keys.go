@@ -337,11 +337,7 @@ func (w *Worker) holderLive(ctx context.Context, h queue.KeyHolder) (bool, strin
 	case !errors.Is(err, queue.ErrRunNotFound):
 		return true, ""
 	}
-	jobs, err := w.jobsStream(ctx)
-	if err != nil {
-		return true, ""
-	}
-	if _, err := jobs.GetMsg(ctx, h.Seq); errors.Is(err, jetstream.ErrMsgNotFound) {
+	if _, err := queue.GetMsgFromLeader(ctx, w.js, w.qcfg.JobsStream(), h.Seq, ""); errors.Is(err, jetstream.ErrMsgNotFound) {
 		return false, ""
 	}
 	return true, ""
@@ -370,7 +366,7 @@ func (w *Worker) earlierJobs(ctx context.Context, meta *jetstream.MsgMetadata) (
 		if seq >= meta.Sequence.Stream {
 			return out, nil
 		}
-		m, err := jobs.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(filter))
+		m, err := queue.GetMsgFromLeader(ctx, w.js, w.qcfg.JobsStream(), seq, filter)
 		if errors.Is(err, jetstream.ErrMsgNotFound) {
 			return out, nil
 		}

@@ -24,9 +24,9 @@ import (
 )
 
 // withClient connects and hands a producer client to fn.
-func withClient(cmd *cobra.Command, g *globalFlags, name string, fn func(ctx context.Context, nc *nats.Conn, c *queue.Client) error) error {
-	return withConn(cmd, g, name, func(ctx context.Context, _ *slog.Logger, nc *nats.Conn, js jetstream.JetStream) error {
-		err := fn(ctx, nc, queue.NewClient(js, g.queueConfig()))
+func withClient(cmd *cobra.Command, g *globalFlags, name string, fn func(ctx context.Context, js jetstream.JetStream, c *queue.Client) error) error {
+	return withConn(cmd, g, name, func(ctx context.Context, _ *slog.Logger, _ *nats.Conn, js jetstream.JetStream) error {
+		err := fn(ctx, js, queue.NewClient(js, g.queueConfig()))
 		if err != nil && errors.Is(err, context.Canceled) && ctx.Err() != nil {
 			return nil // interrupted while following
 		}
@@ -91,14 +91,11 @@ func newApprovalsCmd(g *globalFlags) *cobra.Command {
 		Short: "Print approval requests, and with --follow keep printing new ones",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return withClient(cmd, g, "jetpilot approvals", func(ctx context.Context, nc *nats.Conn, c *queue.Client) error {
+			return withClient(cmd, g, "jetpilot approvals", func(ctx context.Context, js jetstream.JetStream, c *queue.Client) error {
 				out := cmd.OutOrStdout()
 				// Who approved so far is in the audit stream; without it
 				// (no permission to read it) the view goes without.
-				var audit *queue.AuditLog
-				if js, err := jetstream.New(nc); err == nil {
-					audit, _ = queue.NewAuditLog(ctx, js, g.queueConfig())
-				}
+				audit, _ := queue.NewAuditLog(ctx, js, g.queueConfig())
 				return c.Approvals(ctx, follow, func(a schemas.ApprovalRequest) error {
 					if asJSON {
 						return printJSON(out, a)
@@ -117,11 +114,14 @@ func newApprovalsCmd(g *globalFlags) *cobra.Command {
 func newApproveCmd(g *globalFlags) *cobra.Command {
 	var jobID, by, keyFile string
 	var allow, deny bool
+	var waitTimeout time.Duration
 	var tools []string
 	cmd := &cobra.Command{
 		Use:   "approve APPROVAL_ID (--allow | --deny | --tool CALL_ID=accept|reject ...) [--key FILE]",
 		Short: "Answer an approval request; with --key, sign the answer",
-		Long: "Answer an approval request. With --key FILE (an nkey user seed, see `jetpilot keys new`) the\n" +
+		Long: "Answer an approval request and wait (--wait-timeout, default 30s) for a worker to apply it\n" +
+			"(exit 0; also when an allow is recorded and the quorum is not met yet) or refuse it (exit 1, with\n" +
+			"the reason); exit 75 when no worker answered in time. With --key FILE (an nkey user seed, see `jetpilot keys new`) the\n" +
 			"decision is signed: it carries the request's pending_digest, so it applies to exactly the calls\n" +
 			"the request shows, and decided_at. A policy with `decisions: signed` applies signed decisions only.",
 		Args: cobra.ExactArgs(1),
@@ -157,14 +157,28 @@ func newApproveCmd(g *globalFlags) *cobra.Command {
 				}
 				defer wipe(seed)
 			}
+			if waitTimeout < 0 {
+				return usageError("--wait-timeout must not be negative, got %s", waitTimeout)
+			}
 			return withConn(cmd, g, "jetpilot approve", func(ctx context.Context, _ *slog.Logger, _ *nats.Conn, js jetstream.JetStream) error {
 				c := queue.NewClient(js, g.queueConfig())
 				if d.JobID == "" {
 					req, err := c.FindApproval(ctx, d.ApprovalID)
+					if errors.Is(err, queue.ErrApprovalNotFound) {
+						return &exitError{code: exitFailed, err: fmt.Errorf("unknown approval %s: no approval request has this id (jetpilot approvals lists them)", d.ApprovalID)}
+					}
 					if err != nil {
 						return fmt.Errorf("find approval %s (give --job to skip the search): %w", d.ApprovalID, err)
 					}
 					d.JobID = req.JobID
+				} else if seed == nil {
+					// A wrong id is refused here, not only by a worker.
+					if _, err := findApprovalRaw(ctx, js, g.queueConfig(), d.JobID, d.ApprovalID); err != nil {
+						if errors.Is(err, queue.ErrApprovalNotFound) {
+							return &exitError{code: exitFailed, err: err}
+						}
+						return err
+					}
 				}
 				if seed != nil {
 					if err := signDecision(ctx, cmd, js, g.queueConfig(), &d, seed); err != nil {
@@ -178,15 +192,38 @@ func newApproveCmd(g *globalFlags) *cobra.Command {
 				if _, err := schemas.DecodeDecision(data); err != nil {
 					return usageError("invalid decision: %v", err)
 				}
-				if err := c.Decide(ctx, d); err != nil {
-					return fmt.Errorf("publish decision: %w", err)
-				}
 				signed := ""
 				if d.Signature != nil {
 					signed = " signed by " + d.Signature.Key
 				}
-				fmt.Fprintf(cmd.OutOrStdout(), "decision for approval %s of job %s published%s; follow it with: jetpilot events %s --follow\n",
-					safeLine(d.ApprovalID), safeLine(d.JobID), signed, safeLine(d.JobID))
+				out := cmd.OutOrStdout()
+				if waitTimeout == 0 {
+					if err := c.Decide(ctx, d); err != nil {
+						return fmt.Errorf("publish decision: %w", err)
+					}
+					fmt.Fprintf(out, "decision for approval %s of job %s published%s; follow it with: jetpilot events %s --follow\n",
+						safeLine(d.ApprovalID), safeLine(d.JobID), signed, safeLine(d.JobID))
+					return nil
+				}
+				wctx, cancel := context.WithTimeout(ctx, waitTimeout)
+				defer cancel()
+				o, err := c.DecideAndWait(wctx, d)
+				switch {
+				case err != nil && errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil:
+					return &exitError{code: exitGaveUp, err: fmt.Errorf(
+						"decision for approval %s of job %s published%s, but no worker answered within %s (--wait-timeout): it applies when a worker takes it; follow it with: jetpilot events %s --follow",
+						d.ApprovalID, d.JobID, signed, waitTimeout, d.JobID)}
+				case err != nil:
+					return err
+				case o.Refused != nil:
+					return &exitError{code: exitFailed, err: fmt.Errorf("decision for approval %s of job %s refused: %s: %s",
+						d.ApprovalID, d.JobID, o.Refused.Code, o.Refused.Message)}
+				case o.Voted:
+					fmt.Fprintf(out, "vote on approval %s of job %s recorded%s: %s\n", safeLine(d.ApprovalID), safeLine(d.JobID), signed, safeLine(o.Event.Text))
+				default:
+					fmt.Fprintf(out, "decision on approval %s of job %s applied%s: the run resumed; follow it with: jetpilot events %s --follow\n",
+						safeLine(d.ApprovalID), safeLine(d.JobID), signed, safeLine(d.JobID))
+				}
 				return nil
 			})
 		},
@@ -197,6 +234,8 @@ func newApproveCmd(g *globalFlags) *cobra.Command {
 	cmd.Flags().BoolVar(&deny, "deny", false, "reject every pending tool call")
 	cmd.Flags().StringArrayVar(&tools, "tool", nil, "CALL_ID=accept|reject for one pending call (repeatable; every pending call needs one)")
 	cmd.Flags().StringVar(&by, "by", "", "who decided (default $USER)")
+	cmd.Flags().DurationVar(&waitTimeout, "wait-timeout", 30*time.Second,
+		"wait this long for a worker to apply or refuse the decision (exit 1 refused, 75 no answer); 0 publishes without waiting")
 	return cmd
 }
 
@@ -211,7 +250,8 @@ func newCancelCmd(g *globalFlags) *cobra.Command {
 			if err := schemas.ValidateJobID(jobID); err != nil {
 				return usageError("%v", err)
 			}
-			return withClient(cmd, g, "jetpilot cancel", func(ctx context.Context, nc *nats.Conn, _ *queue.Client) error {
+			return withClient(cmd, g, "jetpilot cancel", func(ctx context.Context, js jetstream.JetStream, _ *queue.Client) error {
+				nc := js.Conn()
 				body, _ := json.Marshal(schemas.CancelRequest{Schema: schemas.CancelSchemaID, JobID: jobID})
 				ctx, cancel := context.WithTimeout(ctx, wait)
 				defer cancel()
@@ -245,15 +285,25 @@ func newEventsCmd(g *globalFlags) *cobra.Command {
 		Short: "Print a job's live events, and with --follow keep printing them",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return withClient(cmd, g, "jetpilot events", func(ctx context.Context, _ *nats.Conn, c *queue.Client) error {
+			if err := schemas.ValidateJobID(args[0]); err != nil {
+				return usageError("%v", err)
+			}
+			return withClient(cmd, g, "jetpilot events", func(ctx context.Context, _ jetstream.JetStream, c *queue.Client) error {
 				out := cmd.OutOrStdout()
-				return c.Events(ctx, args[0], follow, func(e schemas.Event) error {
+				n := 0
+				err := c.Events(ctx, args[0], follow, func(e schemas.Event) error {
+					n++
 					if asJSON {
 						return writeJSON(out, e, false)
 					}
 					printEvent(out, e)
 					return nil
 				})
+				if err == nil && n == 0 {
+					return &exitError{code: exitFailed, err: fmt.Errorf(
+						"no events for job %s: the job is unknown, not started yet, or its events expired (they are kept for an hour; jetpilot job %s says which)", args[0], args[0])}
+				}
+				return err
 			})
 		},
 	}

@@ -18,8 +18,11 @@ import (
 )
 
 // globalFlags are the NATS connection flags every command shares. They follow
-// the NATS tools' conventions (NATS_URL, --creds, --nkey, --user/--password,
-// --tlscert/--tlskey/--tlsca).
+// the NATS tools' conventions: natscli contexts (--context, NATS_CONTEXT,
+// the selected context), NATS_URL, NATS_CREDS, NATS_NKEY, NATS_USER,
+// NATS_PASSWORD, NATS_TOKEN, NATS_CERT/NATS_KEY/NATS_CA, --creds, --nkey,
+// --user/--password, --tlscert/--tlskey/--tlsca, --js-domain. See
+// connSettings for which wins.
 type globalFlags struct {
 	natsURL  string
 	creds    string
@@ -33,10 +36,19 @@ type globalFlags struct {
 	tlsCert      string
 	tlsKey       string
 	tlsCA        string
+	natsContext  string
+	jsDomain     string
 	prefix       string
 	replicas     int
 	logJSON      string
 	logLevel     string
+
+	// flags is the flag set these are registered in, to tell a flag given
+	// (on the command line or as JETPILOT_<FLAG>) from its default.
+	flags *pflag.FlagSet
+	// embedded: the command connects to the NATS server it started itself
+	// (dev), so no context or NATS_* variable applies.
+	embedded bool
 
 	// perms records the permission violations NATS reports on the
 	// connection connect opens, to explain requests that time out.
@@ -44,20 +56,19 @@ type globalFlags struct {
 }
 
 func (g *globalFlags) register(fs *pflag.FlagSet) {
-	def := os.Getenv("NATS_URL")
-	if def == "" {
-		def = nats.DefaultURL
-	}
-	fs.StringVar(&g.natsURL, "nats", def, "NATS server URL(s), comma separated (env NATS_URL)")
-	fs.StringVar(&g.creds, "creds", "", "NATS credentials file")
-	fs.StringVar(&g.nkey, "nkey", "", "NATS nkey seed file")
-	fs.StringVar(&g.user, "user", "", "NATS user")
-	fs.StringVar(&g.password, "password", "", "NATS password (prefer --password-file or env JETPILOT_PASSWORD: argv is visible to other users)")
+	g.flags = fs
+	fs.StringVar(&g.natsURL, "nats", nats.DefaultURL, "NATS server URL(s), comma separated (env NATS_URL; else the NATS context's url)")
+	fs.StringVar(&g.natsContext, "context", "", "natscli context: a name in ~/.config/nats/context, or a context file (env NATS_CONTEXT; default: the selected context)")
+	fs.StringVar(&g.creds, "creds", "", "NATS credentials file (env NATS_CREDS)")
+	fs.StringVar(&g.nkey, "nkey", "", "NATS nkey seed file (env NATS_NKEY)")
+	fs.StringVar(&g.user, "user", "", "NATS user (env NATS_USER)")
+	fs.StringVar(&g.password, "password", "", "NATS password (prefer --password-file or env NATS_PASSWORD: argv is visible to other users)")
 	fs.StringVar(&g.passwordFile, "password-file", "", "file holding the NATS password")
-	fs.StringVar(&g.tokenFile, "token-file", "", "file holding a NATS authentication token")
-	fs.StringVar(&g.tlsCert, "tlscert", "", "TLS client certificate file")
-	fs.StringVar(&g.tlsKey, "tlskey", "", "TLS client key file")
-	fs.StringVar(&g.tlsCA, "tlsca", "", "TLS CA certificate file")
+	fs.StringVar(&g.tokenFile, "token-file", "", "file holding a NATS authentication token (or env NATS_TOKEN)")
+	fs.StringVar(&g.tlsCert, "tlscert", "", "TLS client certificate file (env NATS_CERT)")
+	fs.StringVar(&g.tlsKey, "tlskey", "", "TLS client key file (env NATS_KEY)")
+	fs.StringVar(&g.tlsCA, "tlsca", "", "TLS CA certificate file (env NATS_CA)")
+	fs.StringVar(&g.jsDomain, "js-domain", "", "JetStream domain (default: the NATS context's jetstream_domain)")
 	fs.StringVar(&g.prefix, "prefix", "jetpilot", "subject prefix; streams are <PREFIX>_JOBS etc.")
 	fs.IntVar(&g.replicas, "replicas", 1, "stream and KV replicas when creating them (3 on a cluster)")
 	fs.StringVar(&g.logJSON, "log-json", "", "also write logs as JSON lines to this file")
@@ -68,9 +79,145 @@ func (g *globalFlags) queueConfig() queue.Config {
 	return queue.Config{Prefix: g.prefix, Replicas: g.replicas}
 }
 
-// connect opens a NATS connection that reconnects forever: a worker must ride
-// out a NATS restart by itself.
+// connSettings is how to connect, once flags, environment and context are
+// weighed. Precedence, as natscli's: a flag (or its JETPILOT_<FLAG>
+// variable) over the NATS_* variable over the context over the default,
+// field by field for the URL, the TLS files and the JetStream domain. The
+// credentials are taken as a whole from the first of these that gives any
+// (--creds, --nkey, --user/--password[-file], --token-file; then
+// NATS_CREDS, NATS_NKEY, NATS_USER/NATS_PASSWORD, NATS_TOKEN; then the
+// context), so a context's password never goes along with a flag's creds.
+type connSettings struct {
+	url, urlFrom                       string
+	creds, nkey, user, password        string
+	token                              string
+	authFrom                           string
+	cert, key, ca                      string
+	jsDomain, jsAPIPrefix, inboxPrefix string
+	tlsFirst                           bool
+	// context names the NATS context used ("" for none).
+	context string
+}
+
+// changed reports whether the flag was given (on the command line or as
+// JETPILOT_<FLAG>).
+func (g *globalFlags) changed(name string) bool {
+	if g.flags == nil {
+		return false
+	}
+	f := g.flags.Lookup(name)
+	return f != nil && f.Changed
+}
+
+// settings weighs flags, environment and the NATS context.
+func (g *globalFlags) settings() (connSettings, error) {
+	s := connSettings{url: g.natsURL, urlFrom: "--nats"}
+	env := func(name string) string {
+		if g.embedded {
+			return ""
+		}
+		return os.Getenv(name)
+	}
+	var nctx *natsContext
+	if !g.embedded {
+		name, from := g.natsContext, "--context"
+		if !g.changed("context") {
+			name, from = os.Getenv("NATS_CONTEXT"), "NATS_CONTEXT"
+		}
+		if name == "" {
+			sel, err := selectedNATSContext()
+			if err != nil {
+				return s, usageError("%v", err)
+			}
+			name, from = sel, "the selected NATS context (nats context select)"
+		}
+		if name != "" {
+			c, err := loadNATSContext(name)
+			if err != nil {
+				return s, usageError("%s: %v", from, err)
+			}
+			nctx, s.context = c, c.Name
+		}
+	}
+	if nctx == nil {
+		nctx = &natsContext{}
+	}
+	pick := func(flag, flagVal, envName, ctxVal string) string {
+		if g.changed(flag) {
+			return flagVal
+		}
+		if v := env(envName); v != "" {
+			return v
+		}
+		return ctxVal
+	}
+	switch {
+	case g.changed("nats") || g.embedded:
+	case env("NATS_URL") != "":
+		s.url, s.urlFrom = env("NATS_URL"), "NATS_URL"
+	case nctx.URL != "":
+		s.url, s.urlFrom = nctx.URL, "context "+nctx.Name
+	default:
+		s.url, s.urlFrom = nats.DefaultURL, "default"
+	}
+	s.cert = pick("tlscert", g.tlsCert, "NATS_CERT", nctx.Cert)
+	s.key = pick("tlskey", g.tlsKey, "NATS_KEY", nctx.Key)
+	s.ca = pick("tlsca", g.tlsCA, "NATS_CA", nctx.CA)
+	s.jsDomain, s.jsAPIPrefix, s.inboxPrefix, s.tlsFirst = nctx.JSDomain, nctx.JSAPIPrefix, nctx.InboxPrefix, nctx.TLSFirst
+	if g.changed("js-domain") {
+		s.jsDomain = g.jsDomain
+	}
+	if s.jsDomain != "" {
+		s.jsAPIPrefix = "" // a domain names its API prefix
+		if strings.ContainsAny(s.jsDomain, " \t\r\n.*>") {
+			return s, usageError("--js-domain %q: a JetStream domain is one subject token", s.jsDomain)
+		}
+	}
+
+	// Credentials: flags, else the environment, else the context.
+	if g.password != "" && g.passwordFile != "" {
+		return s, usageError("give --password or --password-file, not both")
+	}
+	switch {
+	case g.creds != "" || g.nkey != "" || g.user != "" || g.password != "" || g.passwordFile != "" || g.tokenFile != "":
+		s.authFrom = "flags"
+		s.creds, s.nkey, s.user, s.password = g.creds, g.nkey, g.user, g.password
+		if g.passwordFile != "" {
+			p, err := readSecretFile(g.passwordFile)
+			if err != nil {
+				return s, fmt.Errorf("read --password-file: %w", err)
+			}
+			s.password = p
+		}
+		if g.tokenFile != "" {
+			tok, err := readSecretFile(g.tokenFile)
+			if err != nil {
+				return s, fmt.Errorf("read --token-file: %w", err)
+			}
+			s.token = tok
+		}
+	case env("NATS_CREDS") != "" || env("NATS_NKEY") != "" || env("NATS_USER") != "" || env("NATS_PASSWORD") != "" || env("NATS_TOKEN") != "":
+		s.authFrom = "environment"
+		s.creds, s.nkey, s.user, s.password, s.token = env("NATS_CREDS"), env("NATS_NKEY"), env("NATS_USER"), env("NATS_PASSWORD"), env("NATS_TOKEN")
+	default:
+		s.authFrom = "context"
+		s.creds, s.nkey, s.user, s.password, s.token = nctx.Creds, nctx.NKey, nctx.User, nctx.Password, nctx.Token
+	}
+	return s, nil
+}
+
+// connect opens a NATS connection that reconnects forever (a worker must
+// ride out a NATS restart by itself) and its JetStream handle, in the
+// JetStream domain (or API prefix) the settings name: every JetStream call
+// of every command goes through it.
 func (g *globalFlags) connect(ctx context.Context, name string, log *slog.Logger) (*nats.Conn, jetstream.JetStream, error) {
+	s, err := g.settings()
+	if err != nil {
+		return nil, nil, err
+	}
+	if s.context != "" {
+		log.Debug("using a NATS context", "context", s.context, "url_from", s.urlFrom, "credentials_from", s.authFrom)
+	}
 	opts := []nats.Option{
 		nats.Name(name),
 		nats.MaxReconnects(-1),
@@ -87,54 +234,57 @@ func (g *globalFlags) connect(ctx context.Context, name string, log *slog.Logger
 	}
 	g.perms = &permissionErrors{}
 	opts = append(opts, nats.ErrorHandler(errorHandler(g.perms, log)))
-	if g.creds != "" {
-		opts = append(opts, nats.UserCredentials(g.creds))
+	if s.creds != "" {
+		opts = append(opts, nats.UserCredentials(s.creds))
 	}
-	if g.nkey != "" {
-		o, err := nats.NkeyOptionFromSeed(g.nkey)
+	if s.nkey != "" {
+		o, err := nats.NkeyOptionFromSeed(s.nkey)
 		if err != nil {
-			return nil, nil, fmt.Errorf("read nkey seed file %s: %w", g.nkey, err)
+			return nil, nil, fmt.Errorf("read nkey seed file %s: %w", s.nkey, err)
 		}
 		opts = append(opts, o)
 	}
-	password := g.password
-	if g.passwordFile != "" {
-		if g.password != "" {
-			return nil, nil, usageError("give --password or --password-file, not both")
-		}
-		p, err := readSecretFile(g.passwordFile)
-		if err != nil {
-			return nil, nil, fmt.Errorf("read --password-file: %w", err)
-		}
-		password = p
+	if s.user != "" || s.password != "" {
+		opts = append(opts, nats.UserInfo(s.user, s.password))
 	}
-	if g.user != "" || password != "" {
-		opts = append(opts, nats.UserInfo(g.user, password))
+	if s.token != "" {
+		opts = append(opts, nats.Token(s.token))
 	}
-	if g.tokenFile != "" {
-		tok, err := readSecretFile(g.tokenFile)
-		if err != nil {
-			return nil, nil, fmt.Errorf("read --token-file: %w", err)
-		}
-		opts = append(opts, nats.Token(tok))
+	if s.cert != "" || s.key != "" {
+		opts = append(opts, nats.ClientCert(s.cert, s.key))
 	}
-	if g.tlsCert != "" || g.tlsKey != "" {
-		opts = append(opts, nats.ClientCert(g.tlsCert, g.tlsKey))
+	if s.ca != "" {
+		opts = append(opts, nats.RootCAs(s.ca))
 	}
-	if g.tlsCA != "" {
-		opts = append(opts, nats.RootCAs(g.tlsCA))
+	if s.inboxPrefix != "" {
+		opts = append(opts, nats.CustomInboxPrefix(s.inboxPrefix))
 	}
-	if err := checkURLs(g.natsURL); err != nil {
-		return nil, nil, usageError("--nats: %v", err)
+	if s.tlsFirst {
+		opts = append(opts, nats.TLSHandshakeFirst())
 	}
-	nc, err := nats.Connect(g.natsURL, opts...)
+	where := redactURL(s.url)
+	if s.context != "" {
+		where += " (NATS context " + s.context + ")"
+	}
+	if err := checkURLs(s.url); err != nil {
+		return nil, nil, usageError("%s: %v", s.urlFrom, err)
+	}
+	nc, err := nats.Connect(s.url, opts...)
 	if err != nil {
-		if clean := scrubURLSecrets(err.Error(), g.natsURL); clean != err.Error() {
-			return nil, nil, fmt.Errorf("connect to NATS at %s: %s", redactURL(g.natsURL), clean)
+		if clean := scrubURLSecrets(err.Error(), s.url); clean != err.Error() {
+			return nil, nil, fmt.Errorf("connect to NATS at %s: %s", where, clean)
 		}
-		return nil, nil, fmt.Errorf("connect to NATS at %s: %w", redactURL(g.natsURL), err)
+		return nil, nil, fmt.Errorf("connect to NATS at %s: %w", where, err)
 	}
-	js, err := jetstream.New(nc)
+	var js jetstream.JetStream
+	switch {
+	case s.jsDomain != "":
+		js, err = jetstream.NewWithDomain(nc, s.jsDomain)
+	case s.jsAPIPrefix != "":
+		js, err = jetstream.NewWithAPIPrefix(nc, s.jsAPIPrefix)
+	default:
+		js, err = jetstream.New(nc)
+	}
 	if err != nil {
 		nc.Close()
 		return nil, nil, fmt.Errorf("open JetStream: %w", err)

@@ -58,6 +58,8 @@ func TestSessionKeyAndSteerFromTheCommandLine(t *testing.T) {
 	}, waitFor, 100*time.Millisecond)
 	out, code = run(t, "", "steer", "cli-steer", "too late", "--nats", url)
 	assert.Equal(t, 1, code, out)
+	_, code = run(t, "", "steer", "cli-steer", "--nats", url)
+	assert.Equal(t, 2, code, "TEXT is required")
 
 	require.NoError(t, dev.Cmd.Process.Signal(syscall.SIGTERM))
 	assert.Equal(t, 0, dev.ExitCode(t, waitFor))

@@ -70,7 +70,7 @@ a demo job, prints its result and exits with the job's exit code.`,
 				ns.Shutdown()
 				ns.WaitForShutdown()
 			}()
-			g.natsURL = ns.ClientURL()
+			g.natsURL, g.embedded = ns.ClientURL(), true
 			fmt.Fprintf(out, "NATS (JetStream, data in %s, fsync %s): %s\n", storeDir, syncDescription(sync), g.natsURL)
 
 			if !cmd.Flags().Changed("agent-url") {

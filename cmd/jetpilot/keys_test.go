@@ -171,7 +171,8 @@ func decisionsOf(t *testing.T, js jetstream.JetStream, jobID string) [][]byte {
 // TestApproveSigned: approve --key fetches the approval request, binds the
 // decision to its calls (pending_digest), stamps decided_at and signs; a
 // key, a request or a decision that is not right is refused before
-// anything is published.
+// anything is published. No worker runs here, so the decisions are
+// published without waiting for one (--wait-timeout 0).
 func TestApproveSigned(t *testing.T) {
 	t.Parallel()
 	s, _, js := testnats.Start(t)
@@ -211,7 +212,7 @@ func TestApproveSigned(t *testing.T) {
 	}
 
 	t.Run("allow, the job found in the stream", func(t *testing.T) {
-		out, code := run(t, "", "approve", "sig-1:2", "--nats", url, "--allow", "--key", key, "--by", "Zoë")
+		out, code := run(t, "", "approve", "sig-1:2", "--nats", url, "--allow", "--key", key, "--by", "Zoë", "--wait-timeout", "0")
 		require.Equal(t, 0, code, out)
 		assert.Contains(t, out, "signed by "+pub)
 		got := decisionsOf(t, js, "sig-1")
@@ -224,7 +225,7 @@ func TestApproveSigned(t *testing.T) {
 	})
 
 	t.Run("per call, with --job", func(t *testing.T) {
-		out, code := run(t, "", "approve", "sig-1:1", "--job", "sig-1", "--nats", url, "--tool", "c1=accept", "--tool", "c2=reject", "--key", key)
+		out, code := run(t, "", "approve", "sig-1:1", "--job", "sig-1", "--nats", url, "--tool", "c1=accept", "--tool", "c2=reject", "--key", key, "--wait-timeout", "0")
 		require.Equal(t, 0, code, out)
 		got := decisionsOf(t, js, "sig-1")
 		require.Len(t, got, 2)
@@ -234,7 +235,7 @@ func TestApproveSigned(t *testing.T) {
 	})
 
 	t.Run("without --key, unsigned as before", func(t *testing.T) {
-		out, code := run(t, "", "approve", "other:1", "--job", "other", "--nats", url, "--deny")
+		out, code := run(t, "", "approve", "other:1", "--job", "other", "--nats", url, "--deny", "--wait-timeout", "0")
 		require.Equal(t, 0, code, out)
 		got := decisionsOf(t, js, "other")
 		require.Len(t, got, 1)
@@ -267,7 +268,7 @@ func TestApproveSigned(t *testing.T) {
 		{"key readable by others", "sig-1", []string{"approve", "sig-1:1", "--job", "sig-1", "--allow", "--key", openKey}, 2, "chmod 600 " + openKey},
 		{"missing key", "sig-1", []string{"approve", "sig-1:1", "--job", "sig-1", "--allow", "--key", openKey + ".gone"}, 2, "no such file"},
 		{"unknown approval of the job", "sig-1", []string{"approve", "sig-1:9", "--job", "sig-1", "--allow", "--key", key}, 1, "no approval request sig-1:9 for job sig-1"},
-		{"unknown approval", "nope", []string{"approve", "nope:1", "--allow", "--key", key}, 1, "find approval nope:1"},
+		{"unknown approval", "nope", []string{"approve", "nope:1", "--allow", "--key", key}, 1, "unknown approval nope:1"},
 		{"a call left out", "sig-1", []string{"approve", "sig-1:1", "--job", "sig-1", "--tool", "c1=accept", "--key", key}, 2, "call c2 (stakpak__create_file) has no decision"},
 		{"a call not pending", "sig-1", []string{"approve", "sig-1:1", "--job", "sig-1", "--tool", "c1=accept", "--tool", "c2=reject", "--tool", "c9=accept", "--key", key}, 2,
 			"--tool c9: not a pending call of approval sig-1:1"},
@@ -286,7 +287,7 @@ func TestApproveSigned(t *testing.T) {
 	}
 
 	// A truncated call may be denied, signed.
-	out, code = run(t, "", "approve", "trunc:1", "--deny", "--key", key, "--nats", url)
+	out, code = run(t, "", "approve", "trunc:1", "--deny", "--key", key, "--nats", url, "--wait-timeout", "0")
 	require.Equal(t, 0, code, out)
 	got := decisionsOf(t, js, "trunc")
 	require.Len(t, got, 1)

@@ -1,6 +1,7 @@
 // Command jetpilot is the one binary of jetpilot: the worker, the producer and
 // operator tools (submit, results, approvals, approve, cancel, events, audit,
-// setup, policy, keys, schedule), the all-in-one `dev` environment and the agent-server simulator. The
+// steer, jobs, job, dead, requeue, setup, policy, keys, schedule), the
+// all-in-one `dev` environment and the agent-server simulator. The
 // benchmarks are a binary of their own, cmd/jetpilot-bench, so none of the
 // harness ships here. See DESIGN.md for the subjects, messages and exit codes.
 package main
@@ -11,6 +12,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"strings"
 	"syscall"
 
@@ -18,12 +20,24 @@ import (
 	"github.com/spf13/pflag"
 )
 
-// Exit codes of DESIGN.md; submit --wait maps a result's status onto them.
+// Exit codes. Every command exits 0 on success, 1 when what it did failed
+// (or an id it was given is unknown), 2 on a usage error (a stray
+// argument, an unknown flag or command, a bad value). submit --wait maps a
+// result's status onto them (DESIGN.md) and adds its own:
+//
+//	0    completed (and every command's success)
+//	1    failed or cancelled; an unknown job, approval or dead letter; approve refused
+//	2    rejected; a usage error
+//	10   paused
+//	75   gave up waiting (submit --wait past --wait-timeout, approve past
+//	     --wait-timeout): the job may still run, the decision may still apply
+//	124  timed out (the job's own timeout)
 const (
 	exitOK       = 0
 	exitFailed   = 1
 	exitUsage    = 2
 	exitPaused   = 10
+	exitGaveUp   = 75 // EX_TEMPFAIL of sysexits.h: try again later
 	exitTimedOut = 124
 )
 
@@ -80,6 +94,8 @@ func newRootCmd() *cobra.Command {
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error {
 		return &exitError{code: exitUsage, err: err}
 	})
+	root.Version = version()
+	root.SetVersionTemplate("{{.Version}}\n")
 	root.AddCommand(
 		newWorkerCmd(g),
 		newSubmitCmd(g),
@@ -96,8 +112,79 @@ func newRootCmd() *cobra.Command {
 		newKeysCmd(),
 		newAuditCmd(g),
 		newScheduleCmd(g),
+		newJobsCmd(g),
+		newJobCmd(g),
+		newDeadCmd(g),
+		newRequeueCmd(g),
 	)
+	usageErrors(root)
 	return root
+}
+
+// usageErrors makes every way to call a command wrongly exit 2: a stray or
+// missing argument (every command's Args validator, NoArgs where a command
+// sets none), and an unknown subcommand, which cobra would otherwise answer
+// with its help and exit 0, or with exit 1 at the root.
+func usageErrors(c *cobra.Command) {
+	for _, sub := range c.Commands() {
+		usageErrors(sub)
+	}
+	if c.HasSubCommands() && c.Run == nil && c.RunE == nil {
+		c.Args = cobra.ArbitraryArgs
+		c.RunE = func(cmd *cobra.Command, args []string) error {
+			if len(args) > 0 {
+				return usageError("unknown command %q for %q; see %s --help", args[0], cmd.CommandPath(), cmd.CommandPath())
+			}
+			return cmd.Help()
+		}
+		return
+	}
+	args := c.Args
+	if args == nil {
+		args = cobra.NoArgs
+	}
+	c.Args = func(cmd *cobra.Command, a []string) error {
+		if err := args(cmd, a); err != nil {
+			var ee *exitError
+			if errors.As(err, &ee) {
+				return err
+			}
+			return &exitError{code: exitUsage, err: fmt.Errorf("%s: %w", cmd.CommandPath(), err)}
+		}
+		return nil
+	}
+}
+
+// version is the module version and VCS revision the binary was built
+// from, as the Go toolchain recorded them.
+func version() string {
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "jetpilot (no build information)"
+	}
+	return formatVersion(bi)
+}
+
+// formatVersion is "jetpilot v1.2.3 (REVISION TIME, modified) go1.26.8"
+// ("(devel)" for a build from a checkout; the revision part only when the
+// toolchain stamped it: go build -buildvcs).
+func formatVersion(bi *debug.BuildInfo) string {
+	v := "jetpilot " + bi.Main.Version
+	settings := map[string]string{}
+	for _, s := range bi.Settings {
+		settings[s.Key] = s.Value
+	}
+	if rev := settings["vcs.revision"]; rev != "" {
+		v += " (" + rev
+		if t := settings["vcs.time"]; t != "" {
+			v += " " + t
+		}
+		if settings["vcs.modified"] == "true" {
+			v += ", modified"
+		}
+		v += ")"
+	}
+	return v + " " + bi.GoVersion
 }
 
 // applyEnv gives every flag that was not set on the command line the value of

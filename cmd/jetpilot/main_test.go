@@ -37,6 +37,12 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	bin = filepath.Join(dir, "jetpilot")
+	// No NATS context or NATS_* variable of whoever runs the tests reaches
+	// the commands they run: each test that wants one sets it.
+	os.Setenv("XDG_CONFIG_HOME", filepath.Join(dir, "config"))
+	for _, v := range []string{"NATS_CONTEXT", "NATS_URL", "NATS_CREDS", "NATS_NKEY", "NATS_USER", "NATS_PASSWORD", "NATS_TOKEN", "NATS_CERT", "NATS_KEY", "NATS_CA"} {
+		os.Unsetenv(v)
+	}
 	if err := testsupport.Build(bin, ".", true); err != nil {
 		fmt.Fprintln(os.Stderr, "build jetpilot:", err)
 		os.Exit(1)

@@ -2,8 +2,9 @@ package main
 
 import (
 	"context"
+	"fmt"
 
-	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/cobra"
 
 	"github.com/jetpilot-dev/jetpilot/queue"
@@ -18,10 +19,23 @@ func newResultsCmd(g *globalFlags) *cobra.Command {
 		Short: "Print results (all, or one job's), and with --follow keep printing new ones",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return withClient(cmd, g, "jetpilot results", func(ctx context.Context, _ *nats.Conn, c *queue.Client) error {
-				return c.Results(ctx, queue.ResultsOptions{JobID: jobID, Follow: follow}, func(res schemas.Result) error {
+			if jobID != "" {
+				if err := schemas.ValidateJobID(jobID); err != nil {
+					return usageError("--job: %v", err)
+				}
+			}
+			return withClient(cmd, g, "jetpilot results", func(ctx context.Context, _ jetstream.JetStream, c *queue.Client) error {
+				n := 0
+				err := c.Results(ctx, queue.ResultsOptions{JobID: jobID, Follow: follow}, func(res schemas.Result) error {
+					n++
 					return printResult(cmd.OutOrStdout(), res, asJSON)
 				})
+				if err == nil && n == 0 && jobID != "" {
+					// An id that names nothing is an answer, not silence.
+					return &exitError{code: exitFailed, err: fmt.Errorf(
+						"no results for job %s: the job is unknown, or not settled or paused yet (jetpilot job %s says which)", jobID, jobID)}
+				}
+				return err
 			})
 		},
 	}

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/cobra"
 
 	"github.com/jetpilot-dev/jetpilot/queue"
@@ -60,10 +61,10 @@ func newSteerCmd(g *globalFlags) *cobra.Command {
 			if err := schemas.Validate(schemas.SchemaSteer, body); err != nil {
 				return usageError("invalid steering request: %v", err)
 			}
-			return withClient(cmd, g, "jetpilot steer", func(ctx context.Context, nc *nats.Conn, _ *queue.Client) error {
+			return withClient(cmd, g, "jetpilot steer", func(ctx context.Context, js jetstream.JetStream, _ *queue.Client) error {
 				ctx, cancel := context.WithTimeout(ctx, wait)
 				defer cancel()
-				msg, err := nc.RequestWithContext(ctx, g.queueConfig().SteerSubject(jobID), body)
+				msg, err := js.Conn().RequestWithContext(ctx, g.queueConfig().SteerSubject(jobID), body)
 				if errors.Is(err, nats.ErrNoResponders) {
 					return fmt.Errorf("steer job %s: no worker is running to answer", jobID)
 				}

@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
-	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
@@ -32,6 +32,7 @@ type submitFlags struct {
 	sessionKey      string
 	concurrencyKey  string
 	wait            bool
+	waitTimeout     time.Duration
 	attach          bool
 	asJSON          bool
 }
@@ -45,17 +46,23 @@ func newSubmitCmd(g *globalFlags) *cobra.Command {
 a whole job document (jetpilot.job.v1) is read from stdin. The job is validated
 before it is published. With --wait, waits for the job's first result and exits
 0 completed, 1 failed or cancelled, 2 rejected, 10 paused, 124 timed out.
+The wait is bounded by --wait-timeout (default: the job's timeout, or 1h, the
+workers' default --max-timeout, for a job without one, plus 5m for queueing);
+past it, submit exits 75: it gave up waiting, and the job may still run.
 With --wait, a job id that was already submitted (within the 24h duplicate
 window) exits 2 unless --attach is given, which waits for that earlier job's
 result; a result whose job_digest shows it is of another job with the same id
 also exits 2.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if f.waitTimeout < 0 {
+				return usageError("--wait-timeout must not be negative, got %s", f.waitTimeout)
+			}
 			job, err := f.job(cmd.InOrStdin())
 			if err != nil {
 				return err
 			}
-			return withClient(cmd, g, "jetpilot submit", func(ctx context.Context, _ *nats.Conn, client *queue.Client) error {
+			return withClient(cmd, g, "jetpilot submit", func(ctx context.Context, _ jetstream.JetStream, client *queue.Client) error {
 				return f.submit(ctx, cmd, client, job)
 			})
 		},
@@ -90,8 +97,16 @@ func (f *submitFlags) submit(ctx context.Context, cmd *cobra.Command, client *qu
 			"job %s was already submitted (JetStream dropped this copy as a duplicate id): not waiting for a job that may not be this one; "+
 				"give --attach to wait for that job's result, or a new --id", job.ID)}
 	}
-	res, _, err := client.WaitNext(ctx, job.ID, 0)
+	budget := waitBudget(job, f.waitTimeout)
+	wctx, cancel := context.WithTimeout(ctx, budget)
+	defer cancel()
+	res, _, err := client.WaitNext(wctx, job.ID, 0)
 	if err != nil {
+		if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
+			return &exitError{code: exitGaveUp, err: fmt.Errorf(
+				"gave up waiting for job %s after %s (--wait-timeout); it may still run: jetpilot job %s, or jetpilot results --job %s --follow",
+				job.ID, budget, job.ID, job.ID)}
+		}
 		if errors.Is(err, context.Canceled) {
 			return &exitError{code: exitFailed, err: fmt.Errorf("stopped waiting for job %s; its result will still be published", job.ID)}
 		}
@@ -114,6 +129,7 @@ func (f *submitFlags) register(cmd *cobra.Command) {
 	f.registerJob(fl)
 	fl.StringVar(&f.id, "id", "", "job id (default: a new UUID); resubmitting an id within 24h is a no-op")
 	fl.BoolVar(&f.wait, "wait", false, "wait for the result and exit with its code")
+	fl.DurationVar(&f.waitTimeout, "wait-timeout", 0, "with --wait: give up (exit 75) after this long (default: the job's timeout, or 1h, plus 5m)")
 	fl.BoolVar(&f.attach, "attach", false, "with --wait: when the id was already submitted, wait for that job's result instead of exiting 2")
 	fl.BoolVar(&f.asJSON, "json", false, "print the result document as JSON")
 }
@@ -190,6 +206,29 @@ func (f *submitFlags) job(stdin io.Reader) (schemas.Job, error) {
 		job.ID = f.id
 	}
 	return job, nil
+}
+
+// Defaults of submit --wait's bound.
+const (
+	// defaultJobTimeout is the timeout workers give a job that sets none
+	// (their default --max-timeout).
+	defaultJobTimeout = time.Hour
+	// queueAllowance is how long a job may wait for a worker and a
+	// result to come back, on top of its timeout.
+	queueAllowance = 5 * time.Minute
+)
+
+// waitBudget is how long submit --wait waits: --wait-timeout, else the
+// job's timeout (defaultJobTimeout without one) plus queueAllowance.
+func waitBudget(job schemas.Job, flag time.Duration) time.Duration {
+	if flag > 0 {
+		return flag
+	}
+	d, err := job.TimeoutDuration()
+	if err != nil || d <= 0 {
+		d = defaultJobTimeout
+	}
+	return d + queueAllowance
 }
 
 func exitCodeFor(s schemas.Status) int {
