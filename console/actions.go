@@ -205,4 +205,3 @@ func (s *Server) requeue(w http.ResponseWriter, r *http.Request) {
 	s.log.Info("console: dead letter requeued", "user", userOf(r).Name, "job_id", dl.JobID, "new_id", newID, "duplicate", ack.Duplicate)
 	http.Redirect(w, r, "/jobs/"+url.PathEscape(newID), http.StatusSeeOther)
 }
-

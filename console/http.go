@@ -50,16 +50,7 @@ var funcs = template.FuncMap{
 		}
 		return string(b)
 	},
-	"rawjson": func(b []byte) string {
-		var out bytes.Buffer
-		if len(b) == 0 {
-			return ""
-		}
-		if json.Indent(&out, b, "", "  ") != nil {
-			return string(b)
-		}
-		return out.String()
-	},
+	"rawjson": prettyJSON,
 	"compact": func(v any) string {
 		b, err := json.Marshal(v)
 		if err != nil {
@@ -235,4 +226,27 @@ func (s *Server) logout(w http.ResponseWriter, r *http.Request) {
 	http.SetCookie(w, &http.Cookie{Name: cookieName, Value: "", Path: "/", HttpOnly: true, Secure: r.TLS != nil,
 		SameSite: http.SameSiteStrictMode, MaxAge: -1})
 	http.Redirect(w, r, "/login", http.StatusSeeOther)
+}
+
+// prettyJSON indents JSON for people, with <, > and & as themselves (the
+// template escapes them for HTML), not as \u003c: what an approver reads
+// is what the agent wrote. Text that is not JSON is shown as it is.
+func prettyJSON(b []byte) string {
+	if len(b) == 0 {
+		return ""
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.UseNumber()
+	var v any
+	if dec.Decode(&v) != nil {
+		return string(b)
+	}
+	var out bytes.Buffer
+	enc := json.NewEncoder(&out)
+	enc.SetEscapeHTML(false)
+	enc.SetIndent("", "  ")
+	if enc.Encode(v) != nil {
+		return string(b)
+	}
+	return strings.TrimRight(out.String(), "\n")
 }

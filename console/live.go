@@ -79,7 +79,9 @@ func (s *Server) live(w http.ResponseWriter, r *http.Request) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			_ = follow(ctx, s.js, s.qcfg.DeadStream(), s.qcfg.DeadWildcard(), 0, true, func(jetstream.Msg) { poke() })
+			// The newest dead letter first (a refresh that covers what died
+			// since the page was rendered), then each new one.
+			_ = follow(ctx, s.js, s.qcfg.DeadStream(), s.qcfg.DeadWildcard(), jetstream.DeliverLastPolicy, 0, func(jetstream.Msg) { poke() })
 		}()
 	case "policy":
 		pw, err := s.policies.Watch(ctx, func(*policy.Policy, error) { poke() })
@@ -91,6 +93,9 @@ func (s *Server) live(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		return
 	}
+	// What changed between the page's rendering and the subscription
+	// above is covered by one refresh now.
+	poke()
 	tick := time.NewTicker(keepAlive)
 	defer tick.Stop()
 	for {
@@ -123,16 +128,17 @@ func (s *Server) live(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// follow reads subject in stream with an ordered consumer, from stream
-// sequence start (0: the beginning; with onlyNew, only what comes next),
+// follow reads subject in stream with an ordered consumer delivering as
+// policy says (from stream sequence start for DeliverByStartSequencePolicy),
 // handing each message to fn until ctx is done.
-func follow(ctx context.Context, js jetstream.JetStream, stream, subject string, start uint64, onlyNew bool, fn func(jetstream.Msg)) error {
-	occ := jetstream.OrderedConsumerConfig{FilterSubjects: []string{subject}, DeliverPolicy: jetstream.DeliverAllPolicy}
-	switch {
-	case onlyNew:
-		occ.DeliverPolicy = jetstream.DeliverNewPolicy
-	case start > 1:
-		occ.DeliverPolicy, occ.OptStartSeq = jetstream.DeliverByStartSequencePolicy, start
+func follow(ctx context.Context, js jetstream.JetStream, stream, subject string, policy jetstream.DeliverPolicy, start uint64, fn func(jetstream.Msg)) error {
+	occ := jetstream.OrderedConsumerConfig{FilterSubjects: []string{subject}, DeliverPolicy: policy}
+	if policy == jetstream.DeliverByStartSequencePolicy {
+		if start <= 1 {
+			occ.DeliverPolicy = jetstream.DeliverAllPolicy
+		} else {
+			occ.OptStartSeq = start
+		}
 	}
 	cons, err := js.OrderedConsumer(ctx, stream, occ)
 	if err != nil {
@@ -189,11 +195,14 @@ func (s *Server) jobLive(w http.ResponseWriter, r *http.Request) {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	defer cancel()
+	// Results, approvals and the run record are followed from their
+	// latest value, so the first of each is a refresh that covers what
+	// changed between the page's rendering and these subscriptions.
 	changed := func(jetstream.Msg) { emit(liveMsg{event: "changed", data: []byte("{}")}) }
 	wg.Add(3)
 	go func() {
 		defer wg.Done()
-		_ = follow(ctx, s.js, s.qcfg.EventsStream(), s.qcfg.EventSubject(id), after+1, false, func(m jetstream.Msg) {
+		_ = follow(ctx, s.js, s.qcfg.EventsStream(), s.qcfg.EventSubject(id), jetstream.DeliverByStartSequencePolicy, after+1, func(m jetstream.Msg) {
 			var b bytes.Buffer
 			if json.Compact(&b, m.Data()) != nil {
 				return
@@ -207,14 +216,14 @@ func (s *Server) jobLive(w http.ResponseWriter, r *http.Request) {
 	}()
 	go func() {
 		defer wg.Done()
-		_ = follow(ctx, s.js, s.qcfg.ResultsStream(), s.qcfg.ResultSubject(id), 0, true, changed)
+		_ = follow(ctx, s.js, s.qcfg.ResultsStream(), s.qcfg.ResultSubject(id), jetstream.DeliverLastPolicy, 0, changed)
 	}()
 	go func() {
 		defer wg.Done()
-		_ = follow(ctx, s.js, s.qcfg.ApprovalsStream(), s.qcfg.ApprovalSubject(id), 0, true, changed)
+		_ = follow(ctx, s.js, s.qcfg.ApprovalsStream(), s.qcfg.ApprovalSubject(id), jetstream.DeliverLastPolicy, 0, changed)
 	}()
 	if kv, err := s.js.KeyValue(ctx, s.qcfg.RunsBucket()); err == nil {
-		if kw, err := kv.Watch(ctx, key, jetstream.UpdatesOnly()); err == nil {
+		if kw, err := kv.Watch(ctx, key); err == nil {
 			defer func() { _ = kw.Stop() }()
 			wg.Add(1)
 			go func() {

@@ -147,7 +147,7 @@ func readSubject[T any](ctx context.Context, js jetstream.JetStream, stream, sub
 // callView is one pending call as the inbox shows it.
 type callView struct {
 	ID, Name, Rule, Args string
-	Truncated          bool
+	Truncated            bool
 }
 
 // approvalView is one paused job in the inbox.
@@ -202,7 +202,7 @@ func (s *Server) approvalsPage(w http.ResponseWriter, r *http.Request) {
 		b, _ := schemas.Encode(pending)
 		a.PendingJSON = string(b)
 		for _, c := range j.Pending {
-			a.Calls = append(a.Calls, callView{ID: c.ID, Name: c.Name, Rule: c.Rule, Args: funcs["rawjson"].(func([]byte) string)(c.Arguments), Truncated: c.ArgumentsTruncated})
+			a.Calls = append(a.Calls, callView{ID: c.ID, Name: c.Name, Rule: c.Rule, Args: prettyJSON(c.Arguments), Truncated: c.ArgumentsTruncated})
 		}
 		if j.Need != nil {
 			a.Need = *j.Need

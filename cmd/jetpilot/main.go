@@ -94,6 +94,7 @@ func newRootCmd() *cobra.Command {
 		newPolicyCmd(g),
 		newKeysCmd(),
 		newAuditCmd(g),
+		newConsoleCmd(g),
 	)
 	return root
 }
