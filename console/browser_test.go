@@ -96,13 +96,20 @@ tools:
   default: deny
   rules:
     - {name: read-only, match: {tools: [view]}, action: allow}
-    - {name: prod-change, match: {tools: [run_command]}, action: approve, approvers: {groups: [sre], quorum: 1}}
+    - {name: prod-change, match: {tools: [run_command]}, action: approve, approvers: {groups: [sre], quorum: %d}}
 approvers:
   alice: {key: %s, groups: [sre]}
   bob: {key: %s, groups: [sre]}
 `
 
 func newFleet(t *testing.T) *fleet {
+	t.Helper()
+	return newFleetQuorum(t, 1)
+}
+
+// newFleetQuorum is newFleet with run_command calls needing quorum sre
+// approvers.
+func newFleetQuorum(t *testing.T, quorum int) *fleet {
 	t.Helper()
 	_, _, js := testnats.Start(t)
 	_, simURL := agentsimtest.New(t, agentsim.Options{})
@@ -114,7 +121,7 @@ func newFleet(t *testing.T) *fleet {
 	bob := newApprover(t, "bob")
 	store, err := queue.NewPolicyStore(ctx, js, qcfg)
 	require.NoError(t, err)
-	_, err = store.Set(ctx, []byte(fmt.Sprintf(signedPolicy, f.alice.key, bob.key)))
+	_, err = store.Set(ctx, []byte(fmt.Sprintf(signedPolicy, quorum, f.alice.key, bob.key)))
 	require.NoError(t, err)
 	f.pol, err = store.Get(ctx)
 	require.NoError(t, err)

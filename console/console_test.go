@@ -193,3 +193,43 @@ func TestDecideChecksTheSigner(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, schemas.StatusCompleted, res.Status)
 }
+
+// TestInboxShowsVotes: with a quorum of two, the inbox shows who has
+// approved and how many are still needed once alice's vote is in.
+func TestInboxShowsVotes(t *testing.T) {
+	f := newFleetQuorum(t, 2)
+	f.startWorker()
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	_, err := f.client.Submit(ctx, schemas.Job{ID: "q-1", Prompt: "#sim tool stakpak__run_command {\"command\":\"kubectl apply\"}\n#sim text done"})
+	require.NoError(t, err)
+	var req schemas.ApprovalRequest
+	errFound := errors.New("found")
+	require.ErrorIs(t, f.client.Approvals(ctx, true, func(a schemas.ApprovalRequest) error {
+		req = a
+		return errFound
+	}), errFound)
+	s := signInHTTP(t, f.url, "alice", "alice-pw")
+	d := schemas.Decision{ApprovalID: req.ApprovalID, JobID: "q-1", All: schemas.DecideAllow, PendingDigest: req.PendingDigest,
+		DecidedBy: "alice", DecidedAt: time.Now().UTC().Truncate(time.Second)}
+	require.NoError(t, signing.SignDecision(&d, f.alice.seed))
+	b, err := json.Marshal(d)
+	require.NoError(t, err)
+	require.Eventually(t, func() bool {
+		code, _, err := s.tryPost("/approvals/decide", "application/json", string(b), map[string]string{"X-CSRF-Token": s.csrf})
+		return err == nil && code == http.StatusOK
+	}, waitFor, 50*time.Millisecond, "the decision is accepted once the index has the pause")
+	var page string
+	require.Eventually(t, func() bool {
+		r, err := s.c.Get(f.url + "/approvals?fragment=1")
+		if err != nil {
+			return false
+		}
+		defer r.Body.Close()
+		body, err := io.ReadAll(r.Body)
+		page = string(body)
+		return err == nil && strings.Contains(page, `<span class="chip ok">alice</span>`)
+	}, waitFor, 50*time.Millisecond, "alice's vote shows")
+	assert.Contains(t, page, "still needed: 1")
+	assert.Contains(t, page, "Needs 2 approvals")
+}
