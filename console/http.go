@@ -196,6 +196,12 @@ func (s *Server) login(w http.ResponseWriter, r *http.Request) {
 		u  User
 		ok bool
 	)
+	select {
+	case s.checks <- struct{}{}:
+		defer func() { <-s.checks }()
+	case <-r.Context().Done():
+		return
+	}
 	if tok := r.PostFormValue("token"); tok != "" {
 		u, ok = s.cfg.Auth.checkToken(tok)
 	} else if s.cfg.Auth.Users != nil {

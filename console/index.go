@@ -24,8 +24,8 @@ const (
 	// they expire). ~1 KiB each.
 	DefaultMaxIndexed = 100_000
 	// DefaultQueuedScan bounds the JOBS messages one list looks at for
-	// queued jobs.
-	DefaultQueuedScan = 1000
+	// queued jobs (one message get each, oldest first).
+	DefaultQueuedScan = 200
 	// coalesce is the shortest time between two change notifications.
 	coalesce = 250 * time.Millisecond
 )
@@ -137,7 +137,8 @@ func (x *Index) watch(ctx context.Context) error {
 			continue // not a run record's key
 		}
 		var sum *JobSummary
-		if e.Operation() == jetstream.KeyValuePut {
+		// A delete, a purge or an expiry marker (a put with no value).
+		if e.Operation() == jetstream.KeyValuePut && len(e.Value()) > 0 {
 			var rec queue.RunRecord
 			if err := json.Unmarshal(e.Value(), &rec); err != nil {
 				x.opts.Logger.Warn("console: undecodable run record", "job_id", id, "err", err)
@@ -234,7 +235,7 @@ func (x *Index) List(ctx context.Context, f Filter) (Page, error) {
 	}
 	var page Page
 	if f.State == "" || f.State == StateQueued {
-		queued, depth, truncated, err := x.queued(ctx, f)
+		queued, depth, truncated, err := x.queued(ctx, f, limit)
 		if err != nil {
 			return Page{}, err
 		}
@@ -273,7 +274,7 @@ type queuedJob struct {
 // queued lists jobs in JOBS that no worker has taken (no live run record),
 // oldest first: the per-profile counts come from the stream's subject
 // counts, the jobs from message gets by subject, at most QueuedScan.
-func (x *Index) queued(ctx context.Context, f Filter) ([]JobSummary, map[string]uint64, bool, error) {
+func (x *Index) queued(ctx context.Context, f Filter, limit int) ([]JobSummary, map[string]uint64, bool, error) {
 	st, err := x.js.Stream(ctx, x.cfg.JobsStream())
 	if err != nil {
 		return nil, nil, false, fmt.Errorf("list queued jobs: stream %s: %w", x.cfg.JobsStream(), err)
@@ -299,7 +300,7 @@ func (x *Index) queued(ctx context.Context, f Filter) ([]JobSummary, map[string]
 	var out []JobSummary
 	seq := info.State.FirstSeq
 	truncated := false
-	for scanned := 0; seq <= info.State.LastSeq; scanned++ {
+	for scanned := 0; seq <= info.State.LastSeq && len(out) < limit; scanned++ {
 		if scanned == x.opts.QueuedScan {
 			truncated = true
 			break
@@ -349,7 +350,7 @@ func (x *Index) Job(ctx context.Context, id string) (JobSummary, bool, error) {
 	if ok {
 		return *s, true, nil
 	}
-	queued, _, _, err := x.queued(ctx, Filter{State: StateQueued})
+	queued, _, _, err := x.queued(ctx, Filter{State: StateQueued, Text: id}, x.opts.QueuedScan)
 	if err != nil {
 		return JobSummary{}, false, err
 	}

@@ -65,8 +65,11 @@ type Server struct {
 	index    *Index // the default Jobs, run by Serve; nil when Jobs was given
 	sessions *sessions
 	pages    map[string]*template.Template
-	mux      *http.ServeMux
-	log      *slog.Logger
+	// checks bounds the password checks running at once: bcrypt is slow
+	// on purpose, and sign-in attempts must not take every core.
+	checks chan struct{}
+	mux    *http.ServeMux
+	log    *slog.Logger
 }
 
 //go:embed templates/*.html
@@ -108,7 +111,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("console: %w", err)
 	}
 	s := &Server{cfg: cfg, qcfg: qcfg, js: cfg.JS, client: queue.NewClient(cfg.JS, qcfg), policies: policies, audit: audit,
-		jobs: cfg.Jobs, sessions: newSessions(cfg.SessionTTL, cfg.MaxSessions), log: cfg.Logger}
+		jobs: cfg.Jobs, sessions: newSessions(cfg.SessionTTL, cfg.MaxSessions), log: cfg.Logger, checks: make(chan struct{}, 2)}
 	if s.jobs == nil {
 		s.index = NewIndex(cfg.JS, qcfg, IndexOptions{Logger: cfg.Logger})
 		s.jobs = s.index
