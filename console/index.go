@@ -50,6 +50,8 @@ type Index struct {
 	jobs  map[string]*JobSummary
 	ready chan struct{}
 	subs  map[chan struct{}]struct{}
+	// watchErr is why the last watch ended, for pages waiting on ready.
+	watchErr error
 }
 
 var _ Jobs = (*Index)(nil)
@@ -85,6 +87,9 @@ func (x *Index) Run(ctx context.Context) error {
 			return ctx.Err()
 		}
 		x.opts.Logger.Warn("console: runs bucket watch ended; starting it again", "err", err)
+		x.mu.Lock()
+		x.watchErr = err
+		x.mu.Unlock()
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
@@ -214,11 +219,22 @@ func (x *Index) Subscribe() (<-chan struct{}, func()) {
 	}
 }
 
+// readyWait bounds how long a page waits for the first read of the
+// bucket, so a missing bucket is an error page, not a hung one.
+const readyWait = 10 * time.Second
+
 // waitReady waits until the first read of the bucket is done.
 func (x *Index) waitReady(ctx context.Context) error {
+	t := time.NewTimer(readyWait)
+	defer t.Stop()
 	select {
 	case <-x.ready:
 		return nil
+	case <-t.C:
+		x.mu.RLock()
+		err := x.watchErr
+		x.mu.RUnlock()
+		return fmt.Errorf("console index: the runs bucket %s is not read yet (has `jetpilot setup` run?): %v", x.cfg.RunsBucket(), err)
 	case <-ctx.Done():
 		return fmt.Errorf("console index: still reading the runs bucket: %w", ctx.Err())
 	}
