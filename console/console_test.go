@@ -1,10 +1,12 @@
 package console_test
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
 	"io"
+	"net"
 	"net/http"
 	"net/http/cookiejar"
 	"net/url"
@@ -232,4 +234,52 @@ func TestInboxShowsVotes(t *testing.T) {
 	}, waitFor, 50*time.Millisecond, "alice's vote shows")
 	assert.Contains(t, page, "still needed: 1")
 	assert.Contains(t, page, "Needs 2 approvals")
+}
+
+// TestLiveStreamEndsWithServer: a live stream open in a client ends when
+// the console stops (its request context ends), and Serve returns.
+func TestLiveStreamEndsWithServer(t *testing.T) {
+	f := newFleet(t)
+	users, err := console.ParseUsers([]byte(`users: [{name: v, password_hash: "` + mustHash(t, "pw") + `", role: viewer}]`))
+	require.NoError(t, err)
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	srv, err := console.New(ctx, console.Config{JS: f.js, Auth: console.Auth{Users: users}})
+	require.NoError(t, err)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	sctx, stop := context.WithCancel(context.Background())
+	defer stop()
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(sctx, ln) }()
+
+	s := signInHTTP(t, "http://"+ln.Addr().String(), "v", "pw")
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.base+"/live?page=jobs", nil)
+	require.NoError(t, err)
+	req.Header.Set("Accept", "text/event-stream")
+	c := &http.Client{Jar: s.c.Jar} // no timeout: the stream is long-lived
+	r, err := c.Do(req)
+	require.NoError(t, err)
+	defer r.Body.Close()
+	require.Equal(t, "text/event-stream", r.Header.Get("Content-Type"))
+	line, err := bufio.NewReader(r.Body).ReadString('\n')
+	require.NoError(t, err)
+	assert.Equal(t, "event: changed\n", line, "the first refresh covers what changed before the subscription")
+
+	stop()
+	select {
+	case err := <-served:
+		require.NoError(t, err)
+	case <-ctx.Done():
+		t.Fatal("Serve did not return with a live stream open")
+	}
+	_, err = io.ReadAll(r.Body)
+	assert.NoError(t, err, "the stream ended cleanly")
+}
+
+func mustHash(t *testing.T, pw string) string {
+	t.Helper()
+	h, err := console.HashPassword(pw)
+	require.NoError(t, err)
+	return h
 }
