@@ -119,15 +119,19 @@ func ParseUsers(data []byte) (*Users, error) {
 	return u, nil
 }
 
-// dummyHash makes an unknown user's sign-in take as long as a known one's.
-var dummyHash, _ = bcrypt.GenerateFromPassword([]byte("dummy password"), bcrypt.DefaultCost)
+// dummyHash makes an unknown user's sign-in take as long as a known one's;
+// made on first use, not at start-up (bcrypt is slow on purpose).
+var dummyHash = sync.OnceValue(func() []byte {
+	h, _ := bcrypt.GenerateFromPassword([]byte("dummy password"), bcrypt.DefaultCost)
+	return h
+})
 
 // check returns the user with this name and password.
 func (u *Users) check(name, password string) (User, bool) {
 	e, ok := u.byName[name]
 	hash := []byte(e.PasswordHash)
 	if !ok {
-		hash = dummyHash
+		hash = dummyHash()
 	}
 	if bcrypt.CompareHashAndPassword(hash, []byte(password)) != nil || !ok {
 		return User{}, false
