@@ -276,7 +276,7 @@ func TestBrowserApprovalFlow(t *testing.T) {
 	const id = "browser-1"
 	args, err := json.Marshal(map[string]string{"command": "kubectl rollout restart deploy/api </pre>" + hostile})
 	require.NoError(t, err)
-	prompt := "Restart the API " + hostile + "\n#sim text Looking " + hostile + "\\n\n#sim sleep 3s\n" +
+	prompt := "Restart the API " + hostile + "\n#sim text Looking " + hostile + "\\n\n#sim sleep 5s\n" +
 		"#sim tool stakpak__run_command " + string(args) + "\n#sim text Restarted: " + hostile + " done."
 	ctxSub, cancel := context.WithTimeout(context.Background(), waitFor)
 	defer cancel()
