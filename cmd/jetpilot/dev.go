@@ -31,7 +31,7 @@ func newDevCmd(g *globalFlags) *cobra.Command {
 	var dir string
 	var natsPort int
 	var demo, keep bool
-	var syncMode string
+	var syncMode, consoleAddr string
 	cmd := &cobra.Command{
 		Use:   "dev",
 		Short: "Everything on one machine: embedded JetStream, a worker, and the agent simulator",
@@ -102,6 +102,13 @@ a demo job, prints its result and exits with the job's exit code.`,
 				fmt.Fprintln(out, "policy: until one is stored (jetpilot policy set FILE), dev runs EVERY tool call unattended and applies unsigned decisions")
 			}
 			go func() { workerDone <- runWorker(workerCtx, g, wf, nc, js, log) }()
+			if consoleAddr != "" && !demo {
+				waitConsole, err := startDevConsole(workerCtx, out, js, g, dir, consoleAddr, !cmd.Flags().Changed("console-addr"), log)
+				if err != nil {
+					return err
+				}
+				defer func() { stopWorker(); _ = waitConsole() }()
+			}
 			fmt.Fprintf(out, "worker running; submit jobs with: jetpilot submit --nats %s --prompt '...' --wait\n", g.natsURL)
 
 			code := exitOK
@@ -149,6 +156,7 @@ a demo job, prints its result and exits with the job's exit code.`,
 	cmd.Flags().IntVar(&natsPort, "nats-port", 4222, "embedded NATS port (-1: a random free port)")
 	cmd.Flags().BoolVar(&demo, "demo", false, "submit a demo job, print its result, and exit")
 	cmd.Flags().BoolVar(&keep, "keep-serving", false, "with --demo: keep serving after the demo job")
+	cmd.Flags().StringVar(&consoleAddr, "console-addr", DefaultConsoleAddr, "address of the web console (\"\": none; not with --demo)")
 	cmd.Flags().StringVar(&syncMode, "sync", "always", "when the embedded server fsyncs JetStream writes: always (every write, before its ack), "+
 		"default (nats-server's: every 2m; faster, but acknowledged writes can be lost on power failure) or an interval such as 10s")
 	return cmd

@@ -116,6 +116,7 @@ func newRootCmd() *cobra.Command {
 		newJobCmd(g),
 		newDeadCmd(g),
 		newRequeueCmd(g),
+		newConsoleCmd(g),
 	)
 	usageErrors(root)
 	return root
