@@ -76,13 +76,28 @@ func (c *Control) Steer(ctx context.Context, text string) error {
 	case err := <-req.done:
 		return err
 	case <-ctx.Done():
-		return fmt.Errorf("steer: %w", ctx.Err())
 	}
+	c.mu.Lock()
+	queued := slices.Contains(c.steers, req)
+	if queued {
+		c.steers = slices.DeleteFunc(c.steers, func(r *steerReq) bool { return r == req })
+	}
+	c.mu.Unlock()
+	if queued {
+		// Never sent: the run did not reach a point where guidance can
+		// be given safely (see runState.steerOK) in time.
+		return fmt.Errorf("%w: the agent did not reach a point where guidance can be given safely (it is thinking, or running one long tool) in time; try again", ErrNotSteerable)
+	}
+	// The runner is sending it: its answer comes within its own bound.
+	return <-req.done
 }
 
 // takeSteers hands the waiting steering messages to the runner.
 func (c *Control) takeSteers() []*steerReq {
 	if c == nil {
+		return nil
+	}
+	if !c.hasSteers() {
 		return nil
 	}
 	c.mu.Lock()
@@ -207,4 +222,10 @@ func WireDecisions(decisions map[string]schemas.ToolDecision) map[string]schemas
 		out[id] = d
 	}
 	return out
+}
+
+func (c *Control) hasSteers() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.steers) > 0
 }

@@ -102,7 +102,7 @@ func TestSteerReachesTheRun(t *testing.T) {
 	done := make(chan Outcome, 1)
 	go func() {
 		out, err := r.Run(context.WithoutCancel(t.Context()), rec.attach(Spec{Policy: allowOnly(t, "view"), Control: ctl,
-			Job: schemas.Job{ID: "steered", Prompt: "#sim sleep 1s\n#sim tool view {\"path\":\"a\"}\n#sim sleep 1s\n#sim text done"}}))
+			Job: schemas.Job{ID: "steered", Prompt: "#sim sleep 1s\n#sim tool-time 500ms\n#sim tool view {\"path\":\"a\"}\n#sim sleep 1s\n#sim text done"}}))
 		if err != nil {
 			out.Stderr = err.Error()
 		}
@@ -128,4 +128,92 @@ func TestSteerReachesTheRun(t *testing.T) {
 	assert.Contains(t, srv.UserMessages(cur.SessionID), "also check staging")
 	err := ctl.Steer(t.Context(), "too late")
 	require.True(t, errors.Is(err, ErrNotSteerable), "after the run: %v", err)
+}
+
+// Guidance that comes while the agent thinks waits for a safe point: a
+// proposal that needs a human pauses the run as usual, its calls are not
+// skipped by a steering message, and the steer is refused in time.
+func TestSteerWaitsForASafePoint(t *testing.T) {
+	srv, _, r := newSimRunner(t, agentsim.Options{}, testRunnerOptions())
+	ctl := NewControl()
+	rec := newRecorder()
+	done := make(chan Outcome, 1)
+	go func() {
+		out, err := r.Run(context.WithoutCancel(t.Context()), rec.attach(Spec{Policy: humanAsks, Control: ctl,
+			Job: schemas.Job{ID: "steer-pause", Prompt: "#sim sleep 1s\n#sim tool stakpak__run_command {\"command\":\"deploy\"}\n#sim text done"}}))
+		if err != nil {
+			out.Stderr = err.Error()
+		}
+		done <- out
+	}()
+	select {
+	case <-rec.runID:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the run did not start")
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Second)
+	defer cancel()
+	err := ctl.Steer(ctx, "use the blue cluster")
+	require.ErrorIs(t, err, ErrNotSteerable, "no safe point: the agent thought, then waited for a human")
+	var out Outcome
+	select {
+	case out = <-done:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the run did not pause")
+	}
+	require.Equal(t, schemas.StatusPaused, out.Status, out.Stderr)
+	require.NotNil(t, out.PauseReason)
+	assert.Len(t, out.PauseReason.PendingToolCalls, 1)
+	assert.Zero(t, srv.Steers(), "no steering message reached the server while the proposal waited")
+}
+
+// A conversation's job re-attached with no run id recorded (a crash
+// between the send and its record): never sent, it is sent now; sent, its
+// run is followed, never started again, and its text is its own.
+func TestResumeSharedSessionWithoutRunID(t *testing.T) {
+	srv, c, r := newSimRunner(t, agentsim.Options{}, testRunnerOptions())
+	first, err := r.Run(t.Context(), Spec{Policy: humanAsks, Job: schemas.Job{ID: "rs-1", Prompt: "#sim text first", SessionKey: "thread-rs"}})
+	require.NoError(t, err)
+	require.Equal(t, schemas.StatusCompleted, first.Status)
+	session := first.SessionID
+	require.Eventually(t, func() bool { return srv.RunState(session) == "idle" }, 10*time.Second, 10*time.Millisecond)
+
+	// Sent, crashed before the run id was recorded: a first runner starts
+	// the run and is stopped; a second one re-attaches with the cursor as
+	// recorded before the send.
+	rec := newRecorder()
+	ctx, stop := context.WithCancel(t.Context())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_, _ = r.Run(ctx, rec.attach(Spec{Policy: humanAsks, Continue: &Cursor{SessionID: session},
+			Job: schemas.Job{ID: "rs-2", Prompt: "#sim sleep 1s\n#sim text second", SessionKey: "thread-rs"}}))
+	}()
+	var cur Cursor
+	select {
+	case cur = <-rec.runID:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the run did not start")
+	}
+	stop()
+	<-done
+	res, err := r.Run(t.Context(), Spec{Policy: humanAsks, Resume: &Cursor{SessionID: session, MessageBase: cur.MessageBase},
+		Job: schemas.Job{ID: "rs-2", Prompt: "#sim sleep 1s\n#sim text second", SessionKey: "thread-rs"}})
+	require.NoError(t, err)
+	require.Equal(t, schemas.StatusCompleted, res.Status, res.Stderr)
+	assert.Equal(t, cur.RunID, res.RunID, "the run that was sent, followed")
+	assert.Equal(t, "second", res.Stdout)
+	assert.Equal(t, 2, srv.RunsStarted(), "never started twice")
+
+	// Never sent: sent now, with the job's key.
+	require.Eventually(t, func() bool { return srv.RunState(session) == "idle" }, 10*time.Second, 10*time.Millisecond)
+	page, err := c.Messages(t.Context(), session, 1, 0)
+	require.NoError(t, err)
+	base := page.Total // what the session had before this job's send
+	res, err = r.Run(t.Context(), Spec{Policy: humanAsks, Resume: &Cursor{SessionID: session, MessageBase: base},
+		Job: schemas.Job{ID: "rs-3", Prompt: "#sim text third", SessionKey: "thread-rs"}})
+	require.NoError(t, err)
+	require.Equal(t, schemas.StatusCompleted, res.Status, "%s %v", res.Stderr, res.Warnings)
+	assert.Equal(t, "third", res.Stdout)
+	assert.Equal(t, 3, srv.RunsStarted())
 }

@@ -107,7 +107,9 @@ func (st *runState) follow(ctx context.Context) (schemas.Result, error) {
 		if st.spec.Control.Requested() || st.cancelling {
 			st.beginCancel(ctx)
 		}
-		st.sendSteers(ctx)
+		if st.stream != nil && st.steerOK {
+			st.sendSteers(ctx)
+		}
 		if st.stream == nil {
 			res, done, err := st.reopen(ctx)
 			switch {
@@ -266,7 +268,7 @@ func (st *runState) handle(ctx context.Context, ev Event) (res schemas.Result, d
 		}
 		st.lost("ids that jumped")
 	}
-	if st.runID == "" && st.ended && ev.RunID != "" && ev.Name == EventRunStarted {
+	if st.runID == "" && st.ended && !st.shared && ev.RunID != "" && ev.Name == EventRunStarted {
 		// Re-attaching to a session whose run id was never recorded: the
 		// session is the job's own, so its run is ours.
 		st.setRun(ev.RunID)
@@ -274,6 +276,20 @@ func (st *runState) handle(ctx context.Context, ev Event) (res schemas.Result, d
 	if ev.RunID == "" || ev.RunID != st.runID {
 		st.lastID = ev.ID // another run of the session, or session-level
 		return res, false, nil
+	}
+	switch ev.Name {
+	case EventTurnStarted, EventToolCallsProposed, EventTurnCompleted, EventRunCompleted, EventRunError:
+		st.steerOK = false // thinking, or a proposal waits for our decision
+	}
+	switch ev.Name {
+	case EventTurnStarted:
+		st.steerUnread = 0 // the agent loop takes steering in before a turn
+	case EventRunCompleted, EventRunError:
+		if st.steerUnread > 0 {
+			// The real agent loop reads steering only before a turn or
+			// in a tool cycle: this run had neither after it was sent.
+			st.warn(fmt.Sprintf("%d steering message(s) reached the agent server but the run ended before the agent read them", st.steerUnread))
+		}
 	}
 	if st.spec.OnEvent != nil {
 		st.spec.OnEvent(ev)
@@ -450,6 +466,7 @@ func (st *runState) decide(ctx context.Context, decisions map[string]schemas.Too
 	default:
 		st.warn(fmt.Sprintf("tool decisions were refused: %v", err))
 	}
+	st.steerOK = true // the batch is decided: it runs until the turn ends
 	for _, id := range slices.Sorted(maps.Keys(send)) {
 		st.decided = addDecided(st.decided, id)
 		if send[id].Action == schemas.ActionAccept {
@@ -716,9 +733,15 @@ const maxReplayEvents = 8192
 const CodeRunLost = "run_lost"
 
 // sendSteers sends the steering messages Control.Steer queued, each
-// answered with its outcome. Only a run that is ours, going and not
-// waiting for a human takes them: steering a run that waits for tool
-// decisions would make the server skip its pending calls.
+// answered with its outcome. The follow loop calls it only at a safe
+// point (steerOK): the agent server reads steering when its agent loop
+// next looks at its commands, which is also when it waits for tool
+// decisions; steering that arrives while a proposal waits for ours makes
+// it skip those calls, and our decision then finds them gone. So guidance
+// goes in only while the run executes calls this job has decided (from
+// the decision request until the turn ends), where the server skips the
+// batch's undone calls and the agent reads it at its next turn: the same
+// moment it would have read it anyway.
 func (st *runState) sendSteers(ctx context.Context) {
 	for _, req := range st.spec.Control.takeSteers() {
 		var err error
@@ -734,6 +757,7 @@ func (st *runState) sendSteers(ctx context.Context) {
 			if isNotActive(err) {
 				err = fmt.Errorf("%w: the agent server says the run is no longer active", ErrNotSteerable)
 			} else if err == nil {
+				st.steerUnread++
 				st.log.Info("steering message sent", "bytes", len(req.text))
 			}
 		}

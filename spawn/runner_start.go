@@ -28,14 +28,16 @@ type runState struct {
 	narrow policy.Narrowing
 	log    *slog.Logger
 
-	started   time.Time
-	sessionID string
-	runID     string
-	lastID    uint64
-	startID   uint64 // the cursor's event id when this phase began
-	msgBase   int    // messages the session had before this job's run (Cursor.MessageBase)
-	shared    bool   // the session is a conversation's: earlier jobs' runs are in it
-	liveFirst bool   // subscribe without Last-Event-ID until an event is seen: the ring holds earlier runs
+	started     time.Time
+	sessionID   string
+	runID       string
+	lastID      uint64
+	startID     uint64 // the cursor's event id when this phase began
+	msgBase     int    // messages the session had before this job's run (Cursor.MessageBase)
+	shared      bool   // the session is a conversation's: earlier jobs' runs are in it
+	liveFirst   bool   // subscribe without Last-Event-ID until an event is seen: the ring holds earlier runs
+	steerOK     bool   // guidance can be sent now (see sendSteers)
+	steerUnread int    // steering messages sent that no turn has started after yet
 
 	// Open event stream, if any.
 	stream       *EventStream
@@ -287,7 +289,12 @@ func (st *runState) send(ctx context.Context) (runID string, res schemas.Result,
 		return "", st.failed(apiErrorCode(err, "invalid_request"), err.Error()), true, nil
 	case errors.As(err, &ae) && ae.StatusCode == http.StatusNotFound:
 		return "", st.sessionLost(err), true, nil
-	case errors.As(err, &ae) && ae.StatusCode == http.StatusConflict && st.shared && !IsAPIError(err, CodeIdempotencyKeyReused):
+	case errors.As(err, &ae) && ae.StatusCode == http.StatusConflict && st.shared && IsAPIError(err, CodeIdempotencyKeyReused):
+		// A conversation's session holds other jobs' runs: a run can be
+		// found only by the key it was sent with, which now names
+		// another request. Never take another job's run for ours.
+		return "", st.failed(CodeIdempotencyKeyReused, "a job with this id was already sent to the conversation's session with a different request (the same id resubmitted with another prompt?); submit it with a new id"), true, nil
+	case errors.As(err, &ae) && ae.StatusCode == http.StatusConflict && st.shared:
 		// A conversation's session: the active run may be an earlier job's,
 		// and our send (its key unknown to the server) did not start one.
 		return "", res, false, markTransient(fmt.Errorf("send message: %w: %w", ErrSessionBusy, err))
@@ -332,12 +339,7 @@ func (st *runState) resume(ctx context.Context) (schemas.Result, error) {
 	}
 	rs := gs.Session.RunStatus
 	if st.runID == "" && st.shared {
-		// A conversation's session, the run id never recorded: send again
-		// with the job's idempotency key. The server answers our run's id
-		// if it took the first send; another run going is ErrSessionBusy.
-		st.liveFirst = true
-		st.lastID = 0
-		return st.startRun(ctx)
+		return st.resumeShared(ctx, &gs)
 	}
 	if st.runID == "" {
 		if rs.Active() && rs.RunID != "" {
@@ -380,6 +382,34 @@ func (st *runState) resume(ctx context.Context) (schemas.Result, error) {
 		st.warn("the run was no longer running when its decisions were to be sent; they were not applied")
 	}
 	return st.finishEnded(ctx, &gs)
+}
+
+// resumeShared re-attaches to a conversation's session whose run id was
+// never recorded (a crash between the send and its record). The job holds
+// the session (its key's lease), so a message after MessageBase is its
+// own: then the run happened, and is followed (active: from the ring's
+// start, by run id) or rebuilt (over); else it never started, and is sent
+// again with the job's idempotency key.
+func (st *runState) resumeShared(ctx context.Context, gs *SessionState) (schemas.Result, error) {
+	page, err := st.messages(ctx, 1, 0)
+	if err != nil {
+		return schemas.Result{}, fmt.Errorf("resume: %w", err)
+	}
+	if max(page.Total, len(page.Messages)) <= st.msgBase {
+		st.liveFirst, st.lastID = true, 0
+		return st.startRun(ctx)
+	}
+	if rs := gs.Session.RunStatus; rs.Active() && rs.RunID != "" {
+		st.setRun(rs.RunID)
+		st.lastID, st.rebuild = 0, true
+		st.reportCursor(true)
+		if res, done, err := st.reconcile(ctx); err != nil || done {
+			return res, err
+		}
+		return st.follow(ctx)
+	}
+	st.warn("re-attached to the conversation's session after the job's run had ended; result rebuilt from the session")
+	return st.finishEnded(ctx, gs)
 }
 
 func isSessionLost(err error) bool {

@@ -180,7 +180,7 @@ func TestSteerARunningJob(t *testing.T) {
 	h := newHarness(t, queue.Config{})
 	h.startWorker(worker.Options{})
 	h.startWorker(worker.Options{})
-	h.submit(job("steer-1", "#sim text starting\n#sim sleep 2s\n#sim tool view {\"path\":\"/\"}\n#sim sleep 500ms\n#sim text done"))
+	h.submit(job("steer-1", "#sim text starting\n#sim sleep 2s\n#sim tool-time 500ms\n#sim tool view {\"path\":\"/\"}\n#sim sleep 500ms\n#sim text done"))
 	eventuallyWithT(t, func(c *assert.CollectT) {
 		evs, err := h.tryEvents("steer-1")
 		assert.NoError(c, err)
@@ -231,7 +231,7 @@ func TestSignedSteering(t *testing.T) {
 	_, err = store.Set(t.Context(), []byte(fmt.Sprintf(`{"version":1,"decisions":"signed","tools":{"default":"allow"},"approvers":{"alice":{"key":%q}}}`, pub)))
 	require.NoError(t, err)
 	h.startWorker(worker.Options{Policies: worker.StoredPolicies(store)})
-	h.submit(job("steer-signed", "#sim text starting\n#sim sleep 3s\n#sim text done"))
+	h.submit(job("steer-signed", "#sim text starting\n#sim sleep 1s\n#sim tool-time 500ms\n#sim tool view {\"path\":\"/\"}\n#sim sleep 1s\n#sim tool view {\"path\":\"/b\"}\n#sim text done"))
 	eventuallyWithT(t, func(c *assert.CollectT) {
 		evs, err := h.tryEvents("steer-signed")
 		assert.NoError(c, err)

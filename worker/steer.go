@@ -34,8 +34,11 @@ import (
 // steerMaxAge is how old a signed steering request may be.
 const steerMaxAge = 5 * time.Minute
 
-// steerTimeout bounds sending one steering message.
-const steerTimeout = 10 * time.Second
+// steerTimeout bounds how long a steering message waits for its run to
+// reach a point where it can be given safely (spawn.Control.Steer) and be
+// sent; a forwarded request is given a few seconds more, and `jetpilot
+// steer` waits 30 s in all.
+const steerTimeout = 20 * time.Second
 
 // Codes of steer replies (besides the decisions' signature codes).
 const (
@@ -91,7 +94,7 @@ func (w *Worker) serveSteers(ctx context.Context, nc *nats.Conn) (stop func(), e
 // steer answers one steering request. forward: it came from a producer
 // (not from another worker), so a job held elsewhere is passed on.
 func (w *Worker) steer(ctx context.Context, m *nats.Msg, forward bool) CancelReply {
-	ctx, cancel := context.WithTimeout(ctx, steerTimeout+forwardTimeout)
+	ctx, cancel := context.WithTimeout(ctx, steerTimeout+2*forwardTimeout)
 	defer cancel()
 	jobID, req, steeredBy, serr := w.readSteer(m, forward)
 	fail := func(e *schemas.Error) CancelReply { return CancelReply{JobID: jobID, Error: e} }
@@ -121,7 +124,7 @@ func (w *Worker) steer(ctx context.Context, m *nats.Msg, forward bool) CancelRep
 	if !forward || owner == "" || owner == w.opts.Name {
 		return fail(&schemas.Error{Code: CodeNotRunning, Message: fmt.Sprintf("job %s is not followed by any worker right now (it is being taken over or settled); try again", jobID)})
 	}
-	fctx, fcancel := context.WithTimeout(ctx, steerTimeout)
+	fctx, fcancel := context.WithTimeout(ctx, steerTimeout+forwardTimeout)
 	defer fcancel()
 	msg, err := w.js.Conn().RequestWithContext(fctx, w.qcfg.HolderSteerSubject(owner), m.Data)
 	if err != nil {

@@ -41,7 +41,7 @@ func TestSessionKeyAndSteerFromTheCommandLine(t *testing.T) {
 	_, code := run(t, "", "submit", "--nats", url, "--session-key", "no spaces allowed", "--prompt", "x")
 	assert.Equal(t, 2, code, "a bad session_key is refused before publishing")
 
-	out, code := run(t, "", "submit", "--nats", url, "--id", "cli-steer", "--prompt", "#sim text working\n#sim sleep 3s\n#sim text done")
+	out, code := run(t, "", "submit", "--nats", url, "--id", "cli-steer", "--prompt", "#sim text working\n#sim sleep 2s\n#sim tool-time 500ms\n#sim tool view {\"path\":\"/\"}\n#sim sleep 1s\n#sim text done")
 	require.Equal(t, 0, code, out)
 	require.EventuallyWithT(t, func(c *assert.CollectT) {
 		out, _, _, err := tryRun(nil, "", "events", "cli-steer", "--nats", url)
