@@ -71,6 +71,7 @@ func TestKeysUnderWorkerKill(t *testing.T) {
 			r := byJob[fmt.Sprintf("conv%d-msg%d", c, m)]
 			assert.Equal(t, schemas.StatusCompleted, r.Status, "%s message %d: %s", key, m, r.Stderr)
 			assert.Equal(t, key, r.SessionKey)
+			assert.Equal(t, fmt.Sprintf("conversation %d, message %d", c, m), r.Stdout, "%s message %d: its own text only", key, m)
 			if m == 0 {
 				session = r.SessionID
 			}

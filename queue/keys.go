@@ -44,6 +44,10 @@ type SessionLease struct {
 	Holder KeyHolder `json:"holder,omitzero"`
 	// LastJob is the last job that held the session.
 	LastJob string `json:"last_job,omitempty"`
+	// RequesterKey is the producer key that signed the conversation's
+	// first job ("" for unsigned jobs): only jobs signed by it continue
+	// the conversation.
+	RequesterKey string `json:"requester_key,omitempty"`
 }
 
 // ConcurrencyLease holds the jobs running under one concurrency_key.
@@ -207,6 +211,12 @@ func (s *KeyStore) put(ctx context.Context, key string, v any, rev uint64) (uint
 // Without returns the holders other than job.
 func (l ConcurrencyLease) Without(job string) []KeyHolder {
 	return slices.DeleteFunc(slices.Clone(l.Holders), func(h KeyHolder) bool { return h.Job == job })
+}
+
+// HoldsSeq reports whether the job message at JOBS sequence seq holds one
+// of the lease's slots.
+func (l ConcurrencyLease) HoldsSeq(seq uint64) bool {
+	return slices.ContainsFunc(l.Holders, func(h KeyHolder) bool { return h.Seq == seq })
 }
 
 // Holds reports whether job holds one of the lease's slots.

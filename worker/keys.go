@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/jetpilot-dev/jetpilot/queue"
 	"github.com/jetpilot-dev/jetpilot/schemas"
@@ -46,9 +47,18 @@ const maxSeenKeys = 1 << 14
 
 // jobKeys are the keys a job message names; zero for unreadable ones.
 type jobKeys struct {
-	id          string
+	seq         uint64 // its JOBS sequence: how leases name holders, ids of firings being in headers
+	id          string // the body's id, for messages ("" for a schedule's firing)
 	session     string
 	concurrency string
+}
+
+// name is how a wait reason names the job.
+func (k jobKeys) name() string {
+	if k.id != "" {
+		return k.id
+	}
+	return fmt.Sprintf("at JOBS sequence %d", k.seq)
 }
 
 // keyGate is one worker's side of the key coordination.
@@ -122,8 +132,9 @@ func (g *keyGate) keysOf(m *jetstream.RawStreamMsg) jobKeys {
 		SessionKey     string `json:"session_key"`
 		ConcurrencyKey string `json:"concurrency_key"`
 	}
+	k = jobKeys{seq: m.Sequence}
 	if json.Unmarshal(m.Data, &doc) == nil {
-		k = jobKeys{id: doc.ID, session: doc.SessionKey, concurrency: doc.ConcurrencyKey}
+		k.id, k.session, k.concurrency = doc.ID, doc.SessionKey, doc.ConcurrencyKey
 	}
 	g.mu.Lock()
 	if len(g.seen) >= maxSeenKeys {
@@ -162,12 +173,18 @@ func (w *Worker) awaitKeys(ctx context.Context, p *phase, s *slot) *outcome {
 	timer := time.NewTimer(keyRecheck)
 	defer timer.Stop()
 	var waiting *waitReason
+	var gauge prometheus.Gauge // the waiting gauge counted in, labelled once
 	defer func() {
-		if waiting != nil {
-			w.m.KeyWaiting.WithLabelValues(waiting.kind, w.keyLabel(waiting)).Dec()
+		if gauge != nil {
+			gauge.Dec()
 		}
 	}()
 	for conflicts := 0; ; {
+		if waiting != nil && !s.acquire(ctx) {
+			// The local slot first: a job must not hold a fleet-wide
+			// lease while it waits for this worker's slot.
+			return &outcome{kind: outHandBack}
+		}
 		reason, err := w.takeKeys(ctx, p, meta)
 		var rej *schemas.ValidationError
 		switch {
@@ -181,25 +198,27 @@ func (w *Worker) awaitKeys(ctx context.Context, p *phase, s *slot) *outcome {
 			reason = &waitReason{kind: "error", why: err.Error()}
 		case reason == nil:
 			if waiting != nil {
-				if !s.acquire(ctx) {
-					return &outcome{kind: outHandBack}
-				}
 				w.restartClock(p)
 				p.log.Info("job's turn came; starting")
 			}
 			return nil
 		}
 		conflicts = 0
+		s.release()
 		if waiting == nil {
-			s.release()
 			waiting = reason
-			w.m.KeyWaiting.WithLabelValues(reason.kind, w.keyLabel(reason)).Inc()
+			gauge = w.m.KeyWaiting.WithLabelValues(reason.kind, w.keyLabel(reason))
+			gauge.Inc()
 			p.log.Info("job waits for its turn", "why", reason.why)
 		}
 		select {
 		case <-wake:
 		case <-timer.C:
 		case <-ctx.Done():
+			return &outcome{kind: outHandBack}
+		case <-w.stopping:
+			// The worker stops: a job that has not started is handed
+			// back at once, not after the shutdown grace.
 			return &outcome{kind: outHandBack}
 		}
 		if !timer.Stop() {
@@ -247,7 +266,7 @@ func (w *Worker) takeKeys(ctx context.Context, p *phase, meta *jetstream.MsgMeta
 	if k := job.SessionKey; k != "" {
 		for _, e := range earlier {
 			if e.session == k {
-				return &waitReason{key: k, kind: "session_key", why: fmt.Sprintf("job %s, earlier in the same conversation (session_key %s), has not finished", e.id, k)}, nil
+				return &waitReason{key: k, kind: "session_key", why: fmt.Sprintf("job %s, earlier in the same conversation (session_key %s), has not finished", e.name(), k)}, nil
 			}
 		}
 		r, err := w.takeSession(ctx, p, meta.Sequence.Stream)
@@ -272,17 +291,28 @@ func (w *Worker) takeSession(ctx context.Context, p *phase, seq uint64) (*waitRe
 		return nil, &schemas.ValidationError{Problems: []schemas.FieldError{{Field: "session_key", Reason: fmt.Sprintf(
 			"session_key %s is a conversation of profile %q; a job of profile %q cannot continue it (its tools and policy differ): use another key", key, lease.Profile, profile)}}}
 	}
+	requester := p.run.Record.RequesterKey
+	if rev != 0 && lease.RequesterKey != requester {
+		// A conversation begun by a signed job is that producer's: a key
+		// is easy to guess (a chat thread's timestamp), and its session
+		// holds what the agent was told and found.
+		return nil, &schemas.ValidationError{Problems: []schemas.FieldError{{Field: "session_key", Reason: fmt.Sprintf(
+			"session_key %s is a conversation of another requester (%s); only jobs signed by the same producer key continue it", key, describeRequester(lease.RequesterKey))}}}
+	}
 	if h := lease.Holder; h.Job != "" && h.Job != p.job.ID {
 		live, sessionID := w.holderLive(ctx, h)
 		if live {
 			return &waitReason{key: key, kind: "session_key", why: fmt.Sprintf("job %s holds the conversation's session (session_key %s)", h.Job, key)}, nil
 		}
-		if lease.SessionID == "" {
-			lease.SessionID = sessionID // a holder that died before letting go
+		if sessionID != "" {
+			// A holder that died before letting go: the session its run
+			// record names is the conversation's newest (it may have
+			// replaced a lost one).
+			lease.SessionID = sessionID
 		}
 	}
 	if lease.Holder.Job != p.job.ID {
-		lease.Profile = profile
+		lease.Profile, lease.RequesterKey = profile, requester
 		lease.Holder = queue.KeyHolder{Job: p.job.ID, Seq: seq, Since: time.Now().UTC()}
 		if _, err := w.keys.store.PutSession(ctx, key, lease, rev); err != nil {
 			return nil, err
@@ -303,8 +333,8 @@ func (w *Worker) takeSlot(ctx context.Context, p *phase, seq uint64, earlier []j
 		return nil, nil
 	}
 	for _, e := range earlier {
-		if e.concurrency == key && !lease.Holds(e.id) {
-			return &waitReason{key: key, kind: "concurrency_key", why: fmt.Sprintf("job %s, earlier with concurrency_key %s, waits for a slot first", e.id, key)}, nil
+		if e.concurrency == key && !lease.HoldsSeq(e.seq) {
+			return &waitReason{key: key, kind: "concurrency_key", why: fmt.Sprintf("job %s, earlier with concurrency_key %s, waits for a slot first", e.name(), key)}, nil
 		}
 	}
 	limit := min(w.Policy().ConcurrencyLimit(key), queue.MaxConcurrencyHolders)
@@ -362,7 +392,8 @@ func (w *Worker) earlierJobs(ctx context.Context, meta *jetstream.MsgMetadata) (
 	}
 	var out []jobKeys
 	seq := info.AckFloor.Stream + 1
-	for range 2*w.qcfg.WithDefaults().MaxAckPending + 1 {
+	bound := max(info.Config.MaxAckPending, w.qcfg.WithDefaults().MaxAckPending)
+	for range 2*bound + 1 {
 		if seq >= meta.Sequence.Stream {
 			return out, nil
 		}
@@ -381,7 +412,7 @@ func (w *Worker) earlierJobs(ctx context.Context, meta *jetstream.MsgMetadata) (
 		}
 		seq = m.Sequence + 1
 	}
-	return nil, fmt.Errorf("more than %d unacked jobs before sequence %d", 2*w.qcfg.WithDefaults().MaxAckPending, meta.Sequence.Stream)
+	return nil, fmt.Errorf("more than %d unacked jobs before sequence %d", 2*bound, meta.Sequence.Stream)
 }
 
 // jobsStream is the JOBS stream, looked up once.
@@ -450,4 +481,11 @@ func (w *Worker) releaseOnce(ctx context.Context, p *phase) error {
 		}
 	}
 	return nil
+}
+
+func describeRequester(key string) string {
+	if key == "" {
+		return "unsigned jobs"
+	}
+	return "jobs signed by " + key
 }

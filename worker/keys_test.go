@@ -63,6 +63,7 @@ func TestSessionKeyOrderAcrossWorkers(t *testing.T) {
 	for i := range n {
 		res := h.final(fmt.Sprintf("ord-%02d", i))
 		require.Equal(t, schemas.StatusCompleted, res.Status, res.Stderr)
+		assert.Equal(t, 1, res.Attempt, "waiting for its turn used up no delivery")
 		results = append(results, res)
 	}
 	for _, r := range results[1:] {
@@ -242,12 +243,12 @@ func TestSignedSteering(t *testing.T) {
 	assert.Equal(t, worker.CodeSignatureMissing, r.Error.Code)
 
 	old := time.Now().Add(-time.Hour).UTC()
-	stale := schemas.SteerRequest{JobID: "steer-signed", Text: "old", SentAt: &old}
+	stale := schemas.SteerRequest{Schema: schemas.SteerSchemaID, JobID: "steer-signed", Text: "old", SentAt: &old}
 	require.NoError(t, signing.SignSteer(&stale, seed))
 	assert.Equal(t, worker.CodeStaleRequest, h.steerWith(stale).Error.Code)
 
 	now := time.Now().UTC()
-	ok := schemas.SteerRequest{JobID: "steer-signed", Text: "signed guidance", SentAt: &now}
+	ok := schemas.SteerRequest{Schema: schemas.SteerSchemaID, JobID: "steer-signed", Text: "signed guidance", SentAt: &now}
 	require.NoError(t, signing.SignSteer(&ok, seed))
 	rep := h.steerWith(ok)
 	require.Nil(t, rep.Error, "%+v", rep.Error)
@@ -273,4 +274,34 @@ func (h *harness) steerWith(req schemas.SteerRequest) schemas.CancelReply {
 	require.NoError(h.t, json.Unmarshal(msg.Data, &r))
 	require.NoError(h.t, schemas.Validate(schemas.SchemaCancelReply, msg.Data))
 	return r
+}
+
+// A conversation begun by a signed job is its producer's: an unsigned job
+// (or another producer's) with the same key is rejected.
+func TestSessionKeyBelongsToItsRequester(t *testing.T) {
+	h := newHarness(t, queue.Config{})
+	seed, pub, err := signing.NewSeed()
+	require.NoError(t, err)
+	store, err := queue.NewPolicyStore(t.Context(), h.js, h.qcfg)
+	require.NoError(t, err)
+	_, err = store.Set(t.Context(), []byte(fmt.Sprintf(`{"version":1,"decisions":"unsigned","tools":{"default":"allow"},"producers":{"chatbot":{"key":%q}}}`, pub)))
+	require.NoError(t, err)
+	h.startWorker(worker.Options{Policies: worker.StoredPolicies(store)})
+	signed := job("req-1", "#sim text hi")
+	signed.SessionKey, signed.RequestedBy = "thread-owned", "chatbot"
+	require.NoError(t, signing.SignJob(&signed, seed))
+	h.submit(signed)
+	require.Equal(t, schemas.StatusCompleted, h.final("req-1").Status)
+	intruder := job("req-2", "#sim text what did they say?")
+	intruder.SessionKey = "thread-owned"
+	h.submit(intruder)
+	res := h.final("req-2")
+	require.Equal(t, schemas.StatusRejected, res.Status)
+	require.NotEmpty(t, res.Error.Fields)
+	assert.Equal(t, "session_key", res.Error.Fields[0].Field)
+	next := job("req-3", "#sim text and again")
+	next.SessionKey, next.RequestedBy = "thread-owned", "chatbot"
+	require.NoError(t, signing.SignJob(&next, seed))
+	h.submit(next)
+	assert.Equal(t, schemas.StatusCompleted, h.final("req-3").Status, "the producer's own next job continues it")
 }

@@ -31,6 +31,10 @@ import (
 // steerMaxAge (a captured request cannot be replayed later). Each steer
 // that reaches a run is audited and shows in the job's live events.
 
+// maxSteersInFlight bounds the steering requests one worker answers at
+// once (each may wait steerTimeout for its run); more are refused.
+const maxSteersInFlight = 64
+
 // steerMaxAge is how old a signed steering request may be.
 const steerMaxAge = 5 * time.Minute
 
@@ -56,26 +60,34 @@ func (w *Worker) serveSteers(ctx context.Context, nc *nats.Conn) (stop func(), e
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	closed := false
-	async := func(f func()) {
+	inFlight := make(chan struct{}, maxSteersInFlight)
+	async := func(m *nats.Msg, forward bool) {
 		mu.Lock()
 		defer mu.Unlock()
 		if closed {
 			return
 		}
+		select {
+		case inFlight <- struct{}{}:
+		default:
+			w.reply(m, CancelReply{Error: &schemas.Error{Code: "unavailable", Message: fmt.Sprintf("worker %s is answering %d steering requests already; try again", w.opts.Name, maxSteersInFlight)}})
+			return
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			f()
+			defer func() { <-inFlight }()
+			w.reply(m, w.steer(ctx, m, forward))
 		}()
 	}
 	requests, err := nc.QueueSubscribe(w.qcfg.SteerWildcard(), w.steerQueueGroup(), func(m *nats.Msg) {
-		async(func() { w.reply(m, w.steer(ctx, m, true)) })
+		async(m, true)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("subscribe to steering requests: %w", err)
 	}
 	forwarded, err := nc.Subscribe(w.qcfg.HolderSteerSubject(w.opts.Name), func(m *nats.Msg) {
-		async(func() { w.reply(m, w.steer(ctx, m, false)) })
+		async(m, false)
 	})
 	if err != nil {
 		_ = requests.Unsubscribe()
@@ -192,6 +204,11 @@ func (w *Worker) readSteer(m *nats.Msg, fromSubject bool) (string, schemas.Steer
 		return jobID, req, who, &schemas.Error{Code: CodeSignatureMalformed, Message: err.Error()}
 	case err != nil:
 		return jobID, req, who, &schemas.Error{Code: CodeSignatureInvalid, Message: err.Error()}
+	}
+	if req.Schema != schemas.SteerSchemaID {
+		// The signed bytes must say what they are, so a signature over
+		// one kind of message cannot be passed off as another's.
+		return jobID, req, who, &schemas.Error{Code: "invalid_request", Message: fmt.Sprintf("a signed steering request names its schema: \"schema\": %q", schemas.SteerSchemaID)}
 	}
 	name, ok := pol.ApproverByKey(key)
 	if !ok {

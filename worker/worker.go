@@ -54,6 +54,7 @@ type Worker struct {
 	eventsStream jetstream.Stream // EVENTS, for the last event of a job
 	refusals     refusalCounts    // unverified refused decisions, per job
 	keys         *keyGate         // session_key and concurrency_key leases
+	stopping     <-chan struct{}  // closed when Run's context ends (set by Run)
 
 	jobsMu sync.Mutex
 	jobs   jetstream.Stream // JOBS, for the keyed jobs' scan (keys.go)
@@ -144,6 +145,7 @@ func (w *Worker) Name() string { return w.opts.Name }
 // back (or cancels, per ShutdownMode) what is left. It returns nil after a
 // clean shutdown, or the error that kept it from starting.
 func (w *Worker) Run(ctx context.Context) error {
+	w.stopping = ctx.Done()
 	consumers, err := w.qcfg.EnsureWorkerConsumer(ctx, w.js, w.opts.Profiles)
 	if err != nil {
 		return fmt.Errorf("worker consumer: %w", err)
