@@ -12,6 +12,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/jetpilot-dev/jetpilot/queue"
 	"github.com/jetpilot-dev/jetpilot/schemas"
 	"github.com/jetpilot-dev/jetpilot/signing"
 )
@@ -117,31 +118,6 @@ func (s *Server) decide(w http.ResponseWriter, r *http.Request) {
 	_ = json.NewEncoder(w).Encode(decideReply{OK: true, Message: "decision sent; the worker applies it or says why not on the job's events"})
 }
 
-// requeueable says why a dead letter cannot be requeued, or "".
-func requeueable(dl schemas.DeadLetter) string {
-	switch {
-	case len(dl.Job) == 0:
-		return "the job could not be read when it died"
-	case dl.JobTruncated:
-		return "the job was shortened to fit the dead letter"
-	case dl.JobID == "":
-		return "the job has no id"
-	}
-	return ""
-}
-
-// RequeueID is the id a dead-lettered job is requeued under: its id and
-// ":r" and the dead letter's stream sequence, the id cut to fit 128
-// characters. Requeuing one dead letter twice gives one id, so JetStream's
-// duplicate window drops the second submit.
-func RequeueID(jobID string, deadSeq uint64) string {
-	suffix := ":r" + strconv.FormatUint(deadSeq, 10)
-	if len(jobID)+len(suffix) > 128 {
-		jobID = jobID[:128-len(suffix)]
-	}
-	return jobID + suffix
-}
-
 // requeue publishes a dead-lettered job again as a new attempt under
 // RequeueID. A producer's signature covers the old id, so it and
 // requested_by are dropped: the requeued job is the approver's, unsigned.
@@ -171,33 +147,13 @@ func (s *Server) requeue(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, http.StatusUnprocessableEntity, "the dead letter does not decode: "+err.Error())
 		return
 	}
-	if why := requeueable(dl); why != "" {
-		s.fail(w, http.StatusUnprocessableEntity, "cannot requeue: "+why)
-		return
-	}
-	var job map[string]json.RawMessage
-	if err := json.Unmarshal(dl.Job, &job); err != nil {
-		s.fail(w, http.StatusUnprocessableEntity, "the dead-lettered job does not decode: "+err.Error())
-		return
-	}
-	newID := RequeueID(dl.JobID, seq)
-	job["id"], _ = json.Marshal(newID)
-	delete(job, "signature")
-	delete(job, "requested_by")
-	data, err := json.Marshal(job)
+	newID := queue.RequeueID(dl.JobID, seq)
+	job, data, err := queue.RequeueJob(dl, newID)
 	if err != nil {
-		s.fail(w, http.StatusInternalServerError, "encode the job: "+err.Error())
+		s.fail(w, http.StatusUnprocessableEntity, err.Error())
 		return
 	}
-	if err := schemas.Validate(schemas.SchemaJob, data); err != nil {
-		s.fail(w, http.StatusUnprocessableEntity, "the dead-lettered job is not a valid job: "+err.Error())
-		return
-	}
-	var profile struct {
-		Profile string `json:"profile"`
-	}
-	_ = json.Unmarshal(data, &profile)
-	ack, err := s.client.SubmitRaw(ctx, profile.Profile, newID, data)
+	ack, err := s.client.SubmitRaw(ctx, job.Profile, newID, data)
 	if err != nil {
 		s.fail(w, http.StatusBadGateway, "requeue: "+err.Error())
 		return

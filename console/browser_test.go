@@ -468,7 +468,7 @@ func TestBrowserWorkersAndRequeue(t *testing.T) {
 	screenshot(t, ctx, "8-dead")
 	seq := eval[string](t, ctx, `document.querySelector('tr[data-job="die-1"]').dataset.seq`)
 	do(t, ctx, chromedp.Click(chromedp.CSS(`tr[data-job="die-1"] button.requeue`)), chromedp.WaitVisible(chromedp.CSS("#job-id")))
-	newID := console.RequeueID("die-1", mustUint(t, seq))
+	newID := queue.RequeueID("die-1", mustUint(t, seq))
 	waitJS(t, ctx, "the requeued job's page", `document.getElementById('job-id') !== null && document.getElementById('job-id').textContent === '`+newID+`'`)
 	res, err := f.client.WaitResult(ctxSub, newID)
 	require.NoError(t, err)

@@ -19,6 +19,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/jetpilot-dev/jetpilot/console"
+	"github.com/jetpilot-dev/jetpilot/queue"
 	"github.com/jetpilot-dev/jetpilot/schemas"
 	"github.com/jetpilot-dev/jetpilot/signing"
 )
@@ -43,8 +44,8 @@ func TestParseUsersReportsEveryProblem(t *testing.T) {
 }
 
 func TestRequeueID(t *testing.T) {
-	assert.Equal(t, "deploy-42:r7", console.RequeueID("deploy-42", 7))
-	long := console.RequeueID(strings.Repeat("x", 128), 12345)
+	assert.Equal(t, "deploy-42:r7", queue.RequeueID("deploy-42", 7))
+	long := queue.RequeueID(strings.Repeat("x", 128), 12345)
 	assert.Len(t, long, 128)
 	assert.True(t, strings.HasSuffix(long, ":r12345"))
 	assert.True(t, schemas.ValidJobID(long))

@@ -278,7 +278,7 @@ func (s *Server) deadPage(w http.ResponseWriter, r *http.Request) {
 			if err := json.Unmarshal(m.Data, &row.Letter); err != nil {
 				row.Letter.Error = "(this dead letter does not decode: " + err.Error() + ")"
 			}
-			row.NoRequeue = requeueable(row.Letter)
+			row.NoRequeue = queue.Requeueable(row.Letter)
 			v.Rows = append(v.Rows, row)
 		}
 		slices.Reverse(v.Rows)

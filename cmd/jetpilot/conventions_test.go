@@ -230,7 +230,7 @@ func TestJobStatesFromTheCommandLine(t *testing.T) {
 	out, stderr, code := mustRun(t, nil, "requeue", "st-dead", "--nats", url)
 	require.Equal(t, 0, code, stderr)
 	newID := strings.TrimSpace(out)
-	assert.Regexp(t, `^st-dead:requeued-[0-9a-f]{8}$`, newID)
+	assert.Regexp(t, `^st-dead:r[0-9]+$`, newID)
 	require.EventuallyWithT(t, func(c *assert.CollectT) {
 		out, _, _, err := tryRun(nil, "", "results", "--nats", url, "--job", newID)
 		assert.NoError(c, err)

@@ -11,7 +11,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/google/uuid"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/cobra"
 
@@ -334,9 +333,6 @@ func newDeadCmd(g *globalFlags) *cobra.Command {
 	return cmd
 }
 
-// requeueSuffix starts the id a requeued job gets unless --id names one.
-const requeueSuffix = ":requeued-"
-
 func newRequeueCmd(g *globalFlags) *cobra.Command {
 	var newID string
 	var asJSON bool
@@ -344,7 +340,7 @@ func newRequeueCmd(g *globalFlags) *cobra.Command {
 		Use:   "requeue JOB_ID [--id NEW_ID]",
 		Short: "Submit a dead-lettered job again, as a new job",
 		Long: `Submit the job a dead letter holds again, exactly as it was received but for
-its id: JOB_ID` + requeueSuffix + `<8 hex digits>, or --id NEW_ID. It goes through
+its id: JOB_ID:r<the dead letter's sequence>, or --id NEW_ID. It goes through
 submit's checks and duplicate window. A job whose dead letter holds no readable
 job (unreadable, or cut to fit) cannot be requeued, nor a job signed by its
 requester (a new id breaks the signature: submit it again, signed).`,
@@ -354,20 +350,17 @@ requester (a new id breaks the signature: submit it again, signed).`,
 			if err := schemas.ValidateJobID(jobID); err != nil {
 				return usageError("%v", err)
 			}
-			if newID == "" {
-				newID = jobID + requeueSuffix + uuid.NewString()[:8]
-				if len(newID) > schemas.MaxJobIDLen {
-					return usageError("job id %s is too long to add %q to; give --id", jobID, requeueSuffix)
+			if newID != "" {
+				if err := schemas.ValidateJobID(newID); err != nil {
+					return usageError("--id: %v", err)
 				}
-			}
-			if err := schemas.ValidateJobID(newID); err != nil {
-				return usageError("--id: %v", err)
 			}
 			return withClient(cmd, g, "jetpilot requeue", func(ctx context.Context, js jetstream.JetStream, c *queue.Client) error {
 				job, err := requeuedJob(ctx, js, g.queueConfig(), jobID, newID)
 				if err != nil {
 					return err
 				}
+				newID = job.ID
 				ack, err := c.Submit(ctx, job)
 				if err != nil {
 					return fmt.Errorf("requeue job %s as %s: %w", jobID, newID, err)
@@ -384,7 +377,7 @@ requester (a new id breaks the signature: submit it again, signed).`,
 			})
 		},
 	}
-	cmd.Flags().StringVar(&newID, "id", "", "id of the new job (default: JOB_ID"+requeueSuffix+"<8 hex digits>)")
+	cmd.Flags().StringVar(&newID, "id", "", "id of the new job (default: JOB_ID:r<the dead letter's sequence>, the same each time)")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the new job's id and stream position as JSON")
 	return cmd
 }
@@ -407,30 +400,12 @@ func requeuedJob(ctx context.Context, js jetstream.JetStream, cfg queue.Config, 
 	if err := json.Unmarshal(msg.Data, &dl); err != nil {
 		return schemas.Job{}, fmt.Errorf("requeue job %s: its dead letter does not decode: %w", jobID, err)
 	}
-	refuse := func(why string) (schemas.Job, error) {
-		return schemas.Job{}, &exitError{code: exitFailed, err: fmt.Errorf("cannot requeue job %s: %s", jobID, why)}
+	if newID == "" {
+		newID = queue.RequeueID(jobID, msg.Sequence)
 	}
-	switch {
-	case dl.JobTruncated:
-		return refuse("its dead letter holds only the start of the job (it did not fit)")
-	case dl.Unreadable || len(dl.Job) == 0:
-		return refuse("its dead letter holds no readable job")
+	job, _, err := queue.RequeueJob(dl, newID)
+	if errors.Is(err, queue.ErrNotRequeueable) {
+		return schemas.Job{}, &exitError{code: exitFailed, err: err}
 	}
-	var doc map[string]json.RawMessage
-	if err := json.Unmarshal(dl.Job, &doc); err != nil {
-		return refuse(fmt.Sprintf("the job it holds is not a JSON object: %v", err))
-	}
-	if _, signed := doc["signature"]; signed {
-		return refuse("it is signed by its requester and a new id breaks the signature; submit it again, signed")
-	}
-	doc["id"], _ = json.Marshal(newID)
-	data, err := json.Marshal(doc)
-	if err != nil {
-		return schemas.Job{}, fmt.Errorf("requeue job %s: encode: %w", jobID, err)
-	}
-	job, err := schemas.DecodeJob(data)
-	if err != nil {
-		return schemas.Job{}, &exitError{code: exitUsage, err: fmt.Errorf("cannot requeue job %s (dead: %s): the job is invalid: %w", jobID, safeLine(dl.Reason), err)}
-	}
-	return job, nil
+	return job, err
 }
