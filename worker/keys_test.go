@@ -101,8 +101,9 @@ func TestConcurrencyKeyLimitsRuns(t *testing.T) {
 	_, err = store.Set(t.Context(), []byte(`{"version":1,"decisions":"unsigned","tools":{"default":"allow"},"concurrency":{"default":3,"keys":{"env:prod":1}}}`))
 	require.NoError(t, err)
 	m := worker.NewMetrics()
+	// One set of metrics for both workers: whichever holds the waiting job.
 	h.startWorker(worker.Options{Policies: worker.StoredPolicies(store), Concurrency: 4, Metrics: m})
-	h.startWorker(worker.Options{Policies: worker.StoredPolicies(store), Concurrency: 4})
+	h.startWorker(worker.Options{Policies: worker.StoredPolicies(store), Concurrency: 4, Metrics: m})
 	const n = 4
 	for i := range n {
 		j := job(fmt.Sprintf("deploy-%d", i), "#sim sleep 200ms\n#sim text deployed")
