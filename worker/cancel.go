@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -91,25 +90,8 @@ func (a *activeJob) requestCancel() { a.ctl.Cancel() }
 // and cancels forwarded to this worker's inbox, until stop is called. stop
 // waits for the answers being worked on.
 func (w *Worker) serveCancels(ctx context.Context, nc *nats.Conn) (stop func(), err error) {
-	var (
-		mu     sync.Mutex
-		closed bool
-		wg     sync.WaitGroup
-	)
-	// goTracked runs f unless stop was called: the WaitGroup is never added
-	// to while stop waits on it.
-	goTracked := func(f func()) {
-		mu.Lock()
-		defer mu.Unlock()
-		if closed {
-			return
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			f()
-		}()
-	}
+	hs := newHandlers(0)
+	goTracked := func(f func()) { hs.Go(f) }
 	requests, err := nc.QueueSubscribe(w.qcfg.CancelWildcard(), w.cancelQueueGroup(), func(m *nats.Msg) {
 		jobID, err := cancelJobID(w.qcfg, m)
 		if err != nil {
@@ -148,10 +130,7 @@ func (w *Worker) serveCancels(ctx context.Context, nc *nats.Conn) (stop func(), 
 	return func() {
 		_ = requests.Unsubscribe()
 		_ = held.Unsubscribe()
-		mu.Lock()
-		closed = true
-		mu.Unlock()
-		wg.Wait()
+		hs.Close()
 	}, nil
 }
 

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -57,28 +56,11 @@ func (w *Worker) steerQueueGroup() string { return w.qcfg.WorkersDurable() + "-s
 // serveSteers answers steering requests until stop is called; stop waits
 // for the answers being worked on.
 func (w *Worker) serveSteers(ctx context.Context, nc *nats.Conn) (stop func(), err error) {
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	closed := false
-	inFlight := make(chan struct{}, maxSteersInFlight)
+	hs := newHandlers(maxSteersInFlight)
 	async := func(m *nats.Msg, forward bool) {
-		mu.Lock()
-		defer mu.Unlock()
-		if closed {
-			return
+		if !hs.Go(func() { w.reply(m, w.steer(ctx, m, forward)) }) {
+			w.reply(m, CancelReply{Error: &schemas.Error{Code: "unavailable", Message: fmt.Sprintf("worker %s is stopping, or answering %d steering requests already; try again", w.opts.Name, maxSteersInFlight)}})
 		}
-		select {
-		case inFlight <- struct{}{}:
-		default:
-			w.reply(m, CancelReply{Error: &schemas.Error{Code: "unavailable", Message: fmt.Sprintf("worker %s is answering %d steering requests already; try again", w.opts.Name, maxSteersInFlight)}})
-			return
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer func() { <-inFlight }()
-			w.reply(m, w.steer(ctx, m, forward))
-		}()
 	}
 	requests, err := nc.QueueSubscribe(w.qcfg.SteerWildcard(), w.steerQueueGroup(), func(m *nats.Msg) {
 		async(m, true)
@@ -96,10 +78,7 @@ func (w *Worker) serveSteers(ctx context.Context, nc *nats.Conn) (stop func(), e
 	return func() {
 		_ = requests.Unsubscribe()
 		_ = forwarded.Unsubscribe()
-		mu.Lock()
-		closed = true
-		mu.Unlock()
-		wg.Wait()
+		hs.Close()
 	}, nil
 }
 

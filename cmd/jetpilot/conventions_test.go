@@ -172,16 +172,7 @@ func TestWaitsAreBounded(t *testing.T) {
 // with a message; approve waits for the worker's answer.
 func TestJobStatesFromTheCommandLine(t *testing.T) {
 	t.Parallel()
-	dev := start(t, nil, "dev", "--dir", t.TempDir(), "--nats-port", "-1", "--max-timeout", "30s")
-	var url string
-	require.Eventually(t, func() bool {
-		m := natsURLLine.FindStringSubmatch(dev.Output())
-		if m != nil && strings.Contains(dev.Output(), "worker running") {
-			url = m[1]
-			return true
-		}
-		return false
-	}, waitFor, 20*time.Millisecond, "dev prints its NATS URL")
+	dev, url := startDev(t)
 
 	_, _, code := mustRun(t, nil, "submit", "--nats", url, "--id", "st-paused", "--wait", "--pause-on-approval",
 		"--prompt", "#sim tool stakpak__run_command {\"command\":\"deploy\"}\n#sim text shipped")

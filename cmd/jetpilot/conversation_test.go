@@ -2,7 +2,6 @@ package main_test
 
 import (
 	"encoding/json"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -16,16 +15,7 @@ import (
 // submit --session-key continues a conversation; steer reaches a running
 // job and refuses a finished one; a bad key is a usage error.
 func TestSessionKeyAndSteerFromTheCommandLine(t *testing.T) {
-	dev := start(t, nil, "dev", "--dir", t.TempDir(), "--nats-port", "-1", "--max-timeout", "30s")
-	var url string
-	require.Eventually(t, func() bool {
-		m := natsURLLine.FindStringSubmatch(dev.Output())
-		if m != nil && strings.Contains(dev.Output(), "worker running") {
-			url = m[1]
-			return true
-		}
-		return false
-	}, waitFor, 20*time.Millisecond, "dev prints its NATS URL")
+	dev, url := startDev(t)
 
 	var sessions []string
 	for _, p := range []string{"#sim text first", "#sim text second"} {

@@ -99,7 +99,10 @@ func tryRun(env []string, stdin string, args ...string) (stdout, stderr string, 
 
 var natsURLLine = regexp.MustCompile(`NATS \(JetStream.*\): (nats://\S+)`)
 
-func TestDevAndSubmitWaitExitCodes(t *testing.T) {
+// startDev runs `jetpilot dev` (random NATS port, --max-timeout 30s) and
+// waits until its worker runs; it returns the process and its NATS URL.
+func startDev(t *testing.T) (*testsupport.Proc, string) {
+	t.Helper()
 	dev := start(t, nil, "dev", "--dir", t.TempDir(), "--nats-port", "-1", "--max-timeout", "30s")
 	var url string
 	require.Eventually(t, func() bool {
@@ -110,6 +113,11 @@ func TestDevAndSubmitWaitExitCodes(t *testing.T) {
 		}
 		return false
 	}, waitFor, 20*time.Millisecond, "dev prints its NATS URL")
+	return dev, url
+}
+
+func TestDevAndSubmitWaitExitCodes(t *testing.T) {
+	dev, url := startDev(t)
 
 	for _, tc := range []struct {
 		name   string
