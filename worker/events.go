@@ -115,7 +115,11 @@ func (l *liveEvents) publishLocked(ev schemas.Event) {
 		return
 	}
 	// Fire and forget: a lost progress event must not cost the run anything.
-	_, _ = l.js.PublishMsgAsync(&nats.Msg{Subject: l.subject, Data: data, Header: maps.Clone(l.trace)})
+	// A plain publish, which the events stream stores like any other: no
+	// one would read a JetStream ack, so none is asked for (that saves the
+	// server an ack message per event and the client its bookkeeping). A
+	// slow server still pushes back, through the connection's writes.
+	_ = l.js.Conn().PublishMsg(&nats.Msg{Subject: l.subject, Data: data, Header: maps.Clone(l.trace)})
 }
 
 // agentEvent turns one agent-server event into live events. Only the
