@@ -193,9 +193,9 @@ func startProfile(spec string) (end func(), err error) {
 // same consumer configuration as the workers': pull, publish a result with
 // a dedup id and wait for its ack, ack the job. It holds as many jobs at
 // once as a worker has slots. With withEvent it also publishes one live
-// status event per job on the job's events subject, asynchronously (fire
-// and forget, as the worker does): the one write per job DESIGN.md asks of
-// the queue path beyond the result.
+// status event per job on the job's events subject, fire and forget, as
+// the worker does: the one write per job DESIGN.md asks of the queue path
+// beyond the result.
 func (e *env) baselineSide(concurrency int, withEvent bool) consumerSide {
 	return func(ctx context.Context, cfg queue.Config) (func() error, int, error) {
 		nc, js, err := e.connect("baseline")
@@ -294,7 +294,9 @@ func rawHandle(ctx context.Context, js jetstream.JetStream, cfg queue.Config, m 
 		if err != nil {
 			return fmt.Errorf("encode event: %w", err)
 		}
-		if _, err := js.PublishMsgAsync(&nats.Msg{Subject: cfg.EventSubject(job.ID), Data: ev}); err != nil {
+		// A plain publish the events stream stores, with no ack asked for:
+		// the cheapest way to write it, as the worker does.
+		if err := js.Conn().PublishMsg(&nats.Msg{Subject: cfg.EventSubject(job.ID), Data: ev}); err != nil {
 			return fmt.Errorf("publish event: %w", err)
 		}
 	}
