@@ -191,6 +191,8 @@ type Report struct {
 	Machine   Machine    `json:"machine"`
 	Runs      int        `json:"runs"`
 	Scenarios []Scenario `json:"scenarios"`
+	// Durable: the server fsynced every write (Options.Durable).
+	Durable bool `json:"durable"`
 	// Options echoes the load that was applied.
 	Jobs        int `json:"jobs"`
 	FullJobs    int `json:"full_jobs"`
@@ -251,7 +253,12 @@ func (r *Report) WriteTable(out io.Writer) error {
 	p := func(format string, a ...any) { fmt.Fprintf(w, format, a...) }
 	m := r.Machine
 	p("machine\t%d CPUs, %s, %d MiB, %s, %s\n", m.CPUs, m.CPUModel, m.MemoryMiB, m.GoVersion, m.OS)
-	p("runs\t%d (medians; per-run samples in brackets)\t\n\n", r.Runs)
+	p("runs\t%d (medians; per-run samples in brackets)\t\n", r.Runs)
+	if r.Durable {
+		p("storage\tfile, sync_interval: always (every write fsynced)\t\n\n")
+	} else {
+		p("storage\tfile, lazy fsync (nats-server's default)\t\n\n")
+	}
 
 	if r.Baseline != nil || r.Queue != nil || r.Full != nil || len(r.ScaleOut) > 0 {
 		p("THROUGHPUT\tjobs/s\tratio to baseline\tratio to limit\twrites/job\tallocs/job*\tKiB/job*\tsamples jobs/s\n")

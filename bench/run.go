@@ -28,14 +28,14 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 		}
 		defer os.RemoveAll(dir)
 	}
-	e, err := startEnv(dir)
+	e, err := startEnv(dir, opts.Durable)
 	if err != nil {
 		return nil, err
 	}
 	defer e.close()
 
 	r := &Report{
-		Machine: machineInfo(), Runs: opts.Runs, Scenarios: opts.Scenarios,
+		Machine: machineInfo(), Runs: opts.Runs, Scenarios: opts.Scenarios, Durable: opts.Durable,
 		Jobs: opts.Jobs, FullJobs: opts.FullJobs, Concurrency: opts.Concurrency,
 	}
 	if opts.has(ScenarioBaseline) {
