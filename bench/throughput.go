@@ -132,8 +132,27 @@ func (e *env) throughputRun(ctx context.Context, name string, n int, prompt stri
 
 // countWrites is how many messages the run stored in all of cfg's streams
 // and buckets (each one's last sequence: the prefix is fresh per run), and
-// how many results the results stream holds.
+// how many results the results stream holds. Live events are published
+// without waiting for the server to store them, so with fsync always the
+// events stream may still be catching up when the last result is in: the
+// count is read until it holds still (bounded).
 func (e *env) countWrites(ctx context.Context, cfg queue.Config) (writes uint64, results int, err error) {
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		w, r, err := e.countWritesOnce(ctx, cfg)
+		if err != nil || w == writes || time.Now().After(deadline) {
+			return w, r, err
+		}
+		writes = w
+		select {
+		case <-time.After(100 * time.Millisecond):
+		case <-ctx.Done():
+			return 0, 0, fmt.Errorf("count writes: %w", ctx.Err())
+		}
+	}
+}
+
+func (e *env) countWritesOnce(ctx context.Context, cfg queue.Config) (writes uint64, results int, err error) {
 	names := []string{"KV_" + cfg.RunsBucket()}
 	for _, sc := range cfg.StreamConfigs() {
 		names = append(names, sc.Name)
