@@ -86,8 +86,20 @@ func TestSmoke(t *testing.T) {
 		}
 	}
 	checkThroughput("baseline", r.Baseline, 40, false)
+	checkThroughput("baseline + events", r.BaselineEvents, 40, true)
 	checkThroughput("queue", r.Queue, 40, true)
+	checkThroughput("session loop", r.SessionLoop, 15, false)
 	checkThroughput("full", r.Full, 15, true)
+	for name, tp := range map[string]*Throughput{"queue": r.Queue, "full": r.Full} {
+		require.NotNil(t, tp.RatioToLimit, name)
+		assert.Len(t, tp.RatioToLimit.Samples, 2, name)
+	}
+	// Writes counted from the streams: the job and its result at least;
+	// the event loop writes one more per job than the plain one.
+	assert.Equal(t, 2.0, r.Baseline.WritesPerJob.Median)
+	assert.Equal(t, 3.0, r.BaselineEvents.WritesPerJob.Median)
+	assert.GreaterOrEqual(t, r.Full.WritesPerJob.Median, 4.0, "job, result, a run record, an event")
+	assert.Empty(t, r.SessionLoop.WritesPerJob.Samples, "no queue, no writes")
 	require.Len(t, r.ScaleOut, 2)
 	for i, k := range []int{1, 2} {
 		assert.Equal(t, k, r.ScaleOut[i].Workers)
@@ -133,7 +145,7 @@ func TestSmoke(t *testing.T) {
 
 	var table bytes.Buffer
 	require.NoError(t, r.WriteTable(&table))
-	for _, want := range []string{"baseline", "queue path", "full path", "scale-out: 2 worker(s)", "LATENCY", "CONCURRENCY", "POLICY", "TARGET"} {
+	for _, want := range []string{"baseline", "baseline + 1 live event/job", "queue path", "bare HTTP+SSE session loop", "full path", "scale-out: 2 worker(s)", "LATENCY", "CONCURRENCY", "POLICY", "TARGET"} {
 		assert.Contains(t, table.String(), want)
 	}
 	b, err := json.Marshal(r)

@@ -30,11 +30,15 @@ type env struct {
 	seq atomic.Int64 // numbers the per-scenario prefixes
 }
 
-func startEnv(dir string) (*env, error) {
+func startEnv(dir string, durable bool) (*env, error) {
 	// Lazy fsync (nats-server's default, every 2 minutes), set explicitly:
 	// the figures in BENCHMARKS.md were measured so and stay comparable
-	// run to run; what sync always costs is BenchmarkPublishSync in queue.
-	srv, err := queue.StartEmbedded(queue.EmbeddedOptions{Dir: dir, Port: -1, ServerName: "jetpilot-bench", Sync: queue.SyncLazy})
+	// run to run; Options.Durable fsyncs every write instead.
+	sync := queue.SyncLazy
+	if durable {
+		sync = queue.SyncAlways
+	}
+	srv, err := queue.StartEmbedded(queue.EmbeddedOptions{Dir: dir, Port: -1, ServerName: "jetpilot-bench", Sync: sync})
 	if err != nil {
 		return nil, fmt.Errorf("start NATS: %w", err)
 	}

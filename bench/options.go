@@ -114,6 +114,13 @@ type Options struct {
 	// so that p99 (nearest rank) is not simply the maximum.
 	PolicyUpdates int
 
+	// Durable runs the embedded server with sync_interval: always (every
+	// JetStream write fsynced before it is acknowledged), as `jetpilot dev`
+	// does, instead of nats-server's lazy default: the throughput figures
+	// then show what every write per job costs. Default false, so figures
+	// stay comparable run to run.
+	Durable bool
+
 	// ScenarioTimeout bounds one run of one scenario. Default 3m.
 	ScenarioTimeout time.Duration
 	// Dir is where the NATS store lives. Default: a new temporary

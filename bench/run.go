@@ -28,24 +28,26 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 		}
 		defer os.RemoveAll(dir)
 	}
-	e, err := startEnv(dir)
+	e, err := startEnv(dir, opts.Durable)
 	if err != nil {
 		return nil, err
 	}
 	defer e.close()
 
 	r := &Report{
-		Machine: machineInfo(), Runs: opts.Runs, Scenarios: opts.Scenarios,
+		Machine: machineInfo(), Runs: opts.Runs, Scenarios: opts.Scenarios, Durable: opts.Durable,
 		Jobs: opts.Jobs, FullJobs: opts.FullJobs, Concurrency: opts.Concurrency,
 	}
 	if opts.has(ScenarioBaseline) {
 		r.Baseline = &Throughput{}
+		r.BaselineEvents = &Throughput{}
 	}
 	if opts.has(ScenarioQueue) {
 		r.Queue = &Throughput{}
 	}
 	if opts.has(ScenarioFull) {
 		r.Full = &Throughput{}
+		r.SessionLoop = &Throughput{}
 	}
 	if opts.has(ScenarioScaleOut) {
 		for _, k := range opts.ScaleOut {
@@ -92,16 +94,30 @@ func runOnce(ctx context.Context, e *env, opts Options, r *Report, run int) erro
 	}
 	tag := func(s string) string { return fmt.Sprintf("r%d%s", run, s) }
 
-	var baseline float64
+	var baseline, baselineEvents float64
 	if r.Baseline != nil {
 		err := scoped(func(ctx context.Context) error {
-			s, err := e.throughputRun(ctx, tag("base"), opts.Jobs, "baseline job", e.baselineSide(opts.Concurrency), "")
+			s, err := e.throughputRun(ctx, tag("base"), opts.Jobs, "baseline job", e.baselineSide(opts.Concurrency, false), "")
 			if err != nil {
 				return fmt.Errorf("baseline: %w", err)
 			}
 			r.Baseline.add(s)
 			baseline = s.jobsPerSec
 			progress("baseline %.0f jobs/s", s.jobsPerSec)
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		err = scoped(func(ctx context.Context) error {
+			s, err := e.throughputRun(ctx, tag("basev"), opts.Jobs, "baseline job", e.baselineSide(opts.Concurrency, true), "")
+			if err != nil {
+				return fmt.Errorf("baseline with events: %w", err)
+			}
+			r.BaselineEvents.add(s)
+			r.BaselineEvents.addRatio(s.jobsPerSec / baseline)
+			baselineEvents = s.jobsPerSec
+			progress("raw loop + 1 event/job %.0f jobs/s", s.jobsPerSec)
 			return nil
 		})
 		if err != nil {
@@ -117,7 +133,8 @@ func runOnce(ctx context.Context, e *env, opts Options, r *Report, run int) erro
 			}
 			r.Queue.add(s)
 			r.Queue.addRatio(s.jobsPerSec / baseline)
-			progress("queue path %.0f jobs/s (%.2f of baseline)", s.jobsPerSec, s.jobsPerSec/baseline)
+			r.Queue.addLimitRatio(s.jobsPerSec / baselineEvents)
+			progress("queue path %.0f jobs/s (%.2f of baseline, %.2f of baseline + 1 event/job)", s.jobsPerSec, s.jobsPerSec/baseline, s.jobsPerSec/baselineEvents)
 			return nil
 		})
 		if err != nil {
@@ -126,6 +143,24 @@ func runOnce(ctx context.Context, e *env, opts Options, r *Report, run int) erro
 	}
 	if r.Full != nil {
 		err := scoped(func(ctx context.Context) error {
+			// The bare session loop first, on a simulator of its own (same
+			// options), so neither run sees the other's sessions.
+			loopSim, err := startSim(ctx)
+			if err != nil {
+				return err
+			}
+			ls, err := sessionLoopRun(ctx, loopSim.url, tag("loop"), opts.FullJobs, opts.Concurrency, "full path job")
+			loopStarted := loopSim.RunsStarted()
+			loopSim.stop()
+			if err != nil {
+				return err
+			}
+			if loopStarted != opts.FullJobs || ls.results != opts.FullJobs {
+				return fmt.Errorf("session loop: the simulator started %d runs and %d jobs completed, for %d jobs", loopStarted, ls.results, opts.FullJobs)
+			}
+			r.SessionLoop.add(ls)
+			progress("bare HTTP+SSE session loop %.0f jobs/s", ls.jobsPerSec)
+
 			sm, err := startSim(ctx)
 			if err != nil {
 				return err
@@ -140,7 +175,8 @@ func runOnce(ctx context.Context, e *env, opts Options, r *Report, run int) erro
 			}
 			r.Full.add(s)
 			r.Full.addRatio(s.jobsPerSec / baseline)
-			progress("full path %.0f jobs/s (%.2f of baseline)", s.jobsPerSec, s.jobsPerSec/baseline)
+			r.Full.addLimitRatio(s.jobsPerSec / ls.jobsPerSec)
+			progress("full path %.0f jobs/s (%.2f of baseline, %.2f of the session loop, %.2f writes/job)", s.jobsPerSec, s.jobsPerSec/baseline, s.jobsPerSec/ls.jobsPerSec, s.writes)
 			return nil
 		})
 		if err != nil {

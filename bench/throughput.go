@@ -33,6 +33,9 @@ type tpSample struct {
 	jobsPerSec    float64
 	allocs, bytes float64
 	jobs, results int
+	// writes is the JetStream messages stored per job in every stream and
+	// bucket of the run (the job itself included); 0 when not counted.
+	writes float64
 }
 
 func (t *Throughput) add(s tpSample) {
@@ -41,6 +44,9 @@ func (t *Throughput) add(s tpSample) {
 	t.BytesPerJob.add(s.bytes)
 	t.Jobs = append(t.Jobs, s.jobs)
 	t.Results = append(t.Results, s.results)
+	if s.writes > 0 {
+		t.WritesPerJob.add(s.writes)
+	}
 }
 
 func (t *Throughput) addRatio(r float64) {
@@ -48,6 +54,13 @@ func (t *Throughput) addRatio(r float64) {
 		t.RatioToBaseline = &Stat{}
 	}
 	t.RatioToBaseline.add(r)
+}
+
+func (t *Throughput) addLimitRatio(r float64) {
+	if t.RatioToLimit == nil {
+		t.RatioToLimit = &Stat{}
+	}
+	t.RatioToLimit.add(r)
 }
 
 // consumerSide starts whatever takes the jobs (the baseline loop, or
@@ -102,11 +115,63 @@ func (e *env) throughputRun(ctx context.Context, name string, n int, prompt stri
 	if err := stop(); err != nil {
 		return tpSample{}, fmt.Errorf("stop %s: %w", name, err)
 	}
+	writes, stored, err := e.countWrites(ctx, cfg)
+	if err != nil {
+		return tpSample{}, err
+	}
+	if stored != n {
+		return tpSample{}, fmt.Errorf("%s: the results stream holds %d results for %d jobs, want exactly one per job", name, stored, n)
+	}
 	return tpSample{
 		jobsPerSec: float64(n) / t1.Sub(t0).Seconds(),
 		allocs:     a, bytes: b,
 		jobs: n, results: rw.count(),
+		writes: float64(writes) / float64(n),
 	}, nil
+}
+
+// countWrites is how many messages the run stored in all of cfg's streams
+// and buckets (each one's last sequence: the prefix is fresh per run), and
+// how many results the results stream holds. Live events are published
+// without waiting for the server to store them, so with fsync always the
+// events stream may still be catching up when the last result is in: the
+// count is read until it holds still (bounded).
+func (e *env) countWrites(ctx context.Context, cfg queue.Config) (writes uint64, results int, err error) {
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		w, r, err := e.countWritesOnce(ctx, cfg)
+		if err != nil || w == writes || time.Now().After(deadline) {
+			return w, r, err
+		}
+		writes = w
+		select {
+		case <-time.After(100 * time.Millisecond):
+		case <-ctx.Done():
+			return 0, 0, fmt.Errorf("count writes: %w", ctx.Err())
+		}
+	}
+}
+
+func (e *env) countWritesOnce(ctx context.Context, cfg queue.Config) (writes uint64, results int, err error) {
+	names := []string{"KV_" + cfg.RunsBucket()}
+	for _, sc := range cfg.StreamConfigs() {
+		names = append(names, sc.Name)
+	}
+	for _, name := range names {
+		s, err := e.js.Stream(ctx, name)
+		if errors.Is(err, jetstream.ErrStreamNotFound) {
+			continue
+		}
+		if err != nil {
+			return 0, 0, fmt.Errorf("count writes: stream %s: %w", name, err)
+		}
+		st := s.CachedInfo().State
+		writes += st.LastSeq
+		if name == cfg.ResultsStream() {
+			results = int(st.Msgs)
+		}
+	}
+	return writes, results, nil
 }
 
 // startProfile starts a CPU profile into dir/cpu-<name>.pprof and writes
@@ -146,8 +211,11 @@ func startProfile(spec string) (end func(), err error) {
 // baselineSide is the raw JetStream worker loop with nats.go alone, on the
 // same consumer configuration as the workers': pull, publish a result with
 // a dedup id and wait for its ack, ack the job. It holds as many jobs at
-// once as a worker has slots.
-func (e *env) baselineSide(concurrency int) consumerSide {
+// once as a worker has slots. With withEvent it also publishes one live
+// status event per job on the job's events subject, fire and forget, as
+// the worker does: the one write per job DESIGN.md asks of the queue path
+// beyond the result.
+func (e *env) baselineSide(concurrency int, withEvent bool) consumerSide {
 	return func(ctx context.Context, cfg queue.Config) (func() error, int, error) {
 		nc, js, err := e.connect("baseline")
 		if err != nil {
@@ -195,7 +263,7 @@ func (e *env) baselineSide(concurrency int) consumerSide {
 			wg.Go(func() {
 				for m := range msgs {
 					mctx, cancel := context.WithTimeout(hctx, 10*time.Second)
-					if err := rawHandle(mctx, js, cfg, m); err != nil {
+					if err := rawHandle(mctx, js, cfg, m, withEvent); err != nil {
 						failures.Add(1)
 						firstErr.CompareAndSwap(nil, err)
 					}
@@ -222,13 +290,34 @@ type rawResult struct {
 	Status string `json:"status"`
 }
 
-func rawHandle(ctx context.Context, js jetstream.JetStream, cfg queue.Config, m jetstream.Msg) error {
+// rawEvent is the baseline's live event: the fields of a status event.
+type rawEvent struct {
+	Schema string    `json:"schema"`
+	JobID  string    `json:"job_id"`
+	Seq    uint64    `json:"seq"`
+	Type   string    `json:"type"`
+	Status string    `json:"status"`
+	At     time.Time `json:"at"`
+}
+
+func rawHandle(ctx context.Context, js jetstream.JetStream, cfg queue.Config, m jetstream.Msg, withEvent bool) error {
 	var job struct {
 		ID string `json:"id"`
 	}
 	if err := json.Unmarshal(m.Data(), &job); err != nil || job.ID == "" {
 		_ = m.Term()
 		return fmt.Errorf("decode job: %w", err)
+	}
+	if withEvent {
+		ev, err := json.Marshal(rawEvent{Schema: schemas.EventSchemaID, JobID: job.ID, Seq: 1, Type: "status", Status: "completed", At: time.Now().UTC()})
+		if err != nil {
+			return fmt.Errorf("encode event: %w", err)
+		}
+		// A plain publish the events stream stores, with no ack asked for:
+		// the cheapest way to write it, as the worker does.
+		if err := js.Conn().PublishMsg(&nats.Msg{Subject: cfg.EventSubject(job.ID), Data: ev}); err != nil {
+			return fmt.Errorf("publish event: %w", err)
+		}
 	}
 	data, err := json.Marshal(rawResult{JobID: job.ID, Status: "completed"})
 	if err != nil {

@@ -147,6 +147,10 @@ func NewClient(opts ClientOptions) (*Client, error) {
 // event stream are buffered again by the SSE reader, and header lines longer
 // than the buffer are still read whole.
 const (
+	// defaultMaxIdleConns is how many idle keep-alive connections the
+	// default transport keeps to the agent server.
+	defaultMaxIdleConns = 64
+
 	transportReadBufferSize  = 1 << 10
 	transportWriteBufferSize = 1 << 10
 )
@@ -169,9 +173,13 @@ func defaultHTTPClient(tlsConfig *tls.Config) *http.Client {
 				Timeout:   10 * time.Second,
 				KeepAlive: 30 * time.Second,
 			}).DialContext,
-			ForceAttemptHTTP2:     true,
-			MaxIdleConns:          64,
-			MaxIdleConnsPerHost:   16,
+			ForceAttemptHTTP2: true,
+			// A client talks to one agent server: every idle connection
+			// may be its, so a worker's concurrent calls reuse them instead
+			// of dialing (net/http's per-host default is 2; 16 still made a
+			// worker with 64 runs dial for most session and send calls).
+			MaxIdleConns:          defaultMaxIdleConns,
+			MaxIdleConnsPerHost:   defaultMaxIdleConns,
 			IdleConnTimeout:       90 * time.Second,
 			TLSHandshakeTimeout:   10 * time.Second,
 			ResponseHeaderTimeout: 30 * time.Second,

@@ -321,15 +321,62 @@ func (s *EventStream) Close() error {
 	return err
 }
 
-// decodeFrame turns one frame into an Event, or says why it is skipped.
-func decodeFrame(f Frame) (Event, error) {
-	if f.Event == EventGapDetected {
-		var g GapDetected
-		if err := json.Unmarshal(f.Data, &g); err != nil {
-			return Event{}, fmt.Errorf("gap_detected: %w", err)
-		}
-		return Event{Name: EventGapDetected, Gap: &g}, nil
+// envelope is an event frame's data: the fields an Event keeps, and its one
+// variant.
+type envelope struct {
+	ID        *uint64    `json:"id"`
+	SessionID string     `json:"session_id"`
+	RunID     *string    `json:"run_id"`
+	Timestamp *time.Time `json:"timestamp"`
+	variant   string
+	payload   json.RawMessage
+}
+
+// decodeEnvelope is the fast path for a well-formed frame: the envelope's
+// fields are decoded into a struct, and the variant's object is sliced out
+// of the event field, not copied into a map. ok is false for anything it
+// is not sure of (an escaped variant name, not exactly one variant,
+// trailing data): decodeEnvelopeSlow then decides, with its errors.
+func decodeEnvelope(data []byte) (envelope, bool) {
+	var env struct {
+		envelope
+		Event json.RawMessage `json:"event"`
 	}
+	if json.Unmarshal(data, &env) != nil {
+		return envelope{}, false
+	}
+	ev := bytes.TrimSpace(env.Event)
+	if len(ev) < 2 || ev[0] != '{' || ev[len(ev)-1] != '}' {
+		return envelope{}, false
+	}
+	rest := bytes.TrimLeft(ev[1:len(ev)-1], " \t\r\n")
+	if len(rest) == 0 || rest[0] != '"' {
+		return envelope{}, false
+	}
+	end := bytes.IndexByte(rest[1:], '"')
+	if end < 0 || bytes.IndexByte(rest[1:end+1], '\\') >= 0 {
+		return envelope{}, false
+	}
+	variant := string(rest[1 : end+1])
+	rest = bytes.TrimLeft(rest[end+2:], " \t\r\n")
+	if len(rest) == 0 || rest[0] != ':' {
+		return envelope{}, false
+	}
+	// One valid value after the colon, and nothing else: a second variant
+	// ("…}, \"B\": {…}") is not a valid value, and goes the slow way.
+	payload := bytes.TrimSpace(rest[1:])
+	if !json.Valid(payload) {
+		return envelope{}, false
+	}
+	e := env.envelope
+	e.variant, e.payload = variant, payload
+	return e, true
+}
+
+// decodeEnvelopeSlow decodes the envelope with a map of variants: every
+// frame the fast path is unsure of, with the errors that say why it is
+// skipped.
+func decodeEnvelopeSlow(f Frame) (envelope, error) {
 	var env struct {
 		ID        *uint64                    `json:"id"`
 		SessionID string                     `json:"session_id"`
@@ -339,15 +386,36 @@ func decodeFrame(f Frame) (Event, error) {
 	}
 	dec := json.NewDecoder(bytes.NewReader(f.Data))
 	if err := dec.Decode(&env); err != nil {
-		return Event{}, fmt.Errorf("frame %q: envelope: %w", f.Event, err)
+		return envelope{}, fmt.Errorf("frame %q: envelope: %w", f.Event, err)
 	}
 	if len(env.Event) != 1 {
-		return Event{}, fmt.Errorf("frame %q: envelope has %d variants, want 1", f.Event, len(env.Event))
+		return envelope{}, fmt.Errorf("frame %q: envelope has %d variants, want 1", f.Event, len(env.Event))
+	}
+	e := envelope{ID: env.ID, SessionID: env.SessionID, RunID: env.RunID, Timestamp: env.Timestamp}
+	for k, v := range env.Event {
+		e.variant, e.payload = k, v
+	}
+	return e, nil
+}
+
+// decodeFrame turns one frame into an Event, or says why it is skipped.
+func decodeFrame(f Frame) (Event, error) {
+	if f.Event == EventGapDetected {
+		var g GapDetected
+		if err := json.Unmarshal(f.Data, &g); err != nil {
+			return Event{}, fmt.Errorf("gap_detected: %w", err)
+		}
+		return Event{Name: EventGapDetected, Gap: &g}, nil
+	}
+	env, ok := decodeEnvelope(f.Data)
+	if !ok {
+		var err error
+		if env, err = decodeEnvelopeSlow(f); err != nil {
+			return Event{}, err
+		}
 	}
 	var ev Event
-	for k, v := range env.Event {
-		ev.Variant, ev.Payload = k, v
-	}
+	ev.Variant, ev.Payload = env.variant, env.payload
 	name, known := variantNames[ev.Variant]
 	if !known {
 		return Event{}, fmt.Errorf("frame %q: unknown variant %q", f.Event, ev.Variant)

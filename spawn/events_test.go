@@ -96,3 +96,54 @@ func TestEventStreamOversizeKeepsGoing(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, uint64(2), ev.ID)
 }
+
+// TestEnvelopeFastPathAgreesWithSlowPath: the fast envelope decoder either
+// gives up (the slow path then decides) or decodes exactly what the slow
+// path does, payload bytes included.
+func TestEnvelopeFastPathAgreesWithSlowPath(t *testing.T) {
+	t.Parallel()
+	cases := map[string]struct {
+		data string
+		fast bool // the fast path takes it
+	}{
+		"plain":               {`{"id":1,"session_id":"s","run_id":"r","timestamp":"2025-01-02T03:04:05Z","event":{"TextDelta":{"run_id":"r","delta":"hé"}}}`, true},
+		"spaces":              {` { "id" : 2 , "event" : { "RunStarted" : { "run_id" : "r" } } } `, true},
+		"unit variant null":   {`{"id":3,"event":{"RunStarted":null}}`, true},
+		"escaped variant":     {`{"id":4,"event":{"Text\u0044elta":{"delta":"x"}}}`, false},
+		"two variants":        {`{"id":5,"event":{"TextDelta":{},"TextComplete":{}}}`, false},
+		"duplicate variant":   {`{"id":6,"event":{"TextDelta":{"delta":"a"},"TextDelta":{"delta":"b"}}}`, false},
+		"no variant":          {`{"id":7,"event":{}}`, false},
+		"event null":          {`{"id":8,"event":null}`, false},
+		"event not an object": {`{"id":9,"event":"TextDelta"}`, false},
+		"trailing data":       {`{"id":10,"event":{"TextDelta":{}}} trailing`, false},
+		"string with brace":   {`{"id":11,"event":{"TextDelta":{"delta":"}, \"X\": {"}}}`, true},
+	}
+	for name, c := range cases {
+		t.Run(name, func(t *testing.T) {
+			f := Frame{Event: "text_delta", Data: []byte(c.data)}
+			fast, ok := decodeEnvelope(f.Data)
+			assert.Equal(t, c.fast, ok, "the fast path takes it")
+			slow, serr := decodeEnvelopeSlow(f)
+			if !ok {
+				return
+			}
+			require.NoError(t, serr, "the slow path accepts what the fast path took")
+			assert.Equal(t, slow.variant, fast.variant)
+			assert.JSONEq(t, string(slow.payload), string(fast.payload))
+			assert.Equal(t, slow.ID, fast.ID)
+			assert.Equal(t, slow.SessionID, fast.SessionID)
+			assert.Equal(t, slow.RunID, fast.RunID)
+			assert.Equal(t, slow.Timestamp, fast.Timestamp)
+		})
+	}
+}
+
+func BenchmarkDecodeFrame(b *testing.B) {
+	f := Frame{Event: "text_delta", HasID: true, ID: "7", Data: []byte(`{"id":7,"session_id":"0b6f6c1e-4a52-4b0e-9d4e-2f1d1c7e9a10","run_id":"7d1f3b2a-9c4e-4f6a-8b1d-3e2c1a0f9b8d","timestamp":"2025-01-02T03:04:05.123456Z","event":{"TextDelta":{"run_id":"7d1f3b2a-9c4e-4f6a-8b1d-3e2c1a0f9b8d","delta":"Hello from the simulator, "}}}`)}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := decodeFrame(f); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -115,14 +115,25 @@ func (l *liveEvents) publishLocked(ev schemas.Event) {
 		return
 	}
 	// Fire and forget: a lost progress event must not cost the run anything.
-	_, _ = l.js.PublishMsgAsync(&nats.Msg{Subject: l.subject, Data: data, Header: maps.Clone(l.trace)})
+	// A plain publish, which the events stream stores like any other: no
+	// one would read a JetStream ack, so none is asked for (that saves the
+	// server an ack message per event and the client its bookkeeping). A
+	// slow server still pushes back, through the connection's writes.
+	_ = l.js.Conn().PublishMsg(&nats.Msg{Subject: l.subject, Data: data, Header: maps.Clone(l.trace)})
 }
 
-// agentEvent turns one agent-server event into live events.
+// agentEvent turns one agent-server event into live events. Only the
+// events that become live events (or count tokens) are decoded, each into
+// the fields it uses: the rest (run_started, text_complete, run_completed,
+// progress...) are not read at all.
 func (l *liveEvents) agentEvent(e spawn.Event) {
 	var p agentPayload
-	if len(e.Payload) > 0 {
-		_ = json.Unmarshal(e.Payload, &p)
+	switch e.Name {
+	case "text_delta", "turn_started", "turn_completed", "tool_execution_started",
+		"tool_execution_completed", "tool_rejected", "retry_attempt", "usage_report":
+		if len(e.Payload) > 0 {
+			_ = json.Unmarshal(e.Payload, &p)
+		}
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()

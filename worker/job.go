@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"slices"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -356,6 +357,7 @@ func (w *Worker) execute(ctx context.Context, p *phase) *outcome {
 // run, and the callback that records each new cursor.
 func (w *Worker) spec(ctx context.Context, p *phase, lost context.CancelCauseFunc) spawn.Spec {
 	rec := &p.run.Record
+	cw := &cursorWrites{}
 	spec := spawn.Spec{
 		Job:          p.job,
 		Attempt:      p.attempt,
@@ -374,6 +376,12 @@ func (w *Worker) spec(ctx context.Context, p *phase, lost context.CancelCauseFun
 			}
 			rec.SessionID, rec.RunID, rec.LastEventID, rec.Decided, rec.MessageBase = c.SessionID, c.RunID, c.LastEventID, c.Decided, c.MessageBase
 			rec.EventSeq = p.events.Seq()
+			if !cw.due(c) {
+				// Only the event cursor moved, and was recorded less than
+				// cursorRecordEvery ago: the next write (a state change,
+				// the settle) carries it.
+				return
+			}
 			t := queue.TransProgress
 			if p.run.Stored != queue.RunRunning {
 				t = queue.TransStarted
@@ -382,7 +390,9 @@ func (w *Worker) spec(ctx context.Context, p *phase, lost context.CancelCauseFun
 				// Without the record a redelivery could not re-attach:
 				// stop before the run starts (or hand the job back).
 				lost(err)
+				return
 			}
+			cw.wrote(c)
 		},
 		OnEvent: p.events.agentEvent,
 	}
@@ -406,6 +416,41 @@ func (w *Worker) spec(ctx context.Context, p *phase, lost context.CancelCauseFun
 	}
 	return spec
 }
+
+// cursorRecordEvery bounds how often a run's record is written while only
+// its event cursor (LastEventID) moves. Every other change the runner
+// reports is written at once: the session and run ids, the decided calls
+// (the server kills a run whose call is decided twice), the message base,
+// and the phase's first report (it makes this worker the record's owner).
+// The settle's write (pause, finish, a failure to settle) carries the
+// latest cursor in any case.
+//
+// So a take-over (a redelivery after this worker died) replays at most the
+// events this run received within cursorRecordEvery after its last
+// recorded cursor, plus any received after its last report (the runner
+// reports at most every spawn.RunnerOptions.CursorInterval): never more,
+// and the runner handles a replay in any case (events are deduplicated by
+// id; text is rebuilt from the session). A short run costs one write for
+// its session, one for its run id and one for its end, not one per tick.
+const cursorRecordEvery = time.Second
+
+// cursorWrites decides which cursor reports of one phase are written.
+type cursorWrites struct {
+	last spawn.Cursor
+	at   time.Time
+	any  bool
+}
+
+// due reports whether c must be written now.
+func (cw *cursorWrites) due(c spawn.Cursor) bool {
+	if !cw.any || c.SessionID != cw.last.SessionID || c.RunID != cw.last.RunID ||
+		c.MessageBase != cw.last.MessageBase || !slices.Equal(c.Decided, cw.last.Decided) {
+		return true
+	}
+	return c.LastEventID != cw.last.LastEventID && time.Since(cw.at) >= cursorRecordEvery
+}
+
+func (cw *cursorWrites) wrote(c spawn.Cursor) { cw.last, cw.at, cw.any = c, time.Now(), true }
 
 // withoutPrompt is the job as kept in the runs bucket: everything a later
 // phase needs (policy, metadata) without the prompt, which can be 1 MiB.
