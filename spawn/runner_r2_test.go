@@ -146,17 +146,30 @@ func TestRunCancelWhileThinking(t *testing.T) {
 // grace, and says when the end was not confirmed.
 func TestRunCancelGraceBoundsTheResult(t *testing.T) {
 	_, _, r := newSimRunner(t, agentsim.Options{}, fastRunnerOptions())
-	rec := newRecorder()
-	ctl := NewControl()
-	cancelOnEvent(t, rec, ctl, EventTurnStarted)
-	start := time.Now()
-	res, err := r.Run(t.Context(), rec.attach(Spec{
-		Job:     schemas.Job{ID: "grace", Prompt: "#sim sleep 1m"},
-		Control: ctl,
-	}))
-	require.NoError(t, err)
-	assert.Less(t, time.Since(start), 30*time.Second)
-	assert.Equal(t, schemas.StatusCancelled, res.Status)
+	// The cancel must land during the inference, which no event marks: a
+	// cancel that lands between turn_started and the agent loop's cancel
+	// check right after it (microseconds, seen once under -race on a busy
+	// machine) ends the run at once, confirmed, which is not the case under
+	// test. So a run confirmed that fast is tried again, a bounded number
+	// of times.
+	var res Outcome
+	for try := range 3 {
+		rec := newRecorder()
+		ctl := NewControl()
+		cancelOnEvent(t, rec, ctl, EventTurnStarted)
+		start := time.Now()
+		var err error
+		res, err = r.Run(t.Context(), rec.attach(Spec{
+			Job:     schemas.Job{ID: fmt.Sprintf("grace-%d", try), Prompt: "#sim sleep 1m"},
+			Control: ctl,
+		}))
+		require.NoError(t, err)
+		assert.Less(t, time.Since(start), 30*time.Second)
+		assert.Equal(t, schemas.StatusCancelled, res.Status)
+		if len(res.Warnings) > 0 || res.StopReason != "cancelled" {
+			break
+		}
+	}
 	require.Len(t, res.Warnings, 1)
 	assert.Contains(t, res.Warnings[0], "did not confirm")
 }
