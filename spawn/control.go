@@ -97,9 +97,6 @@ func (c *Control) takeSteers() []*steerReq {
 	if c == nil {
 		return nil
 	}
-	if !c.hasSteers() {
-		return nil
-	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	out := c.steers
@@ -222,10 +219,4 @@ func WireDecisions(decisions map[string]schemas.ToolDecision) map[string]schemas
 		out[id] = d
 	}
 	return out
-}
-
-func (c *Control) hasSteers() bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return len(c.steers) > 0
 }

@@ -377,11 +377,7 @@ func (w *Worker) holderLive(ctx context.Context, h queue.KeyHolder) (bool, strin
 // meta: from the consumer's ack floor to the message, on the consumer's
 // subjects.
 func (w *Worker) earlierJobs(ctx context.Context, meta *jetstream.MsgMetadata) ([]jobKeys, error) {
-	jobs, err := w.jobsStream(ctx)
-	if err != nil {
-		return nil, err
-	}
-	c, err := jobs.Consumer(ctx, meta.Consumer)
+	c, err := w.js.Consumer(ctx, w.qcfg.JobsStream(), meta.Consumer)
 	if err != nil {
 		return nil, fmt.Errorf("read consumer %s: %w", meta.Consumer, err)
 	}
@@ -413,21 +409,6 @@ func (w *Worker) earlierJobs(ctx context.Context, meta *jetstream.MsgMetadata) (
 		seq = m.Sequence + 1
 	}
 	return nil, fmt.Errorf("more than %d unacked jobs before sequence %d", 2*bound, meta.Sequence.Stream)
-}
-
-// jobsStream is the JOBS stream, looked up once.
-func (w *Worker) jobsStream(ctx context.Context) (jetstream.Stream, error) {
-	w.jobsMu.Lock()
-	defer w.jobsMu.Unlock()
-	if w.jobs != nil {
-		return w.jobs, nil
-	}
-	s, err := w.js.Stream(ctx, w.qcfg.JobsStream())
-	if err != nil {
-		return nil, fmt.Errorf("look up stream %s: %w", w.qcfg.JobsStream(), err)
-	}
-	w.jobs = s
-	return s, nil
 }
 
 // releaseKeys lets go of the job's leases once its final result is out:

@@ -56,9 +56,6 @@ type Worker struct {
 	keys         *keyGate         // session_key and concurrency_key leases
 	stopping     <-chan struct{}  // closed when Run's context ends (set by Run)
 
-	jobsMu sync.Mutex
-	jobs   jetstream.Stream // JOBS, for the keyed jobs' scan (keys.go)
-
 	activeMu sync.Mutex
 	active   map[string]*activeJob // job id -> the phase this worker follows
 

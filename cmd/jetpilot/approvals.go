@@ -20,7 +20,6 @@ import (
 	"github.com/jetpilot-dev/jetpilot/queue"
 	"github.com/jetpilot-dev/jetpilot/schemas"
 	"github.com/jetpilot-dev/jetpilot/signing"
-	"github.com/jetpilot-dev/jetpilot/worker"
 )
 
 // withClient connects and hands a producer client to fn.
@@ -251,20 +250,10 @@ func newCancelCmd(g *globalFlags) *cobra.Command {
 				return usageError("%v", err)
 			}
 			return withClient(cmd, g, "jetpilot cancel", func(ctx context.Context, js jetstream.JetStream, _ *queue.Client) error {
-				nc := js.Conn()
 				body, _ := json.Marshal(schemas.CancelRequest{Schema: schemas.CancelSchemaID, JobID: jobID})
-				ctx, cancel := context.WithTimeout(ctx, wait)
-				defer cancel()
-				msg, err := nc.RequestWithContext(ctx, g.queueConfig().CancelSubject(jobID), body)
-				if errors.Is(err, nats.ErrNoResponders) {
-					return fmt.Errorf("cancel job %s: no worker is running to answer", jobID)
-				}
+				r, err := askWorker(ctx, js, g.queueConfig().CancelSubject(jobID), body, wait, "cancel job "+jobID)
 				if err != nil {
-					return fmt.Errorf("cancel job %s: no answer within %s: %w", jobID, wait, err)
-				}
-				var r worker.CancelReply
-				if err := json.Unmarshal(msg.Data, &r); err != nil {
-					return fmt.Errorf("cancel job %s: unreadable answer: %w", jobID, err)
+					return err
 				}
 				if r.Error != nil {
 					return fmt.Errorf("cancel job %s: %s", jobID, r.Error.Message)

@@ -62,18 +62,9 @@ func newSteerCmd(g *globalFlags) *cobra.Command {
 				return usageError("invalid steering request: %v", err)
 			}
 			return withClient(cmd, g, "jetpilot steer", func(ctx context.Context, js jetstream.JetStream, _ *queue.Client) error {
-				ctx, cancel := context.WithTimeout(ctx, wait)
-				defer cancel()
-				msg, err := js.Conn().RequestWithContext(ctx, g.queueConfig().SteerSubject(jobID), body)
-				if errors.Is(err, nats.ErrNoResponders) {
-					return fmt.Errorf("steer job %s: no worker is running to answer", jobID)
-				}
+				r, err := askWorker(ctx, js, g.queueConfig().SteerSubject(jobID), body, wait, "steer job "+jobID)
 				if err != nil {
-					return fmt.Errorf("steer job %s: no answer within %s: %w", jobID, wait, err)
-				}
-				var r worker.CancelReply
-				if err := json.Unmarshal(msg.Data, &r); err != nil {
-					return fmt.Errorf("steer job %s: unreadable answer: %w", jobID, err)
+					return err
 				}
 				if r.Error != nil {
 					return fmt.Errorf("steer job %s: %s (%s)", jobID, r.Error.Message, r.Error.Code)
@@ -87,4 +78,24 @@ func newSteerCmd(g *globalFlags) *cobra.Command {
 	cmd.Flags().StringVar(&by, "by", "", "who steers (default $USER; with --key the key's approver is recorded)")
 	cmd.Flags().DurationVar(&wait, "timeout", 30*time.Second, "how long to wait for a worker's answer")
 	return cmd
+}
+
+// askWorker sends a cancel or steer request (core NATS request/reply) and
+// reads the worker's cancel_reply; what names the request in errors. A
+// reply that carries an error is returned as it is, for the caller to say.
+func askWorker(ctx context.Context, js jetstream.JetStream, subject string, body []byte, wait time.Duration, what string) (worker.CancelReply, error) {
+	ctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	msg, err := js.Conn().RequestWithContext(ctx, subject, body)
+	if errors.Is(err, nats.ErrNoResponders) {
+		return worker.CancelReply{}, fmt.Errorf("%s: no worker is running to answer", what)
+	}
+	if err != nil {
+		return worker.CancelReply{}, fmt.Errorf("%s: no answer within %s: %w", what, wait, err)
+	}
+	var r worker.CancelReply
+	if err := json.Unmarshal(msg.Data, &r); err != nil {
+		return worker.CancelReply{}, fmt.Errorf("%s: unreadable answer: %w", what, err)
+	}
+	return r, nil
 }
