@@ -306,3 +306,39 @@ func TestSessionKeyBelongsToItsRequester(t *testing.T) {
 	h.submit(next)
 	assert.Equal(t, schemas.StatusCompleted, h.final("req-3").Status, "the producer's own next job continues it")
 }
+
+// What a careless or hostile publisher sends on a steer subject gets a
+// clear error, never silence: garbage, an empty or oversized text, an
+// invalid job id in the subject.
+func TestSteerBadInput(t *testing.T) {
+	h := newHarness(t, queue.Config{})
+	h.startWorker(worker.Options{})
+	eventually(t, func() bool {
+		_, err := h.js.Conn().Request(h.qcfg.SteerSubject("j1"), []byte(`{}`), time.Second)
+		return err == nil
+	}, "the worker answers steering requests")
+	ask := func(subject string, body []byte) schemas.CancelReply {
+		t.Helper()
+		msg, err := h.js.Conn().Request(subject, body, waitFor)
+		require.NoError(t, err)
+		var r schemas.CancelReply
+		require.NoError(t, json.Unmarshal(msg.Data, &r), "%s", msg.Data)
+		require.NoError(t, schemas.Validate(schemas.SchemaCancelReply, msg.Data))
+		return r
+	}
+	for name, body := range map[string][]byte{
+		"garbage":      []byte("\x00not json{"),
+		"empty text":   []byte(`{"job_id":"j1","text":""}`),
+		"huge text":    []byte(`{"job_id":"j1","text":"` + strings.Repeat("x", schemas.MaxSteerText+1) + `"}`),
+		"unknown key":  []byte(`{"job_id":"j1","text":"x","extra":1}`),
+		"no job_id":    []byte(`{"text":"x"}`),
+		"wrong schema": []byte(`{"schema":"jetpilot.decision.v1","job_id":"j1","text":"x"}`),
+	} {
+		r := ask(h.qcfg.SteerSubject("j1"), body)
+		require.NotNil(t, r.Error, name)
+		assert.Equal(t, "invalid_request", r.Error.Code, "%s: %s", name, r.Error.Message)
+	}
+	r := ask(h.qcfg.SteerSubject("bad!id"), []byte(`{"job_id":"bad!id","text":"x"}`))
+	require.NotNil(t, r.Error)
+	assert.Equal(t, "invalid_job_id", r.Error.Code)
+}
