@@ -52,6 +52,10 @@ type Throughput struct {
 	// compare with the baseline's to see the worker's share.
 	AllocsPerJob Stat `json:"allocs_per_job"`
 	BytesPerJob  Stat `json:"bytes_per_job"`
+	// CPUPerJob: the bench process's CPU time (user + system) per job, in
+	// µs, NATS server, simulator and load generator included, over the
+	// same span as jobs/s.
+	CPUPerJob Stat `json:"cpu_us_per_job"`
 	// Jobs and Results count, per run, what was submitted and what
 	// distinct job ids got a result: they must be equal.
 	Jobs    []int `json:"jobs"`
@@ -261,7 +265,7 @@ func (r *Report) WriteTable(out io.Writer) error {
 	}
 
 	if r.Baseline != nil || r.Queue != nil || r.Full != nil || len(r.ScaleOut) > 0 {
-		p("THROUGHPUT\tjobs/s\tratio to baseline\tratio to limit\twrites/job\tallocs/job*\tKiB/job*\tsamples jobs/s\n")
+		p("THROUGHPUT\tjobs/s\tratio to baseline\tratio to limit\twrites/job\tallocs/job*\tKiB/job*\tCPU µs/job*\tsamples jobs/s\n")
 		ratio := func(s *Stat) string {
 			if s == nil {
 				return "-"
@@ -273,8 +277,8 @@ func (r *Report) WriteTable(out io.Writer) error {
 			if len(t.WritesPerJob.Samples) > 0 {
 				writes = fmt.Sprintf("%.2f", t.WritesPerJob.Median)
 			}
-			p("%s\t%.0f\t%s\t%s\t%s\t%.0f\t%.1f\t[%s]\n", name, t.JobsPerSec.Median, ratio(t.RatioToBaseline), ratio(t.RatioToLimit),
-				writes, t.AllocsPerJob.Median, t.BytesPerJob.Median/1024, samples(t.JobsPerSec, "%.0f"))
+			p("%s\t%.0f\t%s\t%s\t%s\t%.0f\t%.1f\t%.1f\t[%s]\n", name, t.JobsPerSec.Median, ratio(t.RatioToBaseline), ratio(t.RatioToLimit),
+				writes, t.AllocsPerJob.Median, t.BytesPerJob.Median/1024, t.CPUPerJob.Median, samples(t.JobsPerSec, "%.0f"))
 		}
 		if r.Baseline != nil {
 			row(fmt.Sprintf("baseline (nats.go, %d jobs)", r.Jobs), r.Baseline)
@@ -296,7 +300,7 @@ func (r *Report) WriteTable(out io.Writer) error {
 			row(fmt.Sprintf("scale-out: %d worker(s), queue path", s.Workers), &t)
 		}
 		// No tab: the last cell of a line sets no column's width.
-		p("* allocs and KiB: whole bench process (NATS server + simulator included). Limit: queue path -> baseline + 1 event/job, full path -> session loop.\n\n")
+		p("* allocs, KiB and CPU: whole bench process (NATS server + simulator included). Limit: queue path -> baseline + 1 event/job, full path -> session loop.\n\n")
 	}
 	if l := r.Latency; l != nil {
 		p("LATENCY at %d jobs/s (achieved %.0f)\tp50 ms\tp99 ms\tmax ms\tsamples p99\n", l.Rate, l.AchievedRate.Median)

@@ -233,7 +233,7 @@ feed:
 	a, b := allocs.perJob(n)
 	return tpSample{
 		jobsPerSec: float64(n) / t1.Sub(t0).Seconds(),
-		allocs:     a, bytes: b,
+		allocs:     a, bytes: b, cpu: allocs.cpuPerJob(n),
 		jobs: n, results: len(seen),
 	}, nil
 }

@@ -32,6 +32,9 @@ var discard = slog.New(slog.DiscardHandler)
 type tpSample struct {
 	jobsPerSec    float64
 	allocs, bytes float64
+	// cpu is the bench process's CPU time per job in µs (all of it: NATS
+	// server, simulator and load generator included).
+	cpu           float64
 	jobs, results int
 	// writes is the JetStream messages stored per job in every stream and
 	// bucket of the run (the job itself included); 0 when not counted.
@@ -42,6 +45,9 @@ func (t *Throughput) add(s tpSample) {
 	t.JobsPerSec.add(s.jobsPerSec)
 	t.AllocsPerJob.add(s.allocs)
 	t.BytesPerJob.add(s.bytes)
+	if s.cpu > 0 {
+		t.CPUPerJob.add(s.cpu)
+	}
 	t.Jobs = append(t.Jobs, s.jobs)
 	t.Results = append(t.Results, s.results)
 	if s.writes > 0 {
@@ -111,6 +117,7 @@ func (e *env) throughputRun(ctx context.Context, name string, n int, prompt stri
 		return tpSample{}, err
 	}
 	a, b := allocs.perJob(n)
+	cpu := allocs.cpuPerJob(n)
 	stopped = true
 	if err := stop(); err != nil {
 		return tpSample{}, fmt.Errorf("stop %s: %w", name, err)
@@ -124,7 +131,7 @@ func (e *env) throughputRun(ctx context.Context, name string, n int, prompt stri
 	}
 	return tpSample{
 		jobsPerSec: float64(n) / t1.Sub(t0).Seconds(),
-		allocs:     a, bytes: b,
+		allocs:     a, bytes: b, cpu: cpu,
 		jobs: n, results: rw.count(),
 		writes: float64(writes) / float64(n),
 	}, nil
