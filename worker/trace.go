@@ -2,6 +2,7 @@ package worker
 
 import (
 	"context"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -24,6 +25,9 @@ func (w *Worker) traceMessage(ctx context.Context, msg jetstream.Msg) (context.C
 	start := time.Now()
 	ctx = tracing.Extract(ctx, msg.Headers())
 	return ctx, func(p *phase, o *outcome) (context.Context, func()) {
+		if !tracing.Enabled() {
+			return w.untraced(ctx, msg, p, o)
+		}
 		fetchedAt := time.Now()
 		name := "job"
 		if _, ok := w.qcfg.JobIDOfSubject("decisions", msg.Subject()); ok {
@@ -55,6 +59,26 @@ func (w *Worker) traceMessage(ctx context.Context, msg jetstream.Msg) (context.C
 			span.End()
 		}
 	}
+}
+
+// untraced is traceMessage's fetched with no tracer installed: no spans,
+// but an incoming trace context still reaches the log lines, the run record
+// and (through ctx) the messages the phase publishes.
+func (w *Worker) untraced(ctx context.Context, msg jetstream.Msg, p *phase, o *outcome) (context.Context, func()) {
+	if trace.SpanContextFromContext(ctx).IsValid() {
+		p.log = tracing.Logger(ctx, p.log)
+	} else if p.run != nil && p.run.Record.TraceParent != "" {
+		ctx = tracing.FromTraceParent(ctx, p.run.Record.TraceParent)
+		p.log = tracing.Logger(ctx, p.log)
+	}
+	isJob := !strings.HasPrefix(msg.Subject(), w.qcfg.Prefix+".decisions.") && !strings.HasPrefix(msg.Subject(), w.qcfg.Prefix+".control.")
+	if isJob && p.run != nil && p.run.Record.TraceParent == "" && trace.SpanContextFromContext(ctx).IsValid() {
+		p.run.Record.TraceParent = tracing.TraceParent(ctx)
+	}
+	if o == nil && isJob && p.run != nil && p.run.Stored != queue.RunRunning && p.run.Stored != queue.RunStarting {
+		p.log.Info("job started", "profile", p.job.ProfileOrDefault(), "model", p.job.Model, "timeout", p.run.Record.Deadline.Sub(p.start).Round(time.Second).String())
+	}
+	return ctx, func() {}
 }
 
 // approvalWaitSpan records a settled approval's wait, from its request to

@@ -17,6 +17,7 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 
+	"github.com/jetpilot-dev/jetpilot/internal/tracing"
 	"github.com/jetpilot-dev/jetpilot/queue"
 	"github.com/jetpilot-dev/jetpilot/schemas"
 	"github.com/jetpilot-dev/jetpilot/worker"
@@ -192,4 +193,59 @@ func TestTraceStartsAtAJobWithout(t *testing.T) {
 		assert.Equal(t, root.SpanContext.TraceID().String(), r["trace_id"], msg)
 	}
 	assert.Equal(t, "default", byMsg["job started"][0]["profile"])
+}
+
+// TestTraceContextPassesThroughWithoutTracing: with no tracer provider
+// installed the worker records no spans, but a job's traceparent still
+// reaches every message of both phases (the decision's phase through the run
+// record) and the job's log lines.
+func TestTraceContextPassesThroughWithoutTracing(t *testing.T) {
+	require.False(t, tracing.Enabled(), "no tracer provider installed")
+	h := newHarness(t, queue.Config{})
+	logs := &lockedBuffer{}
+	h.startWorker(worker.Options{Logger: slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelInfo}))})
+
+	data, err := json.Marshal(pausingJob("passed-1"))
+	require.NoError(t, err)
+	msg := &nats.Msg{Subject: h.qcfg.JobSubject(schemas.DefaultProfile), Data: data,
+		Header: nats.Header{"traceparent": {"00-" + producerTrace + "-" + producerSpan + "-01"}}}
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	_, err = h.js.PublishMsg(ctx, msg, jetstream.WithMsgID("passed-1"))
+	require.NoError(t, err)
+	req := h.approval("passed-1")
+	h.decide(schemas.Decision{ApprovalID: req.ApprovalID, JobID: "passed-1", All: schemas.DecideAllow, DecidedBy: "alice"})
+	require.Equal(t, schemas.StatusCompleted, h.final("passed-1").Status)
+
+	for _, src := range []struct{ stream, subject string }{
+		{h.qcfg.ResultsStream(), h.qcfg.ResultSubject("passed-1")},
+		{h.qcfg.ApprovalsStream(), h.qcfg.ApprovalSubject("passed-1")},
+		{h.qcfg.EventsStream(), h.qcfg.EventSubject("passed-1")},
+	} {
+		msgs, err := h.tryAll(src.stream, src.subject)
+		require.NoError(t, err)
+		require.NotEmpty(t, msgs, src.subject)
+		for _, m := range msgs {
+			tp := m.Headers().Get("traceparent")
+			assert.True(t, strings.HasPrefix(tp, "00-"+producerTrace+"-"), "%s: traceparent %q", src.subject, tp)
+		}
+	}
+	eventuallyWithT(t, func(c *assert.CollectT) {
+		started, settled := 0, 0
+		for _, r := range logs.records() {
+			if r["job_id"] != "passed-1" {
+				continue
+			}
+			switch r["msg"] {
+			case "job started":
+				started++
+				assert.Equal(c, producerTrace, r["trace_id"], "job started")
+			case "job settled":
+				settled++
+				assert.Equal(c, producerTrace, r["trace_id"], "job settled")
+			}
+		}
+		assert.Equal(c, 1, started, "job started logged once")
+		assert.Equal(c, 1, settled, "job settled logged once")
+	}, "the job's start and end logged with its trace")
 }

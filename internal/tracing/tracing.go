@@ -27,9 +27,23 @@ var propagator = propagation.TraceContext{}
 
 // Start starts a span named name under ctx's span. The tracer is looked up
 // on each call, so a provider installed later (Setup, or a test's) is used.
+// With none installed it returns ctx and the span ctx already carries (a
+// no-op span with the incoming trace context, which is what otel's global
+// no-op tracer would return, without allocating one per call: that was
+// 1.4 % of the queue path's CPU).
 func Start(ctx context.Context, name string, opts ...trace.SpanStartOption) (context.Context, trace.Span) {
+	if !Enabled() {
+		return ctx, trace.SpanFromContext(ctx)
+	}
 	return otel.Tracer(Name).Start(ctx, name, opts...)
 }
+
+// initialProvider is otel's global provider before anyone installed one.
+var initialProvider = otel.GetTracerProvider()
+
+// Enabled reports whether a tracer provider was installed, so spans are
+// recorded: callers skip building attributes when it is false.
+func Enabled() bool { return otel.GetTracerProvider() != initialProvider }
 
 // Attrs is trace.WithAttributes, to keep call sites short.
 func Attrs(kv ...attribute.KeyValue) trace.SpanStartEventOption { return trace.WithAttributes(kv...) }
