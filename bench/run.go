@@ -110,7 +110,7 @@ func runOnce(ctx context.Context, e *env, opts Options, r *Report, run int) erro
 			return err
 		}
 		err = scoped(func(ctx context.Context) error {
-			s, err := e.throughputRun(ctx, tag("basev"), opts.Jobs, "baseline job", e.baselineSide(opts.Concurrency, true), "")
+			s, err := e.throughputRun(ctx, tag("basev"), opts.Jobs, "baseline job", e.baselineSide(opts.Concurrency, true), profile("baseline-events"))
 			if err != nil {
 				return fmt.Errorf("baseline with events: %w", err)
 			}

@@ -116,7 +116,7 @@ func newRootCmd() *cobra.Command {
 	f.IntVar(&opts.PolicyWorkers, "policy-workers", bench.DefaultPolicyWorkers, "workers (and raw KV watchers) the policy scenario reaches")
 	f.IntVar(&opts.PolicyUpdates, "policy-updates", bench.DefaultPolicyUpdates, "policy versions stored per run of the policy scenario")
 	f.BoolVar(&opts.Durable, "durable", false, "fsync every JetStream write (sync_interval: always), as jetpilot dev does")
-	f.StringVar(&opts.ProfileDir, "profile", "", "write CPU and allocation profiles of the queue and full paths (first run) to this directory")
+	f.StringVar(&opts.ProfileDir, "profile", "", "write CPU and allocation profiles of the raw loop with events, the queue path and the full path (first run) to this directory")
 
 	cmd.AddCommand(&cobra.Command{
 		Use:    "child-worker",
