@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"time"
 
 	"github.com/jetpilot-dev/jetpilot/worker"
@@ -90,6 +91,7 @@ func runOnce(ctx context.Context, e *env, opts Options, r *Report, run int) erro
 	scoped := func(f func(ctx context.Context) error) error {
 		ctx, cancel := context.WithTimeout(ctx, opts.ScenarioTimeout)
 		defer cancel()
+		quiesce(ctx)
 		return f(ctx)
 	}
 	tag := func(s string) string { return fmt.Sprintf("r%d%s", run, s) }
@@ -254,3 +256,29 @@ func runOnce(ctx context.Context, e *env, opts Options, r *Report, run int) erro
 
 // last is a Stat's latest sample: the run just measured.
 func last(s Stat) float64 { return s.Samples[len(s.Samples)-1] }
+
+// Quiescence before each scenario: the previous one leaves work behind (its
+// streams deleted, their files removed, a heap to collect), which landed in
+// the next scenario's figures, most visibly in the latency scenario's p99
+// after the scale-out runs. quiesce collects garbage, then waits until this
+// process uses less than quietCPU of a core over a quietWindow, for at most
+// quietMax.
+const (
+	quietCPU    = 0.10
+	quietWindow = 250 * time.Millisecond
+	quietMax    = 15 * time.Second
+)
+
+func quiesce(ctx context.Context) {
+	runtime.GC()
+	deadline := time.Now().Add(quietMax)
+	for time.Now().Before(deadline) {
+		before := processCPU()
+		if !sleepCtx(ctx, quietWindow) {
+			return
+		}
+		if float64(processCPU()-before) < quietCPU*float64(quietWindow) {
+			return
+		}
+	}
+}
