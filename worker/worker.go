@@ -245,8 +245,8 @@ func (w *Worker) Run(ctx context.Context) error {
 	return nil
 }
 
-// pull fetches messages from c and hands each to handle in its own
-// goroutine, never holding more messages than slots has free tokens: a
+// pull fetches messages from c and hands each to handle in a goroutine of
+// its own while it runs (msgRunners), never holding more messages than slots has free tokens: a
 // message never waits in a local buffer while its AckWait runs out. An idle
 // pull holds one token (its pending one-message fetch); when messages flow it
 // takes every free token for a batch.
