@@ -317,14 +317,18 @@ func TestApproveSignedEndToEnd(t *testing.T) {
 	client := queue.NewClient(js, queue.Config{})
 	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
 	defer cancel()
+	// The paused result is published before the approval request: submit
+	// can return before the request is stored.
 	var req schemas.ApprovalRequest
-	require.NoError(t, client.Approvals(ctx, false, func(a schemas.ApprovalRequest) error {
-		if a.JobID == "signed-e2e" {
-			req = a
-		}
-		return nil
-	}))
-	require.NotEmpty(t, req.ApprovalID)
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		assert.NoError(c, client.Approvals(ctx, false, func(a schemas.ApprovalRequest) error {
+			if a.JobID == "signed-e2e" {
+				req = a
+			}
+			return nil
+		}))
+		assert.NotEmpty(c, req.ApprovalID)
+	}, waitFor, 50*time.Millisecond)
 
 	out, code = run(t, "", "approve", req.ApprovalID, "--nats", url, "--allow", "--key", key)
 	require.Equal(t, 0, code, out)
