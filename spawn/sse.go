@@ -93,7 +93,7 @@ type SSEReader struct {
 	line      []byte // current, unterminated line
 	frameSize int    // bytes of the current frame so far
 	discard   bool   // dropping the rest of an oversized frame
-	data      bytes.Buffer
+	data      []byte // the frame's data so far; handed to its Frame, never reused
 	hasData   bool
 	event     string
 	lastID    string
@@ -102,8 +102,12 @@ type SSEReader struct {
 }
 
 // sseBufSize is the read buffer of an SSEReader. Agent-server frames are a
-// few hundred bytes; longer lines are joined across fills.
-const sseBufSize = 2 << 10
+// few hundred bytes (a text_delta about 300), so one usually fits; longer
+// lines are joined across fills, and the body under it is buffered by the
+// transport already, so a smaller buffer costs a copy call, not a syscall.
+// It is held for the life of a stream: 512 B rather than 2 KiB per run in
+// flight.
+const sseBufSize = 512
 
 // NewSSEReader returns a reader over r.
 func NewSSEReader(r io.Reader, opts SSEOptions) *SSEReader {
@@ -178,6 +182,16 @@ func (s *SSEReader) nextLine() (line []byte, ok bool, err error) {
 				}
 			}
 			i := bytes.IndexAny(chunk, "\r\n")
+			if i >= 0 && len(s.line) == 0 && !s.discard && s.frameSize+i <= s.max {
+				// The whole line is in the buffer: return it from there,
+				// without a copy (processLine keeps nothing of it).
+				s.frameSize += i
+				if chunk[i] == '\r' {
+					s.afterCR = true
+				}
+				s.pos += i + 1
+				return chunk[:i:i], true, nil
+			}
 			if i < 0 {
 				if err := s.appendLine(chunk); err != nil {
 					s.pos = s.end
@@ -230,7 +244,7 @@ func (s *SSEReader) appendLine(b []byte) error {
 	if s.frameSize > s.max {
 		ev := s.event
 		s.discard = true
-		s.data.Reset()
+		s.data = nil
 		s.hasData = false
 		s.line = append(s.line[:0], 'x')
 		s.frameSize = 0
@@ -286,9 +300,9 @@ func (s *SSEReader) processLine(line []byte) error {
 	switch string(field) {
 	case "data":
 		if s.hasData {
-			s.data.WriteByte('\n')
+			s.data = append(s.data, '\n')
 		}
-		s.data.Write(value)
+		s.data = append(s.data, value...)
 		s.hasData = true
 	case "event":
 		s.event = string(value)
@@ -309,16 +323,15 @@ func (s *SSEReader) dispatch() (Frame, bool) {
 		}
 		return Frame{}, false
 	}
-	f := Frame{ID: s.lastID, HasID: s.frameID, Event: s.event, Data: bytes.Clone(s.data.Bytes()), DroppedID: s.droppedID}
+	// The data goes to the frame as it is: resetFrame starts the next one
+	// afresh, so no buffer sized by the largest frame stays with the stream.
+	f := Frame{ID: s.lastID, HasID: s.frameID, Event: s.event, Data: s.data, DroppedID: s.droppedID}
 	s.droppedID = ""
 	return f, true
 }
 
 func (s *SSEReader) resetFrame() {
-	s.data.Reset()
-	if s.data.Cap() > 1<<20 {
-		s.data = bytes.Buffer{} // don't pin a huge buffer after a big frame
-	}
+	s.data = nil
 	if cap(s.line) > 1<<20 {
 		s.line = nil
 	}
