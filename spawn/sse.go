@@ -221,6 +221,11 @@ func (s *SSEReader) nextLine() (line []byte, ok bool, err error) {
 			}
 			return nil, false, io.EOF
 		}
+		if len(s.line) == 0 {
+			// No line half read: the read may wait for long (an idle run),
+			// so keep no line buffer through it.
+			s.line = nil
+		}
 		if err := s.fill(); err != nil {
 			return nil, false, err
 		}
