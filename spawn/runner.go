@@ -278,7 +278,7 @@ func validateSpec(spec *Spec) error {
 // Run reads spec while it runs: the caller must not change it until Run
 // returns. Spec and Outcome go by pointer because Run's goroutine blocks
 // here for the whole run: every byte of the frames on its call chain is
-// kept per run in flight (see BENCHMARKS.md, "Smaller stacks").
+// kept per run in flight (see BENCHMARKS.md, "RSS per in-flight run").
 func (r *Runner) Run(ctx context.Context, spec *Spec) (*Outcome, error) {
 	if err := validateSpec(spec); err != nil {
 		return nil, err
