@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 )
 
 // DefaultMaxFrameBytes caps one SSE frame when no other cap is set.
@@ -83,7 +84,10 @@ type SSEReader struct {
 	max       int
 	onComment func(string)
 
-	buf      []byte // read buffer
+	buf      []byte  // read buffer: *bufp while bytes come, nil between bursts
+	bufp     *[]byte // from sseBufs
+	first    [1]byte // the read that waits for the next burst lands here
+	waited   bool    // the last fill was that wait: read on into the buffer
 	pos, end int
 	eof      bool
 	readErr  error
@@ -105,9 +109,13 @@ type SSEReader struct {
 // few hundred bytes (a text_delta about 300), so one usually fits; longer
 // lines are joined across fills, and the body under it is buffered by the
 // transport already, so a smaller buffer costs a copy call, not a syscall.
-// It is held for the life of a stream: 512 B rather than 2 KiB per run in
-// flight.
 const sseBufSize = 512
+
+// sseBufs holds the read buffers of the readers between bursts. A reader
+// waits for the next burst with a one-byte read and no buffer (a worker has
+// one reader per run in flight, and an idle run waits for long), and takes
+// a buffer only once bytes come: one more read call per burst.
+var sseBufs = sync.Pool{New: func() any { b := make([]byte, sseBufSize); return &b }}
 
 // NewSSEReader returns a reader over r.
 func NewSSEReader(r io.Reader, opts SSEOptions) *SSEReader {
@@ -115,10 +123,7 @@ func NewSSEReader(r io.Reader, opts SSEOptions) *SSEReader {
 	if max <= 0 {
 		max = DefaultMaxFrameBytes
 	}
-	// Small: lines longer than the buffer are joined across fills, and an
-	// HTTP body is already buffered by the transport. A worker holds one
-	// reader per run in flight, so every KiB here is a KiB per run.
-	return &SSEReader{r: r, max: max, onComment: opts.OnComment, buf: make([]byte, sseBufSize)}
+	return &SSEReader{r: r, max: max, onComment: opts.OnComment}
 }
 
 // LastEventID is the stream's last event id so far.
@@ -259,18 +264,43 @@ func (s *SSEReader) appendLine(b []byte) error {
 	return nil
 }
 
+// fill reads more. With nothing left in the buffer after a burst, the
+// buffer goes back to sseBufs and the read waits in one byte of its own: no
+// buffer is held while a run is idle. The caller keeps nothing from the
+// buffer across a fill (lines that span reads are copied to s.line).
 func (s *SSEReader) fill() error {
 	if s.eof {
 		return nil
 	}
 	if s.pos >= s.end {
 		s.pos, s.end = 0, 0
+		if !s.waited && s.bufp != nil {
+			sseBufs.Put(s.bufp)
+			s.buf, s.bufp = nil, nil
+		}
 	}
+	s.waited = false
 	// Bounded: a reader returning (0, nil) forever is reported, not spun on.
 	for range 100 {
-		n, err := s.r.Read(s.buf[s.end:])
+		var n int
+		var err error
+		if s.bufp == nil {
+			n, err = s.r.Read(s.first[:])
+			if n > 0 {
+				s.bufp = sseBufs.Get().(*[]byte)
+				s.buf = *s.bufp
+				s.buf[0] = s.first[0]
+				s.waited = true
+			}
+		} else {
+			n, err = s.r.Read(s.buf[s.end:])
+		}
 		s.end += n
 		if err != nil {
+			if s.end == 0 && s.bufp != nil {
+				sseBufs.Put(s.bufp)
+				s.buf, s.bufp = nil, nil
+			}
 			s.eof = true
 			if !errors.Is(err, io.EOF) {
 				s.readErr = err
