@@ -55,6 +55,7 @@ type procStats struct {
 	CPUNanos   int64   `json:"cpu_nanos"` // user + system, getrusage(RUSAGE_SELF)
 	HeapInuse  uint64  `json:"heap_inuse"`
 	StackInuse uint64  `json:"stack_inuse"`
+	NumGC      uint32  `json:"num_gc"`    // GC cycles completed
 	InFlight   float64 `json:"in_flight"` // the worker's jetpilot_jobs_in_flight
 }
 
@@ -73,7 +74,7 @@ func readStats(m *worker.Metrics) (procStats, error) {
 	s.CPUNanos = ru.Utime.Nano() + ru.Stime.Nano()
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
-	s.HeapInuse, s.StackInuse = ms.HeapInuse, ms.StackInuse
+	s.HeapInuse, s.StackInuse, s.NumGC = ms.HeapInuse, ms.StackInuse, ms.NumGC
 	var g dto.Metric
 	if err := m.InFlight.Write(&g); err != nil {
 		return s, fmt.Errorf("read in-flight gauge: %w", err)

@@ -16,6 +16,7 @@ import (
 // concSample is one run of the concurrency scenario.
 type concSample struct {
 	before, after  procStats
+	end            procStats // at the end of the idle window
 	idleCPUPercent float64
 	ramp           time.Duration
 	n              int
@@ -27,6 +28,10 @@ func (c *Concurrency) add(s concSample) {
 	c.GoroutinesPerRun.add(float64(s.after.Goroutines-s.before.Goroutines) / n)
 	c.HeapPerRunKiB.add((float64(s.after.HeapInuse) - float64(s.before.HeapInuse)) / 1024 / n)
 	c.StackPerRunKiB.add((float64(s.after.StackInuse) - float64(s.before.StackInuse)) / 1024 / n)
+	c.EndRSSPerRunKiB.add(float64(s.end.RSSKiB-s.before.RSSKiB) / n)
+	c.EndHeapPerRunKiB.add((float64(s.end.HeapInuse) - float64(s.before.HeapInuse)) / 1024 / n)
+	c.EndStackPerRunKiB.add((float64(s.end.StackInuse) - float64(s.before.StackInuse)) / 1024 / n)
+	c.IdleGCs.add(float64(s.end.NumGC - s.after.NumGC))
 	c.IdleCPUPercent.add(s.idleCPUPercent)
 	c.RSSBeforeMiB.add(float64(s.before.RSSKiB) / 1024)
 	c.RSSAfterMiB.add(float64(s.after.RSSKiB) / 1024)
@@ -193,6 +198,7 @@ func (e *env) concurrencyRun(ctx context.Context, tag string, n int, idle time.D
 	if int(end.InFlight) != n {
 		return concSample{}, fmt.Errorf("runs in flight dropped from %d to %v during the idle window", n, end.InFlight)
 	}
+	out.end = end
 	out.idleCPUPercent = float64(end.CPUNanos-out.after.CPUNanos) / float64(idle.Nanoseconds()) * 100
 	// Close the simulator's streams only after the worker has handed the
 	// jobs back, so no run ends in a burst of errors.

@@ -88,6 +88,15 @@ type Concurrency struct {
 	// StackInuse differences per run.
 	HeapPerRunKiB  Stat `json:"heap_per_run_kib"`
 	StackPerRunKiB Stat `json:"stack_per_run_kib"`
+	// EndRSSPerRunKiB, EndHeapPerRunKiB and EndStackPerRunKiB are the same
+	// figures at the end of the idle window, and IdleGCs how many GC cycles
+	// the worker ran within it: stacks shrink (and garbage goes) only at a
+	// GC, and idle runs allocate little, so the first figures can still
+	// hold the ramp's garbage and the stacks it grew.
+	EndRSSPerRunKiB   Stat `json:"end_rss_per_run_kib"`
+	EndHeapPerRunKiB  Stat `json:"end_heap_per_run_kib"`
+	EndStackPerRunKiB Stat `json:"end_stack_per_run_kib"`
+	IdleGCs           Stat `json:"idle_gcs"`
 	// IdleCPUPercent is user+system CPU (getrusage) over the idle window, in
 	// percent of one core.
 	IdleCPUPercent Stat `json:"idle_cpu_percent"`
@@ -321,6 +330,8 @@ func (r *Report) WriteTable(out io.Writer) error {
 		p("RSS per run\t%.1f KiB\t[%s]\n", c.RSSPerRunKiB.Median, samples(c.RSSPerRunKiB, "%.1f"))
 		p("  Go heap per run\t%.1f KiB\t[%s]\n", c.HeapPerRunKiB.Median, samples(c.HeapPerRunKiB, "%.1f"))
 		p("  goroutine stacks per run\t%.1f KiB\t[%s]\n", c.StackPerRunKiB.Median, samples(c.StackPerRunKiB, "%.1f"))
+		p("  at the end of the idle window (%s GCs in it)\t%.1f KiB (heap %.1f, stacks %.1f)\t[%s]\n", samples(c.IdleGCs, "%.0f"),
+			c.EndRSSPerRunKiB.Median, c.EndHeapPerRunKiB.Median, c.EndStackPerRunKiB.Median, samples(c.EndRSSPerRunKiB, "%.1f"))
 		p("goroutines per run\t%.2f\t[%s]\n", c.GoroutinesPerRun.Median, samples(c.GoroutinesPerRun, "%.2f"))
 		p("CPU while idle (%.0fs window)\t%.1f %% of a core\t[%s]\n", c.IdleWindowSeconds, c.IdleCPUPercent.Median, samples(c.IdleCPUPercent, "%.1f"))
 		p("RSS idle worker -> with runs\t%.0f -> %.0f MiB\t\n", c.RSSBeforeMiB.Median, c.RSSAfterMiB.Median)

@@ -346,11 +346,11 @@ func rawHandle(ctx context.Context, js jetstream.JetStream, cfg queue.Config, m 
 // once: with it a worker is the queue path alone.
 type instantRunner struct{}
 
-func (instantRunner) Run(_ context.Context, spec spawn.Spec) (spawn.Outcome, error) {
+func (instantRunner) Run(_ context.Context, spec *spawn.Spec) (*spawn.Outcome, error) {
 	now := time.Now().UTC()
 	res := schemas.Result{Schema: schemas.ResultSchemaID, JobID: spec.Job.ID, Attempt: spec.Attempt, StartedAt: now, FinishedAt: now}
 	res.SetStatus(schemas.StatusCompleted)
-	return spawn.Outcome{Result: res}, nil
+	return &spawn.Outcome{Result: res}, nil
 }
 
 func (instantRunner) CancelRun(context.Context, spawn.Cursor) error { return nil }

@@ -153,6 +153,12 @@ const (
 
 	transportReadBufferSize  = 1 << 10
 	transportWriteBufferSize = 1 << 10
+
+	// directReadBufferSize is the read buffer of an event stream on a
+	// connection of its own (directSSE), held for the whole run: its
+	// frames are a few hundred bytes (a text_delta about 300) and the SSE
+	// reader buffers again above it.
+	directReadBufferSize = 512
 )
 
 // refuseRedirect is every client's CheckRedirect: the 3xx answer itself
@@ -257,7 +263,7 @@ func (d *directSSE) do(req *http.Request) (*http.Response, error) {
 	if err := bw.Flush(); err != nil {
 		return fail(err)
 	}
-	br := bufio.NewReaderSize(conn, transportReadBufferSize)
+	br := bufio.NewReaderSize(conn, directReadBufferSize)
 	var resp *http.Response
 	for {
 		resp, err = http.ReadResponse(br, req)

@@ -31,7 +31,7 @@ func newDirectRunner(t *testing.T, simOpts agentsim.Options, opts RunnerOptions)
 func TestDirectEventStreamsRun(t *testing.T) {
 	srv, r := newDirectRunner(t, agentsim.Options{Token: "tok"}, testRunnerOptions())
 	text := "streamed over its own connection — ünïcödé ✓"
-	res, err := r.Run(t.Context(), Spec{Job: schemas.Job{ID: "direct", Prompt: "#sim drop-after 3\n#sim text " + text}})
+	res, err := r.Run(t.Context(), &Spec{Job: schemas.Job{ID: "direct", Prompt: "#sim drop-after 3\n#sim text " + text}})
 	require.NoError(t, err)
 	assert.Equal(t, schemas.StatusCompleted, res.Status)
 	assert.Equal(t, text, res.Stdout)
@@ -46,7 +46,7 @@ func TestDirectEventStreamsStallAndCancel(t *testing.T) {
 	opts := testRunnerOptions()
 	opts.StallTimeout = 300 * time.Millisecond
 	srv, r := newDirectRunner(t, agentsim.Options{}, opts)
-	res, err := r.Run(t.Context(), Spec{Job: schemas.Job{ID: "stall", Prompt: "#sim stall-after 3\n#sim text stalled and replaced"}})
+	res, err := r.Run(t.Context(), &Spec{Job: schemas.Job{ID: "stall", Prompt: "#sim stall-after 3\n#sim text stalled and replaced"}})
 	require.NoError(t, err)
 	assert.Equal(t, "stalled and replaced", res.Stdout)
 	assert.GreaterOrEqual(t, len(requestsTo(srv, http.MethodGet, "/events")), 2)
@@ -72,7 +72,7 @@ func TestDirectEventStreamsStallAndCancel(t *testing.T) {
 		case <-ctx.Done():
 		}
 	}()
-	_, err = r.Run(ctx, rec.attach(Spec{Job: schemas.Job{ID: "hang", Prompt: "#sim hang"}}))
+	_, err = r.Run(ctx, rec.attach(&Spec{Job: schemas.Job{ID: "hang", Prompt: "#sim hang"}}))
 	require.ErrorIs(t, err, context.Canceled)
 	var ce *CursorError
 	require.ErrorAs(t, err, &ce)
@@ -92,7 +92,7 @@ func heldReadLoops(t *testing.T, direct bool, n int) int {
 	before := countReadLoops(t) // other tests' idle connections
 	for i := range n {
 		go func() {
-			_, err := r.Run(ctx, Spec{Job: schemas.Job{ID: fmt.Sprintf("held-%v-%d", direct, i), Prompt: "#sim hang"}})
+			_, err := r.Run(ctx, &Spec{Job: schemas.Job{ID: fmt.Sprintf("held-%v-%d", direct, i), Prompt: "#sim hang"}})
 			done <- err
 		}()
 	}

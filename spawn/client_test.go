@@ -115,7 +115,7 @@ func TestClientTokenNeverInErrors(t *testing.T) {
 	srv.SetDown(false)
 	logs := &testsupport.SyncBuffer{}
 	r := NewRunner(c, RunnerOptions{Logger: slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
-	_, err = r.Run(t.Context(), Spec{Job: schemas.Job{ID: "j", Prompt: "p"}})
+	_, err = r.Run(t.Context(), &Spec{Job: schemas.Job{ID: "j", Prompt: "p"}})
 	require.Error(t, err)
 	assert.NotContains(t, err.Error(), secret)
 	assert.NotEmpty(t, logs.String())

@@ -25,7 +25,7 @@ func TestContinueSessionKeepsTheConversation(t *testing.T) {
 			spec.Continue = &Cursor{SessionID: session}
 		}
 		rec := newRecorder()
-		res, err := r.Run(t.Context(), rec.attach(spec))
+		res, err := r.Run(t.Context(), rec.attach(&spec))
 		require.NoError(t, err)
 		require.Equal(t, schemas.StatusCompleted, res.Status, res.Stderr)
 		if session == "" {
@@ -50,7 +50,7 @@ func TestContinueSessionKeepsTheConversation(t *testing.T) {
 func TestContinueLostSessionStartsANewOne(t *testing.T) {
 	srv, _, r := newSimRunner(t, agentsim.Options{}, testRunnerOptions())
 	gone := "5b7d7c0e-8f7a-4a51-9d0f-2f7f1f0b9a11"
-	res, err := r.Run(t.Context(), Spec{Policy: humanAsks, Continue: &Cursor{SessionID: gone},
+	res, err := r.Run(t.Context(), &Spec{Policy: humanAsks, Continue: &Cursor{SessionID: gone},
 		Job: schemas.Job{ID: "conv-lost", Prompt: "#sim text hi", SessionKey: "thread-2"}})
 	require.NoError(t, err)
 	require.Equal(t, schemas.StatusCompleted, res.Status, res.Stderr)
@@ -70,7 +70,7 @@ func TestContinueBusySessionIsTransient(t *testing.T) {
 	done := make(chan error, 1)
 	rec := newRecorder()
 	go func() {
-		_, err := r.Run(t.Context(), rec.attach(Spec{Policy: humanAsks, Control: first, Job: schemas.Job{ID: "conv-long", Prompt: "#sim hang", SessionKey: "thread-3"}}))
+		_, err := r.Run(t.Context(), rec.attach(&Spec{Policy: humanAsks, Control: first, Job: schemas.Job{ID: "conv-long", Prompt: "#sim hang", SessionKey: "thread-3"}}))
 		done <- err
 	}()
 	var cur Cursor
@@ -79,7 +79,7 @@ func TestContinueBusySessionIsTransient(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the first run did not start")
 	}
-	_, err := r.Run(t.Context(), Spec{Policy: humanAsks, Continue: &Cursor{SessionID: cur.SessionID},
+	_, err := r.Run(t.Context(), &Spec{Policy: humanAsks, Continue: &Cursor{SessionID: cur.SessionID},
 		Job: schemas.Job{ID: "conv-next", Prompt: "#sim text next", SessionKey: "thread-3"}})
 	require.ErrorIs(t, err, ErrSessionBusy)
 	assert.True(t, IsTransient(err))
@@ -101,12 +101,13 @@ func TestSteerReachesTheRun(t *testing.T) {
 	rec := newRecorder()
 	done := make(chan Outcome, 1)
 	go func() {
-		out, err := r.Run(context.WithoutCancel(t.Context()), rec.attach(Spec{Policy: allowOnly(t, "view"), Control: ctl,
+		out, err := r.Run(context.WithoutCancel(t.Context()), rec.attach(&Spec{Policy: allowOnly(t, "view"), Control: ctl,
 			Job: schemas.Job{ID: "steered", Prompt: "#sim sleep 1s\n#sim tool-time 500ms\n#sim tool view {\"path\":\"a\"}\n#sim sleep 1s\n#sim text done"}}))
 		if err != nil {
+			out = &Outcome{}
 			out.Stderr = err.Error()
 		}
-		done <- out
+		done <- *out
 	}()
 	var cur Cursor
 	select {
@@ -139,12 +140,13 @@ func TestSteerWaitsForASafePoint(t *testing.T) {
 	rec := newRecorder()
 	done := make(chan Outcome, 1)
 	go func() {
-		out, err := r.Run(context.WithoutCancel(t.Context()), rec.attach(Spec{Policy: humanAsks, Control: ctl,
+		out, err := r.Run(context.WithoutCancel(t.Context()), rec.attach(&Spec{Policy: humanAsks, Control: ctl,
 			Job: schemas.Job{ID: "steer-pause", Prompt: "#sim sleep 1s\n#sim tool stakpak__run_command {\"command\":\"deploy\"}\n#sim text done"}}))
 		if err != nil {
+			out = &Outcome{}
 			out.Stderr = err.Error()
 		}
-		done <- out
+		done <- *out
 	}()
 	select {
 	case <-rec.runID:
@@ -172,7 +174,7 @@ func TestSteerWaitsForASafePoint(t *testing.T) {
 // run is followed, never started again, and its text is its own.
 func TestResumeSharedSessionWithoutRunID(t *testing.T) {
 	srv, c, r := newSimRunner(t, agentsim.Options{}, testRunnerOptions())
-	first, err := r.Run(t.Context(), Spec{Policy: humanAsks, Job: schemas.Job{ID: "rs-1", Prompt: "#sim text first", SessionKey: "thread-rs"}})
+	first, err := r.Run(t.Context(), &Spec{Policy: humanAsks, Job: schemas.Job{ID: "rs-1", Prompt: "#sim text first", SessionKey: "thread-rs"}})
 	require.NoError(t, err)
 	require.Equal(t, schemas.StatusCompleted, first.Status)
 	session := first.SessionID
@@ -186,7 +188,7 @@ func TestResumeSharedSessionWithoutRunID(t *testing.T) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		_, _ = r.Run(ctx, rec.attach(Spec{Policy: humanAsks, Continue: &Cursor{SessionID: session},
+		_, _ = r.Run(ctx, rec.attach(&Spec{Policy: humanAsks, Continue: &Cursor{SessionID: session},
 			Job: schemas.Job{ID: "rs-2", Prompt: "#sim sleep 1s\n#sim text second", SessionKey: "thread-rs"}}))
 	}()
 	var cur Cursor
@@ -197,7 +199,7 @@ func TestResumeSharedSessionWithoutRunID(t *testing.T) {
 	}
 	stop()
 	<-done
-	res, err := r.Run(t.Context(), Spec{Policy: humanAsks, Resume: &Cursor{SessionID: session, MessageBase: cur.MessageBase},
+	res, err := r.Run(t.Context(), &Spec{Policy: humanAsks, Resume: &Cursor{SessionID: session, MessageBase: cur.MessageBase},
 		Job: schemas.Job{ID: "rs-2", Prompt: "#sim sleep 1s\n#sim text second", SessionKey: "thread-rs"}})
 	require.NoError(t, err)
 	require.Equal(t, schemas.StatusCompleted, res.Status, res.Stderr)
@@ -210,7 +212,7 @@ func TestResumeSharedSessionWithoutRunID(t *testing.T) {
 	page, err := c.Messages(t.Context(), session, 1, 0)
 	require.NoError(t, err)
 	base := page.Total // what the session had before this job's send
-	res, err = r.Run(t.Context(), Spec{Policy: humanAsks, Resume: &Cursor{SessionID: session, MessageBase: base},
+	res, err = r.Run(t.Context(), &Spec{Policy: humanAsks, Resume: &Cursor{SessionID: session, MessageBase: base},
 		Job: schemas.Job{ID: "rs-3", Prompt: "#sim text third", SessionKey: "thread-rs"}})
 	require.NoError(t, err)
 	require.Equal(t, schemas.StatusCompleted, res.Status, "%s %v", res.Stderr, res.Warnings)

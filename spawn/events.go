@@ -260,36 +260,56 @@ func newEventStream(body io.ReadCloser, opts StreamOptions) *EventStream {
 // stream, a *FrameTooLargeError for an oversized frame (the stream stays
 // usable), or the read error (a closed body, a reset connection).
 func (s *EventStream) Next() (Event, error) {
+	var ev Event
+	err := s.next(&ev)
+	return ev, err
+}
+
+// next is Next into ev. A run's goroutine waits in it for the whole run, so
+// its frame is kept small: the frame's decoding is in accept.
+func (s *EventStream) next(ev *Event) error {
 	for {
 		f, err := s.sse.Next()
-		if err != nil {
-			var big *FrameTooLargeError
-			if errors.As(err, &big) {
-				s.notePrev(big.ID)
-			}
-			return Event{}, err
+		if done, err := s.accept(&f, err, ev); done {
+			return err
 		}
-		if f.DroppedID != "" {
-			s.notePrev(f.DroppedID)
-		}
-		ev, err := decodeFrame(f)
-		if err == nil && ev.Gap != nil {
-			s.prevID, s.prevKnown = ev.Gap.NewestAvailableID, true
-		} else if err == nil {
-			ev.Jump = s.prevKnown && ev.ID > s.prevID+1
-			s.prevID, s.prevKnown = ev.ID, true
-		} else if f.HasID {
-			s.notePrev(f.ID)
-		}
-		if err != nil {
-			s.mu.Lock()
-			s.skipped++
-			s.lastSkip = err.Error()
-			s.mu.Unlock()
-			continue
-		}
-		return ev, nil
 	}
+}
+
+// accept decodes what the SSE reader gave into ev. done is false for a
+// frame that is skipped (it could not be decoded).
+//
+//go:noinline
+func (s *EventStream) accept(f *Frame, err error, ev *Event) (done bool, _ error) {
+	if err != nil {
+		var big *FrameTooLargeError
+		if errors.As(err, &big) {
+			s.notePrev(big.ID)
+		}
+		*ev = Event{}
+		return true, err
+	}
+	if f.DroppedID != "" {
+		s.notePrev(f.DroppedID)
+	}
+	e, err := decodeFrame(*f)
+	if err == nil && e.Gap != nil {
+		s.prevID, s.prevKnown = e.Gap.NewestAvailableID, true
+	} else if err == nil {
+		e.Jump = s.prevKnown && e.ID > s.prevID+1
+		s.prevID, s.prevKnown = e.ID, true
+	} else if f.HasID {
+		s.notePrev(f.ID)
+	}
+	if err != nil {
+		s.mu.Lock()
+		s.skipped++
+		s.lastSkip = err.Error()
+		s.mu.Unlock()
+		return false, nil
+	}
+	*ev = e
+	return true, nil
 }
 
 // notePrev records the id of a frame that is not returned (skipped or too

@@ -31,7 +31,7 @@ func ExampleRunner_Run() {
 		log.Fatal(err)
 	}
 	runner := spawn.NewRunner(client, spawn.RunnerOptions{Logger: slog.New(slog.DiscardHandler)})
-	out, err := runner.Run(ctx, spawn.Spec{Job: schemas.Job{ID: "example-1", Prompt: "#sim text Hello from the agent."}})
+	out, err := runner.Run(ctx, &spawn.Spec{Job: schemas.Job{ID: "example-1", Prompt: "#sim text Hello from the agent."}})
 	if err != nil {
 		log.Fatal(err)
 	}

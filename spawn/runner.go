@@ -223,7 +223,10 @@ var (
 	errCancelUnconfirmed = errors.New("the agent server did not confirm the end of the cancelled run")
 )
 
-func validateSpec(spec Spec) error {
+func validateSpec(spec *Spec) error {
+	if spec == nil {
+		return errors.New("spawn: run: spec is required")
+	}
 	if strings.TrimSpace(spec.Job.ID) == "" {
 		return errors.New("spawn: run: job id is required")
 	}
@@ -271,9 +274,14 @@ func validateSpec(spec Spec) error {
 // When ctx is cancelled (worker shutdown) Run returns ctx's cause wrapped in a
 // *CursorError and leaves the run going on the server: use CancelRun to stop
 // it.
-func (r *Runner) Run(ctx context.Context, spec Spec) (Outcome, error) {
+//
+// Run reads spec while it runs: the caller must not change it until Run
+// returns. Spec and Outcome go by pointer because Run's goroutine blocks
+// here for the whole run: every byte of the frames on its call chain is
+// kept per run in flight (see BENCHMARKS.md, "RSS per in-flight run").
+func (r *Runner) Run(ctx context.Context, spec *Spec) (*Outcome, error) {
 	if err := validateSpec(spec); err != nil {
-		return Outcome{}, err
+		return nil, err
 	}
 	st := newRunState(r, spec)
 	st.log = tracing.Logger(ctx, st.log)
@@ -291,22 +299,50 @@ func (r *Runner) Run(ctx context.Context, spec Spec) (Outcome, error) {
 	defer st.closeStream()
 	defer st.stopGrace()
 
-	res, err := st.run(phaseCtx)
+	// The run is got going (or found) first; the follow, where the
+	// goroutine spends the run, starts from this shallow frame.
+	res, err := st.start(phaseCtx)
+	if err == nil && res == nil {
+		res, err = st.followEvents(phaseCtx)
+	}
+	return st.end(ctx, base, phaseCtx, res, err)
+}
+
+// start is run, with the Result by pointer: nil (and no error) when the
+// run is to be followed. Not inlined: its Result would sit in Run's frame,
+// which stays on the stack for the whole follow.
+//
+//go:noinline
+func (st *runState) start(ctx context.Context) (*schemas.Result, error) {
+	res, err := st.run(ctx)
+	if err == nil && st.followNext {
+		st.followNext = false
+		return nil, nil
+	}
+	return &res, err
+}
+
+// end turns how the phase went into Run's answer.
+func (st *runState) end(ctx, base, phaseCtx context.Context, res *schemas.Result, err error) (*Outcome, error) {
 	if err != nil && ctx.Err() == nil && context.Cause(base) == nil && context.Cause(phaseCtx) == errPhaseTimeout {
-		res, err = st.afterTimeout(base)
+		var r schemas.Result
+		r, err = st.afterTimeout(base)
+		res = &r
 	}
 	if err == nil {
-		return st.outcome(st.finalize(ctx, res)), nil
+		o := st.outcome(st.finalize(ctx, *res))
+		return &o, nil
 	}
 	st.closeStream()
 	switch {
 	case ctx.Err() != nil:
-		return Outcome{}, &CursorError{Cursor: st.cursor(), Err: fmt.Errorf("run interrupted: %w", context.Cause(ctx))}
+		return nil, &CursorError{Cursor: st.cursor(), Err: fmt.Errorf("run interrupted: %w", context.Cause(ctx))}
 	case context.Cause(base) == errCancelUnconfirmed:
-		return st.outcome(st.finalize(ctx, st.unconfirmed())), nil
+		o := st.outcome(st.finalize(ctx, st.unconfirmed()))
+		return &o, nil
 	}
 	st.log.Warn("could not follow the run", "err", err)
-	return Outcome{}, &CursorError{Cursor: st.cursor(), Err: err}
+	return nil, &CursorError{Cursor: st.cursor(), Err: err}
 }
 
 // CancelRun asks the agent server to cancel the run at cur and wakes it, for

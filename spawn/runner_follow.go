@@ -96,57 +96,107 @@ const maxRebuildBytes = 64 << 20
 // follow reads the run's events until it ends or pauses, reconnecting a
 // dropped or stalled stream from the last event processed.
 func (st *runState) follow(ctx context.Context) (schemas.Result, error) {
+	res, err := st.followEvents(ctx)
+	if res == nil {
+		return schemas.Result{}, err
+	}
+	return *res, err
+}
+
+// followStep is what the follow loop does after a step.
+type followStep uint8
+
+const (
+	stepRead  followStep = iota // read the next event
+	stepAgain                   // go round again (a reconnect, a skipped frame)
+	stepDone                    // the phase ended: its Result (or error) is in
+)
+
+// followEvents is follow's loop. A run's goroutine spends the run blocked in
+// its st.stream.Next, so this frame (and those above it) is what a run in
+// flight keeps on its stack: everything else is done in helpers that return
+// before the next read (beforeRead, afterRead), and the Result comes by
+// pointer. A goroutine stack is halved at GC only while under a quarter of
+// it is in use: a small chain keeps idle runs at 8 KiB stacks.
+func (st *runState) followEvents(ctx context.Context) (*schemas.Result, error) {
 	ctx, span := tracing.Start(ctx, "follow")
 	defer span.End()
-	rc := &reconnector{st: st, b: st.newBackoff()}
 	st.opened = st.stream != nil // a stream opened before the send: the next open is a reconnect
+	return st.readEvents(ctx, &reconnector{st: st, b: st.newBackoff()})
+}
+
+// readEvents is followEvents's loop, in a frame of its own.
+//
+//go:noinline
+func (st *runState) readEvents(ctx context.Context, rc *reconnector) (*schemas.Result, error) {
+	var ev Event
 	for {
-		if err := ctx.Err(); err != nil {
-			return schemas.Result{}, fmt.Errorf("follow events: %w", context.Cause(ctx))
-		}
-		if st.spec.Control.Requested() || st.cancelling {
-			st.beginCancel(ctx)
-		}
-		if st.stream != nil && st.steerOK {
-			st.sendSteers(ctx)
-		}
-		if st.stream == nil {
-			res, done, err := st.reopen(ctx)
-			switch {
-			case done:
-				return res, nil
-			case err != nil && (ctx.Err() != nil || !IsTransient(err)):
-				return schemas.Result{}, err
-			case err != nil:
-				if werr := rc.wait(ctx, err); werr != nil {
-					return schemas.Result{}, werr
-				}
-				continue
-			}
-		}
-		ev, err := st.stream.Next()
-		if err != nil {
-			var big *FrameTooLargeError
-			if errors.As(err, &big) {
-				if res, done, herr := st.onOversize(ctx, big); herr != nil || done {
-					return res, herr
-				}
-				continue
-			}
-			if ferr := st.streamFailed(ctx, err, rc); ferr != nil {
-				return schemas.Result{}, ferr
-			}
+		if step, res, err := st.beforeRead(ctx, rc); step == stepDone {
+			return res, err
+		} else if step == stepAgain {
 			continue
 		}
-		rc.reset()
-		if st.quietTimer != nil {
-			st.quietTimer.Reset(st.opts.LivenessInterval)
-		}
-		res, done, err := st.handle(ctx, ev)
-		if err != nil || done {
+		err := st.stream.next(&ev)
+		if step, res, err := st.afterRead(ctx, rc, &ev, err); step == stepDone {
 			return res, err
 		}
 	}
+}
+
+// beforeRead makes the stream ready for the next read: a cancel to send,
+// steering to pass on, a stream to (re)open.
+func (st *runState) beforeRead(ctx context.Context, rc *reconnector) (followStep, *schemas.Result, error) {
+	if err := ctx.Err(); err != nil {
+		return stepDone, nil, fmt.Errorf("follow events: %w", context.Cause(ctx))
+	}
+	if st.spec.Control.Requested() || st.cancelling {
+		st.beginCancel(ctx)
+	}
+	if st.stream != nil && st.steerOK {
+		st.sendSteers(ctx)
+	}
+	if st.stream == nil {
+		res, done, err := st.reopen(ctx)
+		switch {
+		case done:
+			return stepDone, &res, nil
+		case err != nil && (ctx.Err() != nil || !IsTransient(err)):
+			return stepDone, nil, err
+		case err != nil:
+			if werr := rc.wait(ctx, err); werr != nil {
+				return stepDone, nil, werr
+			}
+			return stepAgain, nil, nil
+		}
+	}
+	return stepRead, nil, nil
+}
+
+// afterRead handles what a read of the stream gave: an event, or why there
+// was none.
+func (st *runState) afterRead(ctx context.Context, rc *reconnector, ev *Event, err error) (followStep, *schemas.Result, error) {
+	if err != nil {
+		var big *FrameTooLargeError
+		if errors.As(err, &big) {
+			if res, done, herr := st.onOversize(ctx, big); herr != nil || done {
+				return stepDone, &res, herr
+			}
+			return stepAgain, nil, nil
+		}
+		if ferr := st.streamFailed(ctx, err, rc); ferr != nil {
+			return stepDone, nil, ferr
+		}
+		return stepAgain, nil, nil
+	}
+	rc.reset()
+	if st.quietTimer != nil {
+		st.quietTimer.Reset(st.opts.LivenessInterval)
+	}
+	res, done, err := st.handle(ctx, *ev)
+	if err != nil || done {
+		return stepDone, &res, err
+	}
+	return stepRead, nil, nil
 }
 
 // reopen opens the event stream again. After the first open it is a

@@ -78,7 +78,7 @@ func TestRunHeldVerdictsGoWithTheHumansAnswer(t *testing.T) {
 		AllowedTools:    []string{"view"},
 	}
 	rec := newRecorder()
-	res, err := r.Run(t.Context(), rec.attach(Spec{Policy: humanAsks, Job: job}))
+	res, err := r.Run(t.Context(), rec.attach(&Spec{Policy: humanAsks, Job: job}))
 	require.NoError(t, err)
 	require.Equal(t, schemas.StatusPaused, res.Status)
 	require.Len(t, res.Held, 1)
@@ -87,7 +87,7 @@ func TestRunHeldVerdictsGoWithTheHumansAnswer(t *testing.T) {
 	decisions := maps.Clone(res.Held)
 	decisions[res.PauseReason.PendingToolCalls[0].ID] = schemas.ToolDecision{Action: schemas.ActionAccept}
 	cur := rec.lastCursor()
-	res2, err := r.Run(t.Context(), Spec{Policy: humanAsks, Job: job, Resume: &cur, Decisions: decisions, Timeout: 20 * time.Second})
+	res2, err := r.Run(t.Context(), &Spec{Policy: humanAsks, Job: job, Resume: &cur, Decisions: decisions, Timeout: 20 * time.Second})
 	require.NoError(t, err)
 	assert.Equal(t, schemas.StatusCompleted, res2.Status, "%+v", res2.Warnings)
 	assert.Contains(t, res2.Stdout, "rolled out")
@@ -101,7 +101,7 @@ func TestRunCancelPausedRunWakesIt(t *testing.T) {
 	srv, _, r := newSimRunner(t, agentsim.Options{}, fastRunnerOptions())
 	job := schemas.Job{ID: "cancel-paused", Prompt: "#sim text asking\n#sim tool run_command {}\n#sim text never", PauseOnApproval: true}
 	rec := newRecorder()
-	res, err := r.Run(t.Context(), rec.attach(Spec{Policy: humanAsks, Job: job}))
+	res, err := r.Run(t.Context(), rec.attach(&Spec{Policy: humanAsks, Job: job}))
 	require.NoError(t, err)
 	require.Equal(t, schemas.StatusPaused, res.Status)
 
@@ -109,7 +109,7 @@ func TestRunCancelPausedRunWakesIt(t *testing.T) {
 	ctl.Cancel()
 	cur := rec.lastCursor()
 	rec2 := newRecorder()
-	res2, err := r.Run(t.Context(), rec2.attach(Spec{Policy: humanAsks, Job: job, Resume: &cur, Control: ctl}))
+	res2, err := r.Run(t.Context(), rec2.attach(&Spec{Policy: humanAsks, Job: job, Resume: &cur, Control: ctl}))
 	require.NoError(t, err)
 	assert.Equal(t, schemas.StatusCancelled, res2.Status)
 	assert.Equal(t, "cancelled", res2.StopReason)
@@ -131,7 +131,7 @@ func TestRunCancelWhileThinking(t *testing.T) {
 	rec := newRecorder()
 	ctl := NewControl()
 	cancelOnEvent(t, rec, ctl, EventTurnStarted)
-	res, err := r.Run(t.Context(), rec.attach(Spec{
+	res, err := r.Run(t.Context(), rec.attach(&Spec{
 		Job:     schemas.Job{ID: "thinking", Prompt: "#sim sleep 600ms\n#sim tool run_command {}\n#sim text never"},
 		Control: ctl,
 	}))
@@ -152,14 +152,14 @@ func TestRunCancelGraceBoundsTheResult(t *testing.T) {
 	// machine) ends the run at once, confirmed, which is not the case under
 	// test. So a run confirmed that fast is tried again, a bounded number
 	// of times.
-	var res Outcome
+	var res *Outcome
 	for try := range 3 {
 		rec := newRecorder()
 		ctl := NewControl()
 		cancelOnEvent(t, rec, ctl, EventTurnStarted)
 		start := time.Now()
 		var err error
-		res, err = r.Run(t.Context(), rec.attach(Spec{
+		res, err = r.Run(t.Context(), rec.attach(&Spec{
 			Job:     schemas.Job{ID: fmt.Sprintf("grace-%d", try), Prompt: "#sim sleep 1m"},
 			Control: ctl,
 		}))
@@ -176,7 +176,7 @@ func TestRunCancelGraceBoundsTheResult(t *testing.T) {
 
 func TestRunTimeoutWhileThinking(t *testing.T) {
 	srv, _, r := newSimRunner(t, agentsim.Options{}, fastRunnerOptions())
-	res, err := r.Run(t.Context(), Spec{Policy: humanAsks, Job: schemas.Job{ID: "timeout-thinking", Prompt: "#sim sleep 1m"}, Timeout: 300 * time.Millisecond})
+	res, err := r.Run(t.Context(), &Spec{Policy: humanAsks, Job: schemas.Job{ID: "timeout-thinking", Prompt: "#sim sleep 1m"}, Timeout: 300 * time.Millisecond})
 	require.NoError(t, err)
 	assert.Equal(t, schemas.StatusTimedOut, res.Status)
 	assert.Contains(t, res.Stderr, "timed out")
@@ -190,7 +190,7 @@ func TestRunTimeoutWhileThinking(t *testing.T) {
 // completed, while its stream keeps sending keep-alives.
 func TestRunSilentDeathIsRunLost(t *testing.T) {
 	srv, _, r := newSimRunner(t, agentsim.Options{KeepAlive: 50 * time.Millisecond}, fastRunnerOptions())
-	res, err := r.Run(t.Context(), Spec{Policy: humanAsks, Job: schemas.Job{ID: "silent", Prompt: "#sim text partial\n#sim die"}})
+	res, err := r.Run(t.Context(), &Spec{Policy: humanAsks, Job: schemas.Job{ID: "silent", Prompt: "#sim text partial\n#sim die"}})
 	require.NoError(t, err)
 	assert.Equal(t, schemas.StatusFailed, res.Status)
 	require.NotNil(t, res.Error)
@@ -218,7 +218,7 @@ func TestRunAgentServerRestartIsRunLost(t *testing.T) {
 		case <-t.Context().Done():
 		}
 	}()
-	res, err := r.Run(t.Context(), rec.attach(Spec{Policy: humanAsks, Job: schemas.Job{ID: "restarted", Prompt: "#sim text before\n#sim sleep 1m"}, Timeout: 20 * time.Second}))
+	res, err := r.Run(t.Context(), rec.attach(&Spec{Policy: humanAsks, Job: schemas.Job{ID: "restarted", Prompt: "#sim text before\n#sim sleep 1m"}, Timeout: 20 * time.Second}))
 	require.NoError(t, err)
 	assert.Equal(t, schemas.StatusFailed, res.Status)
 	require.NotNil(t, res.Error)
@@ -257,11 +257,11 @@ func TestRunFinalTextWaitsForTheCheckpoint(t *testing.T) {
 	_, _, r := newSimRunner(t, agentsim.Options{EndDelay: 400 * time.Millisecond}, fastRunnerOptions())
 	job := schemas.Job{ID: "final-text", Prompt: "#sim text first part.\n#sim tool run_command {}\n#sim text the final turn.", PauseOnApproval: true}
 	rec := newRecorder()
-	res, err := r.Run(t.Context(), rec.attach(Spec{Policy: humanAsks, Job: job}))
+	res, err := r.Run(t.Context(), rec.attach(&Spec{Policy: humanAsks, Job: job}))
 	require.NoError(t, err)
 	require.Equal(t, schemas.StatusPaused, res.Status)
 	cur := rec.lastCursor()
-	res2, err := r.Run(t.Context(), Spec{Policy: humanAsks, Job: job, Resume: &cur,
+	res2, err := r.Run(t.Context(), &Spec{Policy: humanAsks, Job: job, Resume: &cur,
 		Decisions: map[string]schemas.ToolDecision{res.PauseReason.PendingToolCalls[0].ID: {Action: schemas.ActionAccept}}})
 	require.NoError(t, err)
 	assert.Equal(t, schemas.StatusCompleted, res2.Status)
@@ -275,7 +275,7 @@ func TestRunFinalTextWaitsForTheCheckpoint(t *testing.T) {
 func TestRunPolicyRejectionReachesTheModel(t *testing.T) {
 	srv, _, r := newSimRunner(t, agentsim.Options{}, fastRunnerOptions())
 	rec := newRecorder()
-	res, err := r.Run(t.Context(), rec.attach(Spec{
+	res, err := r.Run(t.Context(), rec.attach(&Spec{
 		Job:    schemas.Job{ID: "reject-why", Prompt: "#sim tool run_command {}\n#sim text ok"},
 		Policy: allowOnly(t, "view"),
 	}))
@@ -327,7 +327,7 @@ func TestEventStreamMarksJumps(t *testing.T) {
 // and must not decide it again.
 func TestRunReconnectDuringToolDoesNotDecideAgain(t *testing.T) {
 	srv, _, r := newSimRunner(t, agentsim.Options{}, fastRunnerOptions())
-	res, err := r.Run(t.Context(), Spec{Policy: humanAsks, Job: schemas.Job{ID: "redecide",
+	res, err := r.Run(t.Context(), &Spec{Policy: humanAsks, Job: schemas.Job{ID: "redecide",
 		Prompt: "#sim drop-after 6\n#sim tool-time 500ms\n#sim tool view {}\n#sim text done"}})
 	require.NoError(t, err)
 	assert.Equal(t, schemas.StatusCompleted, res.Status, "%+v %v", res.Error, res.Warnings)
@@ -360,7 +360,7 @@ func TestRunIDJumpReconnectsAndReplays(t *testing.T) {
 				"the server finished the run while this subscriber waited")
 		})
 	}
-	res, err := r.Run(t.Context(), Spec{Policy: humanAsks, Job: schemas.Job{ID: "lagging", Prompt: "#sim text-stream " + text}, OnEvent: slow})
+	res, err := r.Run(t.Context(), &Spec{Policy: humanAsks, Job: schemas.Job{ID: "lagging", Prompt: "#sim text-stream " + text}, OnEvent: slow})
 	require.NoError(t, err)
 	assert.Equal(t, schemas.StatusCompleted, res.Status)
 	assert.Equal(t, text, res.Stdout)
@@ -375,7 +375,7 @@ func TestRunIDJumpReconnectsAndReplays(t *testing.T) {
 func TestRunDecisionAnswerLostIsReplayed(t *testing.T) {
 	srv, _, r := newSimRunner(t, agentsim.Options{}, fastRunnerOptions())
 	srv.InjectFault(agentsim.Fault{Route: agentsim.RouteDecisions, Kind: agentsim.FaultResetAfter, Count: 1})
-	res, err := r.Run(t.Context(), Spec{Policy: humanAsks, Job: schemas.Job{ID: "answer-lost",
+	res, err := r.Run(t.Context(), &Spec{Policy: humanAsks, Job: schemas.Job{ID: "answer-lost",
 		Prompt: "#sim tool-time 200ms\n#sim tool view {}\n#sim text done"}})
 	require.NoError(t, err)
 	assert.Equal(t, schemas.StatusCompleted, res.Status, "%+v %v", res.Error, res.Warnings)
@@ -393,7 +393,7 @@ func TestRunKeepsABoundedTailOfTheText(t *testing.T) {
 	opts := testRunnerOptions()
 	opts.MaxTextBytes = 64 << 10
 	_, _, r := newSimRunner(t, agentsim.Options{}, opts)
-	res, err := r.Run(t.Context(), Spec{Policy: humanAsks, Job: schemas.Job{ID: "big-text", Prompt: "#sim bigtext 1000000\n#sim text THE END"}})
+	res, err := r.Run(t.Context(), &Spec{Policy: humanAsks, Job: schemas.Job{ID: "big-text", Prompt: "#sim bigtext 1000000\n#sim text THE END"}})
 	require.NoError(t, err)
 	assert.Equal(t, schemas.StatusCompleted, res.Status, "%+v %v", res.Error, res.Warnings)
 	assert.LessOrEqual(t, len(res.Stdout), 64<<10)
@@ -409,7 +409,7 @@ func TestRunCapsPendingCalls(t *testing.T) {
 	for i := range MaxPendingCalls + 5 {
 		fmt.Fprintf(&b, "#sim tool t%d {}\n", i)
 	}
-	res, err := r.Run(t.Context(), Spec{Policy: humanAsks, Job: schemas.Job{ID: "many-calls", Prompt: b.String(), PauseOnApproval: true}})
+	res, err := r.Run(t.Context(), &Spec{Policy: humanAsks, Job: schemas.Job{ID: "many-calls", Prompt: b.String(), PauseOnApproval: true}})
 	require.NoError(t, err)
 	require.Equal(t, schemas.StatusPaused, res.Status)
 	assert.Len(t, res.PauseReason.PendingToolCalls, MaxPendingCalls)
@@ -441,12 +441,12 @@ func TestRunReattachPastAnUndecidedProposalPausesAgain(t *testing.T) {
 	_, _, r := newSimRunner(t, agentsim.Options{KeepAlive: time.Second}, fastRunnerOptions())
 	job := schemas.Job{ID: "reattach-pending", Prompt: "#sim tool run_command {}\n#sim text done", PauseOnApproval: true}
 	rec := newRecorder()
-	res, err := r.Run(t.Context(), rec.attach(Spec{Policy: humanAsks, Job: job}))
+	res, err := r.Run(t.Context(), rec.attach(&Spec{Policy: humanAsks, Job: job}))
 	require.NoError(t, err)
 	require.Equal(t, schemas.StatusPaused, res.Status)
 	cur := rec.lastCursor()
 	start := time.Now()
-	res2, err := r.Run(t.Context(), Spec{Policy: humanAsks, Job: job, Resume: &cur, Timeout: 30 * time.Second})
+	res2, err := r.Run(t.Context(), &Spec{Policy: humanAsks, Job: job, Resume: &cur, Timeout: 30 * time.Second})
 	require.NoError(t, err)
 	assert.Equal(t, schemas.StatusPaused, res2.Status)
 	require.NotNil(t, res2.PauseReason)

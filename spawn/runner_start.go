@@ -24,9 +24,12 @@ type runState struct {
 	r      *Runner
 	c      *Client
 	opts   *RunnerOptions
-	spec   Spec
+	spec   *Spec
 	narrow policy.Narrowing
 	log    *slog.Logger
+	// followNext: the setup (run and what it calls) got the run going and
+	// leaves its following to Run (see followLater).
+	followNext bool
 
 	started     time.Time
 	sessionID   string
@@ -91,7 +94,7 @@ type runState struct {
 	unconfirmedEnd bool
 }
 
-func newRunState(r *Runner, spec Spec) *runState {
+func newRunState(r *Runner, spec *Spec) *runState {
 	st := &runState{
 		r:       r,
 		c:       r.c,
@@ -124,6 +127,14 @@ func (st *runState) outcome(res schemas.Result) Outcome {
 		o.Held = st.held
 	}
 	return o
+}
+
+// followLater ends the setup of a run that is to be followed: Run then
+// follows it from its own frame, so the setup's frames (and their Result
+// values) are off the stack while the goroutine waits for events.
+func (st *runState) followLater() (schemas.Result, error) {
+	st.followNext = true
+	return schemas.Result{}, nil
 }
 
 // setRun records the run id the phase follows.
@@ -246,7 +257,7 @@ func (st *runState) startRun(ctx context.Context) (schemas.Result, error) {
 	st.setRun(runID)
 	st.armProbe()
 	st.reportCursor(true)
-	return st.follow(ctx)
+	return st.followLater()
 }
 
 // sendRequest is the message that starts the job's run.
@@ -345,7 +356,7 @@ func (st *runState) resume(ctx context.Context) (schemas.Result, error) {
 		if rs.Active() && rs.RunID != "" {
 			st.setRun(rs.RunID)
 			st.reportCursor(true)
-			return st.follow(ctx)
+			return st.followLater()
 		}
 		page, err := st.messages(ctx, 1, 0)
 		if err != nil {
@@ -376,7 +387,7 @@ func (st *runState) resume(ctx context.Context) (schemas.Result, error) {
 				return res, err
 			}
 		}
-		return st.follow(ctx)
+		return st.followLater()
 	}
 	if len(st.spec.Decisions) > 0 {
 		st.warn("the run was no longer running when its decisions were to be sent; they were not applied")
@@ -406,7 +417,7 @@ func (st *runState) resumeShared(ctx context.Context, gs *SessionState) (schemas
 		if res, done, err := st.reconcile(ctx); err != nil || done {
 			return res, err
 		}
-		return st.follow(ctx)
+		return st.followLater()
 	}
 	st.warn("re-attached to the conversation's session after the job's run had ended; result rebuilt from the session")
 	return st.finishEnded(ctx, gs)

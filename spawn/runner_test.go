@@ -50,7 +50,7 @@ type recorder struct {
 
 func newRecorder() *recorder { return &recorder{runID: make(chan Cursor, 1)} }
 
-func (r *recorder) attach(spec Spec) Spec {
+func (r *recorder) attach(spec *Spec) *Spec {
 	spec.OnEvent = func(ev Event) {
 		r.mu.Lock()
 		defer r.mu.Unlock()
@@ -112,7 +112,7 @@ func TestRunCompleted(t *testing.T) {
 			AutoApprove: &schemas.AutoApprove{Mode: schemas.AutoApproveAll},
 		},
 	}
-	res, err := r.Run(t.Context(), rec.attach(Spec{Policy: humanAsks, Job: job, Attempt: 2}))
+	res, err := r.Run(t.Context(), rec.attach(&Spec{Policy: humanAsks, Job: job, Attempt: 2}))
 	require.NoError(t, err)
 
 	assert.Equal(t, schemas.StatusCompleted, res.Status)
@@ -169,7 +169,7 @@ func TestRunSendsSandboxAndContext(t *testing.T) {
 	srv, _, r := newSimRunner(t, agentsim.Options{}, testRunnerOptions())
 	job := schemas.Job{ID: "j-ctx", Prompt: "p", Sandbox: true,
 		CallerContext: []schemas.ContextItem{{Name: "ticket", Content: "T-1", Priority: "high"}}}
-	res, err := r.Run(t.Context(), Spec{Policy: humanAsks, Job: job})
+	res, err := r.Run(t.Context(), &Spec{Policy: humanAsks, Job: job})
 	require.NoError(t, err)
 	assert.Equal(t, "Hello from agentsim.", res.Stdout)
 	sends := requestsTo(srv, http.MethodPost, "/messages")
@@ -211,7 +211,7 @@ func TestRunCompletesBeforeSubscribe(t *testing.T) {
 	})
 	c := newTestClient(t, base, "")
 	r := NewRunner(c, testRunnerOptions())
-	res, err := r.Run(t.Context(), Spec{Policy: humanAsks, Job: schemas.Job{ID: "fast", Prompt: "#sim text quick one"}})
+	res, err := r.Run(t.Context(), &Spec{Policy: humanAsks, Job: schemas.Job{ID: "fast", Prompt: "#sim text quick one"}})
 	require.NoError(t, err)
 	assert.Equal(t, schemas.StatusCompleted, res.Status)
 	assert.Equal(t, "quick one", res.Stdout)
@@ -222,7 +222,7 @@ func TestRunCompletesBeforeSubscribe(t *testing.T) {
 func TestRunToolPolicyRejects(t *testing.T) {
 	srv, _, r := newSimRunner(t, agentsim.Options{}, testRunnerOptions())
 	prompt := "#sim tool stakpak__run_command {\"cmd\":\"ls\"}\n#sim tool stakpak__delete_all {}\n#sim tool view {}\n#sim text done"
-	res, err := r.Run(t.Context(), Spec{
+	res, err := r.Run(t.Context(), &Spec{
 		Job:    schemas.Job{ID: "tools", Prompt: prompt},
 		Policy: allowOnly(t, "run_command", "stakpak__view", "view"),
 	})
@@ -255,7 +255,7 @@ func TestRunPauseThenResume(t *testing.T) {
 		PauseOnApproval: true,
 		AllowedTools:    []string{"view"},
 	}
-	res, err := r.Run(t.Context(), rec.attach(Spec{Policy: humanAsks, Job: job}))
+	res, err := r.Run(t.Context(), rec.attach(&Spec{Policy: humanAsks, Job: job}))
 	require.NoError(t, err)
 	require.Equal(t, schemas.StatusPaused, res.Status)
 	require.NotNil(t, res.ExitCode)
@@ -282,7 +282,7 @@ func TestRunPauseThenResume(t *testing.T) {
 	decisions := maps.Clone(res.Held)
 	decisions[pending.ID] = schemas.ToolDecision{Action: schemas.ActionAccept}
 	rec2 := newRecorder()
-	res2, err := r.Run(t.Context(), rec2.attach(Spec{Policy: humanAsks, Job: job, Resume: &cur, Attempt: 1, Decisions: decisions}))
+	res2, err := r.Run(t.Context(), rec2.attach(&Spec{Policy: humanAsks, Job: job, Resume: &cur, Attempt: 1, Decisions: decisions}))
 	require.NoError(t, err)
 	assert.Equal(t, schemas.StatusCompleted, res2.Status, "%+v %v", res2.Error, res2.Warnings)
 	assert.Equal(t, res.RunID, res2.RunID)
@@ -302,7 +302,7 @@ func TestRunPauseThenResume(t *testing.T) {
 	assert.ElementsMatch(t, []string{"call_1", pending.ID}, final.Decided)
 
 	// A take-over from the same cursor never decides the calls again.
-	res3, err := r.Run(t.Context(), Spec{Policy: humanAsks, Job: job, Resume: &final, Attempt: 2, Decisions: decisions})
+	res3, err := r.Run(t.Context(), &Spec{Policy: humanAsks, Job: job, Resume: &final, Attempt: 2, Decisions: decisions})
 	require.NoError(t, err)
 	assert.Equal(t, schemas.StatusCompleted, res3.Status)
 	assert.Len(t, requestsTo(srv, http.MethodPost, "/tools/decisions"), 1)
@@ -310,7 +310,7 @@ func TestRunPauseThenResume(t *testing.T) {
 
 func TestRunPauseWithoutJobListAsksEverything(t *testing.T) {
 	srv, _, r := newSimRunner(t, agentsim.Options{}, testRunnerOptions())
-	res, err := r.Run(t.Context(), Spec{Policy: humanAsks, Job: schemas.Job{ID: "p2", Prompt: "#sim tool view {}", PauseOnApproval: true}})
+	res, err := r.Run(t.Context(), &Spec{Policy: humanAsks, Job: schemas.Job{ID: "p2", Prompt: "#sim tool view {}", PauseOnApproval: true}})
 	require.NoError(t, err)
 	require.Equal(t, schemas.StatusPaused, res.Status)
 	require.Len(t, res.PauseReason.PendingToolCalls, 1)
@@ -319,7 +319,7 @@ func TestRunPauseWithoutJobListAsksEverything(t *testing.T) {
 
 func TestRunError(t *testing.T) {
 	_, _, r := newSimRunner(t, agentsim.Options{}, testRunnerOptions())
-	res, err := r.Run(t.Context(), Spec{Policy: humanAsks, Job: schemas.Job{ID: "err", Prompt: "#sim text partial\n#sim error model exploded"}})
+	res, err := r.Run(t.Context(), &Spec{Policy: humanAsks, Job: schemas.Job{ID: "err", Prompt: "#sim text partial\n#sim error model exploded"}})
 	require.NoError(t, err)
 	assert.Equal(t, schemas.StatusFailed, res.Status)
 	require.NotNil(t, res.ExitCode)
@@ -335,7 +335,7 @@ func TestRunPermanentRejectionIsAFailedResult(t *testing.T) {
 	for i := range items {
 		items[i] = schemas.ContextItem{Name: fmt.Sprintf("c%d", i), Content: "x"}
 	}
-	res, err := r.Run(t.Context(), Spec{Policy: humanAsks, Job: schemas.Job{ID: "bad-context", Prompt: "x", CallerContext: items}})
+	res, err := r.Run(t.Context(), &Spec{Policy: humanAsks, Job: schemas.Job{ID: "bad-context", Prompt: "x", CallerContext: items}})
 	require.NoError(t, err)
 	assert.Equal(t, schemas.StatusFailed, res.Status)
 	require.NotNil(t, res.Error)
@@ -348,7 +348,7 @@ func TestRunPermanentRejectionIsAFailedResult(t *testing.T) {
 // inference retries (AGENT_SERVER_API.md r2).
 func TestRunUnknownModelFailsAfterRetries(t *testing.T) {
 	srv, _, r := newSimRunner(t, agentsim.Options{}, testRunnerOptions())
-	res, err := r.Run(t.Context(), Spec{Policy: humanAsks, Job: schemas.Job{ID: "bad-model", Prompt: "x", Model: "no-such/model"}})
+	res, err := r.Run(t.Context(), &Spec{Policy: humanAsks, Job: schemas.Job{ID: "bad-model", Prompt: "x", Model: "no-such/model"}})
 	require.NoError(t, err)
 	assert.Equal(t, schemas.StatusFailed, res.Status)
 	require.NotNil(t, res.Error)
@@ -361,7 +361,7 @@ func TestRunCancelled(t *testing.T) {
 	rec := newRecorder()
 	ctl := NewControl()
 	cancelOnEvent(t, rec, ctl, EventTextComplete)
-	res, err := r.Run(t.Context(), rec.attach(Spec{Policy: humanAsks, Job: schemas.Job{ID: "cancel", Prompt: "#sim text waiting\n#sim hang"}, Control: ctl}))
+	res, err := r.Run(t.Context(), rec.attach(&Spec{Policy: humanAsks, Job: schemas.Job{ID: "cancel", Prompt: "#sim text waiting\n#sim hang"}, Control: ctl}))
 	require.NoError(t, err)
 	assert.Empty(t, res.Warnings, "the server confirmed the end")
 	assert.Equal(t, schemas.StatusCancelled, res.Status)
@@ -374,7 +374,7 @@ func TestRunCancelled(t *testing.T) {
 
 func TestRunTimeout(t *testing.T) {
 	srv, _, r := newSimRunner(t, agentsim.Options{}, testRunnerOptions())
-	res, err := r.Run(t.Context(), Spec{Policy: humanAsks, Job: schemas.Job{ID: "slow", Prompt: "#sim text partial text\n#sim hang"}, Timeout: 500 * time.Millisecond})
+	res, err := r.Run(t.Context(), &Spec{Policy: humanAsks, Job: schemas.Job{ID: "slow", Prompt: "#sim text partial text\n#sim hang"}, Timeout: 500 * time.Millisecond})
 	require.NoError(t, err)
 	assert.Equal(t, schemas.StatusTimedOut, res.Status)
 	assert.Nil(t, res.ExitCode)
@@ -394,7 +394,7 @@ func TestRunReconnectsAfterDrop(t *testing.T) {
 	srv, _, r := newSimRunner(t, agentsim.Options{}, testRunnerOptions())
 	rec := newRecorder()
 	text := "a much longer text, streamed in many small deltas — with ünïcödé ✓ — so the drops land mid-run"
-	res, err := r.Run(t.Context(), rec.attach(Spec{Policy: humanAsks, Job: schemas.Job{ID: "drop", Prompt: "#sim drop-after 3\n#sim text " + text}}))
+	res, err := r.Run(t.Context(), rec.attach(&Spec{Policy: humanAsks, Job: schemas.Job{ID: "drop", Prompt: "#sim drop-after 3\n#sim text " + text}}))
 	require.NoError(t, err)
 	assert.Equal(t, schemas.StatusCompleted, res.Status)
 	assert.Equal(t, text, res.Stdout, "no lost or duplicated text")
@@ -414,7 +414,7 @@ func TestRunReconnectsAfterStall(t *testing.T) {
 	opts.Logger = slog.New(slog.NewTextHandler(logs, nil))
 	srv, _, r := newSimRunner(t, agentsim.Options{}, opts)
 	text := "stalled streams are noticed and replaced"
-	res, err := r.Run(t.Context(), Spec{Policy: humanAsks, Job: schemas.Job{ID: "stall", Prompt: "#sim stall-after 3\n#sim text " + text}})
+	res, err := r.Run(t.Context(), &Spec{Policy: humanAsks, Job: schemas.Job{ID: "stall", Prompt: "#sim stall-after 3\n#sim text " + text}})
 	require.NoError(t, err)
 	assert.Equal(t, schemas.StatusCompleted, res.Status)
 	assert.Equal(t, text, res.Stdout)
@@ -425,7 +425,7 @@ func TestRunReconnectsAfterStall(t *testing.T) {
 func TestRunGapRebuildsFromMessages(t *testing.T) {
 	srv, _, r := newSimRunner(t, agentsim.Options{}, testRunnerOptions())
 	text := "this text outlives a tiny event ring, so a reconnect finds a gap"
-	res, err := r.Run(t.Context(), Spec{Policy: humanAsks, Job: schemas.Job{ID: "gap", Prompt: "#sim ring 4\n#sim drop-after 2\n#sim text " + text}})
+	res, err := r.Run(t.Context(), &Spec{Policy: humanAsks, Job: schemas.Job{ID: "gap", Prompt: "#sim ring 4\n#sim drop-after 2\n#sim text " + text}})
 	require.NoError(t, err)
 	assert.Equal(t, schemas.StatusCompleted, res.Status)
 	assert.Equal(t, text, res.Stdout)
@@ -438,12 +438,12 @@ func TestRunSkipsGarbageAndOversizedFrames(t *testing.T) {
 	opts := testRunnerOptions()
 	opts.MaxFrameBytes = 64 << 10
 	_, _, r := newSimRunner(t, agentsim.Options{}, opts)
-	res, err := r.Run(t.Context(), Spec{Policy: humanAsks, Job: schemas.Job{ID: "garbage", Prompt: "#sim garbage\n#sim text fine"}})
+	res, err := r.Run(t.Context(), &Spec{Policy: humanAsks, Job: schemas.Job{ID: "garbage", Prompt: "#sim garbage\n#sim text fine"}})
 	require.NoError(t, err)
 	assert.Equal(t, "fine", res.Stdout)
 	assert.Empty(t, res.Warnings)
 
-	res, err = r.Run(t.Context(), Spec{Policy: humanAsks, Job: schemas.Job{ID: "big", Prompt: "#sim text start\n#sim bigframe 200000\n#sim text end"}})
+	res, err = r.Run(t.Context(), &Spec{Policy: humanAsks, Job: schemas.Job{ID: "big", Prompt: "#sim text start\n#sim bigframe 200000\n#sim text end"}})
 	require.NoError(t, err)
 	assert.Equal(t, schemas.StatusCompleted, res.Status)
 	assert.True(t, strings.HasPrefix(res.Stdout, "start"), "%.40q", res.Stdout)
@@ -455,7 +455,7 @@ func TestRunSkipsGarbageAndOversizedFrames(t *testing.T) {
 func TestRunFailedSendRetriedByCaller(t *testing.T) {
 	srv, _, r := newSimRunner(t, agentsim.Options{}, testRunnerOptions())
 	job := schemas.Job{ID: "retry-503", Prompt: "#sim fail-send 1 503\n#sim text ok"}
-	_, err := r.Run(t.Context(), Spec{Policy: humanAsks, Job: job})
+	_, err := r.Run(t.Context(), &Spec{Policy: humanAsks, Job: job})
 	require.Error(t, err)
 	assert.True(t, IsTransient(err), "%v", err)
 	var ce *CursorError
@@ -465,7 +465,7 @@ func TestRunFailedSendRetriedByCaller(t *testing.T) {
 	assert.Zero(t, srv.RunsStarted())
 
 	// The caller retries from the cursor.
-	res, err := r.Run(t.Context(), Spec{Policy: humanAsks, Job: job, Resume: &ce.Cursor, Attempt: 2})
+	res, err := r.Run(t.Context(), &Spec{Policy: humanAsks, Job: job, Resume: &ce.Cursor, Attempt: 2})
 	require.NoError(t, err)
 	assert.Equal(t, schemas.StatusCompleted, res.Status)
 	assert.Equal(t, "ok", res.Stdout)
@@ -473,7 +473,7 @@ func TestRunFailedSendRetriedByCaller(t *testing.T) {
 
 	// A redelivery that lost the cursor starts over: the same keys
 	// find the same session and the same run.
-	res2, err := r.Run(t.Context(), Spec{Policy: humanAsks, Job: job, Attempt: 3})
+	res2, err := r.Run(t.Context(), &Spec{Policy: humanAsks, Job: job, Attempt: 3})
 	require.NoError(t, err)
 	assert.Equal(t, res.SessionID, res2.SessionID)
 	assert.Equal(t, res.RunID, res2.RunID)
@@ -488,7 +488,7 @@ func TestRunFailedSendRetriedByCaller(t *testing.T) {
 // completes without the caller retrying.
 func TestRunSendResetIsReplayedByTheTransport(t *testing.T) {
 	srv, _, r := newSimRunner(t, agentsim.Options{}, testRunnerOptions())
-	res, err := r.Run(t.Context(), Spec{Policy: humanAsks, Job: schemas.Job{ID: "retry-reset", Prompt: "#sim fail-send 1 reset\n#sim text ok"}})
+	res, err := r.Run(t.Context(), &Spec{Policy: humanAsks, Job: schemas.Job{ID: "retry-reset", Prompt: "#sim fail-send 1 reset\n#sim text ok"}})
 	require.NoError(t, err)
 	assert.Equal(t, schemas.StatusCompleted, res.Status)
 	assert.Equal(t, "ok", res.Stdout)
@@ -500,13 +500,13 @@ func TestRunReattachToEndedRun(t *testing.T) {
 	srv, _, r := newSimRunner(t, agentsim.Options{}, testRunnerOptions())
 	job := schemas.Job{ID: "ended", Prompt: "#sim usage 5 6\n#sim text all finished"}
 	rec := newRecorder()
-	first, err := r.Run(t.Context(), rec.attach(Spec{Policy: humanAsks, Job: job}))
+	first, err := r.Run(t.Context(), rec.attach(&Spec{Policy: humanAsks, Job: job}))
 	require.NoError(t, err)
 	final := rec.lastCursor()
 	require.Positive(t, final.LastEventID)
 
 	// With the run id, from the start: the replay has everything.
-	res, err := r.Run(t.Context(), Spec{Policy: humanAsks, Job: job, Resume: &Cursor{SessionID: first.SessionID, RunID: first.RunID}})
+	res, err := r.Run(t.Context(), &Spec{Policy: humanAsks, Job: job, Resume: &Cursor{SessionID: first.SessionID, RunID: first.RunID}})
 	require.NoError(t, err)
 	assert.Equal(t, schemas.StatusCompleted, res.Status)
 	assert.Equal(t, "all finished", res.Stdout)
@@ -514,7 +514,7 @@ func TestRunReattachToEndedRun(t *testing.T) {
 	assert.Empty(t, res.Warnings)
 
 	// Without the run id: found from the replay, never sent again.
-	res, err = r.Run(t.Context(), Spec{Policy: humanAsks, Job: job, Resume: &Cursor{SessionID: first.SessionID}})
+	res, err = r.Run(t.Context(), &Spec{Policy: humanAsks, Job: job, Resume: &Cursor{SessionID: first.SessionID}})
 	require.NoError(t, err)
 	assert.Equal(t, schemas.StatusCompleted, res.Status)
 	assert.Equal(t, first.RunID, res.RunID)
@@ -523,7 +523,7 @@ func TestRunReattachToEndedRun(t *testing.T) {
 
 	// Past the final event (processed, but its result not published): the
 	// replay from one before the cursor has the run's end again.
-	res, err = r.Run(t.Context(), Spec{Policy: humanAsks, Job: job, Resume: &final})
+	res, err = r.Run(t.Context(), &Spec{Policy: humanAsks, Job: job, Resume: &final})
 	require.NoError(t, err)
 	assert.Equal(t, schemas.StatusCompleted, res.Status)
 	assert.Equal(t, "all finished", res.Stdout)
@@ -538,10 +538,10 @@ func TestRunReattachToFailedRunSnapshot(t *testing.T) {
 	_, _, r := newSimRunner(t, agentsim.Options{}, testRunnerOptions())
 	job := schemas.Job{ID: "ended-bad", Prompt: "#sim error broke"}
 	rec := newRecorder()
-	_, err := r.Run(t.Context(), rec.attach(Spec{Policy: humanAsks, Job: job}))
+	_, err := r.Run(t.Context(), rec.attach(&Spec{Policy: humanAsks, Job: job}))
 	require.NoError(t, err)
 	final := rec.lastCursor()
-	res, err := r.Run(t.Context(), Spec{Policy: humanAsks, Job: job, Resume: &final})
+	res, err := r.Run(t.Context(), &Spec{Policy: humanAsks, Job: job, Resume: &final})
 	require.NoError(t, err)
 	assert.Equal(t, schemas.StatusFailed, res.Status)
 	require.NotNil(t, res.Error)
@@ -560,7 +560,7 @@ func TestRunCallerCancelLeavesRunGoing(t *testing.T) {
 		case <-ctx.Done():
 		}
 	}()
-	_, err := r.Run(ctx, rec.attach(Spec{Policy: humanAsks, Job: schemas.Job{ID: "shutdown", Prompt: "#sim hang"}}))
+	_, err := r.Run(ctx, rec.attach(&Spec{Policy: humanAsks, Job: schemas.Job{ID: "shutdown", Prompt: "#sim hang"}}))
 	require.Error(t, err)
 	require.ErrorIs(t, err, context.Canceled)
 	assert.False(t, IsTransient(err))
@@ -591,7 +591,7 @@ func TestRunGivesUpWhenServerGone(t *testing.T) {
 		}
 	}()
 	job := schemas.Job{ID: "outage", Prompt: "#sim text before outage\n#sim hang"}
-	_, err := r.Run(t.Context(), rec.attach(Spec{Policy: humanAsks, Job: job}))
+	_, err := r.Run(t.Context(), rec.attach(&Spec{Policy: humanAsks, Job: job}))
 	require.Error(t, err)
 	assert.True(t, IsTransient(err), "%v", err)
 	var ce *CursorError
@@ -600,7 +600,7 @@ func TestRunGivesUpWhenServerGone(t *testing.T) {
 
 	// Back up: the retry re-attaches and, on timeout, cancels the run.
 	srv.SetDown(false)
-	res, err := r.Run(t.Context(), Spec{Policy: humanAsks, Job: job, Resume: &ce.Cursor, Timeout: 400 * time.Millisecond})
+	res, err := r.Run(t.Context(), &Spec{Policy: humanAsks, Job: job, Resume: &ce.Cursor, Timeout: 400 * time.Millisecond})
 	require.NoError(t, err)
 	assert.Equal(t, schemas.StatusTimedOut, res.Status)
 	assert.Equal(t, ce.Cursor.RunID, res.RunID)
@@ -610,7 +610,7 @@ func TestRunGivesUpWhenServerGone(t *testing.T) {
 
 func TestRunSessionLost(t *testing.T) {
 	_, _, r := newSimRunner(t, agentsim.Options{}, testRunnerOptions())
-	res, err := r.Run(t.Context(), Spec{Policy: humanAsks, Job: schemas.Job{ID: "lost"}, Resume: &Cursor{SessionID: "00000000-0000-0000-0000-000000000000", RunID: "r"}})
+	res, err := r.Run(t.Context(), &Spec{Policy: humanAsks, Job: schemas.Job{ID: "lost"}, Resume: &Cursor{SessionID: "00000000-0000-0000-0000-000000000000", RunID: "r"}})
 	require.NoError(t, err)
 	assert.Equal(t, schemas.StatusFailed, res.Status)
 	assert.Equal(t, "session_not_found", res.Error.Code)
@@ -624,7 +624,7 @@ func TestRunBadSpec(t *testing.T) {
 		{Job: schemas.Job{ID: "x", Prompt: "p"}, Timeout: -time.Second},
 		{Job: schemas.Job{ID: "x"}, Resume: &Cursor{}},
 	} {
-		_, err := r.Run(t.Context(), spec)
+		_, err := r.Run(t.Context(), &spec)
 		require.Error(t, err)
 		assert.False(t, IsTransient(err))
 	}
@@ -640,7 +640,7 @@ func TestRunSendConflictAdoptsActiveRun(t *testing.T) {
 	runID, err := c.SendMessage(t.Context(), sess.ID, SendMessageRequest{Message: MessageInput{Content: "#sim text earlier\n#sim hang"}}, "some-other-key")
 	require.NoError(t, err)
 
-	res, err := r.Run(t.Context(), Spec{Policy: humanAsks, Job: schemas.Job{ID: "conflict", Prompt: "#sim text new"}, Timeout: 300 * time.Millisecond})
+	res, err := r.Run(t.Context(), &Spec{Policy: humanAsks, Job: schemas.Job{ID: "conflict", Prompt: "#sim text new"}, Timeout: 300 * time.Millisecond})
 	require.NoError(t, err)
 	assert.Equal(t, sess.ID, res.SessionID)
 	assert.Equal(t, runID, res.RunID)
@@ -654,9 +654,9 @@ func TestRunSendConflictAdoptsActiveRun(t *testing.T) {
 // (the key is remembered with another body) must not start a second run.
 func TestRunKeyReusedRebuildsEndedRun(t *testing.T) {
 	srv, _, r := newSimRunner(t, agentsim.Options{}, testRunnerOptions())
-	first, err := r.Run(t.Context(), Spec{Policy: humanAsks, Job: schemas.Job{ID: "reused", Prompt: "#sim text first body"}})
+	first, err := r.Run(t.Context(), &Spec{Policy: humanAsks, Job: schemas.Job{ID: "reused", Prompt: "#sim text first body"}})
 	require.NoError(t, err)
-	res, err := r.Run(t.Context(), Spec{Policy: humanAsks, Job: schemas.Job{ID: "reused", Prompt: "#sim text second body"}})
+	res, err := r.Run(t.Context(), &Spec{Policy: humanAsks, Job: schemas.Job{ID: "reused", Prompt: "#sim text second body"}})
 	require.NoError(t, err)
 	assert.Equal(t, schemas.StatusCompleted, res.Status)
 	assert.Equal(t, first.SessionID, res.SessionID)

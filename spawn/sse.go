@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 )
 
 // DefaultMaxFrameBytes caps one SSE frame when no other cap is set.
@@ -83,7 +84,10 @@ type SSEReader struct {
 	max       int
 	onComment func(string)
 
-	buf      []byte // read buffer
+	buf      []byte  // read buffer: *bufp while bytes come, nil between bursts
+	bufp     *[]byte // from sseBufs
+	first    [1]byte // the read that waits for the next burst lands here
+	waited   bool    // the last fill was that wait: read on into the buffer
 	pos, end int
 	eof      bool
 	readErr  error
@@ -93,7 +97,7 @@ type SSEReader struct {
 	line      []byte // current, unterminated line
 	frameSize int    // bytes of the current frame so far
 	discard   bool   // dropping the rest of an oversized frame
-	data      bytes.Buffer
+	data      []byte // the frame's data so far; handed to its Frame, never reused
 	hasData   bool
 	event     string
 	lastID    string
@@ -102,8 +106,16 @@ type SSEReader struct {
 }
 
 // sseBufSize is the read buffer of an SSEReader. Agent-server frames are a
-// few hundred bytes; longer lines are joined across fills.
-const sseBufSize = 2 << 10
+// few hundred bytes (a text_delta about 300), so one usually fits; longer
+// lines are joined across fills, and the body under it is buffered by the
+// transport already, so a smaller buffer costs a copy call, not a syscall.
+const sseBufSize = 512
+
+// sseBufs holds the read buffers of the readers between bursts. A reader
+// waits for the next burst with a one-byte read and no buffer (a worker has
+// one reader per run in flight, and an idle run waits for long), and takes
+// a buffer only once bytes come: one more read call per burst.
+var sseBufs = sync.Pool{New: func() any { b := make([]byte, sseBufSize); return &b }}
 
 // NewSSEReader returns a reader over r.
 func NewSSEReader(r io.Reader, opts SSEOptions) *SSEReader {
@@ -111,10 +123,7 @@ func NewSSEReader(r io.Reader, opts SSEOptions) *SSEReader {
 	if max <= 0 {
 		max = DefaultMaxFrameBytes
 	}
-	// Small: lines longer than the buffer are joined across fills, and an
-	// HTTP body is already buffered by the transport. A worker holds one
-	// reader per run in flight, so every KiB here is a KiB per run.
-	return &SSEReader{r: r, max: max, onComment: opts.OnComment, buf: make([]byte, sseBufSize)}
+	return &SSEReader{r: r, max: max, onComment: opts.OnComment}
 }
 
 // LastEventID is the stream's last event id so far.
@@ -178,6 +187,16 @@ func (s *SSEReader) nextLine() (line []byte, ok bool, err error) {
 				}
 			}
 			i := bytes.IndexAny(chunk, "\r\n")
+			if i >= 0 && len(s.line) == 0 && !s.discard && s.frameSize+i <= s.max {
+				// The whole line is in the buffer: return it from there,
+				// without a copy (processLine keeps nothing of it).
+				s.frameSize += i
+				if chunk[i] == '\r' {
+					s.afterCR = true
+				}
+				s.pos += i + 1
+				return chunk[:i:i], true, nil
+			}
 			if i < 0 {
 				if err := s.appendLine(chunk); err != nil {
 					s.pos = s.end
@@ -207,6 +226,11 @@ func (s *SSEReader) nextLine() (line []byte, ok bool, err error) {
 			}
 			return nil, false, io.EOF
 		}
+		if len(s.line) == 0 {
+			// No line half read: the read may wait for long (an idle run),
+			// so keep no line buffer through it.
+			s.line = nil
+		}
 		if err := s.fill(); err != nil {
 			return nil, false, err
 		}
@@ -230,7 +254,7 @@ func (s *SSEReader) appendLine(b []byte) error {
 	if s.frameSize > s.max {
 		ev := s.event
 		s.discard = true
-		s.data.Reset()
+		s.data = nil
 		s.hasData = false
 		s.line = append(s.line[:0], 'x')
 		s.frameSize = 0
@@ -240,18 +264,43 @@ func (s *SSEReader) appendLine(b []byte) error {
 	return nil
 }
 
+// fill reads more. With nothing left in the buffer after a burst, the
+// buffer goes back to sseBufs and the read waits in one byte of its own: no
+// buffer is held while a run is idle. The caller keeps nothing from the
+// buffer across a fill (lines that span reads are copied to s.line).
 func (s *SSEReader) fill() error {
 	if s.eof {
 		return nil
 	}
 	if s.pos >= s.end {
 		s.pos, s.end = 0, 0
+		if !s.waited && s.bufp != nil {
+			sseBufs.Put(s.bufp)
+			s.buf, s.bufp = nil, nil
+		}
 	}
+	s.waited = false
 	// Bounded: a reader returning (0, nil) forever is reported, not spun on.
 	for range 100 {
-		n, err := s.r.Read(s.buf[s.end:])
+		var n int
+		var err error
+		if s.bufp == nil {
+			n, err = s.r.Read(s.first[:])
+			if n > 0 {
+				s.bufp = sseBufs.Get().(*[]byte)
+				s.buf = *s.bufp
+				s.buf[0] = s.first[0]
+				s.waited = true
+			}
+		} else {
+			n, err = s.r.Read(s.buf[s.end:])
+		}
 		s.end += n
 		if err != nil {
+			if s.end == 0 && s.bufp != nil {
+				sseBufs.Put(s.bufp)
+				s.buf, s.bufp = nil, nil
+			}
 			s.eof = true
 			if !errors.Is(err, io.EOF) {
 				s.readErr = err
@@ -286,9 +335,9 @@ func (s *SSEReader) processLine(line []byte) error {
 	switch string(field) {
 	case "data":
 		if s.hasData {
-			s.data.WriteByte('\n')
+			s.data = append(s.data, '\n')
 		}
-		s.data.Write(value)
+		s.data = append(s.data, value...)
 		s.hasData = true
 	case "event":
 		s.event = string(value)
@@ -309,16 +358,15 @@ func (s *SSEReader) dispatch() (Frame, bool) {
 		}
 		return Frame{}, false
 	}
-	f := Frame{ID: s.lastID, HasID: s.frameID, Event: s.event, Data: bytes.Clone(s.data.Bytes()), DroppedID: s.droppedID}
+	// The data goes to the frame as it is: resetFrame starts the next one
+	// afresh, so no buffer sized by the largest frame stays with the stream.
+	f := Frame{ID: s.lastID, HasID: s.frameID, Event: s.event, Data: s.data, DroppedID: s.droppedID}
 	s.droppedID = ""
 	return f, true
 }
 
 func (s *SSEReader) resetFrame() {
-	s.data.Reset()
-	if s.data.Cap() > 1<<20 {
-		s.data = bytes.Buffer{} // don't pin a huge buffer after a big frame
-	}
+	s.data = nil
 	if cap(s.line) > 1<<20 {
 		s.line = nil
 	}

@@ -269,3 +269,51 @@ func FuzzSSE(f *testing.F) {
 		}
 	})
 }
+
+// burstReader hands out its bursts one Read at a time (a burst larger than
+// the caller's slice goes out over several) and records the size of every
+// slice it was asked to fill. After the last burst it returns io.EOF.
+type burstReader struct {
+	bursts []string
+	asked  []int
+}
+
+func (b *burstReader) Read(p []byte) (int, error) {
+	b.asked = append(b.asked, len(p))
+	if len(b.bursts) == 0 {
+		return 0, io.EOF
+	}
+	n := copy(p, b.bursts[0])
+	if b.bursts[0] = b.bursts[0][n:]; b.bursts[0] == "" {
+		b.bursts = b.bursts[1:]
+	}
+	return n, nil
+}
+
+// Between bursts the reader waits with a one-byte read and no buffer of its
+// own (one reader per run in flight, and an idle run waits for long); the
+// burst is then read into a buffer, and a frame whose last byte comes alone
+// is still dispatched without waiting for more.
+func TestSSEWaitsBetweenBurstsWithoutABuffer(t *testing.T) {
+	br := &burstReader{bursts: []string{"id: 1\ndata: first\n\n", "data: second\n", "\n"}}
+	sr := NewSSEReader(br, SSEOptions{})
+	assert.Nil(t, sr.bufp, "no buffer before the first byte")
+
+	f, err := sr.Next()
+	require.NoError(t, err)
+	assert.Equal(t, "first", string(f.Data))
+	assert.Equal(t, "1", f.ID)
+	assert.Equal(t, []int{1, sseBufSize}, br.asked, "a wait of one byte, then the burst into a buffer")
+	assert.NotNil(t, sr.bufp, "the buffer goes back at the next read")
+
+	f, err = sr.Next()
+	require.NoError(t, err)
+	assert.Equal(t, "second", string(f.Data))
+	// The frame's terminator came alone: the one-byte wait that got it
+	// ends the frame, with no further read.
+	assert.Equal(t, []int{1, sseBufSize, 1, sseBufSize, 1}, br.asked)
+
+	_, err = sr.Next()
+	require.ErrorIs(t, err, io.EOF)
+	assert.Nil(t, sr.bufp, "a reader at the end holds no buffer")
+}

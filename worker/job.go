@@ -88,10 +88,19 @@ func (w *Worker) serve(fetch fetcher) func(context.Context, jetstream.Msg, *slot
 		if o == nil {
 			o = w.execute(ctx, p)
 		}
-		sctx, span := tracing.Start(ctx, "settle")
-		w.settle(sctx, p, *o)
-		span.End()
+		w.settleTraced(ctx, p, o)
 	}
+}
+
+// settleTraced settles the phase in a span of its own. Out of serve's frame,
+// which stays on the stack while the job's run is followed: the outcome's
+// copy for settle is made here, after the run.
+//
+//go:noinline
+func (w *Worker) settleTraced(ctx context.Context, p *phase, o *outcome) {
+	sctx, span := tracing.Start(ctx, "settle")
+	w.settle(sctx, p, *o)
+	span.End()
 }
 
 // fetchJob decodes a job message and reads its run record. It returns the
@@ -199,7 +208,7 @@ func (w *Worker) atPausedCap(ctx context.Context) bool {
 
 // carryPhase keeps what a phase did when the run goes on within the same
 // message (its text and counts join the earlier phases').
-func (w *Worker) carryPhase(p *phase, out spawn.Outcome, capped bool) {
+func (w *Worker) carryPhase(p *phase, out *spawn.Outcome, capped bool) {
 	rec := &p.run.Record
 	if out.WholeText {
 		rec.Stdout = out.Stdout
@@ -258,7 +267,10 @@ func (p *phase) jobDigest() string {
 }
 
 // execute runs or re-attaches to the phase's run and follows it to its next
-// pause or its end.
+// pause or its end. The job's goroutine waits in w.runner.Run for the whole
+// run, with this frame and serve's below it: what comes before and after
+// the run is in helpers (openPhase, cancelledEarly, ranPhase), so a run in
+// flight keeps a small stack.
 func (w *Worker) execute(ctx context.Context, p *phase) *outcome {
 	w.m.InFlight.Inc()
 	defer w.m.InFlight.Dec()
@@ -266,12 +278,24 @@ func (w *Worker) execute(ctx context.Context, p *phase) *outcome {
 	// the record cannot be written.
 	ctx, lost := context.WithCancelCause(ctx)
 	defer lost(nil)
+	w.openPhase(ctx, p)
+	defer p.events.close()
+	defer w.untrack(p.job.ID, p.active)
+	if o := w.cancelledEarly(p); o != nil {
+		return o
+	}
+	out, err := w.runner.Run(ctx, w.spec(ctx, p, lost))
+	return w.ranPhase(ctx, p, lost, out, err)
+}
+
+// openPhase makes the phase the worker's own: its record's owner, its live
+// events, its cancel tracking.
+func (w *Worker) openPhase(ctx context.Context, p *phase) {
 	rec := &p.run.Record
 	rec.Owner, rec.Attempt = w.opts.Name, p.attempt
 	p.events = w.newLiveEvents(p.job.ID, p.job.Metadata, w.eventSeq(ctx, p))
 	p.events.tokens = w.tokenCounter(p.job)
 	p.events.trace = tracing.Header(ctx)
-	defer p.events.close()
 	switch {
 	case p.announce != nil:
 		p.events.emit(*p.announce)
@@ -281,17 +305,31 @@ func (w *Worker) execute(ctx context.Context, p *phase) *outcome {
 		p.events.emit(schemas.Event{Type: schemas.EventStatus, Status: "resumed"})
 	}
 	p.active = w.track(p.job.ID, p.events)
-	defer w.untrack(p.job.ID, p.active)
+}
+
+// cancelledEarly is the outcome of a phase cancelled before its run could
+// start (nothing to stop), or nil; a cancelled phase with a session has
+// its run cancelled by the runner.
+func (w *Worker) cancelledEarly(p *phase) *outcome {
+	rec := &p.run.Record
 	if p.cancel || rec.CancelRequested {
 		if rec.SessionID == "" {
-			// Cancelled before its run could start: nothing to stop.
 			o := final(w.cancelledBeforeStart(p), false)
 			return &o
 		}
 		p.active.ctl.Cancel()
 	}
+	return nil
+}
 
-	out, err := w.runner.Run(ctx, w.spec(ctx, p, lost))
+// ranPhase turns what the runner answered into the phase's outcome. A pause
+// over the paused-run cap has its calls rejected, and the run goes on from
+// here.
+func (w *Worker) ranPhase(ctx context.Context, p *phase, lost context.CancelCauseFunc, out *spawn.Outcome, err error) *outcome {
+	rec := &p.run.Record
+	if err == nil && out == nil {
+		err = errors.New("the runner returned no outcome")
+	}
 	for range maxCappedPauses {
 		if err != nil || out.Status != schemas.StatusPaused || !w.atPausedCap(ctx) {
 			break
@@ -303,8 +341,11 @@ func (w *Worker) execute(ctx context.Context, p *phase) *outcome {
 		p.decisions = pausedCapRejections(out.PauseReason, maxPaused)
 		p.log.Warn("paused-run cap reached: rejecting the calls instead of pausing", "max_paused", maxPaused)
 		out, err = w.runner.Run(ctx, w.spec(ctx, p, lost))
+		if err == nil && out == nil {
+			err = errors.New("the runner returned no outcome")
+		}
 	}
-	if p.capped {
+	if p.capped && err == nil {
 		out.Warnings = append(out.Warnings, fmt.Sprintf("paused_cap: %d runs were waiting for a human (the cap), so calls that needed approval were rejected", w.Policy().MaxPaused()))
 	}
 	p.active.settling.Store(true)
@@ -355,10 +396,10 @@ func (w *Worker) execute(ctx context.Context, p *phase) *outcome {
 
 // spec is the runner's Spec for the phase: the job, what is recorded of its
 // run, and the callback that records each new cursor.
-func (w *Worker) spec(ctx context.Context, p *phase, lost context.CancelCauseFunc) spawn.Spec {
+func (w *Worker) spec(ctx context.Context, p *phase, lost context.CancelCauseFunc) *spawn.Spec {
 	rec := &p.run.Record
 	cw := &cursorWrites{}
-	spec := spawn.Spec{
+	spec := &spawn.Spec{
 		Job:          p.job,
 		Attempt:      p.attempt,
 		Timeout:      time.Until(rec.Deadline),

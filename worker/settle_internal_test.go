@@ -25,8 +25,8 @@ import (
 
 type nopRunner struct{}
 
-func (nopRunner) Run(context.Context, spawn.Spec) (spawn.Outcome, error) {
-	return spawn.Outcome{}, errors.New("not used")
+func (nopRunner) Run(context.Context, *spawn.Spec) (*spawn.Outcome, error) {
+	return nil, errors.New("not used")
 }
 func (nopRunner) CancelRun(context.Context, spawn.Cursor) error { return nil }
 

@@ -19,7 +19,11 @@ import (
 // Runner runs one phase of a job. *spawn.Runner is the real one; benchmarks
 // use one that returns at once to measure the queue path alone.
 type Runner interface {
-	Run(ctx context.Context, spec spawn.Spec) (spawn.Outcome, error)
+	// Run runs the phase spec describes; it must not keep spec after it
+	// returns. The Outcome is non-nil when the error is nil. By pointer: a
+	// job's goroutine waits in Run for the whole run, and its stack keeps
+	// every byte of the frames on that call (see spawn.Runner.Run).
+	Run(ctx context.Context, spec *spawn.Spec) (*spawn.Outcome, error)
 	// CancelRun cancels (and wakes) a run nobody follows.
 	CancelRun(ctx context.Context, cur spawn.Cursor) error
 }
