@@ -44,6 +44,45 @@ func inMemoryTracing(t *testing.T) *tracetest.InMemoryExporter {
 	return exp
 }
 
+// approveTracedJob publishes a pausing job with the producer's traceparent,
+// allows its calls with a decision that carries none (the run record has
+// the job's), waits for it to complete, and returns its approval request.
+func approveTracedJob(t *testing.T, h *harness, id string) schemas.ApprovalRequest {
+	t.Helper()
+	data, err := json.Marshal(pausingJob(id))
+	require.NoError(t, err)
+	msg := &nats.Msg{Subject: h.qcfg.JobSubject(schemas.DefaultProfile), Data: data,
+		Header: nats.Header{"traceparent": {"00-" + producerTrace + "-" + producerSpan + "-01"}}}
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	_, err = h.js.PublishMsg(ctx, msg, jetstream.WithMsgID(id))
+	require.NoError(t, err)
+	req := h.approval(id)
+	h.decide(schemas.Decision{ApprovalID: req.ApprovalID, JobID: id, All: schemas.DecideAllow, DecidedBy: "alice"})
+	require.Equal(t, schemas.StatusCompleted, h.final(id).Status)
+	return req
+}
+
+// publishedTraceParents is the traceparent header of every result, approval
+// request and event published for job id, by subject.
+func publishedTraceParents(t *testing.T, h *harness, id string) map[string][]string {
+	t.Helper()
+	out := map[string][]string{}
+	for _, src := range []struct{ stream, subject string }{
+		{h.qcfg.ResultsStream(), h.qcfg.ResultSubject(id)},
+		{h.qcfg.ApprovalsStream(), h.qcfg.ApprovalSubject(id)},
+		{h.qcfg.EventsStream(), h.qcfg.EventSubject(id)},
+	} {
+		msgs, err := h.tryAll(src.stream, src.subject)
+		require.NoError(t, err)
+		require.NotEmpty(t, msgs, src.subject)
+		for _, m := range msgs {
+			out[src.subject] = append(out[src.subject], m.Headers().Get("traceparent"))
+		}
+	}
+	return out
+}
+
 // TestTraceOfAJobWithAnApproval submits a job with a traceparent, lets it
 // pause, decides it, and checks the span tree and that the traceparent
 // reached every result, the approval request and the events.
@@ -52,33 +91,13 @@ func TestTraceOfAJobWithAnApproval(t *testing.T) {
 	h := newHarness(t, queue.Config{})
 	h.startWorker(worker.Options{})
 
-	data, err := json.Marshal(pausingJob("traced-1"))
-	require.NoError(t, err)
-	msg := &nats.Msg{Subject: h.qcfg.JobSubject(schemas.DefaultProfile), Data: data,
-		Header: nats.Header{"traceparent": {"00-" + producerTrace + "-" + producerSpan + "-01"}}}
-	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
-	defer cancel()
-	_, err = h.js.PublishMsg(ctx, msg, jetstream.WithMsgID("traced-1"))
-	require.NoError(t, err)
-
-	req := h.approval("traced-1")
-	// The decision carries no traceparent: the run record has the job's.
-	h.decide(schemas.Decision{ApprovalID: req.ApprovalID, JobID: "traced-1", All: schemas.DecideAllow, DecidedBy: "alice"})
-	require.Equal(t, schemas.StatusCompleted, h.final("traced-1").Status)
+	req := approveTracedJob(t, h, "traced-1")
 
 	// Every message published for the job carries the producer's trace.
-	for _, src := range []struct{ stream, subject string }{
-		{h.qcfg.ResultsStream(), h.qcfg.ResultSubject("traced-1")},
-		{h.qcfg.ApprovalsStream(), h.qcfg.ApprovalSubject("traced-1")},
-		{h.qcfg.EventsStream(), h.qcfg.EventSubject("traced-1")},
-	} {
-		msgs, err := h.tryAll(src.stream, src.subject)
-		require.NoError(t, err)
-		require.NotEmpty(t, msgs, src.subject)
-		for _, m := range msgs {
-			tp := m.Headers().Get("traceparent")
-			assert.True(t, strings.HasPrefix(tp, "00-"+producerTrace+"-"), "%s: traceparent %q", src.subject, tp)
-			assert.NotContains(t, tp, producerSpan, "%s: the worker's own span is the parent, not the producer's", src.subject)
+	for subject, tps := range publishedTraceParents(t, h, "traced-1") {
+		for _, tp := range tps {
+			assert.True(t, strings.HasPrefix(tp, "00-"+producerTrace+"-"), "%s: traceparent %q", subject, tp)
+			assert.NotContains(t, tp, producerSpan, "%s: the worker's own span is the parent, not the producer's", subject)
 		}
 	}
 
@@ -205,29 +224,10 @@ func TestTraceContextPassesThroughWithoutTracing(t *testing.T) {
 	logs := &lockedBuffer{}
 	h.startWorker(worker.Options{Logger: slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelInfo}))})
 
-	data, err := json.Marshal(pausingJob("passed-1"))
-	require.NoError(t, err)
-	msg := &nats.Msg{Subject: h.qcfg.JobSubject(schemas.DefaultProfile), Data: data,
-		Header: nats.Header{"traceparent": {"00-" + producerTrace + "-" + producerSpan + "-01"}}}
-	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
-	defer cancel()
-	_, err = h.js.PublishMsg(ctx, msg, jetstream.WithMsgID("passed-1"))
-	require.NoError(t, err)
-	req := h.approval("passed-1")
-	h.decide(schemas.Decision{ApprovalID: req.ApprovalID, JobID: "passed-1", All: schemas.DecideAllow, DecidedBy: "alice"})
-	require.Equal(t, schemas.StatusCompleted, h.final("passed-1").Status)
-
-	for _, src := range []struct{ stream, subject string }{
-		{h.qcfg.ResultsStream(), h.qcfg.ResultSubject("passed-1")},
-		{h.qcfg.ApprovalsStream(), h.qcfg.ApprovalSubject("passed-1")},
-		{h.qcfg.EventsStream(), h.qcfg.EventSubject("passed-1")},
-	} {
-		msgs, err := h.tryAll(src.stream, src.subject)
-		require.NoError(t, err)
-		require.NotEmpty(t, msgs, src.subject)
-		for _, m := range msgs {
-			tp := m.Headers().Get("traceparent")
-			assert.True(t, strings.HasPrefix(tp, "00-"+producerTrace+"-"), "%s: traceparent %q", src.subject, tp)
+	approveTracedJob(t, h, "passed-1")
+	for subject, tps := range publishedTraceParents(t, h, "passed-1") {
+		for _, tp := range tps {
+			assert.True(t, strings.HasPrefix(tp, "00-"+producerTrace+"-"), "%s: traceparent %q", subject, tp)
 		}
 	}
 	eventuallyWithT(t, func(c *assert.CollectT) {
