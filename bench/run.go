@@ -89,9 +89,9 @@ func runOnce(ctx context.Context, e *env, opts Options, r *Report, run int) erro
 		return filepath.Join(opts.ProfileDir, name)
 	}
 	scoped := func(f func(ctx context.Context) error) error {
+		quiesce(ctx) // not part of the scenario's time
 		ctx, cancel := context.WithTimeout(ctx, opts.ScenarioTimeout)
 		defer cancel()
-		quiesce(ctx)
 		return f(ctx)
 	}
 	tag := func(s string) string { return fmt.Sprintf("r%d%s", run, s) }

@@ -2,7 +2,6 @@ package worker
 
 import (
 	"context"
-	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -71,7 +70,9 @@ func (w *Worker) untraced(ctx context.Context, msg jetstream.Msg, p *phase, o *o
 		ctx = tracing.FromTraceParent(ctx, p.run.Record.TraceParent)
 		p.log = tracing.Logger(ctx, p.log)
 	}
-	isJob := !strings.HasPrefix(msg.Subject(), w.qcfg.Prefix+".decisions.") && !strings.HasPrefix(msg.Subject(), w.qcfg.Prefix+".control.")
+	_, isDecision := w.qcfg.JobIDOfSubject("decisions", msg.Subject())
+	_, isControl := w.qcfg.JobIDOfSubject("control", msg.Subject())
+	isJob := !isDecision && !isControl
 	if isJob && p.run != nil && p.run.Record.TraceParent == "" && trace.SpanContextFromContext(ctx).IsValid() {
 		p.run.Record.TraceParent = tracing.TraceParent(ctx)
 	}

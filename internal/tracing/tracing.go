@@ -8,6 +8,7 @@ package tracing
 import (
 	"context"
 	"log/slog"
+	"reflect"
 	"strings"
 
 	"github.com/nats-io/nats.go"
@@ -38,12 +39,21 @@ func Start(ctx context.Context, name string, opts ...trace.SpanStartOption) (con
 	return otel.Tracer(Name).Start(ctx, name, opts...)
 }
 
-// initialProvider is otel's global provider before anyone installed one.
-var initialProvider = otel.GetTracerProvider()
+// globalPkg is the package of otel's own global provider, the one in place
+// until a program installs one (otel.SetTracerProvider). Compared by
+// package rather than by the value seen at init, which would be a
+// program's own provider if it installed one in an earlier init.
+const globalPkg = "go.opentelemetry.io/otel/internal/global"
 
 // Enabled reports whether a tracer provider was installed, so spans are
 // recorded: callers skip building attributes when it is false.
-func Enabled() bool { return otel.GetTracerProvider() != initialProvider }
+func Enabled() bool {
+	t := reflect.TypeOf(otel.GetTracerProvider())
+	if t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	return t.PkgPath() != globalPkg
+}
 
 // Attrs is trace.WithAttributes, to keep call sites short.
 func Attrs(kv ...attribute.KeyValue) trace.SpanStartEventOption { return trace.WithAttributes(kv...) }

@@ -8,6 +8,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.opentelemetry.io/otel"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/jetpilot-dev/jetpilot/internal/tracing"
@@ -72,4 +73,21 @@ func TestSetupInstallsAnExporter(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 1)
 	defer cancel()
 	_ = stop(ctx) // the export fails: nothing listens
+}
+
+// TestEnabledFollowsTheInstalledProvider: spans are recorded exactly when a
+// program installed a provider, whatever it was installed before.
+func TestEnabledFollowsTheInstalledProvider(t *testing.T) {
+	require.False(t, tracing.Enabled(), "otel's own global provider: off")
+	prev := otel.GetTracerProvider()
+	provider := sdktrace.NewTracerProvider()
+	otel.SetTracerProvider(provider)
+	t.Cleanup(func() {
+		otel.SetTracerProvider(prev)
+		_ = provider.Shutdown(context.Background())
+	})
+	require.True(t, tracing.Enabled())
+	_, span := tracing.Start(context.Background(), "x")
+	assert.True(t, span.SpanContext().IsValid(), "a real span once a provider is installed")
+	span.End()
 }
