@@ -27,10 +27,12 @@ func TestEventsNeverNotFound(t *testing.T) {
 }
 
 // Point 8: a keep-alive only after KeepAlive without an event; the timer
-// restarts on every event.
+// restarts on every event. KeepAlive is 80 event intervals: a loaded race
+// build once stalled the simulator's run for a whole second (1 s here was
+// not enough), and the idle keep-alive must still come within waitFor.
 func TestKeepAliveOnlyAfterIdle(t *testing.T) {
 	t.Parallel()
-	s, base := newTestServer(t, Options{KeepAlive: time.Second, EventInterval: 30 * time.Millisecond})
+	s, base := newTestServer(t, Options{KeepAlive: 2500 * time.Millisecond, EventInterval: 30 * time.Millisecond})
 	c := newClient(t, base, "")
 	sid := c.createSession()
 	st := c.subscribe(sid, 0)
