@@ -399,7 +399,7 @@ func TestApprovalExpiresWithTheJob(t *testing.T) {
 	res := h.final("deadline-1")
 	// The expiry rejects the call at the deadline; the run's last moments
 	// race the timeout, so it ends either way, never with the call run.
-	assert.Contains(t, []schemas.Status{schemas.StatusTimedOut, schemas.StatusCompleted}, res.Status)
+	assert.Contains(t, []schemas.Status{schemas.StatusTimedOut, schemas.StatusCompleted}, res.Status, "error %+v, stderr %q", res.Error, res.Stderr)
 	// At the deadline the run is cancelled (and woken) rather than decided,
 	// or the expiry's reject lands first: either way the call never runs.
 	decisions := h.sim.Decisions(res.SessionID)
