@@ -75,9 +75,9 @@ type fetcher func(ctx context.Context, msg jetstream.Msg) (*phase, *outcome)
 // serve takes each message of one kind from delivery to settling: fetch,
 // execute (unless the outcome is already known), settle. The message is
 // held (heartbeats) until it is settled.
-func (w *Worker) serve(fetch fetcher) func(context.Context, jetstream.Msg, *slot) {
+func (w *Worker) serve(kind string, fetch fetcher) func(context.Context, jetstream.Msg, *slot) {
 	return func(ctx context.Context, msg jetstream.Msg, s *slot) {
-		ctx, traced := w.traceMessage(ctx, msg)
+		ctx, traced := w.traceMessage(ctx, kind, msg)
 		p, o := fetch(ctx, msg)
 		ctx, end := traced(p, o)
 		defer end()

@@ -12,46 +12,48 @@ import (
 	"github.com/jetpilot-dev/jetpilot/queue"
 )
 
-// traceMessage begins the trace of one message. The message's span (job,
-// decision or control) is the child of the traceparent in its headers,
-// else, for a decision or control message, of the job's first span as its
-// run record keeps it, else a root. As the record is read by the fetch,
-// the span starts once fetched returns, dated from the delivery, with a
-// "fetch" child covering the fetch. fetched returns the context the phase
-// runs and settles under (so results and events carry its traceparent)
-// and what ends the span. A new job logs its start here: one info line.
-func (w *Worker) traceMessage(ctx context.Context, msg jetstream.Msg) (context.Context, func(*phase, *outcome) (context.Context, func())) {
+// traceMessage begins the trace of one message of kind (job, decision or
+// control: the source it was pulled from). The message's span is the child
+// of the traceparent in its headers, else, for a decision or control
+// message, of the job's first span as its run record keeps it, else a root.
+// As the record is read by the fetch, the span starts once fetched returns,
+// dated from the delivery, with a "fetch" child covering the fetch. fetched
+// returns the context the phase runs and settles under (so results and
+// events carry its traceparent) and what ends the span. With no tracer
+// installed no span is made (nor its attributes built), and an incoming
+// trace context still reaches the log lines, the run record and the
+// messages the phase publishes. A new job logs its start here: one info
+// line.
+func (w *Worker) traceMessage(ctx context.Context, kind string, msg jetstream.Msg) (context.Context, func(*phase, *outcome) (context.Context, func())) {
 	start := time.Now()
 	ctx = tracing.Extract(ctx, msg.Headers())
 	return ctx, func(p *phase, o *outcome) (context.Context, func()) {
-		if !tracing.Enabled() {
-			return w.untraced(ctx, msg, p, o)
-		}
-		fetchedAt := time.Now()
-		name := "job"
-		if _, ok := w.qcfg.JobIDOfSubject("decisions", msg.Subject()); ok {
-			name = "decision"
-		} else if _, ok := w.qcfg.JobIDOfSubject("control", msg.Subject()); ok {
-			name = "control"
-		}
 		if !trace.SpanContextFromContext(ctx).IsValid() && p.run != nil {
 			ctx = tracing.FromTraceParent(ctx, p.run.Record.TraceParent)
 		}
-		ctx, span := tracing.Start(ctx, name, trace.WithTimestamp(start), trace.WithSpanKind(trace.SpanKindConsumer),
-			trace.WithAttributes(attribute.String("jetpilot.job_id", p.job.ID), attribute.Int("jetpilot.attempt", p.attempt),
-				attribute.String("messaging.destination.name", msg.Subject())))
-		_, fs := tracing.Start(ctx, "fetch", trace.WithTimestamp(start))
-		fs.End(trace.WithTimestamp(fetchedAt))
+		var span trace.Span
+		if tracing.Enabled() {
+			fetchedAt := time.Now()
+			ctx, span = tracing.Start(ctx, kind, trace.WithTimestamp(start), trace.WithSpanKind(trace.SpanKindConsumer),
+				trace.WithAttributes(attribute.String("jetpilot.job_id", p.job.ID), attribute.Int("jetpilot.attempt", p.attempt),
+					attribute.String("messaging.destination.name", msg.Subject())))
+			_, fs := tracing.Start(ctx, "fetch", trace.WithTimestamp(start))
+			fs.End(trace.WithTimestamp(fetchedAt))
+		}
 		p.log = tracing.Logger(ctx, p.log)
-		if p.run != nil && p.run.Record.TraceParent == "" && name == "job" {
+		isJob := kind == msgJob
+		if isJob && p.run != nil && p.run.Record.TraceParent == "" && trace.SpanContextFromContext(ctx).IsValid() {
 			// Recorded with the run's first transition: later phases join
 			// this trace.
 			p.run.Record.TraceParent = tracing.TraceParent(ctx)
 		}
-		if o == nil && name == "job" && p.run != nil && p.run.Stored != queue.RunRunning && p.run.Stored != queue.RunStarting {
+		if o == nil && isJob && p.run != nil && p.run.Stored != queue.RunRunning && p.run.Stored != queue.RunStarting {
 			p.log.Info("job started", "profile", p.job.ProfileOrDefault(), "model", p.job.Model, "timeout", p.run.Record.Deadline.Sub(p.start).Round(time.Second).String())
 		}
 		return ctx, func() {
+			if span == nil {
+				return
+			}
 			if o != nil && o.kind == outReject {
 				span.SetAttributes(attribute.String("jetpilot.outcome", "rejected"))
 			}
@@ -60,27 +62,13 @@ func (w *Worker) traceMessage(ctx context.Context, msg jetstream.Msg) (context.C
 	}
 }
 
-// untraced is traceMessage's fetched with no tracer installed: no spans,
-// but an incoming trace context still reaches the log lines, the run record
-// and (through ctx) the messages the phase publishes.
-func (w *Worker) untraced(ctx context.Context, msg jetstream.Msg, p *phase, o *outcome) (context.Context, func()) {
-	if trace.SpanContextFromContext(ctx).IsValid() {
-		p.log = tracing.Logger(ctx, p.log)
-	} else if p.run != nil && p.run.Record.TraceParent != "" {
-		ctx = tracing.FromTraceParent(ctx, p.run.Record.TraceParent)
-		p.log = tracing.Logger(ctx, p.log)
-	}
-	_, isDecision := w.qcfg.JobIDOfSubject("decisions", msg.Subject())
-	_, isControl := w.qcfg.JobIDOfSubject("control", msg.Subject())
-	isJob := !isDecision && !isControl
-	if isJob && p.run != nil && p.run.Record.TraceParent == "" && trace.SpanContextFromContext(ctx).IsValid() {
-		p.run.Record.TraceParent = tracing.TraceParent(ctx)
-	}
-	if o == nil && isJob && p.run != nil && p.run.Stored != queue.RunRunning && p.run.Stored != queue.RunStarting {
-		p.log.Info("job started", "profile", p.job.ProfileOrDefault(), "model", p.job.Model, "timeout", p.run.Record.Deadline.Sub(p.start).Round(time.Second).String())
-	}
-	return ctx, func() {}
-}
+// The kinds of message a worker pulls, each from its own consumer; also
+// the names of their spans.
+const (
+	msgJob      = "job"
+	msgDecision = "decision"
+	msgControl  = "control"
+)
 
 // approvalWaitSpan records a settled approval's wait, from its request to
 // now, as a span of the job's trace (not of the message that settled it,

@@ -220,10 +220,10 @@ func (w *Worker) Run(ctx context.Context) error {
 	// of theirs must not hold a job slot, and resuming a paused run must not
 	// wait behind new jobs.
 	resume := make(chan struct{}, w.opts.Concurrency)
-	pulls := []source{{deciders, resume, w.serve(w.fetchDecision)}, {controllers, resume, w.serve(w.fetchControl)}}
+	pulls := []source{{deciders, resume, w.serve(msgDecision, w.fetchDecision)}, {controllers, resume, w.serve(msgControl, w.fetchControl)}}
 	for _, c := range consumers {
 		w.noteConsumer(c)
-		pulls = append(pulls, source{c, w.slots, w.serve(w.fetchJob)})
+		pulls = append(pulls, source{c, w.slots, w.serve(msgJob, w.fetchJob)})
 	}
 	for _, p := range pulls {
 		loops.Add(1)
