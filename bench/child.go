@@ -12,7 +12,6 @@ import (
 	"os"
 	"runtime"
 	"runtime/pprof"
-	"syscall"
 	"time"
 
 	dto "github.com/prometheus/client_model/go"
@@ -67,11 +66,11 @@ func readStats(m *worker.Metrics) (procStats, error) {
 		return s, err
 	}
 	s.RSSKiB = rss
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return s, fmt.Errorf("getrusage: %w", err)
+	cpu, err := readProcessCPU()
+	if err != nil {
+		return s, err
 	}
-	s.CPUNanos = ru.Utime.Nano() + ru.Stime.Nano()
+	s.CPUNanos = cpu.Nanoseconds()
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
 	s.HeapInuse, s.StackInuse, s.NumGC = ms.HeapInuse, ms.StackInuse, ms.NumGC

@@ -285,11 +285,18 @@ func (a allocCounter) cpuPerJob(n int) float64 {
 
 // processCPU is this process's CPU time so far (0 if unreadable).
 func processCPU() time.Duration {
+	d, _ := readProcessCPU()
+	return d
+}
+
+// readProcessCPU is this process's CPU time so far, user + system
+// (getrusage).
+func readProcessCPU() (time.Duration, error) {
 	var ru syscall.Rusage
 	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
+		return 0, fmt.Errorf("getrusage: %w", err)
 	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()), nil
 }
 
 // machineInfo describes this machine from /proc (best effort).

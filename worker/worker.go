@@ -256,7 +256,7 @@ func (w *Worker) Run(ctx context.Context) error {
 // takes every free token for a batch.
 func (w *Worker) pull(ctx, jobCtx context.Context, c jetstream.Consumer, slots chan struct{}, jobs *sync.WaitGroup, handle func(context.Context, jetstream.Msg, *slot)) {
 	retry := time.Duration(0)
-	hand := msgRunners{ctx: ctx, jobCtx: jobCtx, jobs: jobs, slots: slots, handle: handle}
+	hand := msgRunners{ctx: ctx, jobCtx: jobCtx, jobs: jobs, slots: slots, work: make(chan jetstream.Msg), handle: handle}
 	dispatch := func(batch jetstream.MessageBatch) (int, error) {
 		got := 0
 		for msg := range batch.Messages() {
@@ -395,9 +395,6 @@ type msgRunners struct {
 
 // give hands msg to an idle goroutine, or starts one.
 func (h *msgRunners) give(msg jetstream.Msg) {
-	if h.work == nil {
-		h.work = make(chan jetstream.Msg)
-	}
 	select {
 	case h.work <- msg:
 		return
