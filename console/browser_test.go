@@ -3,6 +3,7 @@ package console_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -155,6 +156,27 @@ func newFleetQuorum(t *testing.T, quorum int) *fleet {
 		}
 	})
 	return f
+}
+
+// pausedDeploy submits job id, one kubectl apply call that the policy
+// leaves to a human, and returns its approval request.
+func (f *fleet) pausedDeploy(id string) schemas.ApprovalRequest {
+	t := f.t
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	_, err := f.client.Submit(ctx, schemas.Job{ID: id, Prompt: "#sim tool stakpak__run_command {\"command\":\"kubectl apply\"}\n#sim text done"})
+	require.NoError(t, err)
+	var req schemas.ApprovalRequest
+	errFound := errors.New("found")
+	require.ErrorIs(t, f.client.Approvals(ctx, true, func(a schemas.ApprovalRequest) error {
+		if a.JobID != id {
+			return nil
+		}
+		req = a
+		return errFound
+	}), errFound, "job %s pauses", id)
+	return req
 }
 
 // startWorker runs one worker under the stored policy until the test ends.

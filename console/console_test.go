@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
-	"errors"
 	"io"
 	"net"
 	"net/http"
@@ -145,14 +144,7 @@ func TestDecideChecksTheSigner(t *testing.T) {
 	f.startWorker()
 	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
 	defer cancel()
-	_, err := f.client.Submit(ctx, schemas.Job{ID: "sig-1", Prompt: "#sim tool stakpak__run_command {\"command\":\"kubectl apply\"}\n#sim text done"})
-	require.NoError(t, err)
-	var req schemas.ApprovalRequest
-	errFound := errors.New("found")
-	require.ErrorIs(t, f.client.Approvals(ctx, true, func(a schemas.ApprovalRequest) error {
-		req = a
-		return errFound
-	}), errFound, "the job pauses")
+	req := f.pausedDeploy("sig-1")
 	s := signInHTTP(t, f.url, "alice", "alice-pw")
 	// The index sees the pause shortly after the request is published.
 	require.Eventually(t, func() bool {
@@ -202,16 +194,7 @@ func TestDecideChecksTheSigner(t *testing.T) {
 func TestInboxShowsVotes(t *testing.T) {
 	f := newFleetQuorum(t, 2)
 	f.startWorker()
-	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
-	defer cancel()
-	_, err := f.client.Submit(ctx, schemas.Job{ID: "q-1", Prompt: "#sim tool stakpak__run_command {\"command\":\"kubectl apply\"}\n#sim text done"})
-	require.NoError(t, err)
-	var req schemas.ApprovalRequest
-	errFound := errors.New("found")
-	require.ErrorIs(t, f.client.Approvals(ctx, true, func(a schemas.ApprovalRequest) error {
-		req = a
-		return errFound
-	}), errFound)
+	req := f.pausedDeploy("q-1")
 	s := signInHTTP(t, f.url, "alice", "alice-pw")
 	d := schemas.Decision{ApprovalID: req.ApprovalID, JobID: "q-1", All: schemas.DecideAllow, PendingDigest: req.PendingDigest,
 		DecidedBy: "alice", DecidedAt: time.Now().UTC().Truncate(time.Second)}
