@@ -1,12 +1,10 @@
 package worker_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/nats-io/nats.go"
@@ -17,6 +15,7 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 
+	"github.com/jetpilot-dev/jetpilot/internal/testsupport"
 	"github.com/jetpilot-dev/jetpilot/internal/tracing"
 	"github.com/jetpilot-dev/jetpilot/queue"
 	"github.com/jetpilot-dev/jetpilot/schemas"
@@ -142,26 +141,12 @@ func TestTraceOfAJobWithAnApproval(t *testing.T) {
 	assert.Equal(t, req.RequestedAt.Unix(), wait.StartTime.Unix(), "the wait begins at the request")
 }
 
-// lockedBuffer is a log sink several goroutines may write.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-// records are the JSON log records written so far.
-func (b *lockedBuffer) records() []map[string]any {
-	b.mu.Lock()
-	defer b.mu.Unlock()
+// logRecords are the JSON log records written to logs so far.
+func logRecords(logs *testsupport.SyncBuffer) []map[string]any {
 	var out []map[string]any
-	for _, line := range bytes.Split(b.buf.Bytes(), []byte("\n")) {
+	for _, line := range strings.Split(logs.String(), "\n") {
 		var r map[string]any
-		if json.Unmarshal(line, &r) == nil {
+		if json.Unmarshal([]byte(line), &r) == nil {
 			out = append(out, r)
 		}
 	}
@@ -174,7 +159,7 @@ func (b *lockedBuffer) records() []map[string]any {
 func TestTraceStartsAtAJobWithout(t *testing.T) {
 	exp := inMemoryTracing(t)
 	h := newHarness(t, queue.Config{})
-	logs := &lockedBuffer{}
+	logs := &testsupport.SyncBuffer{}
 	h.startWorker(worker.Options{Logger: slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelInfo}))})
 	h.submit(job("untraced-1", "#sim text ok"))
 	require.Equal(t, schemas.StatusCompleted, h.final("untraced-1").Status)
@@ -198,7 +183,7 @@ func TestTraceStartsAtAJobWithout(t *testing.T) {
 	byMsg := map[string][]map[string]any{}
 	eventuallyWithT(t, func(c *assert.CollectT) {
 		byMsg = map[string][]map[string]any{}
-		for _, r := range logs.records() {
+		for _, r := range logRecords(logs) {
 			if r["job_id"] == "untraced-1" {
 				byMsg[r["msg"].(string)] = append(byMsg[r["msg"].(string)], r)
 			}
@@ -221,7 +206,7 @@ func TestTraceStartsAtAJobWithout(t *testing.T) {
 func TestTraceContextPassesThroughWithoutTracing(t *testing.T) {
 	require.False(t, tracing.Enabled(), "no tracer provider installed")
 	h := newHarness(t, queue.Config{})
-	logs := &lockedBuffer{}
+	logs := &testsupport.SyncBuffer{}
 	h.startWorker(worker.Options{Logger: slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelInfo}))})
 
 	approveTracedJob(t, h, "passed-1")
@@ -232,7 +217,7 @@ func TestTraceContextPassesThroughWithoutTracing(t *testing.T) {
 	}
 	eventuallyWithT(t, func(c *assert.CollectT) {
 		started, settled := 0, 0
-		for _, r := range logs.records() {
+		for _, r := range logRecords(logs) {
 			if r["job_id"] != "passed-1" {
 				continue
 			}
